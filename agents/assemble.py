@@ -1,0 +1,80 @@
+"""Build everything one run needs from a crew.yaml: config, crew, ledger, memory, loop settings.
+
+Shared by `autoresearch run` and `autoresearch compare`, so both start a crew the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.config import CrewConfig, check_keys, load_config
+from agents.llm.offline import OfflineLLM
+from agents.llm.usage import UsageLedger
+from agents.loop import LoopSettings
+from agents.policy import OfflinePolicy
+from agents.roles import ResearchCrew, build_llms
+from memory.store import ExperimentMemory
+
+
+class SetupError(RuntimeError):
+    """Something the user must fix before a run can start; the message says what."""
+
+
+@dataclass
+class Overrides:
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    max_usd: float | None = None
+    time_budget: float | None = None
+    memory_path: Path | None = None
+    pipelining: bool | None = None
+
+
+def detect_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_prepared(repo_dir: Path) -> None:
+    """Data and tokenizer must exist before the first run; say how to make them if not."""
+    cache = Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
+    if not (cache / "tokenizer").exists() or not any((cache / "data").glob("*.parquet")):
+        raise SetupError(f"data not prepared in {cache}: run `autoresearch prepare` (or `python prepare.py`) first")
+
+
+def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overrides | None = None,
+                   config_name: str | None = None, env: dict | None = None) -> LoopSettings:
+    env = dict(os.environ if env is None else env)
+    repo_dir = Path(repo_dir).resolve()
+    config = load_config(config_path)
+    check_keys(config, env)
+    config = _apply(config, overrides or Overrides())
+    program_path = repo_dir / "program.md"
+    if not program_path.exists():
+        raise SetupError(f"{program_path} not found: every role reads the research program from it")
+    check_prepared(repo_dir)
+
+    ledger = UsageLedger(max_usd=config.loop.max_usd, max_tokens=config.loop.max_tokens)
+    policy = OfflinePolicy(seed=config.loop.seed)
+    llms = build_llms(config, ledger, lambda role: OfflineLLM(policy))
+    program = program_path.read_text()
+    crew = ResearchCrew(config, program, ledger, llms)
+
+    memory_path = (overrides.memory_path if overrides and overrides.memory_path else None) or \
+        (repo_dir / config.memory.path if not Path(config.memory.path).is_absolute() else Path(config.memory.path))
+    parquets = sorted((repo_dir / "runs").glob("*/results.parquet"))
+    memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets)
+    return LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
+                        program=program, crew=crew, ledger=ledger, memory=memory, python=sys.executable,
+                        device=detect_device())
+
+
+def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
+    loop = config.loop.model_copy(update={k: v for k, v in {
+        "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,
+        "time_budget": o.time_budget, "pipelining": o.pipelining}.items() if v is not None})
+    return config.model_copy(update={"loop": loop})

@@ -1,0 +1,191 @@
+"""From an idea to a reviewed edit of train.py, before any GPU time is spent.
+
+propose → novelty gate (semantic) → code (bounded retries fed the error) → novelty gate (exact diff)
+→ guard (deterministic rules) → reviewer (bounded revise rounds). Each refusal becomes an experiment
+record of its own (status `repeat`, `skipped` or `veto`) so the morning report shows it too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
+from agents.guard import check_edit
+from agents.results import ExperimentRecord
+from agents.roles import ResearchCrew, RoleError
+from agents.schemas import CodeEdit, Idea, Review
+from memory.novelty import normalised_diff_hash
+
+
+@dataclass
+class Candidate:
+    """A reviewed edit, ready to be committed and trained."""
+
+    exp_id: str
+    idea: Idea
+    edit: CodeEdit
+    base_commit: str
+    base_text: str
+    new_text: str
+    review: Review | None = None
+    guard_text: str = ""
+
+    @property
+    def diff(self) -> str:
+        return unified_diff(self.base_text, self.new_text)
+
+    @property
+    def diff_hash(self) -> str:
+        return normalised_diff_hash(self.base_text, self.new_text)
+
+    @property
+    def lines(self) -> tuple[int, int]:
+        return diff_stats(self.base_text, self.new_text)
+
+
+@dataclass
+class Workbench:
+    """What preparing a candidate needs from the loop."""
+
+    crew: ResearchCrew
+    memory: object  # memory.store.ExperimentMemory
+    program: str
+    device: str
+    novelty_threshold: float
+    coder_retries: int
+    review_rounds: int
+    guard_rules: set[str] | None
+    new_exp_id: Callable[[], str]
+    refuse: Callable[[ExperimentRecord], None]  # records a refusal (results + memory)
+    history: Callable[[], list[ExperimentRecord]]
+    recall: Callable[[str], str]
+    best_summary: Callable[[], str]
+    feedback: list[str] = field(default_factory=list)
+
+
+def prepare_candidate(bench: Workbench, tag: str, config_name: str, base_commit: str, base_text: str,
+                      max_proposals: int = 5) -> Candidate | None:
+    """Propose until an idea survives the gates, at most `max_proposals` times; None if none did."""
+    for _ in range(max_proposals):
+        exp_id = bench.new_exp_id()
+        idea = _propose(bench, base_text)
+        if idea is None:
+            continue
+        record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
+                                  description=idea.title, category=idea.category, rationale=idea.rationale,
+                                  expected_effect=idea.expected_effect, parent_commit=base_commit)
+        verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold)
+        if not verdict.novel:
+            _refused(bench, record, "repeat", verdict.message)
+            continue
+        candidate = _code_and_review(bench, exp_id, idea, base_commit, base_text, record)
+        if candidate is not None:
+            bench.feedback.clear()
+            return candidate
+    return None
+
+
+def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str, tag: str,
+           config_name: str) -> Candidate | None:
+    """Re-apply a prepared idea on a new best whose train.py conflicted with its edit."""
+    record = ExperimentRecord(exp_id=stale.exp_id, tag=tag, config=config_name, status="skipped",
+                              description=stale.idea.title, category=stale.idea.category,
+                              rationale=stale.idea.rationale, expected_effect=stale.idea.expected_effect,
+                              parent_commit=base_commit)
+    return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record)
+
+
+def _propose(bench: Workbench, base_text: str) -> Idea | None:
+    inputs = {
+        "program": bench.program,
+        "train_py": base_text,
+        "best": bench.best_summary(),
+        "recall": bench.recall(bench.feedback[-1] if bench.feedback else ""),
+        "feedback": "\n".join(bench.feedback[-3:]),
+        "history": bench.history(),
+        "device": bench.device,
+    }
+    try:
+        return bench.crew.propose(inputs)
+    except RoleError as exc:
+        bench.feedback.append(f"the last proposal failed: {exc}")
+        return None
+
+
+def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str, base_text: str,
+                     record: ExperimentRecord) -> Candidate | None:
+    feedback = ""
+    for _ in range(max(1, bench.review_rounds)):
+        coded = _code(bench, idea, base_text, feedback)
+        if isinstance(coded, str):
+            _refused(bench, record, "skipped", f"no edit that applies and compiles: {coded}")
+            return None
+        edit, new_text = coded
+        candidate = Candidate(exp_id, idea, edit, base_commit, base_text, new_text)
+        record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
+        record.lines_added, record.lines_removed = candidate.lines
+
+        verdict = bench.memory.check_diff(candidate.diff_hash)
+        if not verdict.novel:
+            _refused(bench, record, "repeat", verdict.message)
+            return None
+
+        report = check_edit(base_text, new_text, [edit.path], rules=bench.guard_rules)
+        candidate.guard_text = report.text()
+        if not report.ok:
+            record.guard_violations = candidate.guard_text
+            _refused(bench, record, "veto", candidate.guard_text)
+            return None
+
+        review = _review(bench, candidate)
+        candidate.review = review
+        if review is None or review.verdict == "approve":
+            return candidate
+        record.review_verdict, record.review_reasons = review.verdict, json.dumps(review.reasons)
+        if review.verdict == "reject":
+            _refused(bench, record, "veto", "reviewer rejected: " + "; ".join(review.reasons))
+            return None
+        feedback = "The reviewer asked for a revision: " + "; ".join(review.reasons)
+    _refused(bench, record, "veto", "still not approved after the allowed revise rounds: " + feedback)
+    return None
+
+
+def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[CodeEdit, str] | str:
+    """The coder's edit applied and compiled, or the last error after the allowed retries."""
+    error = ""
+    for _ in range(1 + bench.coder_retries):
+        inputs = {"program": bench.program, "idea": idea, "train_py": base_text,
+                  "feedback": "\n".join(x for x in (feedback, error) if x)}
+        try:
+            edit = bench.crew.code(inputs)
+            if edit.path != "train.py":
+                raise EditError(f"only train.py may be edited, not {edit.path!r}")
+            new_text = apply_edit(base_text, edit)
+            check_compiles(new_text)
+            if new_text == base_text:
+                raise EditError("the edit changes nothing")
+            return edit, new_text
+        except (RoleError, EditError) as exc:
+            error = f"Your previous edit failed: {exc}"
+    return error
+
+
+def _review(bench: Workbench, candidate: Candidate) -> Review | None:
+    similar = "\n".join(f"- {h.exp_id} [{h.status}] {h.title}" for h in bench.memory.similar(candidate.idea.title, k=5))
+    inputs = {"program": bench.program, "idea": candidate.idea, "diff": candidate.diff,
+              "guard_report": candidate.guard_text, "guard_ok": True, "similar": similar}
+    try:
+        return bench.crew.review(inputs)
+    except RoleError as exc:
+        # a reviewer that cannot answer is not a veto: the deterministic guard already passed
+        return Review(verdict="approve", reasons=[f"reviewer unavailable ({exc}); guard passed"])
+
+
+def _refused(bench: Workbench, record: ExperimentRecord, status: str, reason: str) -> None:
+    record.status = status
+    record.decision_reason = reason
+    record.lesson = reason
+    bench.feedback.append(f"{record.exp_id} '{record.description}' was refused ({status}): {reason}")
+    bench.refuse(record)

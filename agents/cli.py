@@ -1,0 +1,148 @@
+"""The `autoresearch` command line: prepare, run, status, report, compare, memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agents.crewai_env import quiet_crewai
+
+quiet_crewai()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="A crew of agents that runs ML experiments on train.py and reports what it learned.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _default_tag() -> str:
+    return date.today().strftime("%b%d").lower()
+
+
+def _fail(message: str, hint: str = "") -> None:
+    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""))
+    raise typer.Exit(code=2)
+
+
+def _config_path(config: Path | None, preset: str | None) -> Path:
+    if config is not None and preset is not None:
+        _fail("give either --config or --preset, not both")
+    if preset is not None:
+        from agents.config import ConfigError, preset_path
+
+        try:
+            return preset_path(preset)
+        except ConfigError as exc:
+            _fail(str(exc))
+    path = config or Path("crew.yaml")
+    if not path.exists():
+        _fail(f"config file not found: {path}", "run from the repository root, or pass --config PATH")
+    return path
+
+
+@app.command()
+def prepare(args: list[str] = typer.Argument(None, help="passed to prepare.py, e.g. --source builtin")) -> None:
+    """Download (or build offline) the data and train the tokenizer. Idempotent."""
+    if not Path("prepare.py").exists():
+        _fail("prepare.py not found in the current directory", "run from the repository root")
+    raise typer.Exit(subprocess.call([sys.executable, "prepare.py", *(args or [])]))
+
+
+@app.command()
+def run(
+    tag: str = typer.Option(None, help="run name; branch autoresearch/<tag>. An existing tag is resumed."),
+    config: Path = typer.Option(None, help="crew configuration (default: ./crew.yaml)"),
+    preset: str = typer.Option(None, help="a shipped configuration: full, no-reviewer, single-agent, offline"),
+    experiments: int = typer.Option(None, help="stop after this many trained experiments"),
+    hours: float = typer.Option(None, help="stop after this many hours"),
+    usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
+    budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
+    live: bool = typer.Option(True, help="live view in the terminal"),
+) -> None:
+    """Run the research loop until a stop condition, then print the results table and the plot's path."""
+    from agents.assemble import Overrides, SetupError, build_settings
+    from agents.config import ConfigError
+    from agents.gitops import GitError
+    from agents.live import LiveView
+    from agents.lock import RunLockError
+    from agents.loop import BaselineCrashed, run_loop
+    from agents.report import plot_progress, results_table, summary_markdown
+
+    tag = tag or _default_tag()
+    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget)
+    try:
+        settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
+                                  config_name=preset or None)
+    except (ConfigError, SetupError) as exc:
+        _fail(str(exc))
+    view = LiveView(console, tag, settings.config.loop.time_budget, enabled=live and console.is_terminal)
+    settings.on_event = view.handle
+    try:
+        with view:
+            outcome = run_loop(settings)
+    except (GitError, RunLockError, BaselineCrashed) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: run the same command again to resume where it stopped")
+        raise typer.Exit(130) from None
+    finally:
+        settings.memory.close()
+
+    png = plot_progress(outcome.records, outcome.run_dir / "progress.png", title=f"autoresearch/{tag}")
+    (outcome.run_dir / "report.md").write_text(summary_markdown(outcome.records))
+    console.print(results_table(outcome.records))
+    best = f"{outcome.best_bpb:.6f}" if outcome.best_bpb is not None else "n/a"
+    console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})")
+    console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}")
+
+
+@app.command()
+def status(tag: str = typer.Option(None, help="run to show (default: every run)")) -> None:
+    """Show the results of one run or all runs, and whether a run is active."""
+    from agents.report import results_table
+    from agents.results import ResultsStore
+
+    runs = Path("runs")
+    dirs = [runs / tag] if tag else sorted(p for p in runs.glob("*") if (p / "results.parquet").exists())
+    if not dirs or not (dirs[0] / "results.parquet").exists():
+        _fail(f"no results found under {runs}/" + (tag or ""), "start one with `autoresearch run`")
+    lock = Path(".autoresearch/run.lock")
+    holder = lock.read_text().strip() if lock.exists() else ""
+    console.print(f"active run: {holder}" if holder else "no run active")
+    for d in dirs:
+        console.print(f"[bold]{d.name}[/]")
+        console.print(results_table(ResultsStore(d).load()))
+
+
+@app.command()
+def report(tag: str = typer.Option(None, help="run to report (default: today's tag)")) -> None:
+    """Write progress.png and report.md for a run."""
+    from agents.report import plot_progress, summary_markdown
+    from agents.results import ResultsStore
+
+    run_dir = Path("runs") / (tag or _default_tag())
+    records = ResultsStore(run_dir).load()
+    if not records:
+        _fail(f"no results in {run_dir}", "name the run with --tag (see `autoresearch status`)")
+    png = plot_progress(records, run_dir / "progress.png", title=f"autoresearch/{run_dir.name}")
+    (run_dir / "report.md").write_text(summary_markdown(records))
+    console.print(f"plot:   {png}\nreport: {run_dir / 'report.md'}")
+
+
+def _mount_subapps() -> None:
+    from memory.cli import app as memory_app
+
+    app.add_typer(memory_app, name="memory", help="search, inspect and rebuild the experiment memory")
+
+
+_mount_subapps()
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,74 @@
+"""The live terminal view of a run: experiment, phase, progress over the budget, best, recent rows.
+
+Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from agents.loop import LoopEvent
+
+STATUS_STYLE = {"keep": "green", "discard": "white", "crash": "red", "veto": "magenta", "repeat": "yellow",
+                "skipped": "yellow", "baseline": "cyan"}
+
+
+class LiveView:
+    def __init__(self, console: Console, tag: str, budget: float | None, enabled: bool = True):
+        self.console, self.tag, self.enabled = console, tag, enabled
+        self.budget = budget or 0.0
+        self.exp_id, self.phase, self.elapsed = "", "starting", 0.0
+        self.best: float | None = None
+        self.rows: deque = deque(maxlen=8)
+        self._live: Live | None = None
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def handle(self, event: LoopEvent) -> None:
+        if event.best_bpb is not None:
+            self.best = event.best_bpb
+        if event.kind == "phase":
+            self.exp_id, self.phase, self.elapsed = event.exp_id, event.message, 0.0
+        elif event.kind == "progress":
+            self.elapsed, self.budget = event.elapsed, event.budget or self.budget
+        elif event.kind == "record" and event.record is not None:
+            r = event.record
+            bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
+            self.rows.append((r.exp_id, r.status, bpb, r.description))
+            if self._live is None:
+                self.console.print(f"{r.exp_id}  {r.status:<8} {bpb:>9}  {r.description}", highlight=False)
+        elif event.kind == "note" and self._live is None:
+            self.console.print(f"[dim]{event.exp_id} {event.message}[/]", highlight=False)
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Panel:
+        best = f"{self.best:.6f}" if self.best is not None else "-"
+        head = Text.assemble(("experiment ", "dim"), (self.exp_id or "-", "bold"), ("   phase ", "dim"),
+                             (self.phase, "bold"), ("   best val_bpb ", "dim"), (best, "bold green"))
+        parts: list = [head]
+        if self.phase == "training" and self.budget:
+            parts.append(ProgressBar(total=self.budget, completed=min(self.elapsed, self.budget), width=60))
+            parts.append(Text(f"{self.elapsed:.0f}s of {self.budget:.0f}s training budget", style="dim"))
+        table = Table(box=None, pad_edge=False)
+        for col in ("exp", "status", "val_bpb", "description"):
+            table.add_column(col)
+        for exp_id, status, bpb, desc in self.rows:
+            table.add_row(exp_id, Text(status, style=STATUS_STYLE.get(status, "")), bpb, desc[:70])
+        parts.append(table)
+        return Panel(Group(*parts), title=f"autoresearch/{self.tag}")

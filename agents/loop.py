@@ -1,0 +1,503 @@
+"""The research cycle, top to bottom.
+
+setup (lock, branch, memory, crew) → resume whatever a crash interrupted → baseline runs (σ) → until a
+stop condition: prepare a candidate (candidates.py) → commit → train (runner.py) → decide (decide.py:
+numbers decide) → git keep/reset → results + memory → the analyst explains and writes the lesson.
+
+With pipelining on, the crew prepares the next candidate and analyses the previous experiment while
+the current one trains, so the trainer does not wait for agents. A prepared candidate whose base was
+overtaken by a keep is re-applied on the new best with a three-way merge, or re-coded on conflict.
+Every phase is written ahead to the journal (journal.py) so a kill at any moment loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agents.candidates import Candidate, Workbench, prepare_candidate, recode
+from agents.config import CrewConfig
+from agents.decide import Decision, Plausibility, decide, estimate_sigma
+from agents.gitops import ExperimentRepo
+from agents.guard import check_edit, check_prepare_hash, file_sha256
+from agents.journal import Journal, JournalEntry
+from agents.lock import RunLock
+from agents.results import ExperimentRecord, ResultsStore
+from agents.roles import ResearchCrew, RoleError
+from agents.runner import RunResult, start_training
+from agents.schemas import CodeEdit, Idea
+
+TRAINED = ("keep", "discard", "crash")
+
+
+class BaselineCrashed(RuntimeError):
+    """The unmodified train.py does not run: nothing can be compared against it."""
+
+
+@dataclass
+class LoopEvent:
+    """What the live view shows: a phase change, training progress, a finished record, or a note."""
+
+    kind: str  # "phase" | "progress" | "record" | "note"
+    exp_id: str = ""
+    message: str = ""
+    elapsed: float = 0.0
+    budget: float = 0.0
+    record: ExperimentRecord | None = None
+    best_bpb: float | None = None
+
+
+@dataclass
+class LoopSettings:
+    repo_dir: Path
+    tag: str
+    config: CrewConfig
+    config_name: str
+    program: str
+    crew: ResearchCrew
+    ledger: object  # agents.llm.usage.UsageLedger
+    memory: object  # memory.store.ExperimentMemory
+    run_dir: Path | None = None
+    python: str = sys.executable
+    device: str = "cpu"
+    on_event: Callable[[LoopEvent], None] = lambda event: None
+    extra_env: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopOutcome:
+    stop_reason: str
+    records: list[ExperimentRecord]
+    best_bpb: float | None
+    best_commit: str
+    run_dir: Path
+
+
+@dataclass
+class Best:
+    commit: str
+    text: str
+    bpb: float | None = None
+    sigma: float = 0.0
+
+
+def run_loop(s: LoopSettings) -> LoopOutcome:
+    repo = ExperimentRepo(s.repo_dir)
+    repo.ensure_git_repo()
+    run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
+    _undo_own_uncommitted_edit(repo, Journal(run_dir), s.repo_dir)
+    repo.ensure_clean(["train.py", "prepare.py"])
+    with RunLock(s.repo_dir) as lock:
+        if lock.took_over_from:
+            s.on_event(LoopEvent("note", message=f"took over a stale lock left by {lock.took_over_from}"))
+        return _Cycle(s, repo).run()
+
+
+class _Cycle:
+    """One run of the loop; holds the per-run objects so the steps below stay short."""
+
+    def __init__(self, s: LoopSettings, repo: ExperimentRepo):
+        self.s, self.repo, self.cfg = s, repo, s.config.loop
+        self.run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
+        self.results = ResultsStore(self.run_dir)
+        self.journal = Journal(self.run_dir)
+        self.records = self.results.load()
+        self.started = time.monotonic()
+        self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
+        self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
+                                         max_gain=self.cfg.plausibility.max_gain)
+
+    # ---------------------------------------------------------------- the cycle
+    def run(self) -> LoopOutcome:
+        self.repo.start_branch(self.s.tag)
+        self.best = self._best_from_records()
+        bench = self._workbench()
+        candidate = self._resume(bench)
+
+        while len(self._baselines()) < self.cfg.noise.baseline_repeats and self._stop_reason() is None:
+            record = self._run_baseline(seed=self.cfg.seed + len(self._baselines()))
+            if record.status == "crash":
+                raise BaselineCrashed(f"the starting train.py crashed ({record.error}); see {record.log_path}")
+
+        pending_analysis: ExperimentRecord | None = None
+        stop = self._stop_reason()
+        while stop is None:
+            if candidate is None:
+                candidate = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+                if candidate is None:
+                    stop = self._stop_reason()
+                    continue
+            entry = self._commit(candidate)
+            job = self._start(entry)
+            if pending_analysis is not None:  # explain the previous experiment while this one trains
+                self._analyse(pending_analysis)
+                pending_analysis = None
+            upcoming = None
+            if self.cfg.pipelining and self._stop_reason(upcoming=True) is None:
+                upcoming = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+            record = self._finish(entry, self._wait(job, entry), candidate)
+            if self.cfg.pipelining:
+                pending_analysis = record
+            else:
+                self._analyse(record)
+            candidate = self._rebase(bench, upcoming) if upcoming is not None else None
+            stop = self._stop_reason()
+
+        if pending_analysis is not None:
+            self._analyse(pending_analysis)
+        if candidate is not None:
+            # prepared but never trained: the journal keeps it, the next run starts with it
+            self.s.on_event(LoopEvent("note", exp_id=candidate.exp_id, message="prepared candidate kept for the next run"))
+        self.repo.reset_hard(self.best.commit)
+        return LoopOutcome(stop, self.records, self.best.bpb, self.best.commit, self.run_dir)
+
+    # ---------------------------------------------------------------- baseline
+    def _run_baseline(self, seed: int) -> ExperimentRecord:
+        exp_id = self._new_exp_id()
+        commit = self.best.commit
+        entry = JournalEntry(exp_id=exp_id, phase="committed", kind="baseline", base_commit=commit,
+                             commit=commit, seed=seed, new_text=self.best.text)
+        self.journal.write(entry)
+        result = self._wait(self._start(entry), entry)
+        return self._finish(entry, result, None)
+
+    # ---------------------------------------------------------------- one experiment
+    def _commit(self, c: Candidate) -> JournalEntry:
+        entry = JournalEntry(exp_id=c.exp_id, phase="reviewed", idea=c.idea.model_dump(), edit=c.edit.model_dump(),
+                             new_text=c.new_text, base_commit=c.base_commit, seed=self.cfg.seed)
+        self.journal.write(entry)
+        self._checkpoint("commit")
+        (self.s.repo_dir / "train.py").write_text(c.new_text)
+        entry.commit = self.repo.commit_file("train.py", f"{c.exp_id}: {c.idea.title}")
+        self.repo.keep_ref(self.s.tag, c.exp_id, entry.commit)
+        self.journal.advance(entry, "committed")
+        return entry
+
+    def _start(self, entry: JournalEntry):
+        self._event("phase", entry.exp_id, "training")
+        self._checkpoint("train")
+        violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
+        if violation is not None:
+            raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
+        return start_training(self.s.repo_dir, self.run_dir, entry.exp_id, time_budget=self.cfg.time_budget,
+                              seed=entry.seed, python=self.s.python, extra_env=self.s.extra_env)
+
+    def _wait(self, job, entry: JournalEntry) -> RunResult:
+        budget = self.cfg.time_budget or 0.0
+        while job.poll() is None:
+            self._event("progress", entry.exp_id, elapsed=job.elapsed, budget=budget)
+            time.sleep(0.5)
+        result = job.wait()
+        violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
+        if violation is not None:  # the run itself changed the locked file: never trust its number
+            result.status, result.val_bpb = "crash", None
+            result.error = f"prepare.py changed during the run ({violation.rule})"
+            self.repo.restore_file("prepare.py")
+        entry.result = _result_dict(result)
+        self.journal.advance(entry, "trained")
+        self._checkpoint("trained")
+        return result
+
+    def _finish(self, entry: JournalEntry, result: RunResult, candidate: Candidate | None) -> ExperimentRecord:
+        """Decide, move git, write results and memory. Idempotent: resume may call it again."""
+        record = self._record_for(entry, result, candidate)
+        if entry.kind == "baseline":
+            ok = result.val_bpb is not None
+            decision = Decision("baseline" if ok else "crash", "baseline run" if ok else (result.error or "crashed"), 0.0)
+        else:
+            decision = self._decide(entry, result, record)
+        record.status, record.decision_reason = decision.action, decision.reason
+        entry.decision = {"action": record.status, "reason": decision.reason, "val_bpb": record.val_bpb}
+        self.journal.advance(entry, "decided")
+        self._checkpoint("decide")
+
+        if record.status == "keep":
+            self.best = Best(entry.commit, entry.new_text, record.val_bpb, self.best.sigma)
+        self.repo.reset_hard(self.best.commit)
+        self.records_append(record)
+        if entry.kind == "baseline":
+            self.best = self._best_from_records()  # the baseline mean and sigma change with every repeat
+        self.journal.advance(entry, "recorded" if record.status in TRAINED else "done")
+        self._checkpoint("record")
+        self._event("record", entry.exp_id, record.status, record=record)
+        return record
+
+    def _decide(self, entry: JournalEntry, result: RunResult, record: ExperimentRecord) -> Decision:
+        lines_delta = record.lines_added - record.lines_removed
+        decision = decide(result.val_bpb, self.best.bpb, sigma=self.best.sigma, min_delta=self.cfg.noise.min_delta,
+                          sigma_k=self.cfg.noise.sigma_k, lines_delta=lines_delta, plausibility=self.plausibility)
+        runs = [result.val_bpb]
+        for attempt in range(self.cfg.noise.max_reruns):
+            if decision.action != "rerun":
+                break
+            # borderline or implausible: the same commit with another seed, the mean decides
+            self._event("note", entry.exp_id, f"re-running with another seed: {decision.reason}")
+            rerun = JournalEntry(exp_id=f"{entry.exp_id}.r{attempt + 1}", phase="committed", kind="rerun",
+                                 base_commit=entry.base_commit, commit=entry.commit, new_text=entry.new_text,
+                                 seed=entry.seed + 1000 * (attempt + 1))
+            self.repo.reset_hard(entry.commit)
+            again = self._wait(self._start(rerun), rerun)
+            self.journal.advance(rerun, "done")
+            if again.val_bpb is None:
+                return Decision("discard", f"re-run crashed ({again.error}); not confirmed", 0.0)
+            runs.append(again.val_bpb)
+            decision = decide(statistics.fmean(runs), self.best.bpb, sigma=self.best.sigma,
+                              min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
+                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility)
+        if decision.action == "rerun":
+            decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
+        if len(runs) > 1:
+            record.val_bpb = statistics.fmean(runs)
+            record.delta = record.val_bpb - self.best.bpb if self.best.bpb is not None else None
+            decision = Decision(decision.action, f"{decision.reason} (mean of {len(runs)} runs: "
+                                f"{', '.join(f'{r:.6f}' for r in runs)})", decision.threshold)
+        return decision
+
+    def _analyse(self, record: ExperimentRecord) -> None:
+        if record.status not in TRAINED:
+            return
+        self._event("phase", record.exp_id, "analysing")
+        log_tail = ""
+        if record.log_path and Path(record.log_path).exists():
+            log_tail = "\n".join(Path(record.log_path).read_text(errors="replace").splitlines()[-40:])
+        idea = Idea(title=record.description, rationale=record.rationale, expected_effect=record.expected_effect,
+                    category=record.category or "other")
+        inputs = {"program": self.s.program, "idea": idea, "record": record, "log_tail": log_tail,
+                  "history": list(self.records)}
+        mark = self._usage_mark()
+        try:
+            analysis = self.s.crew.analyse(inputs)
+            record.explanation, record.lesson = analysis.explanation, analysis.lesson
+        except RoleError as exc:
+            record.lesson = record.lesson or f"(analyst unavailable: {exc}) {record.decision_reason}"
+        self._add_usage(record, mark)
+        self.records_append(record)
+        entry_path = self.journal.dir / f"{record.exp_id}.json"
+        if entry_path.exists():
+            entry = JournalEntry(**json.loads(entry_path.read_text()))
+            self.journal.advance(entry, "done")
+
+    # ---------------------------------------------------------------- pipelining
+    def _rebase(self, bench: Workbench, c: Candidate) -> Candidate | None:
+        """A candidate prepared against an older best: three-way merge, else re-code."""
+        if c.base_commit == self.best.commit:
+            return c
+        merged = self.repo.merge_file(base=c.base_text, ours=self.best.text, theirs=c.new_text)
+        if merged is not None and merged != self.best.text:
+            report = check_edit(self.best.text, merged, ["train.py"], rules=bench.guard_rules)
+            if report.ok:
+                self._event("note", c.exp_id, "re-applied on the new best (three-way merge)")
+                return Candidate(c.exp_id, c.idea, c.edit, self.best.commit, self.best.text, merged,
+                                 c.review, report.text())
+        self._event("note", c.exp_id, "conflict with the new best: re-coding")
+        return recode(bench, c, self.best.commit, self.best.text, self.s.tag, self.s.config_name)
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self, bench: Workbench) -> Candidate | None:
+        """Complete, re-run or re-queue whatever the last run left half-done."""
+        candidate = None
+        for entry in self.journal.unfinished():
+            self._event("note", entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
+            if entry.kind == "rerun":
+                self.journal.advance(entry, "done")  # its parent re-decides from scratch
+            elif entry.phase in ("proposed", "coded", "reviewed"):
+                # no GPU time spent yet: the idea is queued again on the current best
+                stale = Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit,
+                                  self.repo.read_file_at(entry.base_commit, "train.py"), entry.new_text)
+                self.journal.advance(entry, "done")
+                candidate = self._rebase(bench, stale) if candidate is None else candidate
+            elif entry.phase == "committed":
+                self.repo.reset_hard(entry.commit)
+                stale = self._candidate_from_entry(entry)
+                result = self._wait(self._start(entry), entry)
+                self._finish(entry, result, stale)
+            elif entry.phase in ("trained", "decided"):
+                self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
+            elif entry.phase == "recorded":
+                record = next((r for r in self.records if r.exp_id == entry.exp_id), None)
+                if record is not None:
+                    self._analyse(record)
+                else:
+                    self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
+            self.records = self.results.load()
+            self.best = self._best_from_records()
+        self.repo.reset_hard(self.best.commit)
+        return candidate
+
+    def _candidate_from_entry(self, entry: JournalEntry) -> Candidate | None:
+        if entry.kind == "baseline" or not entry.idea:
+            return None
+        base_text = self.repo.read_file_at(entry.base_commit, "train.py")
+        return Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit, base_text,
+                         entry.new_text)
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _record_for(self, entry: JournalEntry, result: RunResult, c: Candidate | None) -> ExperimentRecord:
+        existing = next((r for r in self.records if r.exp_id == entry.exp_id), None)
+        summary = result.summary or {}
+        record = existing or ExperimentRecord(exp_id=entry.exp_id, tag=self.s.tag, status="discard",
+                                              description="", config=self.s.config_name)
+        record.commit, record.parent_commit, record.seed = entry.commit, entry.base_commit, entry.seed
+        if entry.kind == "baseline":
+            record.description = f"baseline (seed {entry.seed})"
+            record.category = "baseline"
+        elif c is not None:
+            record.description, record.category = c.idea.title, c.idea.category
+            record.rationale, record.expected_effect = c.idea.rationale, c.idea.expected_effect
+            record.diff, record.diff_hash = c.diff, c.diff_hash
+            record.lines_added, record.lines_removed = c.lines
+            if c.review is not None:
+                record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)
+            record.guard_violations = ""
+        record.val_bpb = result.val_bpb
+        record.best_bpb_before = self.best.bpb
+        record.delta = (result.val_bpb - self.best.bpb) if (result.val_bpb is not None and self.best.bpb) else None
+        record.memory_gb = round(float(summary.get("peak_vram_mb") or 0.0) / 1024, 1)
+        record.training_seconds = summary.get("training_seconds")
+        record.wall_seconds = result.wall_seconds
+        record.num_steps = _maybe_int(summary.get("num_steps"))
+        record.num_params_M = summary.get("num_params_M")
+        record.mfu_percent = summary.get("mfu_percent")
+        record.total_tokens_M = summary.get("total_tokens_M")
+        record.log_path = str(result.log_path or "")
+        record.error = result.error or ""
+        record.finished_at = _now()
+        record.degraded_roles = "; ".join(self.s.crew.degraded_roles)
+        return record
+
+    def records_append(self, record: ExperimentRecord) -> None:
+        """Results first (the history everything is rebuilt from), then memory."""
+        self.results.append(record)
+        self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
+        try:
+            self.s.memory.add(record)
+        except Exception as exc:  # memory is rebuildable from results: never stop the loop for it
+            self._event("note", record.exp_id, f"memory write failed ({type(exc).__name__}: {exc}); "
+                        "run `autoresearch memory rebuild` later")
+
+    def _refuse(self, record: ExperimentRecord) -> None:
+        record.finished_at = _now()
+        self.records_append(record)
+        self._event("record", record.exp_id, record.status, record=record)
+
+    def _baselines(self) -> list[ExperimentRecord]:
+        return [r for r in self.records if r.status == "baseline"]
+
+    def _best_from_records(self) -> Best:
+        baselines = self._baselines()
+        kept = [r for r in self.records if r.status == "keep"]
+        sigma = estimate_sigma([r.val_bpb for r in baselines if r.val_bpb is not None]) if baselines else 0.0
+        if kept:
+            last = kept[-1]
+            return Best(last.commit, self.repo.read_file_at(last.commit, "train.py"), last.val_bpb, sigma)
+        start = baselines[0].commit if baselines else self.repo.head()
+        bpbs = [r.val_bpb for r in baselines if r.val_bpb is not None]
+        return Best(start, self.repo.read_file_at(start, "train.py"), statistics.fmean(bpbs) if bpbs else None, sigma)
+
+    def _new_exp_id(self) -> str:
+        taken = {r.exp_id for r in self.records} | {p.stem for p in self.journal.dir.glob("*.json")} \
+            if self.journal.dir.exists() else {r.exp_id for r in self.records}
+        n = len({t.split(".")[0] for t in taken})
+        while f"{n:04d}" in taken:
+            n += 1
+        return f"{n:04d}"
+
+    def _workbench(self) -> Workbench:
+        return Workbench(
+            crew=self.s.crew, memory=self.s.memory, program=self.s.program, device=self.s.device,
+            novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
+            review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
+            new_exp_id=self._reserve_exp_id, refuse=self._refuse, history=lambda: list(self.records),
+            recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
+            best_summary=self._best_summary,
+        )
+
+    def _reserve_exp_id(self) -> str:
+        exp_id = self._new_exp_id()
+        self.journal.write(JournalEntry(exp_id=exp_id, phase="proposed"))
+        self._event("phase", exp_id, "proposing")
+        return exp_id
+
+    def _best_summary(self) -> str:
+        if self.best.bpb is None:
+            return "no result yet"
+        kept = [r for r in self.records if r.status == "keep"]
+        chain = "; ".join(f"{r.description} ({r.delta:+.4f})" for r in kept[-10:] if r.delta is not None)
+        return (f"best val_bpb {self.best.bpb:.6f} at commit {self.best.commit[:7]}, noise sigma {self.best.sigma:.5f}"
+                + (f"; kept so far: {chain}" if chain else ""))
+
+    def _stop_reason(self, upcoming: bool = False) -> str | None:
+        trained = [r for r in self.records if r.status in TRAINED]
+        # while one trains, preparing the next only makes sense if it may still run
+        pending = 1 if upcoming else 0
+        if self.cfg.max_experiments is not None and len(trained) + pending >= self.cfg.max_experiments:
+            return f"reached max_experiments ({self.cfg.max_experiments})"
+        if self.cfg.max_hours is not None and (time.monotonic() - self.started) / 3600 >= self.cfg.max_hours:
+            return f"reached max_hours ({self.cfg.max_hours})"
+        totals = self.s.ledger.totals()
+        if self.cfg.max_usd is not None and totals.usd >= self.cfg.max_usd:
+            return f"reached max_usd ({self.cfg.max_usd})"
+        if self.cfg.max_tokens is not None and totals.tokens_in + totals.tokens_out >= self.cfg.max_tokens:
+            return f"reached max_tokens ({self.cfg.max_tokens})"
+        streak = 0
+        for r in reversed(self.records):
+            if r.status in TRAINED or r.status == "baseline":
+                break
+            streak += 1
+        if streak >= self.cfg.max_refusals_in_a_row:
+            return f"{streak} proposals in a row were refused; the crew seems stuck (see results.tsv)"
+        return None
+
+    def _usage_mark(self):
+        return self.s.ledger.totals()
+
+    def _add_usage(self, record: ExperimentRecord, mark) -> None:
+        now = self.s.ledger.totals()
+        record.tokens_in += now.tokens_in - mark.tokens_in
+        record.tokens_out += now.tokens_out - mark.tokens_out
+        record.usd += now.usd - mark.usd
+
+    def _event(self, kind: str, exp_id: str = "", message: str = "", **kw) -> None:
+        self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=self.best.bpb if hasattr(self, "best") else None,
+                                  **kw))
+
+    def _checkpoint(self, phase: str) -> None:
+        """Test hook: die here, as a power cut would, to prove resume loses nothing."""
+        if os.environ.get("AUTORESEARCH_TEST_KILL_AT") == phase:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _undo_own_uncommitted_edit(repo: ExperimentRepo, journal: Journal, repo_dir: Path) -> None:
+    """A kill between writing train.py and committing it leaves our own edit behind: undo only that."""
+    train_py = repo_dir / "train.py"
+    if not train_py.exists():
+        return
+    text = train_py.read_text()
+    if any(e.new_text == text and e.phase in ("reviewed",) for e in journal.unfinished()):
+        repo.restore_file("train.py")
+
+
+def _result_dict(result: RunResult) -> dict:
+    keep = ("status", "val_bpb", "record", "summary", "returncode", "wall_seconds", "log_path", "log_tail",
+            "error", "warnings")
+    return {k: (str(v) if k == "log_path" and v is not None else v) for k, v in vars(result).items() if k in keep}
+
+
+def _result_from_dict(d: dict) -> RunResult:
+    return RunResult(**d)
+
+
+def _maybe_int(value) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

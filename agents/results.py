@@ -1,0 +1,129 @@
+"""Results of a run: one `ExperimentRecord` per experiment, in results.tsv and results.parquet.
+
+results.tsv keeps upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description)
+so its tooling keeps working; results.parquet holds every field. The Parquet file is the history
+everything else (memory, reports, comparisons) can be rebuilt from.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+STATUSES = ("baseline", "keep", "discard", "crash", "veto", "repeat", "skipped")
+
+
+@dataclass
+class ExperimentRecord:
+    exp_id: str
+    tag: str
+    status: str
+    description: str
+    config: str = "default"
+    commit: str = ""
+    parent_commit: str = ""
+    val_bpb: float | None = None
+    best_bpb_before: float | None = None
+    delta: float | None = None  # val_bpb - best_bpb_before (negative is better)
+    memory_gb: float = 0.0
+    category: str = ""
+    rationale: str = ""
+    expected_effect: str = ""
+    diff: str = ""
+    diff_hash: str = ""
+    lines_added: int = 0
+    lines_removed: int = 0
+    review_verdict: str = ""
+    review_reasons: str = ""
+    guard_violations: str = ""
+    decision_reason: str = ""
+    explanation: str = ""
+    lesson: str = ""
+    seed: int = 42
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+    num_steps: int | None = None
+    num_params_M: float | None = None
+    mfu_percent: float | None = None
+    total_tokens_M: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    usd: float = 0.0
+    started_at: str = ""
+    finished_at: str = ""
+    log_path: str = ""
+    error: str = ""
+    degraded_roles: str = ""
+    extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
+
+    def tsv_row(self) -> list[str]:
+        bpb = f"{self.val_bpb:.6f}" if self.val_bpb is not None else "0.000000"
+        # one line per experiment: tabs/newlines in free text would break the TSV
+        desc = " ".join(self.description.split())
+        return [self.commit[:7], bpb, f"{self.memory_gb:.1f}", self.status, desc]
+
+
+PERSISTED_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRecord) if f.name != "extra")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ResultsStore:
+    """results.tsv + results.parquet for one run directory (`runs/<tag>/`)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.tsv_path = self.run_dir / "results.tsv"
+        self.parquet_path = self.run_dir / "results.parquet"
+
+    def load(self) -> list[ExperimentRecord]:
+        if not self.parquet_path.exists():
+            return []
+        table = pq.read_table(self.parquet_path)
+        known = set(PERSISTED_FIELDS)
+        rows = table.to_pylist()
+        return [ExperimentRecord(**{k: v for k, v in row.items() if k in known}) for row in rows]
+
+    def append(self, record: ExperimentRecord) -> None:
+        """Add or replace (same exp_id) a record; both files are rewritten atomically."""
+        records = [r for r in self.load() if r.exp_id != record.exp_id]
+        records.append(record)
+        self.write_all(records)
+
+    def write_all(self, records: list[ExperimentRecord]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        table = records_to_table(records)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        _atomic_write_bytes(self.parquet_path, sink.getvalue().to_pybytes())
+        lines = ["\t".join(TSV_COLUMNS)] + ["\t".join(r.tsv_row()) for r in records]
+        _atomic_write_bytes(self.tsv_path, ("\n".join(lines) + "\n").encode())
+
+
+def records_to_table(records: list[ExperimentRecord]) -> pa.Table:
+    columns = {name: [getattr(r, name) for r in records] for name in PERSISTED_FIELDS}
+    schema = pa.schema([(f.name, _arrow_type(f)) for f in dataclasses.fields(ExperimentRecord) if f.name != "extra"])
+    return pa.table(columns, schema=schema)
+
+
+def _arrow_type(f: dataclasses.Field) -> pa.DataType:
+    t = str(f.type)
+    if t.startswith("float"):
+        return pa.float64()
+    if t.startswith("int"):
+        return pa.int64()
+    return pa.string()
