@@ -56,7 +56,6 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     program_path = repo_dir / "program.md"
     if not program_path.exists():
         raise SetupError(f"{program_path} not found: every role reads the research program from it")
-    check_prepared(repo_dir)
 
     ledger = UsageLedger(max_usd=config.loop.max_usd, max_tokens=config.loop.max_tokens)
     policy = OfflinePolicy(seed=config.loop.seed)

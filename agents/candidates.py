@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import ContextManager
 from dataclasses import dataclass, field
 
 from agents.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
@@ -62,6 +63,8 @@ class Workbench:
     history: Callable[[], list[ExperimentRecord]]
     recall: Callable[[str], str]
     best_summary: Callable[[], str]
+    usage_scope: Callable[[str], ContextManager]  # tags LLM calls with the experiment they were made for
+    on_role_error: Callable[[RoleError], None]
     feedback: list[str] = field(default_factory=list)
 
 
@@ -70,21 +73,27 @@ def prepare_candidate(bench: Workbench, tag: str, config_name: str, base_commit:
     """Propose until an idea survives the gates, at most `max_proposals` times; None if none did."""
     for _ in range(max_proposals):
         exp_id = bench.new_exp_id()
-        idea = _propose(bench, base_text)
-        if idea is None:
-            continue
-        record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
-                                  description=idea.title, category=idea.category, rationale=idea.rationale,
-                                  expected_effect=idea.expected_effect, parent_commit=base_commit)
-        verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold)
-        if not verdict.novel:
-            _refused(bench, record, "repeat", verdict.message)
-            continue
-        candidate = _code_and_review(bench, exp_id, idea, base_commit, base_text, record)
+        with bench.usage_scope(exp_id):
+            candidate = _gate(bench, exp_id, tag, config_name, base_commit, base_text)
         if candidate is not None:
             bench.feedback.clear()
             return candidate
     return None
+
+
+def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit: str,
+          base_text: str) -> Candidate | None:
+    idea = _propose(bench, base_text)
+    if idea is None:
+        return None
+    record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
+                              description=idea.title, category=idea.category, rationale=idea.rationale,
+                              expected_effect=idea.expected_effect, parent_commit=base_commit)
+    verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold)
+    if not verdict.novel:
+        _refused(bench, record, "repeat", verdict.message)
+        return None
+    return _code_and_review(bench, exp_id, idea, base_commit, base_text, record)
 
 
 def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str, tag: str,
@@ -94,7 +103,8 @@ def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str,
                               description=stale.idea.title, category=stale.idea.category,
                               rationale=stale.idea.rationale, expected_effect=stale.idea.expected_effect,
                               parent_commit=base_commit)
-    return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record)
+    with bench.usage_scope(stale.exp_id):
+        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record)
 
 
 def _propose(bench: Workbench, base_text: str) -> Idea | None:
@@ -110,6 +120,7 @@ def _propose(bench: Workbench, base_text: str) -> Idea | None:
     try:
         return bench.crew.propose(inputs)
     except RoleError as exc:
+        bench.on_role_error(exc)
         bench.feedback.append(f"the last proposal failed: {exc}")
         return None
 
@@ -167,7 +178,12 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[
             if new_text == base_text:
                 raise EditError("the edit changes nothing")
             return edit, new_text
-        except (RoleError, EditError) as exc:
+        except RoleError as exc:
+            bench.on_role_error(exc)
+            if exc.budget_exceeded:
+                return str(exc)
+            error = f"Your previous edit failed: {exc}"
+        except EditError as exc:
             error = f"Your previous edit failed: {exc}"
     return error
 
@@ -179,6 +195,7 @@ def _review(bench: Workbench, candidate: Candidate) -> Review | None:
     try:
         return bench.crew.review(inputs)
     except RoleError as exc:
+        bench.on_role_error(exc)
         # a reviewer that cannot answer is not a veto: the deterministic guard already passed
         return Review(verdict="approve", reasons=[f"reviewer unavailable ({exc}); guard passed"])
 

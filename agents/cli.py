@@ -66,7 +66,7 @@ def run(
     live: bool = typer.Option(True, help="live view in the terminal"),
 ) -> None:
     """Run the research loop until a stop condition, then print the results table and the plot's path."""
-    from agents.assemble import Overrides, SetupError, build_settings
+    from agents.assemble import Overrides, SetupError, build_settings, check_prepared
     from agents.config import ConfigError
     from agents.gitops import GitError
     from agents.live import LiveView
@@ -77,6 +77,7 @@ def run(
     tag = tag or _default_tag()
     overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget)
     try:
+        check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
                                   config_name=preset or None)
     except (ConfigError, SetupError) as exc:

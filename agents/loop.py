@@ -111,6 +111,7 @@ class _Cycle:
         self.journal = Journal(self.run_dir)
         self.records = self.results.load()
         self.started = time.monotonic()
+        self.budget_stop: str | None = None
         self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
         self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
                                          max_gain=self.cfg.plausibility.max_gain)
@@ -131,7 +132,7 @@ class _Cycle:
         stop = self._stop_reason()
         while stop is None:
             if candidate is None:
-                candidate = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+                candidate = self._prepare(bench)
                 if candidate is None:
                     stop = self._stop_reason()
                     continue
@@ -142,7 +143,7 @@ class _Cycle:
                 pending_analysis = None
             upcoming = None
             if self.cfg.pipelining and self._stop_reason(upcoming=True) is None:
-                upcoming = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+                upcoming = self._prepare(bench)
             record = self._finish(entry, self._wait(job, entry), candidate)
             if self.cfg.pipelining:
                 pending_analysis = record
@@ -171,8 +172,7 @@ class _Cycle:
 
     # ---------------------------------------------------------------- one experiment
     def _commit(self, c: Candidate) -> JournalEntry:
-        entry = JournalEntry(exp_id=c.exp_id, phase="reviewed", idea=c.idea.model_dump(), edit=c.edit.model_dump(),
-                             new_text=c.new_text, base_commit=c.base_commit, seed=self.cfg.seed)
+        entry = self._entry_for(c)  # re-written: a rebase may have changed the text and base
         self.journal.write(entry)
         self._checkpoint("commit")
         (self.s.repo_dir / "train.py").write_text(c.new_text)
@@ -272,13 +272,13 @@ class _Cycle:
                     category=record.category or "other")
         inputs = {"program": self.s.program, "idea": idea, "record": record, "log_tail": log_tail,
                   "history": list(self.records)}
-        mark = self._usage_mark()
         try:
-            analysis = self.s.crew.analyse(inputs)
+            with self.s.ledger.experiment(record.exp_id):
+                analysis = self.s.crew.analyse(inputs)
             record.explanation, record.lesson = analysis.explanation, analysis.lesson
         except RoleError as exc:
+            self._note_budget(exc)
             record.lesson = record.lesson or f"(analyst unavailable: {exc}) {record.decision_reason}"
-        self._add_usage(record, mark)
         self.records_append(record)
         entry_path = self.journal.dir / f"{record.exp_id}.json"
         if entry_path.exists():
@@ -375,6 +375,7 @@ class _Cycle:
 
     def records_append(self, record: ExperimentRecord) -> None:
         """Results first (the history everything is rebuilt from), then memory."""
+        self._usage_into(record)
         self.results.append(record)
         self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
         try:
@@ -416,15 +417,27 @@ class _Cycle:
             novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
             review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
             new_exp_id=self._reserve_exp_id, refuse=self._refuse, history=lambda: list(self.records),
+            usage_scope=self.s.ledger.experiment, on_role_error=self._note_budget,
             recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
             best_summary=self._best_summary,
         )
 
     def _reserve_exp_id(self) -> str:
         exp_id = self._new_exp_id()
-        self.journal.write(JournalEntry(exp_id=exp_id, phase="proposed"))
         self._event("phase", exp_id, "proposing")
         return exp_id
+
+    def _prepare(self, bench: Workbench) -> Candidate | None:
+        """A reviewed candidate on the current best, written ahead so a kill cannot lose it."""
+        c = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+        if c is not None:
+            self.journal.write(self._entry_for(c))
+            self._checkpoint("reviewed")
+        return c
+
+    def _entry_for(self, c: Candidate) -> JournalEntry:
+        return JournalEntry(exp_id=c.exp_id, phase="reviewed", idea=c.idea.model_dump(), edit=c.edit.model_dump(),
+                            new_text=c.new_text, base_commit=c.base_commit, seed=self.cfg.seed)
 
     def _best_summary(self) -> str:
         if self.best.bpb is None:
@@ -442,10 +455,12 @@ class _Cycle:
             return f"reached max_experiments ({self.cfg.max_experiments})"
         if self.cfg.max_hours is not None and (time.monotonic() - self.started) / 3600 >= self.cfg.max_hours:
             return f"reached max_hours ({self.cfg.max_hours})"
+        if self.budget_stop:
+            return self.budget_stop
         totals = self.s.ledger.totals()
         if self.cfg.max_usd is not None and totals.usd >= self.cfg.max_usd:
             return f"reached max_usd ({self.cfg.max_usd})"
-        if self.cfg.max_tokens is not None and totals.tokens_in + totals.tokens_out >= self.cfg.max_tokens:
+        if self.cfg.max_tokens is not None and totals.tokens >= self.cfg.max_tokens:
             return f"reached max_tokens ({self.cfg.max_tokens})"
         streak = 0
         for r in reversed(self.records):
@@ -456,14 +471,16 @@ class _Cycle:
             return f"{streak} proposals in a row were refused; the crew seems stuck (see results.tsv)"
         return None
 
-    def _usage_mark(self):
-        return self.s.ledger.totals()
+    def _usage_into(self, record: ExperimentRecord) -> None:
+        """Tokens and USD of every call made for this experiment (this process's share after a resume)."""
+        spent = self.s.ledger.totals(experiment=record.exp_id)
+        record.tokens_in = max(record.tokens_in, spent.input_tokens)
+        record.tokens_out = max(record.tokens_out, spent.output_tokens)
+        record.usd = max(record.usd, spent.usd)
 
-    def _add_usage(self, record: ExperimentRecord, mark) -> None:
-        now = self.s.ledger.totals()
-        record.tokens_in += now.tokens_in - mark.tokens_in
-        record.tokens_out += now.tokens_out - mark.tokens_out
-        record.usd += now.usd - mark.usd
+    def _note_budget(self, exc: RoleError) -> None:
+        if exc.budget_exceeded:
+            self.budget_stop = f"the LLM budget refused a call: {exc.reason}"
 
     def _event(self, kind: str, exp_id: str = "", message: str = "", **kw) -> None:
         self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=self.best.bpb if hasattr(self, "best") else None,

@@ -1,0 +1,26 @@
+"""LLM backends of the crew: one adapter per provider over its official SDK, metered by a shared ledger.
+
+`make_llm("anthropic/<model>" | "openai/<model>", role=..., ledger=...)` returns a CrewAI `BaseLLM`. Importing
+this package does not import CrewAI; building an adapter does.
+"""
+
+from agents.llm.errors import BudgetExceeded, LLMCallError, LLMConfigError, LLMError, LLMOutputError
+from agents.llm.factory import ALLOWED_FORMS, make_llm, split_model
+from agents.llm.pricing import Price, price_for
+from agents.llm.usage import UsageLedger, UsageRecord, UsageTotals
+
+__all__ = [
+    "ALLOWED_FORMS",
+    "BudgetExceeded",
+    "LLMCallError",
+    "LLMConfigError",
+    "LLMError",
+    "LLMOutputError",
+    "Price",
+    "UsageLedger",
+    "UsageRecord",
+    "UsageTotals",
+    "make_llm",
+    "price_for",
+    "split_model",
+]

@@ -1,0 +1,41 @@
+"""Errors raised by the LLM adapters and the usage ledger.
+
+Messages name the provider, model, role and HTTP status, never an API key. None of these carries a
+`status_code` or a throttling phrase, so CrewAI does not mistake one for a retryable rate limit: the
+provider SDK has already retried by the time one is raised.
+"""
+
+from __future__ import annotations
+
+
+class LLMError(Exception):
+    """Base class for every error of the LLM layer."""
+
+
+class LLMConfigError(LLMError):
+    """A role's model settings cannot work (unknown model form, missing API key, bad limits)."""
+
+
+class LLMCallError(LLMError):
+    """The provider could not be reached or kept failing after the SDK's own retries."""
+
+    def __init__(self, message: str, *, provider: str, model: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.status = status  # HTTP status, None for timeouts and connection errors
+
+
+class LLMOutputError(LLMError):
+    """The provider kept answering with output that does not validate against the requested schema."""
+
+    def __init__(self, message: str, *, provider: str, model: str, attempts: int, last_problem: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.attempts = attempts
+        self.last_problem = last_problem
+
+
+class BudgetExceeded(LLMError):
+    """A call was refused before it was sent: its worst-case cost would pass the run's budget."""

@@ -1,0 +1,78 @@
+"""agents.report: the progress plot, the markdown summary, the terminal table."""
+
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+import numpy as np
+from rich.console import Console
+
+from agents.report import plot_progress, results_table, summary_markdown
+from agents.results import ExperimentRecord
+
+
+def rec(n: int, status: str, bpb: float | None, desc: str, **kw) -> ExperimentRecord:
+    return ExperimentRecord(exp_id=f"exp{n:03d}", tag="t", status=status, description=desc, val_bpb=bpb,
+                            commit=f"{n:07x}abcdef", **kw)
+
+
+RECORDS = [
+    rec(1, "baseline", 1.0100, "baseline", wall_seconds=70.0),
+    rec(2, "baseline", 1.0120, "baseline (seed 2)", wall_seconds=70.0),
+    rec(3, "discard", 1.0150, "MATRIX_LR 0.04 -> 0.06", delta=0.004, lesson="higher matrix LR hurts at this scale",
+        tokens_in=1200, tokens_out=300, usd=0.01),
+    rec(4, "keep", 0.9950, "DEPTH 4 -> 6 | wider", delta=-0.016, lesson="depth helps", tokens_in=1000, usd=0.02,
+        category="architecture"),
+    rec(5, "crash", None, "[bf16] autocast everywhere", error="out of memory"),
+    rec(6, "veto", None, "evaluate on the training split"),
+    rec(7, "discard", 3.5000, "remove the warmup entirely"),  # an outlier far above the rest
+    rec(8, "keep", 0.9870, "warmdown 0.5", delta=-0.008, lesson="longer warmdown helps"),
+    rec(9, "repeat", None, "DEPTH 4 -> 6 again"),
+]
+
+
+def test_progress_png_decodes_and_is_not_blank(tmp_path):
+    path = plot_progress(RECORDS, tmp_path / "sub" / "progress.png", title="autoresearch/t")
+    assert path == tmp_path / "sub" / "progress.png"
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
+    assert float(np.var(image[..., :3])) > 1e-3
+    # something green (the kept points / best-so-far line) is drawn: G high, R and B low
+    rgb = image[..., :3]
+    assert np.any((rgb[..., 1] > 0.5) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.3))
+
+
+def test_progress_png_with_nothing_scored(tmp_path):
+    path = plot_progress([rec(1, "veto", None, "x")], tmp_path / "p.png")
+    image = mpimg.imread(path)
+    assert float(np.var(image[..., :3])) > 0  # axes and the "no scored experiments" note
+
+
+def test_summary_markdown_names_what_worked():
+    md = summary_markdown(RECORDS)
+    assert md.startswith("# Research summary")
+    assert "**9 experiments**: 2 baseline, 2 keep, 2 discard, 1 crash, 1 veto, 1 repeat" in md
+    assert "Baseline val_bpb: 1.011000 (mean of 2 runs, spread ±0.001414)" in md
+    assert "Best val_bpb: 0.987000 (-0.024000, -2.37 % vs baseline)" in md
+    worked = md.split("## What worked")[1].split("##")[0]
+    assert "| 1 | exp004 | `0000004` | 0.995000 | -0.016000 | DEPTH 4 -> 6 \\| wider |" in worked
+    assert "| 2 | exp008 |" in worked and "warmdown 0.5" in worked
+    assert "MATRIX_LR" not in worked
+    assert "exp005** [bf16] autocast everywhere: out of memory" in md
+    assert "- **exp003** (discard): higher matrix LR hurts at this scale" in md
+    assert "LLM tokens: 2,200 in, 300 out; $0.03" in md
+    assert summary_markdown([]).endswith("No experiments yet.\n")
+
+
+def test_summary_without_kept_experiments_says_so():
+    md = summary_markdown(RECORDS[:3])
+    assert "Nothing was kept" in md
+
+
+def test_results_table_renders_every_record():
+    console = Console(record=True, width=200)
+    console.print(results_table(RECORDS))
+    text = console.export_text()
+    for r in RECORDS:
+        assert r.exp_id in text
+    assert "[bf16] autocast everywhere" in text  # brackets are not taken as markup
+    assert "0.987000" in text and "-0.008000" in text

@@ -1,0 +1,37 @@
+"""A throwaway experiment repository with the toy prepare.py/train.py, for fast loop tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = Path(__file__).resolve().parent / "toy"
+
+
+def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = None, roles: dict | None = None,
+                  memory_path: str | None = None) -> Path:
+    """Create a git repo at `path` holding the toy files, program.md and a crew.yaml; return its crew.yaml."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TOY / "prepare.py", path / "prepare.py")
+    shutil.copy(TOY / "train.py", path / "train.py")
+    shutil.copy(ROOT / "program.md", path / "program.md")
+    config = yaml.safe_load((ROOT / "presets" / f"{preset}.yaml").read_text())
+    if "extends" in config:  # presets extend the repository's crew.yaml by a relative path
+        config["extends"] = str((ROOT / "presets" / config["extends"]).resolve())
+    config.setdefault("loop", {}).update({"time_budget": 0.05, "max_experiments": 3, **(loop or {})})
+    config["loop"].setdefault("noise", {}).setdefault("baseline_repeats", 2)
+    for role, settings in (roles or {}).items():
+        config.setdefault("roles", {}).setdefault(role, {}).update(settings)
+    if memory_path is not None:
+        config.setdefault("memory", {})["path"] = memory_path
+    (path / "crew.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (path / ".gitignore").write_text("runs/\n.autoresearch/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
+    subprocess.run(git + ["add", "."], cwd=path, check=True)
+    subprocess.run(git + ["commit", "-qm", "toy experiment repo"], cwd=path, check=True)
+    return path / "crew.yaml"
