@@ -35,3 +35,31 @@ def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = No
     subprocess.run(git + ["add", "."], cwd=path, check=True)
     subprocess.run(git + ["commit", "-qm", "toy experiment repo"], cwd=path, check=True)
     return path / "crew.yaml"
+
+
+def check_consistency(repo_dir: Path, tag: str) -> list:
+    """results.tsv, results.parquet, the branch and the refs must tell the same story; returns the records."""
+    import git
+
+    from agents.results import ResultsStore
+
+    store = ResultsStore(repo_dir / "runs" / tag)
+    records = store.load()
+    tsv_rows = store.tsv_path.read_text().splitlines()[1:]
+    assert len(tsv_rows) == len(records), "results.tsv and results.parquet disagree"
+    assert len({r.exp_id for r in records}) == len(records), "an experiment was counted twice"
+    for row, record in zip(tsv_rows, records, strict=True):
+        assert row.split("\t")[3] == record.status
+
+    repo = git.Repo(repo_dir)
+    head = repo.commit(f"autoresearch/{tag}")
+    kept = [r for r in records if r.status == "keep"]
+    if kept:
+        assert head.hexsha == kept[-1].commit, "the branch is not on the last kept commit"
+    for r in records:
+        if r.status in ("keep", "discard", "crash"):
+            ref = repo.commit(f"refs/autoresearch/{tag}/{r.exp_id}")
+            assert ref.hexsha == r.commit, f"{r.exp_id}: its ref does not point at its commit"
+            assert repo.is_ancestor(ref, head) == (r.status == "keep"), f"{r.exp_id} ({r.status}) on the wrong side"
+    assert not repo.is_dirty(path="train.py"), "train.py left modified"
+    return records

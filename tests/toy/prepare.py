@@ -1,7 +1,8 @@
 """Toy stand-in for the locked prepare.py, for fast loop tests.
 
-`evaluate_bpb` turns train.py's constants into a smooth, seeded "val_bpb" (minimum at the OPTIMUM values
-below) and writes the result record where the harness asked, as the real evaluator does.
+It offers the same public names as the real one. `evaluate_bpb` turns the "model" (train.py's constants)
+into a smooth, seeded val_bpb with its minimum at OPTIMUM, and writes the result record where the
+harness asked, as the real evaluator does.
 """
 
 import hashlib
@@ -9,7 +10,6 @@ import json
 import math
 import os
 import random
-import time
 from pathlib import Path
 
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "0.2"))
@@ -19,11 +19,22 @@ OPTIMUM = {"MATRIX_LR": 0.04, "EMBEDDING_LR": 0.6, "WARMDOWN_RATIO": 0.5, "DEPTH
 NOISE = 0.0003
 
 
-def evaluate_bpb(constants: dict) -> float:
+class Tokenizer:
+    @classmethod
+    def from_directory(cls):
+        return cls()
+
+
+def make_dataloader(tokenizer, batch_size, seq_len, split, seed=SEED):
+    while True:
+        yield None, None, 0
+
+
+def evaluate_bpb(model, tokenizer, batch_size):
     rng = random.Random(SEED)
     loss = 1.0
     for name, best in OPTIMUM.items():
-        value = constants.get(name, best)
+        value = model.get(name, best)
         loss += 0.05 * math.log(max(value, 1e-9) / best) ** 2
     val_bpb = loss + rng.gauss(0.0, NOISE)
     path = os.environ.get("AUTORESEARCH_RESULT_PATH")
@@ -32,9 +43,3 @@ def evaluate_bpb(constants: dict) -> float:
                   "prepare_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
         Path(path).write_text(json.dumps(record))
     return val_bpb
-
-
-def train_for_budget() -> float:
-    start = time.time()
-    time.sleep(TIME_BUDGET)
-    return time.time() - start

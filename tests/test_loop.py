@@ -1,0 +1,61 @@
+"""The research loop end to end on the toy experiment repository, with the offline crew."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import git
+import pytest
+
+from agents.assemble import build_settings
+from agents.loop import run_loop
+from tests.toyrepo import check_consistency, make_toy_repo
+
+
+def run_toy(repo: Path, config: Path, tag: str = "t1"):
+    settings = build_settings(repo, config, tag)
+    try:
+        return run_loop(settings)
+    finally:
+        settings.memory.close()
+
+
+def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 4})
+    outcome = run_toy(repo, config)
+
+    records = check_consistency(repo, "t1")
+    statuses = [r.status for r in records]
+    assert statuses.count("baseline") == 2
+    assert "keep" in statuses, statuses
+    trained = [r for r in records if r.status in ("keep", "discard", "crash")]
+    assert len(trained) == 4
+    baseline = min(r.val_bpb for r in records if r.status == "baseline")
+    assert outcome.best_bpb < baseline
+    for r in records:
+        if r.status in ("keep", "discard"):
+            assert r.val_bpb is not None and r.lesson, r
+    # the working tree holds the best train.py
+    assert (repo / "train.py").read_text() == git.Repo(repo).commit(outcome.best_commit).tree["train.py"].data_stream.read().decode()
+
+
+def test_an_existing_tag_resumes_without_repeating(tmp_path):
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 2})
+    run_toy(repo, config)
+    first = check_consistency(repo, "t1")
+    again = run_toy(repo, config)
+    assert "max_experiments" in again.stop_reason
+    assert [r.exp_id for r in check_consistency(repo, "t1")] == [r.exp_id for r in first]
+
+
+def test_uncommitted_train_py_is_refused_and_left_alone(tmp_path):
+    from agents.gitops import GitError
+
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo)
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# my own edit\n")
+    with pytest.raises(GitError, match="train.py"):
+        run_toy(repo, config)
+    assert (repo / "train.py").read_text().endswith("# my own edit\n")
