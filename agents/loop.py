@@ -251,7 +251,7 @@ class _Cycle:
             runs.append(again.val_bpb)
             decision = decide(statistics.fmean(runs), self.best.bpb, sigma=self.best.sigma,
                               min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
-                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility)
+                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility, runs=runs)
         if decision.action == "rerun":
             decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
         if len(runs) > 1:

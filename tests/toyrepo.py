@@ -13,7 +13,7 @@ TOY = Path(__file__).resolve().parent / "toy"
 
 
 def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = None, roles: dict | None = None,
-                  memory_path: str | None = None) -> Path:
+                  memory_path: str | None = None, crew_extra: dict | None = None) -> Path:
     """Create a git repo at `path` holding the toy files, program.md and a crew.yaml; return its crew.yaml."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(TOY / "prepare.py", path / "prepare.py")
@@ -26,6 +26,7 @@ def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = No
     config["loop"].setdefault("noise", {}).setdefault("baseline_repeats", 2)
     for role, settings in (roles or {}).items():
         config.setdefault("roles", {}).setdefault(role, {}).update(settings)
+    config.update(crew_extra or {})
     if memory_path is not None:
         config.setdefault("memory", {})["path"] = memory_path
     (path / "crew.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

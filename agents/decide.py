@@ -1,0 +1,176 @@
+"""Numbers decide: the noise-aware keep rule and the plausibility guard.
+
+Noise: σ is the sample standard deviation of the baseline (the starting train.py run several times with
+different seeds), never below a floor. A result `candidate` is compared with the best so far:
+
+    gain = best - candidate                      (val_bpb: lower is better, so a positive gain is good)
+    n    = runs averaged into candidate          (1 for a first run; a confirmation averages >= 2)
+    se   = σ / √n                                (the noise of a mean of n runs)
+    threshold = max(min_delta, sigma_k · se)
+
+- gain > threshold                          → keep
+- train.py got shorter (lines_delta < 0)
+  and gain ≥ -max(min_delta, se)            → keep (simpler at equal val_bpb within one σ)
+- first run, rerun_k·se < gain ≤ threshold  → rerun with another seed; the mean of the runs then decides
+- otherwise                                 → discard
+- no val_bpb (or NaN)                       → crash
+
+A first run is re-run only when it looked good, so the mean of a confirmation leans a little optimistic;
+sigma_k = 2 (rather than a one-sigma rule) leaves room for that.
+
+Plausibility: a first result below `floor`, or gaining more than `max_gain` (a fraction of the best) in one
+step, is quarantined ("rerun", reason "implausible: ..."). A confirmation is kept only if every run is
+above the floor and the runs agree with each other (spread ≤ sigma_k·σ·√2, the spread of two honest runs);
+otherwise it is discarded. A reproduced result below the floor is still discarded: the floor marks what this
+setup cannot honestly reach, so a reproducible value below it points at a bug or a leak, not progress.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ACTIONS = ("keep", "discard", "rerun", "crash")
+SIGMA_FLOOR = 0.001  # bpb: one baseline run, or a few that happen to agree, must not make noise look like zero
+SIGMA_FLOOR_FRACTION = 0.002  # ... nor below 0.2 % of the baseline's own level (CPU runs sit far above 1 bpb)
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    floor: float = 0.3  # val_bpb below this is not believed
+    max_gain: float = 0.1  # the largest believable one-step gain, as a fraction of the best
+
+    def __post_init__(self) -> None:
+        if not (self.floor >= 0 and self.max_gain > 0):
+            raise ValueError(f"plausibility needs floor >= 0 and max_gain > 0, got {self.floor} and {self.max_gain}")
+
+    def problem(self, value: float, best: float) -> str | None:
+        """Why `value` is implausible next to `best`, or None."""
+        if value < self.floor:
+            return f"val_bpb {value:.6f} is below the floor {self.floor:g}"
+        gain = best - value
+        if gain > self.max_gain * best:
+            return (f"a gain of {gain:.6f} in one step is more than {self.max_gain:.0%} of the best "
+                    f"{best:.6f} ({self.max_gain * best:.6f})")
+        return None
+
+
+DEFAULT_PLAUSIBILITY = Plausibility()
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # one of ACTIONS (the loop also records "baseline" runs with this type)
+    reason: str
+    threshold: float  # the gain a result had to beat to be kept
+
+
+def estimate_sigma(baseline_bpbs: Sequence[float], *, floor: float | None = None) -> float:
+    """Run-to-run noise of val_bpb: the sample standard deviation of the baseline runs, at least a floor.
+
+    The floor (default: SIGMA_FLOOR or SIGMA_FLOOR_FRACTION of the mean, whichever is larger) stands in for σ
+    when there is a single run, and keeps two runs that happen to agree from declaring the noise zero.
+    """
+    values = [float(v) for v in baseline_bpbs]
+    if not values:
+        raise ValueError("estimate_sigma needs at least one baseline val_bpb; none were given")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"baseline val_bpb values must be finite numbers, got {bad}")
+    if floor is None:
+        floor = max(SIGMA_FLOOR, SIGMA_FLOOR_FRACTION * statistics.fmean(values))
+    if len(values) == 1:
+        return floor
+    return max(statistics.stdev(values), floor)
+
+
+def decide(
+    candidate: float | None,
+    best: float,
+    *,
+    sigma: float,
+    min_delta: float,
+    sigma_k: float = 2.0,
+    lines_delta: int = 0,
+    confirmed: bool = False,
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
+    runs: Sequence[float] = (),
+    rerun_k: float = 1.0,
+) -> Decision:
+    """Keep, discard, re-run or crash for a result `candidate` against the best val_bpb so far.
+
+    `confirmed=True` means candidate is the mean of a first run and its re-run(s); pass those runs as `runs`
+    so their agreement can be checked (a confirmed implausible result without them is discarded; without them
+    the mean counts as one of 2 runs). `lines_delta` is train.py's line count change (negative: shorter).
+    `rerun_k` is where the re-run band starts, in sigmas.
+    """
+    _check_arguments(best, sigma, min_delta, sigma_k, rerun_k)
+    if runs and not confirmed:
+        raise ValueError("runs are the results of a confirmation: pass them with confirmed=True")
+    if runs and candidate is not None and not math.isclose(candidate, statistics.fmean(runs), abs_tol=1e-9):
+        raise ValueError(f"candidate {candidate} is not the mean of runs {list(runs)}")
+    if candidate is None:
+        return Decision("crash", "crash: the run produced no val_bpb", 0.0)
+    if not math.isfinite(candidate):
+        return Decision("crash", f"crash: val_bpb is {candidate}", 0.0)
+
+    n = len(runs) if runs else (2 if confirmed else 1)
+    se = sigma / math.sqrt(n)
+    threshold = max(min_delta, sigma_k * se)
+    gain = best - candidate
+    numbers = (f"val_bpb {candidate:.6f} vs best {best:.6f} (delta {-gain:+.6f}); threshold {threshold:.6f} = "
+               f"max(min_delta {min_delta:g}, {sigma_k:g} x sigma {sigma:.6f}{f' / sqrt({n})' if n > 1 else ''})")
+
+    implausible = _implausibility(candidate, best, plausibility, confirmed, runs, sigma, sigma_k)
+    if implausible is not None:
+        action, why = implausible
+        return Decision(action, f"implausible: {why}; {numbers}", threshold)
+
+    if gain > threshold:
+        confirmed_by = f" (confirmed over {n} runs)" if confirmed else ""
+        return Decision("keep", f"keep: better by more than the threshold{confirmed_by}; {numbers}", threshold)
+    tie = max(min_delta, se)
+    if lines_delta < 0 and gain >= -tie:
+        return Decision("keep", f"keep: {-lines_delta} line(s) shorter at equal val_bpb within noise "
+                                f"(not worse than {tie:.6f}); {numbers}", threshold)
+    if not confirmed and gain > rerun_k * se:
+        return Decision("rerun", f"rerun: borderline gain, above {rerun_k:g} sigma ({rerun_k * se:.6f}) but not the "
+                                 f"threshold; another seed, then the mean decides; {numbers}", threshold)
+    verdict = "within noise" if gain > 0 else "no better"
+    confirmed_by = f" after {n} runs" if confirmed else ""
+    return Decision("discard", f"discard: {verdict}{confirmed_by}; {numbers}", threshold)
+
+
+def _implausibility(candidate: float, best: float, plausibility: Plausibility, confirmed: bool,
+                    runs: Sequence[float], sigma: float, sigma_k: float) -> tuple[str, str] | None:
+    """(action, why) when the result cannot be believed as it stands; None when it can."""
+    values = list(runs) if runs else [candidate]
+    problem = next((p for v in [candidate, *values] if (p := plausibility.problem(v, best)) is not None), None)
+    if problem is None:
+        return None
+    if not confirmed:
+        return "rerun", f"{problem}; quarantined until a re-run with another seed reproduces it"
+    below_floor = [v for v in values if v < plausibility.floor]
+    if below_floor:
+        return "discard", (f"{len(below_floor)} of {len(values)} run(s) below the floor {plausibility.floor:g} "
+                           "even on re-run: a value this setup cannot honestly reach points at a bug or a leak")
+    if len(values) < 2:
+        return "discard", f"{problem}; no individual re-run results were given to check that the runs agree"
+    spread, allowed = max(values) - min(values), sigma_k * sigma * math.sqrt(2)
+    if spread > allowed:
+        return "discard", (f"{problem}; the re-run did not reproduce it: runs {', '.join(f'{v:.6f}' for v in values)} "
+                           f"spread {spread:.6f} > {allowed:.6f} ({sigma_k:g} x sigma x sqrt(2))")
+    return None  # reproduced: judged by the ordinary rule on the mean
+
+
+def _check_arguments(best: float, sigma: float, min_delta: float, sigma_k: float, rerun_k: float) -> None:
+    if best is None or not math.isfinite(best):
+        raise ValueError(f"decide needs a finite best val_bpb to compare with, got {best!r}")
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    if not min_delta >= 0:
+        raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+    if not (sigma_k > 0 and rerun_k >= 0):
+        raise ValueError(f"sigma_k must be > 0 and rerun_k >= 0, got {sigma_k!r} and {rerun_k!r}")

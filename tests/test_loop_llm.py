@@ -1,0 +1,169 @@
+"""The loop driven by LLM roles through the real anthropic / openai SDKs and the scripted local server."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.assemble import build_settings
+from agents.loop import run_loop
+from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer
+from tests.toyrepo import check_consistency, make_toy_repo
+
+CUDA_LINE = {"MATRIX_LR": ("MATRIX_LR = 0.04 if CUDA else 0.01", "MATRIX_LR = 0.04 if CUDA else {}"),
+             "DEPTH": ("DEPTH = 4 if CUDA else 2", "DEPTH = 4 if CUDA else {}"),
+             "EMBEDDING_LR": ("EMBEDDING_LR = 0.6", "EMBEDDING_LR = {}")}
+
+
+class ScriptedCrew:
+    """Answers each role of the crew over the wire: ideas from a list, their edits, approvals, lessons.
+
+    An idea title 'NAME old -> new' is coded as a one-line edit of that constant; `bad_edits` maps a
+    title to a broken CodeEdit the coder keeps returning instead (to test retries and skipping).
+    """
+
+    def __init__(self, titles: list[str], bad_edits: dict[str, object] | None = None,
+                 faults: list[Reply] | None = None):
+        self.titles, self.bad_edits = list(titles), bad_edits or {}
+        self.faults = list(faults or [])
+        self.lock = threading.Lock()
+        self.proposed = 0
+
+    def __call__(self, request: ParsedRequest) -> Reply:
+        with self.lock:
+            if self.faults:
+                return self.faults.pop(0)
+            if request.schema_name == "Idea":
+                title = self.titles[min(self.proposed, len(self.titles) - 1)]
+                self.proposed += 1
+                return Reply.json({"title": title, "rationale": f"because {title}", "expected_effect": "lower val_bpb",
+                                   "category": "learning_rate"})
+        if request.schema_name == "CodeEdit":
+            title = next(t for t in self.titles if f"'{t}'" in request.text or t in request.text)
+            bad = self.bad_edits.get(title)
+            if bad is not None:
+                return bad if isinstance(bad, Reply) else Reply.json(bad)
+            name, old, new = re.match(r"(\w+) (\S+) -> (\S+)", title).groups()
+            search, template = CUDA_LINE[name]
+            return Reply.json({"path": "train.py", "blocks": [{"search": search, "replace": template.format(new)}],
+                               "summary": title})
+        if request.schema_name == "Review":
+            return Reply.json({"verdict": "approve", "reasons": ["small and clear"]})
+        if request.schema_name == "Analysis":
+            return Reply.json({"explanation": "the number moved as expected", "lesson": "noted", "rerun": False})
+        return Reply.error(400, f"unexpected request for {request.schema_name}")
+
+
+def _llm_repo(tmp_path: Path, model: str, base_url: str | None = None, loop: dict | None = None,
+              role_extra: dict | None = None, crew_extra: dict | None = None) -> tuple[Path, Path]:
+    repo = tmp_path / "repo"
+    role = {"model": model, "max_retries": 2, "timeout_s": 10, **(role_extra or {})}
+    if base_url:
+        role["base_url"] = base_url
+    config = make_toy_repo(repo, preset="full", loop=loop, roles={r: dict(role) for r in
+                                                                   ("hypothesis", "coder", "reviewer", "analyst")},
+                           crew_extra=crew_extra)
+    return repo, config
+
+
+def _run(repo: Path, config: Path, tag: str = "llm"):
+    settings = build_settings(repo, config, tag)
+    try:
+        return run_loop(settings)
+    finally:
+        settings.memory.close()
+
+
+@pytest.fixture
+def anthropic_env(monkeypatch):
+    def point_at(server: ScriptedLLMServer) -> None:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-never-logged")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url_anthropic)
+    return point_at
+
+
+def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):
+    crew = ScriptedCrew(["MATRIX_LR 0.01 -> 0.04", "EMBEDDING_LR 0.6 -> 3.0", "DEPTH 2 -> 4"])
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 3})
+        outcome = _run(repo, config)
+        assert {r.protocol for r in server.requests} == {"anthropic"}
+        assert {r.schema_name for r in server.requests} == {"Idea", "CodeEdit", "Review", "Analysis"}
+    records = check_consistency(repo, "llm")
+    by_title = {r.description: r for r in records}
+    assert by_title["MATRIX_LR 0.01 -> 0.04"].status == "keep"
+    assert by_title["EMBEDDING_LR 0.6 -> 3.0"].status == "discard"
+    assert by_title["DEPTH 2 -> 4"].status == "keep"
+    assert "MATRIX_LR = 0.04 if CUDA else 0.04" in (repo / "train.py").read_text()
+    trained = [r for r in records if r.status in ("keep", "discard")]
+    assert all(r.tokens_in > 0 and r.tokens_out > 0 and r.usd > 0 for r in trained), "usage not attributed"
+    assert outcome.best_bpb is not None
+
+
+def test_openai_compatible_base_url(tmp_path):
+    crew = ScriptedCrew(["DEPTH 2 -> 4"])
+    with ScriptedLLMServer(crew) as server:
+        repo, config = _llm_repo(tmp_path, "openai/local-model", base_url=server.base_url_openai,
+                                 loop={"max_experiments": 1})
+        _run(repo, config)
+        assert {r.protocol for r in server.requests} == {"openai"}
+    records = check_consistency(repo, "llm")
+    assert [r.status for r in records if r.status not in ("baseline",)] == ["keep"]
+
+
+def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path, anthropic_env):
+    bad = {
+        "DEPTH 2 -> 9": {"path": "train.py", "blocks": [{"search": "NO SUCH LINE", "replace": "x"}], "summary": ""},
+        "DEPTH 2 -> 8": {"path": "prepare.py", "blocks": [{"search": "SEED", "replace": "SEED2"}], "summary": ""},
+        "DEPTH 2 -> 7": {"path": "train.py", "blocks": [{"search": "DEPTH = 4 if CUDA else 2",
+                                                          "replace": "DEPTH = = 4"}], "summary": ""},
+        "DEPTH 2 -> 6": Reply.message("Sure! I would change the depth."),
+    }
+    crew = ScriptedCrew([*bad, "DEPTH 2 -> 4"], bad_edits=bad)
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 1},
+                                 crew_extra={"degrade_after": 50})
+        _run(repo, config)
+        coder_calls = [r for r in server.requests if r.schema_name == "CodeEdit"]
+    records = check_consistency(repo, "llm")
+    skipped = {r.description: r.decision_reason for r in records if r.status == "skipped"}
+    assert set(skipped) == set(bad), skipped
+    assert "not found" in skipped["DEPTH 2 -> 9"]
+    assert "prepare.py" in skipped["DEPTH 2 -> 8"]
+    assert "line" in skipped["DEPTH 2 -> 7"].lower()
+    assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
+    assert len(coder_calls) >= 3 * len(bad)  # each bad idea had the allowed retries
+
+
+def test_rate_limits_and_server_errors_are_retried(tmp_path, anthropic_env):
+    faults = [Reply.error(429, retry_after=0.1), Reply.error(500), Reply.error(529, retry_after=0.1)]
+    crew = ScriptedCrew(["DEPTH 2 -> 4"], faults=faults)
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 1},
+                                 role_extra={"max_retries": 3})
+        _run(repo, config)
+        assert len(server.requests) > len(faults)
+    records = check_consistency(repo, "llm")
+    assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
+    assert not any(r.degraded_roles for r in records)
+
+
+def test_a_slow_reply_past_the_timeout_does_not_hang_the_loop(tmp_path, anthropic_env):
+    crew = ScriptedCrew(["DEPTH 2 -> 4"], faults=[Reply.slow(30.0), Reply.slow(30.0)])
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 1},
+                                 role_extra={"timeout_s": 1.0, "max_retries": 2})
+        started = time.monotonic()
+        _run(repo, config)
+        elapsed = time.monotonic() - started
+    assert elapsed < 25, f"the loop waited {elapsed:.0f}s on a slow provider"
+    records = check_consistency(repo, "llm")
+    assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
