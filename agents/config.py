@@ -187,6 +187,7 @@ class PlausibilityConfig(_Strict):
 
 class LoopConfig(_Strict):
     time_budget: float | None = Field(default=None, gt=0)  # training seconds per run; None: prepare.py's default
+    hard_timeout_s: float | None = Field(default=None, gt=0)  # kill a run after this; None: 2 x budget + 120 s
     max_experiments: int | None = Field(default=None, ge=1)
     max_hours: float | None = Field(default=None, gt=0)
     max_usd: float | None = Field(default=None, ge=0)

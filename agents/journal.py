@@ -27,6 +27,7 @@ class JournalEntry:
     base_commit: str = ""  # the best commit the edit was made against
     commit: str = ""
     seed: int = 42
+    pid: int = 0  # of the training process, so a resumed run can stop an orphan left by a kill
     result: dict = field(default_factory=dict)  # RunResult fields once trained
     decision: dict = field(default_factory=dict)
 

@@ -112,6 +112,7 @@ class _Cycle:
         self.records = self.results.load()
         self.started = time.monotonic()
         self.budget_stop: str | None = None
+        self._checkpoints_seen: dict[str, int] = {}
         self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
         self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
                                          max_gain=self.cfg.plausibility.max_gain)
@@ -187,8 +188,13 @@ class _Cycle:
         violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
         if violation is not None:
             raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
-        return start_training(self.s.repo_dir, self.run_dir, entry.exp_id, time_budget=self.cfg.time_budget,
-                              seed=entry.seed, python=self.s.python, extra_env=self.s.extra_env)
+        job = start_training(self.s.repo_dir, self.run_dir, entry.exp_id, time_budget=self.cfg.time_budget,
+                             seed=entry.seed, hard_timeout_s=self.cfg.hard_timeout_s, python=self.s.python,
+                             extra_env=self.s.extra_env)
+        entry.pid = job.pid
+        self.journal.write(entry)
+        self._checkpoint("training")
+        return job
 
     def _wait(self, job, entry: JournalEntry) -> RunResult:
         budget = self.cfg.time_budget or 0.0
@@ -265,6 +271,7 @@ class _Cycle:
         if record.status not in TRAINED:
             return
         self._event("phase", record.exp_id, "analysing")
+        self._checkpoint("analyse")
         log_tail = ""
         if record.log_path and Path(record.log_path).exists():
             log_tail = "\n".join(Path(record.log_path).read_text(errors="replace").splitlines()[-40:])
@@ -315,12 +322,13 @@ class _Cycle:
                 self.journal.advance(entry, "done")
                 candidate = self._rebase(bench, stale) if candidate is None else candidate
             elif entry.phase == "committed":
+                _stop_orphan(entry.pid)
                 self.repo.reset_hard(entry.commit)
-                stale = self._candidate_from_entry(entry)
                 result = self._wait(self._start(entry), entry)
-                self._finish(entry, result, stale)
+                self._analyse(self._finish(entry, result, self._candidate_from_entry(entry)))
             elif entry.phase in ("trained", "decided"):
-                self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
+                record = self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
+                self._analyse(record)
             elif entry.phase == "recorded":
                 record = next((r for r in self.records if r.exp_id == entry.exp_id), None)
                 if record is not None:
@@ -378,6 +386,7 @@ class _Cycle:
         self._usage_into(record)
         self.results.append(record)
         self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
+        self._checkpoint("memory")
         try:
             self.s.memory.add(record)
         except Exception as exc:  # memory is rebuildable from results: never stop the loop for it
@@ -425,6 +434,7 @@ class _Cycle:
     def _reserve_exp_id(self) -> str:
         exp_id = self._new_exp_id()
         self._event("phase", exp_id, "proposing")
+        self._checkpoint("propose")
         return exp_id
 
     def _prepare(self, bench: Workbench) -> Candidate | None:
@@ -487,8 +497,13 @@ class _Cycle:
                                   **kw))
 
     def _checkpoint(self, phase: str) -> None:
-        """Test hook: die here, as a power cut would, to prove resume loses nothing."""
-        if os.environ.get("AUTORESEARCH_TEST_KILL_AT") == phase:
+        """Test hook: AUTORESEARCH_TEST_KILL_AT=phase[@n] dies at the n-th pass here, as a power cut would."""
+        target = os.environ.get("AUTORESEARCH_TEST_KILL_AT", "")
+        name, _, nth = target.partition("@")
+        if name != phase:
+            return
+        self._checkpoints_seen[phase] = self._checkpoints_seen.get(phase, 0) + 1
+        if self._checkpoints_seen[phase] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -502,6 +517,21 @@ def _undo_own_uncommitted_edit(repo: ExperimentRepo, journal: Journal, repo_dir:
         repo.restore_file("train.py")
 
 
+def _stop_orphan(pid: int) -> None:
+    """A training process whose loop was killed keeps running in its own session: stop it before re-running."""
+    if pid <= 0:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return  # gone already
+    if b"train.py" in cmdline:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the runner made it a process-group leader
+        except ProcessLookupError:
+            pass
+
+
 def _result_dict(result: RunResult) -> dict:
     keep = ("status", "val_bpb", "record", "summary", "returncode", "wall_seconds", "log_path", "log_tail",
             "error", "warnings")
@@ -509,7 +539,7 @@ def _result_dict(result: RunResult) -> dict:
 
 
 def _result_from_dict(d: dict) -> RunResult:
-    return RunResult(**d)
+    return RunResult(**{**d, "log_path": Path(d["log_path"]) if d.get("log_path") else None})
 
 
 def _maybe_int(value) -> int | None:

@@ -59,14 +59,14 @@ class ScriptedCrew:
 
 
 def _llm_repo(tmp_path: Path, model: str, base_url: str | None = None, loop: dict | None = None,
-              role_extra: dict | None = None, crew_extra: dict | None = None) -> tuple[Path, Path]:
+              role_extra: dict | None = None, crew_extra: dict | None = None,
+              per_role: dict | None = None) -> tuple[Path, Path]:
     repo = tmp_path / "repo"
     role = {"model": model, "max_retries": 2, "timeout_s": 10, **(role_extra or {})}
     if base_url:
         role["base_url"] = base_url
-    config = make_toy_repo(repo, preset="full", loop=loop, roles={r: dict(role) for r in
-                                                                   ("hypothesis", "coder", "reviewer", "analyst")},
-                           crew_extra=crew_extra)
+    roles = {r: {**role, **(per_role or {}).get(r, {})} for r in ("hypothesis", "coder", "reviewer", "analyst")}
+    config = make_toy_repo(repo, preset="full", loop=loop, roles=roles, crew_extra=crew_extra)
     return repo, config
 
 
@@ -103,6 +103,18 @@ def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):
     trained = [r for r in records if r.status in ("keep", "discard")]
     assert all(r.tokens_in > 0 and r.tokens_out > 0 and r.usd > 0 for r in trained), "usage not attributed"
     assert outcome.best_bpb is not None
+    assert_no_secret_written(repo, "sk-ant-test-key-never-logged")
+
+
+def assert_no_secret_written(repo: Path, secret: str) -> None:
+    """Nothing under runs/ or the memory store (logs, results, patches, Chroma files) holds the key."""
+    scanned = 0
+    for folder in (repo / "runs", repo / ".autoresearch"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                scanned += 1
+                assert secret.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+    assert scanned > 5
 
 
 def test_openai_compatible_base_url(tmp_path):
@@ -167,3 +179,36 @@ def test_a_slow_reply_past_the_timeout_does_not_hang_the_loop(tmp_path, anthropi
     assert elapsed < 25, f"the loop waited {elapsed:.0f}s on a slow provider"
     records = check_consistency(repo, "llm")
     assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
+
+
+def test_a_failing_provider_degrades_the_role_and_the_run_goes_on(tmp_path, anthropic_env):
+    class HypothesisDown(ScriptedCrew):
+        def __call__(self, request: ParsedRequest) -> Reply:
+            if request.schema_name == "Idea":
+                return Reply.error(500, "provider down")
+            return super().__call__(request)
+
+    with ScriptedLLMServer(HypothesisDown(["unused"])) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 1},
+                                 role_extra={"max_retries": 0}, crew_extra={"degrade_after": 2},
+                                 # the offline coder implements the offline hypotheses that take over
+                                 per_role={"coder": {"model": "offline"}})
+        outcome = _run(repo, config)
+    records = check_consistency(repo, "llm")
+    trained = [r for r in records if r.status in ("keep", "discard", "crash")]
+    assert len(trained) == 1 and "max_experiments" in outcome.stop_reason
+    assert "hypothesis" in trained[0].degraded_roles
+
+
+def test_the_usd_budget_is_checked_before_any_call(tmp_path, anthropic_env):
+    crew = ScriptedCrew(["DEPTH 2 -> 4"])
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5",
+                                 loop={"max_experiments": 3, "max_usd": 0.000001})
+        outcome = _run(repo, config)
+        assert server.requests == [], "a call was sent although the budget could not cover it"
+    assert "budget" in outcome.stop_reason
+    records = check_consistency(repo, "llm")
+    assert [r.status for r in records] == ["baseline", "baseline"]
