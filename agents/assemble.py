@@ -6,6 +6,7 @@ Shared by `autoresearch run` and `autoresearch compare`, so both start a crew th
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from agents.config import CrewConfig, check_keys, load_config
 from agents.llm.offline import OfflineLLM
 from agents.llm.usage import UsageLedger
+from agents.lock import RunLock
 from agents.loop import LoopSettings
 from agents.policy import OfflinePolicy
 from agents.roles import ResearchCrew, build_llms
@@ -40,10 +42,14 @@ def detect_device() -> str:
 
 
 def check_prepared(repo_dir: Path) -> None:
-    """Data and tokenizer must exist before the first run; say how to make them if not."""
-    cache = Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
-    if not (cache / "tokenizer").exists() or not any((cache / "data").glob("*.parquet")):
-        raise SetupError(f"data not prepared in {cache}: run `autoresearch prepare` (or `python prepare.py`) first")
+    """Data and tokenizer must exist before the first run; prepare.py says how to make them if not."""
+    code = "import prepare; prepare.ensure_prepared()"
+    # in a subprocess: prepare.py belongs to the repository, not to this package, and imports torch
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else "data not prepared: run `autoresearch prepare` first"
+        raise SetupError(last.removeprefix("prepare.NotPreparedError: "))
 
 
 def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overrides | None = None,
@@ -52,6 +58,7 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     repo_dir = Path(repo_dir).resolve()
     config = load_config(config_path)
     check_keys(config, env)
+    RunLock(repo_dir).ensure_free()  # before opening memory, which only one process may write
     config = _apply(config, overrides or Overrides())
     program_path = repo_dir / "program.md"
     if not program_path.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import ContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from agents.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
@@ -63,7 +63,7 @@ class Workbench:
     history: Callable[[], list[ExperimentRecord]]
     recall: Callable[[str], str]
     best_summary: Callable[[], str]
-    usage_scope: Callable[[str], ContextManager]  # tags LLM calls with the experiment they were made for
+    usage_scope: Callable[[str], AbstractContextManager]  # tags LLM calls with the experiment they were made for
     on_role_error: Callable[[RoleError], None]
     feedback: list[str] = field(default_factory=list)
 

@@ -136,6 +136,57 @@ def report(tag: str = typer.Option(None, help="run to report (default: today's t
     console.print(f"plot:   {png}\nreport: {run_dir / 'report.md'}")
 
 
+@app.command()
+def compare(
+    configs: list[str] = typer.Argument(None, help="presets (full, no-reviewer, single-agent, offline) or crew.yaml "
+                                        "paths", show_default=False),
+    experiments: int = typer.Option(None, help="per run: stop after this many trained experiments"),
+    hours: float = typer.Option(None, help="per run: stop after this many hours"),
+    usd: float = typer.Option(None, help="per run: stop before spending more than this on LLM calls"),
+    budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
+    repeats: int = typer.Option(1, help="runs per configuration, with different seeds, to see the spread"),
+    name: str = typer.Option(None, help="results go to runs/<name>/ (default: the configurations joined by -vs-)"),
+) -> None:
+    """Compare crew configurations on equal budgets, each from the same commit in its own worktree and memory.
+
+    Runs go one per GPU in parallel when there are several, else one after another. Interrupted? Run the
+    same command again to continue where it stopped.
+    """
+    from agents.assemble import SetupError, check_prepared
+    from agents.compare import Budget, CompareError, plan_compare, run_compare
+    from agents.compare_report import compare_table
+    from agents.config import ConfigError
+    from agents.gitops import GitError
+
+    try:
+        plan = plan_compare(Path.cwd(), configs or [], Budget(experiments, hours, usd, budget), repeats=repeats,
+                            name=name)
+        check_prepared(Path.cwd())
+    except (CompareError, ConfigError, SetupError) as exc:
+        _fail(str(exc))
+
+    def show(event) -> None:
+        if event.text:
+            console.print(f"[{event.run or plan.name}] {event.text}", highlight=False, markup=False)
+
+    try:
+        outcome = run_compare(plan, on_event=show)
+    except (CompareError, GitError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
+        raise typer.Exit(130) from None
+
+    report = outcome.report
+    console.print(compare_table(report.rows, title=f"compare {plan.name}"))
+    console.print(f"report:  {report.markdown}\nplots:   {', '.join(str(p) for p in report.plots)}\n"
+                  f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
+    if outcome.failed:
+        err.print(f"[bold red]{len(outcome.failed)} run(s) failed[/]: {', '.join(outcome.failed)} "
+                  "(see their error in runs/<name>/manifest.json; run the same command again to retry them)")
+        raise typer.Exit(1)
+
+
 def _mount_subapps() -> None:
     from memory.cli import app as memory_app
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from agents.config import PRESETS, ConfigError, CrewConfig, check_keys, load_config, preset_path, resolve_model
+from agents.config import PRESETS, CrewConfig, check_keys, load_config, preset_path, resolve_model
 from agents.gitops import BRANCH_PREFIX, ExperimentRepo, GitError
 from agents.lock import RunLock, RunLockError
 
@@ -145,7 +145,7 @@ def plan_compare(repo_dir: Path, sources: list[str], budget: Budget, repeats: in
     if not NAME_PATTERN.match(name):
         raise CompareError(f"compare name {name!r}: use only letters, digits, '-' and '_'")
 
-    runs, limits, never_stops = [], {}, []
+    runs, limits, endless = [], {}, []
     for spec in specs:
         base = load_config(spec.path)
         check_keys(base, env)
@@ -154,15 +154,14 @@ def plan_compare(repo_dir: Path, sources: list[str], budget: Budget, repeats: in
                                    base.loop.seed + (k - 1) * SEED_STRIDE))
         effective = _load_run_config(spec.path, budget, base.loop.seed)
         limits[spec.label] = {key: getattr(effective.loop, key) for key in EQUAL_LIMITS}
-        if _never_stops(effective, env):
-            never_stops.append(spec.label)
+        endless += [(spec.label, effective.loop)] if _never_stops(effective, env) else []
     _check_equal_limits(limits)
-    if never_stops:
-        first = next(iter(limits.values()))
-        hint = ("--usd alone never stops" if first["max_usd"] is not None or first["max_tokens"] is not None
-                else "no budget stops")
-        raise CompareError(f"{hint} configuration {never_stops[0]!r} (it makes no paid LLM calls); "
-                           "give --experiments N or --hours H")
+    if endless:
+        label, loop = endless[0]
+        if loop.max_usd is None and loop.max_tokens is None:
+            raise CompareError("no budget: give --experiments N, --hours H or --usd X (the same for every configuration)")
+        raise CompareError(f"a USD or token limit alone never stops configuration {label!r}: it makes no paid LLM "
+                           "calls; add --experiments N or --hours H")
     return ComparePlan(repo_dir, name, specs, budget, repeats, runs)
 
 
@@ -400,6 +399,11 @@ class _Compare:
         args = self.plan.arguments()
         if self.manifest_path.exists():
             manifest = json.loads(self.manifest_path.read_text())
+            before = {c["label"]: c["sha256"] for c in manifest["arguments"]["configs"]}
+            edited = [c["label"] for c in args["configs"] if before.get(c["label"], c["sha256"]) != c["sha256"]]
+            if edited:
+                raise CompareError(f"the file of configuration {edited[0]!r} changed since compare {self.plan.name!r} "
+                                   "started; restore it to continue, or pass another --name")
             difference = _first_difference(manifest["arguments"], args)
             if difference:
                 raise CompareError(f"compare {self.plan.name!r} was started with other arguments ({difference}); "
@@ -438,7 +442,7 @@ class _Compare:
         worktree = self.repo.add_worktree(directory, branch=None, start_point=self.manifest["start_commit"])
         self.worktrees[run.tag] = directory
         return RunJob(repo_dir=str(worktree), config_path=str(config_path), tag=run.tag, config=run.config,
-                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(run_dir / "memory"))
+                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(self.plan.compare_dir / "memory"))
 
     def _remove_worktree(self, tag: str) -> None:
         directory = self.worktrees.pop(tag, None)

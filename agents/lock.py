@@ -21,6 +21,21 @@ class RunLock:
         self._fh = None
         self.took_over_from: str | None = None
 
+    def ensure_free(self) -> None:
+        """Raise RunLockError now if a run holds the lock (checked before opening shared resources)."""
+        if not self.path.exists():
+            return
+        with open(self.path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLockError(self._busy_message(fh.read().strip())) from None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _busy_message(self, holder: str) -> str:
+        return (f"another autoresearch run is active in this repository ({holder or 'another process'}); "
+                f"wait for it to finish or stop it (lock: {self.path})")
+
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
@@ -28,12 +43,9 @@ class RunLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = fh.read().strip()
             fh.close()
-            raise RunLockError(
-                f"another autoresearch run is active in this repository ({holder}); "
-                f"wait for it to finish or stop it (lock: {self.path})"
-            ) from None
+            raise RunLockError(self._busy_message(holder)) from None
         fh.seek(0)
         previous = fh.read().strip()
         if previous:

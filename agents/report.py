@@ -149,18 +149,25 @@ def _cell(text: str, width: int = 80) -> str:
     return _short(text, width).replace("|", "\\|")
 
 
-def summary_markdown(records: list[ExperimentRecord]) -> str:
-    """What was tried, what worked (the kept chain with deltas), counts, lessons, and what it cost."""
+def summary_markdown(records: list[ExperimentRecord], title: str = "Research summary",
+                     plot: str | None = "progress.png") -> str:
+    """What was tried, what worked (the kept chain with deltas), counts, lessons, and what it cost.
+
+    `plot`: the progress plot to show, relative to where the markdown is written (report.md sits next to
+    progress.png in a run's directory); None leaves it out.
+    """
     if not records:
-        return "# Research summary\n\nNo experiments yet.\n"
+        return f"# {title}\n\nNo experiments yet.\n"
     counts = Counter(r.status for r in records)
     baselines = [r.val_bpb for r in records if r.status == "baseline" and r.val_bpb is not None]
     kept = [r for r in records if r.status == "keep"]
     chain = _best_chain(records)
-    out = ["# Research summary", ""]
+    out = [f"# {title}", ""]
 
     head = f"**{len(records)} experiments**: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
     out += [head, ""]
+    if plot:
+        out += [f"![progress: val_bpb per experiment, best so far]({plot})", ""]
     if baselines:
         spread = f", spread ±{statistics.stdev(baselines):.6f}" if len(baselines) > 1 else ""
         base = statistics.fmean(baselines)
@@ -193,6 +200,8 @@ def summary_markdown(records: list[ExperimentRecord]) -> str:
     out += [f"| {s} | {counts[s]} |" for s in STATUSES if counts[s]]
     out.append("")
 
+    out += _by_category(records)
+
     out += ["## What was tried", "", "| id | status | category | val_bpb | delta | description |",
             "|---|---|---|---|---|---|"]
     for r in records:
@@ -222,6 +231,25 @@ def summary_markdown(records: list[ExperimentRecord]) -> str:
             f"- Training wall-clock: {train_s / 60:.1f} min over {sum(r.wall_seconds is not None for r in records)} runs",
             ""]
     return "\n".join(out)
+
+
+def _by_category(records: list[ExperimentRecord]) -> list[str]:
+    """Which kinds of change were tried, how often each was kept, and the best single gain of each."""
+    tried = [r for r in records if r.status != "baseline"]
+    if not tried:
+        return []
+    out = ["## What was tried, by category", "", "| category | tried | trained | kept | best gain | crashed or refused |",
+           "|---|---|---|---|---|---|"]
+    categories = Counter(r.category or "other" for r in tried)
+    for category, n in categories.most_common():
+        mine = [r for r in tried if (r.category or "other") == category]
+        gains = [r.delta for r in mine if r.status == "keep" and r.delta is not None]
+        trained = sum(r.status in ("keep", "discard", "crash") for r in mine)
+        failed = sum(r.status in ("crash", *NOT_TRAINED) for r in mine)
+        out.append(f"| {_cell(category, 30)} | {n} | {trained} | {sum(r.status == 'keep' for r in mine)} | "
+                   f"{_fmt(min(gains), signed=True) if gains else '–'} | {failed} |")
+    out.append("")
+    return out
 
 
 # --- terminal ------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ everything else (memory, reports, comparisons) can be rebuilt from.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from dataclasses import dataclass, field
