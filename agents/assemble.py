@@ -33,6 +33,7 @@ class Overrides:
     time_budget: float | None = None
     memory_path: Path | None = None
     pipelining: bool | None = None
+    run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
 
 
 def detect_device() -> str:
@@ -72,11 +73,15 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
 
     memory_path = (overrides.memory_path if overrides and overrides.memory_path else None) or \
         (repo_dir / config.memory.path if not Path(config.memory.path).is_absolute() else Path(config.memory.path))
+    run_dir = overrides.run_dir if overrides and overrides.run_dir else None
+    # memory is never the only copy: a missing or corrupted store is rebuilt from these results
     parquets = sorted((repo_dir / "runs").glob("*/results.parquet"))
+    if run_dir is not None and (run_dir / "results.parquet").exists():
+        parquets.append(run_dir / "results.parquet")
     memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets)
     return LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
-                        program=program, crew=crew, ledger=ledger, memory=memory, python=sys.executable,
-                        device=detect_device())
+                        program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
+                        python=sys.executable, device=detect_device())
 
 
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:

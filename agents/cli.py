@@ -26,7 +26,7 @@ def _default_tag() -> str:
 
 
 def _fail(message: str, hint: str = "") -> None:
-    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""))
+    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), soft_wrap=True)
     raise typer.Exit(code=2)
 
 

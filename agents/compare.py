@@ -12,6 +12,7 @@ command again skips finished runs and resumes the others: the loop itself resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -43,6 +45,9 @@ SEED_STRIDE = 10_000
 EQUAL_LIMITS = {"max_experiments": "--experiments", "max_hours": "--hours", "max_usd": "--usd",
                 "max_tokens": None, "time_budget": "--budget"}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:
+    from agents.compare_report import CompareReport
 
 
 class CompareError(RuntimeError):
@@ -127,7 +132,10 @@ def resolve_config(source: str, cwd: Path) -> ConfigSpec:
 
 def plan_compare(repo_dir: Path, sources: list[str], budget: Budget, repeats: int = 1, name: str | None = None,
                  env: Mapping[str, str] | None = None) -> ComparePlan:
-    """Check everything a compare needs before anything starts; raises CompareError or ConfigError (one line)."""
+    """Check everything a compare needs before anything starts; raises CompareError or ConfigError (one line).
+
+    `sources` are preset names or crew.yaml paths (relative to the current directory, as on a command line).
+    """
     env = os.environ if env is None else env
     repo_dir = Path(repo_dir).resolve()
     if not sources:
@@ -241,8 +249,8 @@ def run_one(job: RunJob, on_event: Callable | None = None) -> dict:
     sessions.begin()
     try:
         settings = build_settings(Path(job.repo_dir), Path(job.config_path), job.tag,
-                                  Overrides(memory_path=Path(job.memory_path)), config_name=job.config)
-        settings.run_dir = Path(job.run_dir)
+                                  Overrides(memory_path=Path(job.memory_path), run_dir=Path(job.run_dir)),
+                                  config_name=job.config)
         if on_event is not None:
             settings.on_event = on_event
         try:
@@ -328,7 +336,7 @@ class CompareEvent:
 class CompareOutcome:
     plan: ComparePlan
     states: dict[str, dict]  # tag -> the manifest's entry for that run
-    report: object = None  # agents.compare_report.CompareReport
+    report: CompareReport | None = None
     parallel_on: list[str] = field(default_factory=list)  # the GPUs used, when runs went in parallel
 
     @property
@@ -352,18 +360,14 @@ def run_compare(plan: ComparePlan, devices: list[str] | None = None,
     `devices`: GPUs to spread runs over, one run per device at a time (default: the visible GPUs). With fewer
     than two, runs go one after another in this process.
     """
-    from agents.compare_report import write_compare_report
-
     plan.compare_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(plan.compare_dir).__enter__()
-    except RunLockError:
-        raise CompareError(f"compare {plan.name!r} is already running (lock in {plan.compare_dir}); "
-                           "wait for it to finish") from None
-    try:
-        return _Compare(plan, on_event).run(visible_gpus() if devices is None else devices, write_compare_report)
-    finally:
-        lock.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(RunLock(plan.compare_dir))
+        except RunLockError:
+            raise CompareError(f"compare {plan.name!r} is already running (lock in {plan.compare_dir}); "
+                               "wait for it to finish") from None
+        return _Compare(plan, on_event).run(visible_gpus() if devices is None else devices)
 
 
 class _Compare:
@@ -374,7 +378,9 @@ class _Compare:
         self.manifest_path = plan.compare_dir / MANIFEST
         self.worktrees: dict[str, Path] = {}
 
-    def run(self, devices: list[str], write_report: Callable) -> CompareOutcome:
+    def run(self, devices: list[str]) -> CompareOutcome:
+        from agents.compare_report import write_compare_report
+
         self.manifest = self._open_manifest()
         pending = [r for r in self.plan.runs if self.manifest["runs"][r.tag]["state"] != "done"]
         for run in self.plan.runs:
@@ -391,7 +397,7 @@ class _Compare:
             for tag in list(self.worktrees):
                 self._remove_worktree(tag)
             self.repo.prune_worktrees()
-        report = write_report(self.plan, self.manifest)
+        report = write_compare_report(self.plan, self.manifest)
         return CompareOutcome(self.plan, self.manifest["runs"], report, devices if parallel else [])
 
     # ------------------------------------------------------------------ manifest
@@ -442,7 +448,7 @@ class _Compare:
         worktree = self.repo.add_worktree(directory, branch=None, start_point=self.manifest["start_commit"])
         self.worktrees[run.tag] = directory
         return RunJob(repo_dir=str(worktree), config_path=str(config_path), tag=run.tag, config=run.config,
-                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(self.plan.compare_dir / "memory"))
+                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(run_dir / "memory"))
 
     def _remove_worktree(self, tag: str) -> None:
         directory = self.worktrees.pop(tag, None)
@@ -508,15 +514,14 @@ class _Compare:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONUNBUFFERED="1")
         # -P keeps the worktree's own copy of agents/ off sys.path: every run uses this installation's code
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-        log = open(self.plan.run_dir(run) / "worker.log", "a")  # noqa: SIM115 (the child writes it until it exits)
+        log_path = self.plan.run_dir(run) / "worker.log"
         self._set_state(run.tag, state="running", device=device)
-        self._say(run.tag, f"starting on GPU {device} ({run.config}, repeat {run.repeat}); log: {log.name}")
-        # its own session: a Ctrl-C reaches this process only, which then stops each run once, cleanly
-        process = subprocess.Popen([sys.executable, "-P", "-m", "agents.compare", "worker", str(job_path)],
-                                   cwd=job.repo_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        log.close()
-        return process
+        self._say(run.tag, f"starting on GPU {device} ({run.config}, repeat {run.repeat}); log: {log_path}")
+        with open(log_path, "a") as log:  # the child keeps its own copy of the file open
+            # its own session: a Ctrl-C reaches this process only, which then stops each run once, cleanly
+            return subprocess.Popen([sys.executable, "-P", "-m", "agents.compare", "worker", str(job_path)],
+                                    cwd=job.repo_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
 
     def _collect(self, run: PlannedRun, returncode: int) -> None:
         outcome_path = self.plan.run_dir(run) / "outcome.json"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +23,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich import box
 from rich.table import Table
 
 from agents.report import plot_progress, summary_markdown
 from agents.results import ExperimentRecord, ResultsStore, records_to_table
+
+if TYPE_CHECKING:
+    from agents.compare import ComparePlan
 
 TRAINED = ("keep", "discard", "crash")
 TIME_GRID_POINTS = 400
@@ -188,13 +193,15 @@ def config_rows(runs: list[RunData]) -> list[dict]:
 
 
 def compare_table(rows: list[dict], title: str = "compare") -> Table:
-    """The per-configuration table for the terminal."""
-    table = Table(title=title, header_style="bold")
-    for name in ("config", "runs", "best val_bpb", "gain", "exps", "kept", "disc.", "crash", "veto", "repeat",
-                 "GPU-h", "tokens", "USD", "wall"):
-        table.add_column(name, justify="left" if name == "config" else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*_row_cells(row))
+    """The per-configuration table for the terminal; config, best and gain are never cut short."""
+    cells = [_row_cells(row) for row in rows]
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for i, name in enumerate(("config", "runs", "best val_bpb", "gain", "exps", "kept", "disc", "crash", "veto",
+                              "rep", "GPU-h", "tokens", "USD", "wall")):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True,
+                         min_width=max([len(name)] + [len(c[i]) for c in cells]) if i in (0, 2, 3) else None)
+    for row in cells:
+        table.add_row(*row)
     return table
 
 
@@ -372,7 +379,7 @@ class CompareReport:
     markdown: Path
 
 
-def write_compare_report(plan, manifest: dict) -> CompareReport:
+def write_compare_report(plan: ComparePlan, manifest: dict) -> CompareReport:
     """Write table.csv, experiments.parquet, the two plots, report.md, and each run's own report."""
     compare_dir = plan.compare_dir
     runs = load_compare(compare_dir, manifest)
@@ -406,7 +413,7 @@ def _fmt(value: float | None, digits: int = 6, signed: bool = False) -> str:
 
 def _mean_sd(value: float | None, sd: float | None, signed: bool = False) -> str:
     text = _fmt(value, signed=signed)
-    return f"{text} ± {sd:.6f}" if sd is not None else text
+    return f"{text} ±{sd:.2g}" if sd is not None else text
 
 
 def _num(value: float) -> str:

@@ -30,6 +30,7 @@ from agents.gitops import ExperimentRepo
 from agents.guard import check_edit, check_prepare_hash, file_sha256
 from agents.journal import Journal, JournalEntry
 from agents.lock import RunLock
+from agents.policy import SearchExhausted
 from agents.results import ExperimentRecord, ResultsStore
 from agents.roles import ResearchCrew, RoleError
 from agents.runner import RunResult, start_training
@@ -121,6 +122,7 @@ class _Cycle:
     def run(self) -> LoopOutcome:
         self.repo.start_branch(self.s.tag)
         self.best = self._best_from_records()
+        self.earlier = self._earlier_runs()
         bench = self._workbench()
         candidate = self._resume(bench)
 
@@ -133,7 +135,11 @@ class _Cycle:
         stop = self._stop_reason()
         while stop is None:
             if candidate is None:
-                candidate = self._prepare(bench)
+                try:
+                    candidate = self._prepare(bench)
+                except SearchExhausted as exc:
+                    stop = str(exc)
+                    break
                 if candidate is None:
                     stop = self._stop_reason()
                     continue
@@ -144,7 +150,10 @@ class _Cycle:
                 pending_analysis = None
             upcoming = None
             if self.cfg.pipelining and self._stop_reason(upcoming=True) is None:
-                upcoming = self._prepare(bench)
+                try:
+                    upcoming = self._prepare(bench)
+                except SearchExhausted:
+                    upcoming = None  # asked again after this experiment, which may open new moves
             record = self._finish(entry, self._wait(job, entry), candidate)
             if self.cfg.pipelining:
                 pending_analysis = record
@@ -384,6 +393,9 @@ class _Cycle:
     def records_append(self, record: ExperimentRecord) -> None:
         """Results first (the history everything is rebuilt from), then memory."""
         self._usage_into(record)
+        if record.diff:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
         self.results.append(record)
         self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
         self._checkpoint("memory")
@@ -412,6 +424,17 @@ class _Cycle:
         bpbs = [r.val_bpb for r in baselines if r.val_bpb is not None]
         return Best(start, self.repo.read_file_at(start, "train.py"), statistics.fmean(bpbs) if bpbs else None, sigma)
 
+    def _earlier_runs(self, limit: int = 2000) -> list[ExperimentRecord]:
+        """What earlier runs sharing this memory tried, so the crew does not walk the same path again."""
+        try:
+            hits = self.s.memory.where({"tag": {"$ne": self.s.tag}}, limit=limit)
+        except Exception as exc:  # memory is an aid: a run goes on without it
+            self._event("note", message=f"earlier runs unavailable from memory ({type(exc).__name__})")
+            return []
+        return [ExperimentRecord(exp_id=f"{h.tag}/{h.exp_id}", tag=h.tag, status=h.status, description=h.title,
+                                 category=h.category, val_bpb=h.val_bpb, delta=h.delta, lesson=h.lesson,
+                                 config=h.config) for h in hits]
+
     def _new_exp_id(self) -> str:
         taken = {r.exp_id for r in self.records} | {p.stem for p in self.journal.dir.glob("*.json")} \
             if self.journal.dir.exists() else {r.exp_id for r in self.records}
@@ -425,7 +448,7 @@ class _Cycle:
             crew=self.s.crew, memory=self.s.memory, program=self.s.program, device=self.s.device,
             novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
             review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
-            new_exp_id=self._reserve_exp_id, refuse=self._refuse, history=lambda: list(self.records),
+            new_exp_id=self._reserve_exp_id, refuse=self._refuse, history=lambda: self.earlier + list(self.records),
             usage_scope=self.s.ledger.experiment, on_role_error=self._note_budget,
             recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
             best_summary=self._best_summary,

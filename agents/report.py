@@ -40,12 +40,17 @@ def _fmt(value: float | None, digits: int = 6, signed: bool = False) -> str:
 
 
 def _best_chain(records: list[ExperimentRecord]) -> list[tuple[int, float]]:
-    """(index, running best) at every baseline or kept record, the frontier the branch advanced along."""
-    chain, best = [], None
+    """(index, reference val_bpb) at every baseline or kept record, as the keep rule saw it: the mean of
+    the baseline runs, then the score of each kept commit (a kept deletion may score a hair worse)."""
+    chain, baselines = [], []
     for i, r in enumerate(records, start=1):
-        if r.status in ("baseline", "keep") and r.val_bpb is not None:
-            best = r.val_bpb if best is None else min(best, r.val_bpb)
-            chain.append((i, best))
+        if r.val_bpb is None:
+            continue
+        if r.status == "baseline":
+            baselines.append(r.val_bpb)
+            chain.append((i, statistics.fmean(baselines)))
+        elif r.status == "keep":
+            chain.append((i, r.val_bpb))
     return chain
 
 

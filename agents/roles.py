@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from agents.config import ROLE_NAMES, CrewConfig, key_env_for, resolve_model, template_fields
 from agents.crewai_env import quiet_crewai
 from agents.llm.errors import BudgetExceeded
+from agents.policy import SearchExhausted
 from agents.results import ExperimentRecord
 from agents.schemas import Analysis, CodeEdit, Idea, Review
 
@@ -207,6 +208,8 @@ class ResearchCrew:
             raise _CallFailed(_one_line(exc), over_budget=True) from exc
         except (ValidationError, ConverterError) as exc:
             raise _CallFailed(f"the answer is not a valid {schema.__name__} ({_schema_problem(exc)})") from exc
+        except SearchExhausted:
+            raise  # not a failure: the offline policy has nothing new left, the loop ends the run
         except Exception as exc:
             raise _CallFailed(_one_line(exc)) from exc
         except SystemExit as exc:  # CrewAI's answer to a context-length error: must not end the loop

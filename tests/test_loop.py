@@ -36,6 +36,8 @@ def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):
     for r in records:
         if r.status in ("keep", "discard"):
             assert r.val_bpb is not None and r.lesson, r
+            assert (repo / "runs" / "t1" / f"{r.exp_id}.patch").read_text() == r.diff
+            assert Path(r.log_path).exists()
     # the working tree holds the best train.py
     assert (repo / "train.py").read_text() == git.Repo(repo).commit(outcome.best_commit).tree["train.py"].data_stream.read().decode()
 
@@ -59,3 +61,14 @@ def test_uncommitted_train_py_is_refused_and_left_alone(tmp_path):
     with pytest.raises(GitError, match="train.py"):
         run_toy(repo, config)
     assert (repo / "train.py").read_text().endswith("# my own edit\n")
+
+
+def test_a_new_run_remembers_what_earlier_runs_tried(tmp_path):
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 3})
+    run_toy(repo, config, tag="night1")
+    first = {r.description for r in check_consistency(repo, "night1") if r.status in ("keep", "discard")}
+    run_toy(repo, config, tag="night2")
+    second = check_consistency(repo, "night2")
+    assert not [r for r in second if r.status == "repeat"], "the crew proposed what memory already held"
+    assert not first & {r.description for r in second}

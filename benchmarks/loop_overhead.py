@@ -1,0 +1,119 @@
+"""Loop overhead and trainer duty cycle.
+
+1. Offline crew: wall time per experiment spent outside training (proposal, gates, git, results, memory,
+   analysis, process start-up), as a fraction of upstream's 300 s budget. Target: <= 1 %.
+2. LLM crew over the scripted local server, each call answered after an injected delay: trainer duty
+   cycle (training seconds / wall seconds, after the baseline runs) with pipelining on and off.
+   Target: >= 95 % with pipelining.
+
+Both use the toy experiment repository from tests/ (train.py sleeps through its budget), so the
+figures measure the loop, not the model.
+
+    python benchmarks/loop_overhead.py [--experiments 4] [--budget 20] [--delay 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agents.assemble import build_settings  # noqa: E402
+from agents.loop import run_loop  # noqa: E402
+from tests.llm_server import Reply, ScriptedLLMServer  # noqa: E402
+from tests.test_loop_llm import ScriptedCrew  # noqa: E402
+from tests.toyrepo import make_toy_repo  # noqa: E402
+
+UPSTREAM_BUDGET = 300.0
+
+
+def _trained_after_baselines(records):
+    return [r for r in records if r.status in ("keep", "discard", "crash")]
+
+
+def offline_overhead(experiments: int, budget: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        config = make_toy_repo(repo, loop={"max_experiments": experiments, "time_budget": budget,
+                                           "pipelining": False, "noise": {"baseline_repeats": 1}})
+        settings = build_settings(repo, config, "bench")
+        phases: dict[str, float] = {}
+        started = time.monotonic()
+
+        def on_event(event):
+            if event.kind == "record" and event.record is not None and event.record.status != "baseline":
+                phases[event.exp_id] = time.monotonic()
+            if event.kind == "record" and event.record is not None and event.record.status == "baseline":
+                phases["baseline"] = time.monotonic()
+
+        settings.on_event = on_event
+        outcome = run_loop(settings)
+        settings.memory.close()
+        wall = time.monotonic() - phases.get("baseline", started)
+        trained = _trained_after_baselines(outcome.records)
+        training = sum(r.training_seconds or 0.0 for r in trained)
+        per_exp = (wall - training) / max(1, len(trained))
+        print(f"offline crew: {len(trained)} experiments, {wall:.1f} s wall after the baseline, "
+              f"{training:.1f} s training")
+        print(f"  overhead outside training: {per_exp:.2f} s per experiment = "
+              f"{100 * per_exp / UPSTREAM_BUDGET:.2f} % of a {UPSTREAM_BUDGET:.0f} s budget "
+              f"(includes ~{0.1:.1f} s python start-up of the toy train.py)")
+
+
+def duty_cycle(experiments: int, budget: float, delay: float, pipelining: bool) -> float:
+    titles = [f"MATRIX_LR 0.01 -> {0.01 * (1.2 + i / 10):.4f}" for i in range(experiments + 2)]
+
+    class DelayedCrew(ScriptedCrew):
+        def __call__(self, request):
+            reply = super().__call__(request)
+            return reply.after(delay) if isinstance(reply, Reply) else reply
+
+    with tempfile.TemporaryDirectory() as tmp, ScriptedLLMServer(DelayedCrew(titles), lifetime_s=3600) as server:
+        os.environ["ANTHROPIC_API_KEY"] = "bench-key"
+        os.environ["ANTHROPIC_BASE_URL"] = server.base_url_anthropic
+        repo = Path(tmp) / "repo"
+        role = {"model": "anthropic/claude-sonnet-4-5", "timeout_s": delay * 4, "max_retries": 0}
+        config = make_toy_repo(repo, preset="full", roles={r: dict(role) for r in
+                                                           ("hypothesis", "coder", "reviewer", "analyst")},
+                               loop={"max_experiments": experiments, "time_budget": budget, "pipelining": pipelining,
+                                     "noise": {"baseline_repeats": 1}, "plausibility": {"max_gain": 0.5}})
+        settings = build_settings(repo, config, "bench")
+        marks: dict[str, float] = {}
+
+        def on_event(event):
+            if event.kind == "record" and event.record is not None and event.record.status == "baseline":
+                marks["start"] = time.monotonic()
+
+        settings.on_event = on_event
+        outcome = run_loop(settings)
+        settings.memory.close()
+        wall = time.monotonic() - marks["start"]
+        trained = _trained_after_baselines(outcome.records)
+        training = sum(r.training_seconds or 0.0 for r in trained)
+        duty = training / wall
+        print(f"LLM crew, {delay:.0f} s per call, {budget:.0f} s budget, pipelining {'on ' if pipelining else 'off'}: "
+              f"{len(trained)} experiments, {training:.1f} s training in {wall:.1f} s wall -> duty cycle "
+              f"{100 * duty:.1f} %")
+        return duty
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", type=int, default=4)
+    parser.add_argument("--budget", type=float, default=20.0, help="training seconds per experiment (duty cycle)")
+    parser.add_argument("--delay", type=float, default=5.0, help="seconds before the LLM server answers each call")
+    parser.add_argument("--offline-budget", type=float, default=2.0)
+    args = parser.parse_args()
+    offline_overhead(args.experiments, args.offline_budget)
+    duty_cycle(args.experiments, args.budget, args.delay, pipelining=True)
+    duty_cycle(args.experiments, args.budget, args.delay, pipelining=False)
+
+
+if __name__ == "__main__":
+    main()
