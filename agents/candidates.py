@@ -138,7 +138,7 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
         record.lines_added, record.lines_removed = candidate.lines
 
-        verdict = bench.memory.check_diff(candidate.diff_hash)
+        verdict = bench.memory.check_diff(candidate.diff_hash, retry_of=idea.retry_of)
         if not verdict.novel:
             _refused(bench, record, "repeat", verdict.message)
             return None

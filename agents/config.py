@@ -195,7 +195,9 @@ class LoopConfig(_Strict):
     max_refusals_in_a_row: int = Field(default=20, ge=1)  # the crew is stuck: stop rather than spin
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
-    novelty_threshold: float = Field(default=0.92, gt=0, le=1)  # cosine similarity that counts as a repeat
+    # cosine similarity of ideas that counts as a repeat, calibrated on tests/data/idea_pairs.jsonl; it can sit
+    # this low because the gate also compares the titles' parameter names and values (near-misses differ there)
+    novelty_threshold: float = Field(default=0.48, gt=0, le=1)
     pipelining: bool = True
     coder_retries: int = Field(default=2, ge=0)
     review_rounds: int = Field(default=2, ge=1)

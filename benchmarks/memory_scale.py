@@ -118,7 +118,7 @@ def random_vectors_recall(n: int) -> None:
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(n, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = vectors[rng.integers(0, n, 100)] + rng.normal(scale=0.05, size=(100, 384)).astype(np.float32)
+    queries = vectors[rng.integers(0, n, 100)] + rng.normal(scale=0.02, size=(100, 384)).astype(np.float32)
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     ours = index_recall(vectors, queries, dict(HNSW_CONFIG))
     default = index_recall(vectors, queries, {"space": "cosine"})

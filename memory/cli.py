@@ -1,0 +1,141 @@
+"""`autoresearch memory ...`: search, stats and rebuild of the experiment memory.
+
+search and stats open the memory read-only (a snapshot), so they work while a loop runs; rebuild writes,
+so it needs the loop to be stopped (the writer lock says so if it is not).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from memory.embeddings import DEFAULT_EMBEDDING
+from memory.store import ExperimentMemory, MemoryStoreError
+
+DEFAULT_MEMORY_PATH = Path(".autoresearch/memory")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+PathOption = Annotated[
+    Path | None, typer.Option(help="memory directory (default: crew.yaml memory.path, else .autoresearch/memory)")
+]
+ConfigOption = Annotated[Path, typer.Option(help="crew.yaml to read memory.path and memory.embedding from")]
+EmbeddingOption = Annotated[
+    str | None, typer.Option(help="embedding the memory is built with (default: crew.yaml memory.embedding)")
+]
+
+
+def memory_settings(config: Path, path: Path | None, embedding: str | None) -> tuple[Path, str]:
+    """The memory directory and embedding: options first, then crew.yaml's `memory:` section, then defaults.
+    A relative memory.path is relative to the repository (the directory of crew.yaml)."""
+    section: dict = {}
+    if config.exists():
+        try:
+            loaded = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise typer.BadParameter(f"{config} is not valid YAML: {exc}") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("memory"), dict):
+            section = loaded["memory"]
+    if path is None:
+        configured = Path(section.get("path", DEFAULT_MEMORY_PATH))
+        path = configured if configured.is_absolute() else config.resolve().parent / configured
+    return path, embedding or section.get("embedding", DEFAULT_EMBEDDING)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error[/]: {message}")
+    raise typer.Exit(1)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-"
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what to look for, in words")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="how many experiments to show")] = 10,
+    path: PathOption = None,
+    config: ConfigOption = Path("crew.yaml"),
+    embedding: EmbeddingOption = None,
+) -> None:
+    """Past experiments nearest in meaning to QUERY (works while a run is going)."""
+    path, embedding = memory_settings(config, path, embedding)
+    try:
+        with ExperimentMemory.open(path, embedding=embedding, read_only=True) as memory:
+            hits = memory.search(query, k=k)
+    except (MemoryStoreError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"nearest to {query!r} in {path}")
+    for column in ("sim", "experiment", "status", "val_bpb", "delta", "title", "lesson / outcome"):
+        table.add_column(column, overflow="fold")
+    for hit in hits:
+        table.add_row(f"{hit.similarity:.2f}", hit.id, hit.status, _fmt(hit.val_bpb, ".4f"), _fmt(hit.delta, "+.4f"),
+                      hit.title, hit.lesson or hit.note)
+    console.print(table if hits else "memory is empty")
+
+
+@app.command()
+def stats(
+    path: PathOption = None,
+    config: ConfigOption = Path("crew.yaml"),
+    embedding: EmbeddingOption = None,
+) -> None:
+    """How many experiments memory holds, by status and by run (works while a run is going)."""
+    path, embedding = memory_settings(config, path, embedding)
+    try:
+        with ExperimentMemory.open(path, embedding=embedding, read_only=True) as memory:
+            info = memory.stats()
+    except (MemoryStoreError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"[bold]{info['experiments']}[/] experiments in {info['path']} (embedding {info['embedding']})")
+    if info["first"]:
+        console.print(f"from {info['first']} to {info['last']}")
+    statuses = Table(title="by status")
+    statuses.add_column("status")
+    statuses.add_column("experiments", justify="right")
+    for status, n in sorted(info["by_status"].items(), key=lambda kv: -kv[1]):
+        statuses.add_row(status, str(n))
+    runs = Table(title="by run")
+    for column in ("tag", "experiments", "best val_bpb"):
+        runs.add_column(column, justify="right" if column != "tag" else "left")
+    for tag, n in sorted(info["by_tag"].items()):
+        runs.add_row(tag, str(n), _fmt(info["best_val_bpb_by_tag"].get(tag), ".6f"))
+    console.print(statuses)
+    console.print(runs)
+
+
+@app.command()
+def rebuild(
+    parquet: Annotated[
+        list[Path] | None, typer.Argument(help="results.parquet files (default: runs/*/results.parquet)")
+    ] = None,
+    path: PathOption = None,
+    config: ConfigOption = Path("crew.yaml"),
+    embedding: EmbeddingOption = None,
+) -> None:
+    """Rebuild the memory from results.parquet files (the loop must not be running)."""
+    path, embedding = memory_settings(config, path, embedding)
+    files = list(parquet) if parquet else sorted((config.resolve().parent / "runs").glob("*/results.parquet"))
+    if not files:
+        _fail("no results.parquet files to rebuild from (name them, or run from the repository root)")
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        _fail(f"no such results file: {', '.join(missing)}")
+    try:
+        with console.status(f"embedding experiments from {len(files)} file(s)..."), \
+                ExperimentMemory.open(path, embedding=embedding) as memory:
+            count = memory.rebuild(files)
+            notices = memory.notices
+    except (MemoryStoreError, ValueError) as exc:
+        _fail(str(exc))
+    for notice in notices:
+        err.print(f"[yellow]{notice}[/]")
+    console.print(f"rebuilt {path}: {count} experiments from {len(files)} results file(s)")

@@ -1,0 +1,604 @@
+"""`ExperimentMemory`: a persistent Chroma collection with one record per experiment.
+
+Layout of a memory directory (crew.yaml `memory.path`, by default `.autoresearch/memory` in the repository,
+shared by every run there so a new night starts knowing what earlier nights learned):
+
+    <path>/chroma/       the Chroma store (chromadb.PersistentClient)
+    <path>/writer.lock   flock held by the one writing process for as long as it has the memory open
+    <path>/io.lock       flock the writer holds during each operation, readers while they take a snapshot
+
+Chroma allows one process per directory: even a query writes to the store (it compacts its log into the
+index). So only the loop opens the store in place; `read_only=True` (the CLI's search and stats) copies the
+directory, between two of the writer's operations, into a temporary directory and queries the copy.
+
+Memory is never the only copy of anything: results.parquet is. A missing or corrupted store, or one that
+lacks experiments the Parquet files hold, is rebuilt from them when the writer opens it; the damaged store
+is moved aside, not deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import chromadb
+import numpy as np
+from chromadb.config import Settings
+from chromadb.errors import ChromaError
+
+from agents.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
+from agents.schemas import Idea
+from memory import novelty
+from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
+from memory.records import MemoryHit, hit_from_chroma, idea_text, record_document, record_id, record_metadata
+
+log = logging.getLogger("memory")
+
+# Chroma's defaults (ef_search 100, M 16) gave nearest-neighbour recall far below 0.99 on some vector
+# distributions. Measured against brute force (benchmarks/memory_scale.py): 1.000 at 100k MiniLM-like
+# experiments (defaults 0.987); on 20k random unit vectors, the hardest case, 0.998 (ef_search 200: 0.94,
+# defaults 0.61). On clustered real vectors the search stops early, so ef_search 1000 costs under 1 ms.
+HNSW_CONFIG = {"space": "cosine", "ef_construction": 200, "ef_search": 1000, "max_neighbors": 32}
+NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the true repeat down a few places
+ADD_BATCH = 1000
+EMBED_CACHE_SIZE = 256
+RECENT_CACHED = 200  # latest experiments kept at hand for recall
+CHAIN_STATUSES = ("keep", "baseline")
+
+
+class MemoryStoreError(RuntimeError):
+    """Base of the experiment memory's errors."""
+
+
+class MemoryLockedError(MemoryStoreError):
+    pass
+
+
+class MemoryNotFoundError(MemoryStoreError):
+    pass
+
+
+class MemoryUnavailableError(MemoryStoreError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ locks
+
+
+def _open_lock_file(path: Path) -> IO[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a+")
+
+
+def _acquire_writer_lock(path: Path) -> IO[str]:
+    fh = _open_lock_file(path)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise MemoryLockedError(
+            f"the experiment memory at {path.parent} is already open for writing by {holder}; only one process "
+            "(the loop) may write it. Open it with read_only=True to search it meanwhile."
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    return fh
+
+
+@contextlib.contextmanager
+def _flocked(fh: IO[str], mode: int) -> Iterator[None]:
+    """Hold a flock for a block. Blocking: the writer holds io.lock for one operation at a time (milliseconds),
+    and a blocked waiter is woken the moment it is released, where polling would starve behind a busy writer."""
+    fcntl.flock(fh, mode)
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _forget_failed_client(chroma_dir: Path) -> None:
+    """Chroma caches one System per directory and keeps it even when starting it failed (a corrupted
+    sqlite file), so the next client for that directory would reuse the broken one. Drop it (chromadb 1.5)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient._identifier_to_system.pop(str(chroma_dir), None)
+
+
+# -------------------------------------------------------------------------------------------- parquet
+
+
+def load_parquet_records(path: Path) -> list[ExperimentRecord]:
+    """Experiments from one results.parquet (unknown columns ignored, missing ones defaulted)."""
+    import pyarrow.parquet as pq
+
+    known = set(PERSISTED_FIELDS)
+    rows = pq.read_table(path).to_pylist()
+    return [ExperimentRecord(**{k: v for k, v in row.items() if k in known and v is not None}) for row in rows]
+
+
+def _load_many(paths: Sequence[Path], notices: list[str]) -> list[ExperimentRecord]:
+    records: list[ExperimentRecord] = []
+    for path in paths:
+        try:
+            records.extend(load_parquet_records(Path(path)))
+        except Exception as exc:  # an unreadable file must not stop the rest from loading
+            notices.append(f"memory: skipped {path}: cannot read it ({type(exc).__name__}: {exc})")
+    # oldest first, so the order experiments enter memory follows time across runs
+    return sorted(records, key=lambda r: r.started_at or r.finished_at or "")
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+
+class ExperimentMemory:
+    """One Chroma record per experiment (id `<tag>/<exp_id>`), plus the novelty gate and recall on top."""
+
+    def __init__(self, path: Path, embedding: str, chroma_dir: Path, read_only: bool):
+        self.path = path
+        self.embedding = embedding
+        self.read_only = read_only
+        self.notices: list[str] = []  # what happened on open (rebuilt, synced): for the loop to show
+        self._chroma_dir = chroma_dir
+        self._ef = make_embedding_function(embedding)
+        self._name = collection_name(embedding)
+        self._client: Any = None
+        self._collection: Any = None
+        self._writer_lock: IO[str] | None = None
+        self._io_lock: IO[str] | None = None
+        self._snapshot_dir: Path | None = None
+        self._rebuild_from: list[Path] = []
+        self._next_seq = 0
+        # Bounded views the recall needs on every call, kept in step with every write (this process is the only
+        # writer; a read-only snapshot never changes): metadata filters cost ~10 ms each at 10k experiments.
+        self._recent: deque[MemoryHit] = deque(maxlen=RECENT_CACHED)
+        self._chains: dict[str, list[MemoryHit]] = {}  # tag -> its keep and baseline experiments
+        self._thread_lock = threading.RLock()
+        self._op_depth = 0
+        self._embed_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        embedding: str = DEFAULT_EMBEDDING,
+        rebuild_from: Sequence[Path] = (),
+        read_only: bool = False,
+    ) -> ExperimentMemory:
+        """Open the memory at `path`. The writer (the loop) rebuilds a missing or corrupted store from
+        `rebuild_from` (results.parquet files) and adds any experiment they hold that the store lacks.
+        `read_only` opens a snapshot, safe while the loop writes; it never repairs anything."""
+        path = Path(path)
+        if read_only:
+            return cls._open_snapshot(path, embedding)
+        memory = cls(path, embedding, path / "chroma", read_only=False)
+        memory._writer_lock = _acquire_writer_lock(path / "writer.lock")
+        memory._io_lock = _open_lock_file(path / "io.lock")
+        memory._rebuild_from = [Path(p) for p in rebuild_from]
+        try:
+            with memory._operation():
+                memory._connect_or_recover()
+                memory._sync_and_report()
+        except BaseException:
+            memory.close()
+            raise
+        for notice in memory.notices:
+            log.warning(notice)
+        return memory
+
+    @classmethod
+    def _open_snapshot(cls, path: Path, embedding: str) -> ExperimentMemory:
+        source = path / "chroma"
+        if not (source / "chroma.sqlite3").exists():
+            raise MemoryNotFoundError(f"no experiment memory at {path} yet (it is created by `autoresearch run`)")
+        snapshot = Path(tempfile.mkdtemp(prefix="autoresearch-memory-"))
+        memory = cls(path, embedding, snapshot / "chroma", read_only=True)
+        memory._snapshot_dir = snapshot
+        try:
+            with _open_lock_file(path / "io.lock") as io_lock, _flocked(io_lock, fcntl.LOCK_SH):
+                shutil.copytree(source, memory._chroma_dir)
+            memory._connect(create=False)
+        except MemoryStoreError:
+            memory.close()
+            raise
+        except Exception as exc:
+            memory.close()
+            raise MemoryUnavailableError(
+                f"cannot read the experiment memory at {path} ({type(exc).__name__}: {exc}); the next "
+                "`autoresearch run` rebuilds it from results.parquet, or run `autoresearch memory rebuild`"
+            ) from exc
+        return memory
+
+    def _connect(self, *, create: bool) -> None:
+        self._client = chromadb.PersistentClient(
+            path=str(self._chroma_dir), settings=Settings(anonymized_telemetry=False, allow_reset=False)
+        )
+        if create:
+            self._collection = self._client.get_or_create_collection(
+                self._name, embedding_function=self._ef, configuration={"hnsw": dict(HNSW_CONFIG)}
+            )
+        else:
+            try:
+                self._collection = self._client.get_collection(self._name, embedding_function=self._ef)
+            except chromadb.errors.NotFoundError:
+                raise MemoryNotFoundError(
+                    f"the experiment memory at {self.path} has no collection for embedding {self.embedding!r}"
+                ) from None
+        self._health_check()
+        self._next_seq = self._collection.count()
+        self._seed_caches()
+
+    def _seed_caches(self) -> None:
+        self._chains.clear()
+        self._recent.clear()
+        if self._next_seq:
+            start = max(0, self._next_seq - RECENT_CACHED)
+            self._recent.extend(self._get_hits({"seq": {"$gte": start}}))
+
+    def _health_check(self) -> None:
+        """Touch the metadata store and the vector index, so corruption shows here rather than mid-run."""
+        if self._collection.count() == 0:
+            return
+        sample = self._collection.get(limit=1, include=["embeddings"])
+        self._collection.query(query_embeddings=[sample["embeddings"][0]], n_results=1, include=[])
+
+    def _connect_or_recover(self) -> None:
+        existed = (self._chroma_dir / "chroma.sqlite3").exists()
+        try:
+            self._connect(create=True)
+        except Exception as exc:  # any failure to open means the store cannot be trusted: rebuild it
+            self._move_aside(f"{type(exc).__name__}: {exc}")
+            self._connect(create=True)
+            return
+        if not existed and self._rebuild_from:
+            self.notices.append(f"memory: no store at {self._chroma_dir}; rebuilding it from results.parquet")
+
+    def _move_aside(self, reason: str) -> None:
+        self._disconnect()
+        _forget_failed_client(self._chroma_dir)
+        aside = self._chroma_dir.with_name(f"chroma.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        if self._chroma_dir.exists():
+            shutil.move(str(self._chroma_dir), aside)
+            kept = f"; the damaged store is kept at {aside}"
+        else:
+            kept = ""
+        self.notices.append(
+            f"memory: the store at {self._chroma_dir} could not be used ({reason}); rebuilding it from "
+            f"{len(self._rebuild_from)} results.parquet file(s){kept}"
+        )
+
+    def _recover(self, reason: str) -> None:
+        """Mid-run failure of the store: move it aside and rebuild from Parquet, so the loop goes on."""
+        first_new = len(self.notices)
+        self._move_aside(reason)
+        self._connect(create=True)
+        self._sync_and_report()
+        for notice in self.notices[first_new:]:
+            log.warning(notice)
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = self._collection = None
+
+    def close(self) -> None:
+        """Release the store and the writer lock; a read-only snapshot is deleted."""
+        self._disconnect()
+        for attr in ("_io_lock", "_writer_lock"):
+            fh = getattr(self, attr)
+            if fh is not None:
+                if attr == "_writer_lock":
+                    fh.seek(0)
+                    fh.truncate()
+                fh.close()  # closing the file releases its flock
+                setattr(self, attr, None)
+        if self._snapshot_dir is not None:
+            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+            self._snapshot_dir = None
+
+    def __enter__(self) -> ExperimentMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """One writer operation: other threads wait, and no reader snapshots the store halfway through."""
+        with self._thread_lock:
+            # reentrant: an inner operation must not release the flock the outer one holds
+            if self._io_lock is None or self._op_depth:
+                self._op_depth += 1
+                try:
+                    yield
+                finally:
+                    self._op_depth -= 1
+                return
+            with _flocked(self._io_lock, fcntl.LOCK_EX):
+                self._op_depth += 1
+                try:
+                    yield
+                finally:
+                    self._op_depth -= 1
+
+    def _guarded(self, action: str, fn: Any) -> Any:
+        if self._collection is None:
+            raise MemoryUnavailableError("the experiment memory is closed")
+        with self._operation():
+            try:
+                return fn()
+            except ChromaError as exc:
+                if self.read_only:
+                    raise MemoryUnavailableError(f"memory {action} failed: {exc}") from exc
+                self._recover(f"{action} failed: {type(exc).__name__}: {exc}")
+                return fn()
+
+    def embed(self, text: str) -> np.ndarray:
+        """The vector of one text, cached: the loop embeds the same idea for the gate, the reviewer and add."""
+        with self._thread_lock:
+            vector = self._embed_cache.get(text)
+            if vector is None:
+                vector = np.asarray(self._ef([text])[0], dtype=np.float32)
+                self._embed_cache[text] = vector
+                if len(self._embed_cache) > EMBED_CACHE_SIZE:
+                    self._embed_cache.popitem(last=False)
+            else:
+                self._embed_cache.move_to_end(text)
+            return vector
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def add(self, record: ExperimentRecord) -> None:
+        """Store one experiment (any status). Adding the same (tag, exp_id) again replaces it."""
+        self.add_many([record])
+
+    def add_many(self, records: Sequence[ExperimentRecord], *, vectors: np.ndarray | None = None) -> None:
+        """Store experiments in bulk; `vectors` (one unit vector per record, of the idea text) skips embedding."""
+        if self.read_only:
+            raise MemoryUnavailableError("this experiment memory was opened read-only")
+        for record in records:
+            _validate(record)
+        if not records:
+            return
+        if vectors is None:
+            texts = [idea_text(r.description, r.rationale) for r in records]
+            vectors = np.stack([self.embed(t) for t in texts]) if len(texts) <= 4 else np.asarray(self._ef(texts))
+        if len(vectors) != len(records):
+            raise ValueError(f"{len(vectors)} vectors for {len(records)} records")
+        self._guarded("add", lambda: self._upsert(records, vectors))
+
+    def _upsert(self, records: Sequence[ExperimentRecord], vectors: np.ndarray) -> None:
+        ids = [record_id(r.tag, r.exp_id) for r in records]
+        existing = self._existing_seqs(ids)
+        metas = []
+        for rid, record in zip(ids, records, strict=True):
+            seq = existing.get(rid)
+            if seq is None:  # a new experiment takes the next place in the order; a replaced one keeps its own
+                seq, self._next_seq = self._next_seq, self._next_seq + 1
+                existing[rid] = seq
+            metas.append(record_metadata(record, seq))
+        for start in range(0, len(ids), ADD_BATCH):
+            end = start + ADD_BATCH
+            self._collection.upsert(
+                ids=ids[start:end],
+                embeddings=np.asarray(vectors[start:end], dtype=np.float32),
+                documents=[record_document(r) for r in records[start:end]],
+                metadatas=metas[start:end],
+            )
+        for rid, meta in zip(ids, metas, strict=True):
+            self._remember(hit_from_chroma(rid, meta, None))
+
+    def _remember(self, hit: MemoryHit) -> None:
+        """Keep the bounded views in step with a write."""
+        replaced = next((i for i, old in enumerate(self._recent) if old.id == hit.id), None)
+        if replaced is not None:
+            self._recent[replaced] = hit
+        elif not self._recent or hit.seq > self._recent[-1].seq:
+            self._recent.append(hit)
+        chain = self._chains.get(hit.tag)
+        if chain is not None:
+            chain[:] = [h for h in chain if h.id != hit.id]
+            if hit.status in CHAIN_STATUSES:
+                chain.append(hit)
+                chain.sort(key=lambda h: h.seq)
+
+    def _existing_seqs(self, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), ADD_BATCH):
+            got = self._collection.get(ids=ids[start : start + ADD_BATCH], include=["metadatas"])
+            found.update({rid: int(meta.get("seq", 0)) for rid, meta in zip(got["ids"], got["metadatas"], strict=True)})
+        return found
+
+    def _present_ids(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), ADD_BATCH):  # ids only: fetching metadata would cost ten times more
+            found.update(self._collection.get(ids=ids[start : start + ADD_BATCH], include=[])["ids"])
+        return found
+
+    def _sync(self, parquet_paths: Sequence[Path]) -> int:
+        """Add the experiments the Parquet files hold and the store lacks (all of them for a new store)."""
+        if not parquet_paths:
+            return 0
+        records = _load_many(parquet_paths, self.notices)
+        ids = [record_id(r.tag, r.exp_id) for r in records]
+        present = self._present_ids(ids)
+        missing = [r for r, rid in zip(records, ids, strict=True) if rid not in present]
+        if missing:
+            vectors = np.asarray(self._ef([idea_text(r.description, r.rationale) for r in missing]))
+            self._upsert(missing, vectors)
+        return len(missing)
+
+    def _sync_and_report(self) -> None:
+        added = self._sync(self._rebuild_from)
+        if added:
+            self.notices.append(f"memory: added {added} experiment(s) from results.parquet that the store lacked")
+
+    def rebuild(self, parquet_paths: list[Path]) -> int:
+        """Drop the collection and fill it again from results.parquet files; returns how many were stored."""
+        if self.read_only:
+            raise MemoryUnavailableError("this experiment memory was opened read-only")
+        for path in parquet_paths:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path}: no such results file")
+        with self._operation():
+            self._client.delete_collection(self._name)
+            self._collection = self._client.create_collection(
+                self._name, embedding_function=self._ef, configuration={"hnsw": dict(HNSW_CONFIG)}
+            )
+            self._next_seq = 0
+            self._seed_caches()
+            self._sync([Path(p) for p in parquet_paths])
+            return self._collection.count()
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def nearest(
+        self, vector: np.ndarray, k: int, where: dict | None = None, *, with_documents: bool = False
+    ) -> list[MemoryHit]:
+        """The k records nearest to a vector, most similar first (similarity = cosine)."""
+        include = ["metadatas", "distances"] + (["documents"] if with_documents else [])
+
+        def query() -> list[MemoryHit]:
+            if self._next_seq == 0:
+                return []
+            res = self._collection.query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                n_results=min(k, self._next_seq),
+                where=where,
+                include=include,
+            )
+            docs = res["documents"][0] if with_documents else [None] * len(res["ids"][0])
+            return [
+                hit_from_chroma(rid, meta, doc, 1.0 - float(dist))
+                for rid, meta, doc, dist in zip(
+                    res["ids"][0], res["metadatas"][0], docs, res["distances"][0], strict=True
+                )
+            ]
+
+        return self._guarded("query", query)
+
+    def where(self, where: dict, limit: int | None = None, with_documents: bool = False) -> list[MemoryHit]:
+        """Records matching a metadata filter, in the order they entered memory."""
+        return self._guarded("get", lambda: self._get_hits(where, limit, with_documents))
+
+    def _get_hits(self, where: dict, limit: int | None = None, with_documents: bool = False) -> list[MemoryHit]:
+        include = ["metadatas", "documents"] if with_documents else ["metadatas"]
+        res = self._collection.get(where=where, limit=limit, include=include)
+        docs = res.get("documents") or [None] * len(res["ids"])
+        hits = [hit_from_chroma(rid, meta, doc) for rid, meta, doc in zip(res["ids"], res["metadatas"], docs, strict=True)]
+        return sorted(hits, key=lambda h: h.seq)
+
+    def recent(self) -> list[MemoryHit]:
+        """The latest experiments (up to RECENT_CACHED), oldest first."""
+        return list(self._recent)
+
+    def chain(self, tag: str) -> list[MemoryHit]:
+        """The keep and baseline experiments of one run, oldest first."""
+        with self._operation():
+            if tag not in self._chains:
+                self._chains[tag] = self.where({"$and": [{"tag": tag}, {"status": {"$in": list(CHAIN_STATUSES)}}]})
+            return list(self._chains[tag])
+
+    def count(self) -> int:
+        return self._guarded("count", lambda: self._collection.count())
+
+    @property
+    def next_seq(self) -> int:
+        """Order number the next new experiment will get (= how many are stored)."""
+        return self._next_seq
+
+    def check_idea(self, idea: Idea, *, threshold: float) -> novelty.NoveltyVerdict:
+        """Before coding: is this idea a semantic repeat of an earlier experiment?"""
+        hits = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
+        cited = self.find(idea.retry_of) if idea.retry_of else None
+        return novelty.idea_verdict(idea.title, idea.retry_of, hits, threshold, cited)
+
+    def check_diff(self, diff_hash: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
+        """After coding, before any GPU time: was exactly this change (normalised) run before?"""
+        if not diff_hash:
+            raise ValueError("check_diff needs the normalised diff hash of the change (normalised_diff_hash)")
+        matches = [h for h in self.where({"diff_hash": diff_hash}, limit=50) if h.status != "repeat"]
+        return novelty.diff_verdict(matches, retry_of)
+
+    def find(self, exp_id: str) -> MemoryHit | None:
+        """An experiment by `exp_id` or `<tag>/<exp_id>`; the latest one when several runs used the id."""
+        if "/" in exp_id:
+            hits = self._guarded("get", lambda: self._collection.get(ids=[exp_id], include=["metadatas", "documents"]))
+            return hit_from_chroma(hits["ids"][0], hits["metadatas"][0], hits["documents"][0]) if hits["ids"] else None
+        hits = self.where({"exp_id": exp_id}, limit=100, with_documents=True)
+        return hits[-1] if hits else None
+
+    def recall(self, direction: str, *, token_budget: int = 1500, tag: str | None = None) -> str:
+        """What the hypothesis role should know about `direction`, within `token_budget` tokens."""
+        from memory.recall import build_recall
+
+        return build_recall(self, direction, token_budget=token_budget, tag=tag)
+
+    def similar(self, text: str, k: int = 5) -> list[MemoryHit]:
+        """Past experiments nearest to a text (refused repeats left out: they duplicate what they cite)."""
+        hits = self.nearest(self.embed(text), k + NEAREST_K, with_documents=True)
+        return [h for h in hits if h.status != "repeat"][:k]
+
+    def search(self, query: str, k: int = 10) -> list[MemoryHit]:
+        return self.nearest(self.embed(query), k, with_documents=True)
+
+    def stats(self) -> dict:
+        """Counts by status and tag, best val_bpb per tag, time span; scans metadata page by page."""
+        by_status: dict[str, int] = {}
+        by_tag: dict[str, int] = {}
+        best: dict[str, float] = {}
+        first = last = ""
+        page = 5000
+        total = self.count()
+        for offset in range(0, total, page):
+            res = self._guarded(
+                "get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"])
+            )
+            for meta in res["metadatas"]:
+                status, tag = str(meta.get("status", "")), str(meta.get("tag", ""))
+                by_status[status] = by_status.get(status, 0) + 1
+                by_tag[tag] = by_tag.get(tag, 0) + 1
+                bpb = meta.get("val_bpb")
+                if status in ("keep", "baseline") and bpb is not None and bpb < best.get(tag, float("inf")):
+                    best[tag] = bpb
+                stamp = str(meta.get("timestamp", ""))
+                if stamp:
+                    first = min(first, stamp) if first else stamp
+                    last = max(last, stamp)
+        return {
+            "path": str(self.path),
+            "embedding": self.embedding,
+            "experiments": total,
+            "by_status": by_status,
+            "by_tag": by_tag,
+            "best_val_bpb_by_tag": best,
+            "first": first,
+            "last": last,
+        }
+
+
+def _validate(record: ExperimentRecord) -> None:
+    if not record.exp_id or not record.tag:
+        raise ValueError(f"an experiment needs exp_id and tag to be stored in memory (got {record.exp_id!r}, "
+                         f"{record.tag!r})")
+    if record.status not in STATUSES:
+        raise ValueError(f"experiment {record.exp_id}: unknown status {record.status!r}; expected one of {STATUSES}")
