@@ -14,6 +14,7 @@ from pathlib import Path
 from agents.config import CrewConfig, check_keys, load_config
 from agents.llm.offline import OfflineLLM
 from agents.llm.usage import UsageLedger
+from agents.gitops import ExperimentRepo
 from agents.lock import RunLock
 from agents.loop import LoopSettings
 from agents.policy import OfflinePolicy
@@ -57,6 +58,7 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
                    config_name: str | None = None, env: dict | None = None) -> LoopSettings:
     env = dict(os.environ if env is None else env)
     repo_dir = Path(repo_dir).resolve()
+    ExperimentRepo(repo_dir).ensure_git_repo()
     config = load_config(config_path)
     check_keys(config, env)
     RunLock(repo_dir).ensure_free()  # before opening memory, which only one process may write

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def run(
         check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
                                   config_name=preset or None)
-    except (ConfigError, SetupError) as exc:
+    except (ConfigError, SetupError, GitError, RunLockError) as exc:
         _fail(str(exc))
     view = LiveView(console, tag, settings.config.loop.time_budget, enabled=live and console.is_terminal)
     settings.on_event = view.handle
@@ -89,6 +90,11 @@ def run(
             outcome = run_loop(settings)
     except (GitError, RunLockError, BaselineCrashed) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        _fail(f"disk full while writing results ({exc.filename or exc.strerror})",
+              "free some space and run the same command again: the journal resumes the interrupted experiment")
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: run the same command again to resume where it stopped")
         raise typer.Exit(130) from None

@@ -153,8 +153,9 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
     assert len(coder_calls) >= 3 * len(bad)  # each bad idea had the allowed retries
 
 
-def test_rate_limits_and_server_errors_are_retried(tmp_path, anthropic_env):
-    faults = [Reply.error(429, retry_after=0.1), Reply.error(500), Reply.error(529, retry_after=0.1)]
+def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anthropic_env):
+    faults = [Reply.error(429, retry_after=0.1), Reply.error(500), Reply.error(529, retry_after=0.1),
+              Reply.dropped(), Reply.garbage()]
     crew = ScriptedCrew(["DEPTH 2 -> 4"], faults=faults)
     with ScriptedLLMServer(crew) as server:
         anthropic_env(server)

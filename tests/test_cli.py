@@ -1,0 +1,93 @@
+"""Bad input at the command line: one clear line, exit code 2, and nothing lost."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.cli import app
+from agents.results import ResultsStore
+from tests.toyrepo import check_consistency, make_toy_repo
+
+runner = CliRunner()
+
+
+def _run(args: list[str]):
+    return runner.invoke(app, args, catch_exceptions=False)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    make_toy_repo(repo, loop={"max_experiments": 1})
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def test_not_a_git_repository(tmp_path, monkeypatch):
+    (tmp_path / "crew.yaml").write_text((make_toy_repo(tmp_path / "src")).read_text())
+    (tmp_path / "prepare.py").write_text((tmp_path / "src" / "prepare.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2
+    assert "not a git repository" in result.output
+
+
+def test_malformed_crew_yaml_names_file_and_field(toy):
+    (toy / "crew.yaml").write_text((toy / "crew.yaml").read_text() + "\nloop_typo: 3\n")
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2
+    assert "crew.yaml" in result.output and "loop_typo" in result.output
+
+
+def test_unknown_provider_is_refused(toy):
+    text = (toy / "crew.yaml").read_text().replace("model: offline", "model: mistery/big-model", 1)
+    (toy / "crew.yaml").write_text(text)
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2 and "anthropic/<model>" in result.output
+
+
+def test_missing_api_key_names_the_variable(toy, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    text = (toy / "crew.yaml").read_text().replace("model: offline", "model: anthropic/claude-sonnet-4-5", 1)
+    (toy / "crew.yaml").write_text(text)
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2 and "ANTHROPIC_API_KEY" in result.output
+
+
+def test_data_not_prepared(toy):
+    (toy / "prepare.py").write_text((toy / "prepare.py").read_text().replace(
+        "def ensure_prepared():\n    return Path(__file__).parent",
+        "def ensure_prepared():\n    raise FileNotFoundError('No prepared data. Run `python prepare.py` first')"))
+    subprocess.run(["git", "commit", "-qam", "unprepared", "--author", "t <t@localhost>"], cwd=toy, check=True,
+                   env={"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost", "PATH": "/usr/bin:/bin"})
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2 and "No prepared data" in result.output
+
+
+def test_uncommitted_train_py_is_refused_and_kept(toy):
+    (toy / "train.py").write_text((toy / "train.py").read_text() + "# mine\n")
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2 and "train.py" in result.output
+    assert (toy / "train.py").read_text().endswith("# mine\n")
+
+
+def test_disk_full_while_writing_results_loses_nothing(toy, monkeypatch):
+    real_write = ResultsStore.write_all
+
+    def full_disk(self, records):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.parquet_path))
+
+    monkeypatch.setattr(ResultsStore, "write_all", full_disk)
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 2 and "disk full" in result.output
+
+    monkeypatch.setattr(ResultsStore, "write_all", real_write)
+    result = _run(["run", "--tag", "x", "--no-live"])
+    assert result.exit_code == 0, result.output
+    records = check_consistency(toy, "x")
+    assert [r.status for r in records].count("baseline") == 2
+    assert len([r for r in records if r.status in ("keep", "discard", "crash")]) == 1
