@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.config import CrewConfig, check_keys, load_config
+from agents.gitops import ExperimentRepo
 from agents.llm.offline import OfflineLLM
 from agents.llm.usage import UsageLedger
-from agents.gitops import ExperimentRepo
 from agents.lock import RunLock
 from agents.loop import LoopSettings
 from agents.policy import OfflinePolicy

@@ -37,3 +37,13 @@ def prepared_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("AUTORESEARCH_CACHE", None)
     else:
         os.environ["AUTORESEARCH_CACHE"] = previous
+
+
+@pytest.fixture
+def anthropic_env(monkeypatch):
+    """Point the real anthropic SDK at a ScriptedLLMServer (tests/llm_server.py) with a fake key."""
+
+    def point_at(server) -> None:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-never-logged")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url_anthropic)
+    return point_at

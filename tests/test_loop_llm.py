@@ -7,8 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from agents.assemble import build_settings
 from agents.loop import run_loop
 from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer
@@ -76,14 +74,6 @@ def _run(repo: Path, config: Path, tag: str = "llm"):
         return run_loop(settings)
     finally:
         settings.memory.close()
-
-
-@pytest.fixture
-def anthropic_env(monkeypatch):
-    def point_at(server: ScriptedLLMServer) -> None:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-never-logged")
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url_anthropic)
-    return point_at
 
 
 def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from tests.llm_server import ScriptedLLMServer
-from tests.test_loop_llm import ScriptedCrew, _llm_repo, _run, anthropic_env  # noqa: F401 (a fixture)
+from tests.test_loop_llm import ScriptedCrew, _llm_repo, _run
 from tests.toyrepo import check_consistency
 
 EVAL_LINE = "val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)\n"
