@@ -436,12 +436,12 @@ class _Cycle:
                                  config=h.config) for h in hits]
 
     def _new_exp_id(self) -> str:
-        taken = {r.exp_id for r in self.records} | {p.stem for p in self.journal.dir.glob("*.json")} \
-            if self.journal.dir.exists() else {r.exp_id for r in self.records}
-        n = len({t.split(".")[0] for t in taken})
-        while f"{n:04d}" in taken:
-            n += 1
-        return f"{n:04d}"
+        """One past every id in the results and the journal (re-runs are named '<id>.r1', '<id>.r2')."""
+        taken = {r.exp_id for r in self.records}
+        if self.journal.dir.exists():
+            taken |= {p.stem for p in self.journal.dir.glob("*.json")}
+        numbers = [int(head) for head in (t.split(".")[0] for t in taken) if head.isdigit()]
+        return f"{max(numbers, default=-1) + 1:04d}"
 
     def _workbench(self) -> Workbench:
         return Workbench(
