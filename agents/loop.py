@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from agents.policy import SearchExhausted
 from agents.results import ExperimentRecord, ResultsStore
 from agents.roles import ResearchCrew, RoleError
 from agents.runner import RunResult, start_training
-from agents.schemas import CodeEdit, Idea
+from agents.schemas import Analysis, CodeEdit, Idea
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -127,11 +128,15 @@ class _Cycle:
         candidate = self._resume(bench)
 
         while len(self._baselines()) < self.cfg.noise.baseline_repeats and self._stop_reason() is None:
-            record = self._run_baseline(seed=self.cfg.seed + len(self._baselines()))
+            last = len(self._baselines()) + 1 == self.cfg.noise.baseline_repeats
+            overlap = last and self.cfg.pipelining and candidate is None
+            record, prepared = self._run_baseline(self.cfg.seed + len(self._baselines()), bench if overlap else None)
+            candidate = candidate or prepared
             if record.status == "crash":
                 raise BaselineCrashed(f"the starting train.py crashed ({record.error}); see {record.log_path}")
 
         pending_analysis: ExperimentRecord | None = None
+        analyst = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyst")
         stop = self._stop_reason()
         while stop is None:
             if candidate is None:
@@ -145,9 +150,10 @@ class _Cycle:
                     continue
             entry = self._commit(candidate)
             job = self._start(entry)
+            explaining = None
             if pending_analysis is not None:  # explain the previous experiment while this one trains
-                self._analyse(pending_analysis)
-                pending_analysis = None
+                self._begin_analysis(pending_analysis)
+                explaining = analyst.submit(self._explain, pending_analysis, list(self.records))
             upcoming = None
             if self.cfg.pipelining and self._stop_reason(upcoming=True) is None:
                 try:
@@ -155,13 +161,17 @@ class _Cycle:
                 except SearchExhausted:
                     upcoming = None  # asked again after this experiment, which may open new moves
             record = self._finish(entry, self._wait(job, entry), candidate)
-            if self.cfg.pipelining:
+            if explaining is not None:
+                self._record_lesson(pending_analysis, explaining.result())
+                pending_analysis = None
+            if self.cfg.pipelining and record.status in TRAINED:
                 pending_analysis = record
             else:
                 self._analyse(record)
             candidate = self._rebase(bench, upcoming) if upcoming is not None else None
             stop = self._stop_reason()
 
+        analyst.shutdown()
         if pending_analysis is not None:
             self._analyse(pending_analysis)
         if candidate is not None:
@@ -171,14 +181,21 @@ class _Cycle:
         return LoopOutcome(stop, self.records, self.best.bpb, self.best.commit, self.run_dir)
 
     # ---------------------------------------------------------------- baseline
-    def _run_baseline(self, seed: int) -> ExperimentRecord:
+    def _run_baseline(self, seed: int, bench: Workbench | None) -> tuple[ExperimentRecord, Candidate | None]:
+        """One run of the starting code; with a workbench, the first candidate is prepared meanwhile."""
         exp_id = self._new_exp_id()
         commit = self.best.commit
         entry = JournalEntry(exp_id=exp_id, phase="committed", kind="baseline", base_commit=commit,
                              commit=commit, seed=seed, new_text=self.best.text)
         self.journal.write(entry)
-        result = self._wait(self._start(entry), entry)
-        return self._finish(entry, result, None)
+        job = self._start(entry)
+        prepared = None
+        if bench is not None:
+            try:
+                prepared = self._prepare(bench)
+            except SearchExhausted:
+                prepared = None
+        return self._finish(entry, self._wait(job, entry), None), prepared
 
     # ---------------------------------------------------------------- one experiment
     def _commit(self, c: Candidate) -> JournalEntry:
@@ -209,7 +226,7 @@ class _Cycle:
         budget = self.cfg.time_budget or 0.0
         while job.poll() is None:
             self._event("progress", entry.exp_id, elapsed=job.elapsed, budget=budget)
-            time.sleep(0.5)
+            time.sleep(0.2)
         result = job.wait()
         violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
         if violation is not None:  # the run itself changed the locked file: never trust its number
@@ -277,24 +294,35 @@ class _Cycle:
         return decision
 
     def _analyse(self, record: ExperimentRecord) -> None:
-        if record.status not in TRAINED:
-            return
+        if record.status in TRAINED:
+            self._begin_analysis(record)
+            self._record_lesson(record, self._explain(record, list(self.records)))
+
+    def _begin_analysis(self, record: ExperimentRecord) -> None:
         self._event("phase", record.exp_id, "analysing")
         self._checkpoint("analyse")
+
+    def _explain(self, record: ExperimentRecord, history: list[ExperimentRecord]) -> Analysis | RoleError:
+        """The analyst's reading; only the LLM call, so it may run in a thread while the next one trains."""
         log_tail = ""
         if record.log_path and Path(record.log_path).exists():
             log_tail = "\n".join(Path(record.log_path).read_text(errors="replace").splitlines()[-40:])
         idea = Idea(title=record.description, rationale=record.rationale, expected_effect=record.expected_effect,
                     category=record.category or "other")
         inputs = {"program": self.s.program, "idea": idea, "record": record, "log_tail": log_tail,
-                  "history": list(self.records)}
+                  "history": history}
         try:
             with self.s.ledger.experiment(record.exp_id):
-                analysis = self.s.crew.analyse(inputs)
-            record.explanation, record.lesson = analysis.explanation, analysis.lesson
+                return self.s.crew.analyse(inputs)
         except RoleError as exc:
-            self._note_budget(exc)
-            record.lesson = record.lesson or f"(analyst unavailable: {exc}) {record.decision_reason}"
+            return exc
+
+    def _record_lesson(self, record: ExperimentRecord, outcome: Analysis | RoleError) -> None:
+        if isinstance(outcome, RoleError):
+            self._note_budget(outcome)
+            record.lesson = record.lesson or f"(analyst unavailable: {outcome}) {record.decision_reason}"
+        else:
+            record.explanation, record.lesson = outcome.explanation, outcome.lesson
         self.records_append(record)
         entry_path = self.journal.dir / f"{record.exp_id}.json"
         if entry_path.exists():

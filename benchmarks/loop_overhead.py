@@ -85,10 +85,18 @@ def duty_cycle(experiments: int, budget: float, delay: float, pipelining: bool) 
                                      "noise": {"baseline_repeats": 1}, "plausibility": {"max_gain": 0.5}})
         settings = build_settings(repo, config, "bench")
         marks: dict[str, float] = {}
+        training_started: dict[str, float] = {}
+        finished: dict[str, float] = {}
 
         def on_event(event):
-            if event.kind == "record" and event.record is not None and event.record.status == "baseline":
-                marks["start"] = time.monotonic()
+            now = time.monotonic()
+            if event.kind == "phase" and event.message == "training":
+                training_started.setdefault(event.exp_id, now)
+            if event.kind == "record" and event.record is not None:
+                if event.record.status == "baseline":
+                    marks["start"] = now
+                elif event.record.status in ("keep", "discard", "crash"):
+                    finished[event.exp_id] = now
 
         settings.on_event = on_event
         outcome = run_loop(settings)
@@ -97,9 +105,12 @@ def duty_cycle(experiments: int, budget: float, delay: float, pipelining: bool) 
         trained = _trained_after_baselines(outcome.records)
         training = sum(r.training_seconds or 0.0 for r in trained)
         duty = training / wall
+        # steady state: from the first experiment's training start to the last one's result
+        window = max(finished.values()) - min(training_started[r.exp_id] for r in trained)
         print(f"LLM crew, {delay:.0f} s per call, {budget:.0f} s budget, pipelining {'on ' if pipelining else 'off'}: "
-              f"{len(trained)} experiments, {training:.1f} s training in {wall:.1f} s wall -> duty cycle "
-              f"{100 * duty:.1f} %")
+              f"{len(trained)} experiments, {training:.1f} s training in {wall:.1f} s wall after the baseline -> "
+              f"duty cycle {100 * duty:.1f} % ({100 * training / window:.1f} % from the first experiment's start "
+              f"to the last one's result)")
         return duty
 
 
