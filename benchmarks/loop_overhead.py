@@ -67,7 +67,9 @@ def offline_overhead(experiments: int, budget: float) -> None:
 
 
 def duty_cycle(experiments: int, budget: float, delay: float, pipelining: bool) -> float:
-    titles = [f"MATRIX_LR 0.01 -> {0.01 * (1.2 + i / 10):.4f}" for i in range(experiments + 2)]
+    # one idea per constant: ideas that edit the same line conflict after a keep and must be re-coded
+    titles = ["DEPTH 2 -> 3", "EMBEDDING_LR 0.6 -> 0.5", "MATRIX_LR 0.01 -> 0.02", "WARMDOWN_RATIO 0.5 -> 0.4"]
+    experiments = min(experiments, len(titles))
 
     class DelayedCrew(ScriptedCrew):
         def __call__(self, request):

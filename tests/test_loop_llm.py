@@ -14,7 +14,8 @@ from tests.toyrepo import check_consistency, make_toy_repo
 
 CUDA_LINE = {"MATRIX_LR": ("MATRIX_LR = 0.04 if CUDA else 0.01", "MATRIX_LR = 0.04 if CUDA else {}"),
              "DEPTH": ("DEPTH = 4 if CUDA else 2", "DEPTH = 4 if CUDA else {}"),
-             "EMBEDDING_LR": ("EMBEDDING_LR = 0.6", "EMBEDDING_LR = {}")}
+             "EMBEDDING_LR": ("EMBEDDING_LR = 0.6", "EMBEDDING_LR = {}"),
+             "WARMDOWN_RATIO": ("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = {}")}
 
 
 class ScriptedCrew:
