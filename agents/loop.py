@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agents.candidates import Candidate, Workbench, prepare_candidate, recode
@@ -415,6 +415,7 @@ class _Cycle:
         record.log_path = str(result.log_path or "")
         record.error = result.error or ""
         record.finished_at = _now()
+        record.started_at = record.started_at or _now(seconds_ago=result.wall_seconds or 0.0)
         record.degraded_roles = "; ".join(self.s.crew.degraded_roles)
         return record
 
@@ -435,6 +436,7 @@ class _Cycle:
 
     def _refuse(self, record: ExperimentRecord) -> None:
         record.finished_at = _now()
+        record.started_at = record.started_at or record.finished_at  # refused before any GPU time
         self.records_append(record)
         self._event("record", record.exp_id, record.status, record=record)
 
@@ -597,5 +599,5 @@ def _maybe_int(value) -> int | None:
     return int(value) if value is not None else None
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now(seconds_ago: float = 0.0) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds")

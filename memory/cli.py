@@ -6,8 +6,9 @@ so it needs the loop to be stopped (the writer lock says so if it is not).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 import yaml
@@ -58,6 +59,18 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec) if value is not None else "-"
 
 
+T = TypeVar("T")
+
+
+def _read(path: Path, embedding: str, query: Callable[[ExperimentMemory], T]) -> T:
+    """Run `query` on a read-only snapshot of the memory (safe while a run writes it)."""
+    try:
+        with ExperimentMemory.open(path, embedding=embedding, read_only=True) as memory:
+            return query(memory)
+    except (MemoryStoreError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what to look for, in words")],
@@ -68,11 +81,7 @@ def search(
 ) -> None:
     """Past experiments nearest in meaning to QUERY (works while a run is going)."""
     path, embedding = memory_settings(config, path, embedding)
-    try:
-        with ExperimentMemory.open(path, embedding=embedding, read_only=True) as memory:
-            hits = memory.search(query, k=k)
-    except (MemoryStoreError, ValueError) as exc:
-        _fail(str(exc))
+    hits = _read(path, embedding, lambda memory: memory.search(query, k=k))
     table = Table(title=f"nearest to {query!r} in {path}")
     for column in ("sim", "experiment", "status", "val_bpb", "delta", "title", "lesson / outcome"):
         table.add_column(column, overflow="fold")
@@ -90,11 +99,7 @@ def stats(
 ) -> None:
     """How many experiments memory holds, by status and by run (works while a run is going)."""
     path, embedding = memory_settings(config, path, embedding)
-    try:
-        with ExperimentMemory.open(path, embedding=embedding, read_only=True) as memory:
-            info = memory.stats()
-    except (MemoryStoreError, ValueError) as exc:
-        _fail(str(exc))
+    info = _read(path, embedding, lambda memory: memory.stats())
     console.print(f"[bold]{info['experiments']}[/] experiments in {info['path']} (embedding {info['embedding']})")
     if info["first"]:
         console.print(f"from {info['first']} to {info['last']}")

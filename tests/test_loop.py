@@ -38,6 +38,7 @@ def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):
             assert r.val_bpb is not None and r.lesson, r
             assert (repo / "runs" / "t1" / f"{r.exp_id}.patch").read_text() == r.diff
             assert Path(r.log_path).exists()
+            assert r.started_at and r.started_at <= r.finished_at
     # the working tree holds the best train.py
     assert (repo / "train.py").read_text() == git.Repo(repo).commit(outcome.best_commit).tree["train.py"].data_stream.read().decode()
 
