@@ -7,17 +7,7 @@ from pathlib import Path
 import git
 import pytest
 
-from agents.assemble import build_settings
-from agents.loop import run_loop
-from tests.toyrepo import check_consistency, make_toy_repo
-
-
-def run_toy(repo: Path, config: Path, tag: str = "t1"):
-    settings = build_settings(repo, config, tag)
-    try:
-        return run_loop(settings)
-    finally:
-        settings.memory.close()
+from tests.toyrepo import check_consistency, make_toy_repo, run_toy
 
 
 def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):

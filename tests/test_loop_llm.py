@@ -7,10 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from agents.assemble import build_settings
-from agents.loop import run_loop
 from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer
-from tests.toyrepo import check_consistency, make_toy_repo
+from tests.toyrepo import check_consistency, make_toy_repo, run_toy
 
 CUDA_LINE = {"MATRIX_LR": ("MATRIX_LR = 0.04 if CUDA else 0.01", "MATRIX_LR = 0.04 if CUDA else {}"),
              "DEPTH": ("DEPTH = 4 if CUDA else 2", "DEPTH = 4 if CUDA else {}"),
@@ -69,12 +67,8 @@ def _llm_repo(tmp_path: Path, model: str, base_url: str | None = None, loop: dic
     return repo, config
 
 
-def _run(repo: Path, config: Path, tag: str = "llm"):
-    settings = build_settings(repo, config, tag)
-    try:
-        return run_loop(settings)
-    finally:
-        settings.memory.close()
+def _run(repo: Path, config: Path):
+    return run_toy(repo, config, tag="llm")
 
 
 def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):

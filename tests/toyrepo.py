@@ -38,6 +38,18 @@ def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = No
     return path / "crew.yaml"
 
 
+def run_toy(repo: Path, config: Path, tag: str = "t1"):
+    """Run the loop in-process on a toy repository and close its memory afterwards."""
+    from agents.assemble import build_settings
+    from agents.loop import run_loop
+
+    settings = build_settings(repo, config, tag)
+    try:
+        return run_loop(settings)
+    finally:
+        settings.memory.close()
+
+
 def check_consistency(repo_dir: Path, tag: str) -> list:
     """results.tsv, results.parquet, the branch and the refs must tell the same story; returns the records."""
     import git
