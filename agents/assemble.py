@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.config import CrewConfig, check_keys, load_config
-from agents.gitops import ExperimentRepo
-from agents.llm.offline import OfflineLLM
-from agents.llm.usage import UsageLedger
+from agents.crew.llm.offline import OfflineLLM
+from agents.crew.llm.usage import UsageLedger
+from agents.crew.policy import OfflinePolicy
+from agents.crew.roles import ResearchCrew, build_llms
 from agents.lock import RunLock
 from agents.loop import LoopSettings
-from agents.policy import OfflinePolicy
-from agents.roles import ResearchCrew, build_llms
+from agents.record.gitops import ExperimentRepo
 from memory.store import ExperimentMemory
 
 

@@ -69,11 +69,11 @@ def run(
     """Run the research loop until a stop condition, then print the results table and the plot's path."""
     from agents.assemble import Overrides, SetupError, build_settings, check_prepared
     from agents.config import ConfigError
-    from agents.gitops import GitError
     from agents.live import LiveView
     from agents.lock import RunLockError
     from agents.loop import BaselineCrashed, run_loop
-    from agents.report import plot_progress, results_table, summary_markdown
+    from agents.record.gitops import GitError
+    from agents.record.report import plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
     overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget)
@@ -112,8 +112,8 @@ def run(
 @app.command()
 def status(tag: str = typer.Option(None, help="run to show (default: every run)")) -> None:
     """Show the results of one run or all runs, and whether a run is active."""
-    from agents.report import results_table
-    from agents.results import ResultsStore
+    from agents.record.report import results_table
+    from agents.record.results import ResultsStore
 
     runs = Path("runs")
     dirs = [runs / tag] if tag else sorted(p for p in runs.glob("*") if (p / "results.parquet").exists())
@@ -130,8 +130,8 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
 @app.command()
 def report(tag: str = typer.Option(None, help="run to report (default: today's tag)")) -> None:
     """Write progress.png and report.md for a run."""
-    from agents.report import plot_progress, summary_markdown
-    from agents.results import ResultsStore
+    from agents.record.report import plot_progress, summary_markdown
+    from agents.record.results import ResultsStore
 
     run_dir = Path("runs") / (tag or _default_tag())
     records = ResultsStore(run_dir).load()
@@ -160,9 +160,9 @@ def compare(
     """
     from agents.assemble import SetupError, check_prepared
     from agents.compare import Budget, CompareError, plan_compare, run_compare
-    from agents.compare_report import compare_table
     from agents.config import ConfigError
-    from agents.gitops import GitError
+    from agents.record.compare_report import compare_table
+    from agents.record.gitops import GitError
 
     try:
         plan = plan_compare(Path.cwd(), configs or [], Budget(experiments, hours, usd, budget), repeats=repeats,

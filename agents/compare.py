@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from agents.config import PRESETS, CrewConfig, check_keys, load_config, preset_path, resolve_model
-from agents.gitops import BRANCH_PREFIX, ExperimentRepo, GitError
 from agents.lock import RunLock, RunLockError
+from agents.record.gitops import BRANCH_PREFIX, ExperimentRepo, GitError
 
 MANIFEST = "manifest.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # also safe inside a git branch name
@@ -47,7 +47,7 @@ EQUAL_LIMITS = {"max_experiments": "--experiments", "max_hours": "--hours", "max
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
-    from agents.compare_report import CompareReport
+    from agents.record.compare_report import CompareReport
 
 
 class CompareError(RuntimeError):
@@ -379,7 +379,7 @@ class _Compare:
         self.worktrees: dict[str, Path] = {}
 
     def run(self, devices: list[str]) -> CompareOutcome:
-        from agents.compare_report import write_compare_report
+        from agents.record.compare_report import write_compare_report
 
         self.manifest = self._open_manifest()
         pending = [r for r in self.plan.runs if self.manifest["runs"][r.tag]["state"] != "done"]

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from agents.guard import RULES as GUARD_RULE_TEXTS
+from agents.bench.guard import RULES as GUARD_RULE_TEXTS
 
 ROLE_NAMES = ("hypothesis", "coder", "reviewer", "analyst")
 
@@ -222,7 +222,7 @@ class _GuardToggles(_Strict):
         return {name.replace("_", "-") for name, on in self.model_dump().items() if on}
 
 
-# One switch per rule of the deterministic reviewer (agents/guard.py owns the list), all on by default.
+# One switch per rule of the deterministic reviewer (agents/bench/guard.py owns the list), all on by default.
 # YAML keys use underscores: `no_patching: false`.
 GuardConfig = create_model(
     "GuardConfig", __base__=_GuardToggles, **{name.replace("-", "_"): (bool, True) for name in GUARD_RULE_TEXTS})

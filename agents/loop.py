@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.candidates import Candidate, Workbench, prepare_candidate, recode
+from agents.bench.decide import Decision, Plausibility, decide, estimate_sigma
+from agents.bench.guard import check_edit, check_prepare_hash, file_sha256
+from agents.bench.runner import RunResult, start_training
 from agents.config import CrewConfig
-from agents.decide import Decision, Plausibility, decide, estimate_sigma
-from agents.gitops import ExperimentRepo
-from agents.guard import check_edit, check_prepare_hash, file_sha256
-from agents.journal import Journal, JournalEntry
+from agents.crew.candidates import Candidate, Workbench, prepare_candidate, recode
+from agents.crew.policy import SearchExhausted
+from agents.crew.roles import ResearchCrew, RoleError
+from agents.crew.schemas import Analysis, CodeEdit, Idea
 from agents.lock import RunLock
-from agents.policy import SearchExhausted
-from agents.results import ExperimentRecord, ResultsStore
-from agents.roles import ResearchCrew, RoleError
-from agents.runner import RunResult, start_training
-from agents.schemas import Analysis, CodeEdit, Idea
+from agents.record.gitops import ExperimentRepo
+from agents.record.journal import Journal, JournalEntry
+from agents.record.results import ExperimentRecord, ResultsStore
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -65,7 +65,7 @@ class LoopSettings:
     config_name: str
     program: str
     crew: ResearchCrew
-    ledger: object  # agents.llm.usage.UsageLedger
+    ledger: object  # agents.crew.llm.usage.UsageLedger
     memory: object  # memory.store.ExperimentMemory
     run_dir: Path | None = None
     python: str = sys.executable

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.results import ExperimentRecord  # noqa: E402
-from agents.schemas import Idea  # noqa: E402
+from agents.crew.schemas import Idea  # noqa: E402
+from agents.record.results import ExperimentRecord  # noqa: E402
 from memory import DEFAULT_THRESHOLD, ExperimentMemory  # noqa: E402
 from memory.embeddings import embed_texts, load_minilm  # noqa: E402
 from memory.novelty import score_threshold  # noqa: E402

@@ -3,10 +3,10 @@
 The objective is a cheap stand-in for training: a sum of bowls, one per constant the policy can tune (in grid
 units, each with a random optimum and weight, some constants irrelevant, one learning rate coupled to the batch
 size), a fixed random effect per structural variant, plus Gaussian seed noise. Every candidate is a real edit
-of train.py (`agents.edits.apply_edit`), and the objective reads the constants back out of the edited text.
+of train.py (`agents.crew.edits.apply_edit`), and the objective reads the constants back out of the edited text.
 
 Three searchers get the same number of runs on the same objective:
-  policy         OfflinePolicy proposing; keep/discard/re-run by the loop's own rule (agents.decide, sigma_k 2 as
+  policy         OfflinePolicy proposing; keep/discard/re-run by the loop's own rule (agents.bench.decide, sigma_k 2 as
                  in crew.yaml: a 2-sigma gain, or fewer lines at equal val_bpb; a re-run counts as a run)
   random-moves   one uniformly random move of the same kinds each time, same keep rule (no adaptation)
   random-search  uniform random configurations inside a box, the best measured one wins (classic HPO baseline);
@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.decide import decide  # noqa: E402
-from agents.edits import apply_edit, diff_stats  # noqa: E402
-from agents.policy import (  # noqa: E402
+from agents.bench.decide import decide  # noqa: E402
+from agents.crew.edits import apply_edit, diff_stats  # noqa: E402
+from agents.crew.policy import (  # noqa: E402
     FEATURES,
     REMOVALS,
     STEPS,
@@ -40,8 +40,8 @@ from agents.policy import (  # noqa: E402
     grid_units,
     read_train_py,
 )
-from agents.results import ExperimentRecord  # noqa: E402
-from agents.schemas import CodeEdit  # noqa: E402
+from agents.crew.schemas import CodeEdit  # noqa: E402
+from agents.record.results import ExperimentRecord  # noqa: E402
 
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 NOISE = 0.002  # seed noise sigma of one run (val_bpb)

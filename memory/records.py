@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.results import ExperimentRecord
+from agents.record.results import ExperimentRecord
 
 MAX_DIFF_EXCERPT_LINES = 8
 MAX_LINE_CHARS = 160

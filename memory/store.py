@@ -36,8 +36,8 @@ import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
-from agents.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
-from agents.schemas import Idea
+from agents.crew.schemas import Idea
+from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
 from memory import novelty
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
 from memory.records import MemoryHit, hit_from_chroma, idea_text, record_document, record_id, record_metadata

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.cli import app
-from agents.results import ResultsStore
+from agents.record.results import ResultsStore
 from tests.toyrepo import check_consistency, make_toy_repo
 
 runner = CliRunner()

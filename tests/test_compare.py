@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from agents.compare import Budget, CompareError, plan_compare, run_compare
-from agents.results import ResultsStore
+from agents.record.results import ResultsStore
 from memory.store import ExperimentMemory
 from tests.llm_server import ScriptedLLMServer
 from tests.test_loop_llm import ScriptedCrew
@@ -222,8 +222,8 @@ def test_cli_bad_arguments_give_one_clear_error_and_exit_2(tmp_path, monkeypatch
 def test_wall_clock_leaves_out_the_time_a_compare_sat_interrupted(tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from agents.compare_report import RunData, index_curve, time_curve, total_active_seconds
-    from agents.results import ExperimentRecord
+    from agents.record.compare_report import RunData, index_curve, time_curve, total_active_seconds
+    from agents.record.results import ExperimentRecord
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 

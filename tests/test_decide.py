@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from agents.decide import (
+from agents.bench.decide import (
     SIGMA_FLOOR,
     SIGMA_FLOOR_FRACTION,
     Decision,

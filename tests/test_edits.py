@@ -1,4 +1,4 @@
-"""agents.edits: search/replace application, compile check, diffs."""
+"""agents.crew.edits: search/replace application, compile check, diffs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from agents.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
-from agents.schemas import CodeEdit, EditBlock
+from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
+from agents.crew.schemas import CodeEdit, EditBlock
 
 TRAIN = """\
 import torch

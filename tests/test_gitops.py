@@ -1,4 +1,4 @@
-"""agents.gitops round trips in throwaway repositories."""
+"""agents.record.gitops round trips in throwaway repositories."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.gitops import ExperimentRepo, GitError
+from agents.record.gitops import ExperimentRepo, GitError
 
 TRAIN = "DEPTH = 4\nMATRIX_LR = 0.04\n\n\ndef main():\n    pass\n\n\nWARMUP = 0.0\n"
 

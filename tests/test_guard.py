@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.guard import ALL_RULES, RULES, check_edit, check_prepare_hash, file_sha256, resolve_rules
+from agents.bench.guard import ALL_RULES, RULES, check_edit, check_prepare_hash, file_sha256, resolve_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "guard_corpus"
@@ -183,7 +183,7 @@ def test_the_public_api_list_matches_prepare_py():
     tree = ast.parse((REPO / "prepare.py").read_text())
     defined = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     defined |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    from agents.guard import PREPARE_PUBLIC
+    from agents.bench.guard import PREPARE_PUBLIC
 
     assert PREPARE_PUBLIC <= defined
 

@@ -7,9 +7,9 @@ import traceback
 
 import pytest
 
+from agents.crew.llm import BudgetExceeded, LLMCallError, LLMConfigError, LLMOutputError, UsageLedger, make_llm
+from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.crewai_env import quiet_crewai
-from agents.llm import BudgetExceeded, LLMCallError, LLMConfigError, LLMOutputError, UsageLedger, make_llm
-from agents.schemas import CodeEdit, Idea, Review
 from tests.llm_server import ParsedRequest, Reply, ReplyQueue, ScriptedLLMServer
 
 quiet_crewai()

@@ -44,7 +44,7 @@ def test_an_existing_tag_resumes_without_repeating(tmp_path):
 
 
 def test_uncommitted_train_py_is_refused_and_left_alone(tmp_path):
-    from agents.gitops import GitError
+    from agents.record.gitops import GitError
 
     repo = tmp_path / "repo"
     config = make_toy_repo(repo)

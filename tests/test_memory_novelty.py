@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.results import ExperimentRecord
-from agents.schemas import Idea
+from agents.crew.schemas import Idea
+from agents.record.results import ExperimentRecord
 from memory import DEFAULT_THRESHOLD, ExperimentMemory, normalised_diff_hash
 from memory.embeddings import embed_texts, load_minilm
 from memory.novelty import calibrate_threshold, score_threshold, structural_mismatch

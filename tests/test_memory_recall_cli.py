@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agents.results import ExperimentRecord, ResultsStore
+from agents.record.results import ExperimentRecord, ResultsStore
 from memory import ExperimentMemory
 from memory.cli import app
 from memory.embeddings import load_minilm

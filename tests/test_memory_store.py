@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.results import ExperimentRecord, ResultsStore
-from agents.schemas import Idea
+from agents.crew.schemas import Idea
+from agents.record.results import ExperimentRecord, ResultsStore
 from memory import DEFAULT_THRESHOLD, ExperimentMemory, MemoryLockedError, MemoryNotFoundError
 from memory.embeddings import load_minilm
 
@@ -72,7 +72,7 @@ def test_record_survives_a_new_process(tmp_path, minilm):
         import json, sys
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from agents.schemas import Idea
+        from agents.crew.schemas import Idea
         from memory import ExperimentMemory
         with ExperimentMemory.open(Path({str(path)!r})) as memory:
             verdict = memory.check_idea(Idea(title={PARAPHRASE.title!r}, rationale={PARAPHRASE.rationale!r},

@@ -17,13 +17,13 @@ os.environ.setdefault("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewai-test
 from crewai import Agent, Crew, Process, Task  # noqa: E402
 
 from agents.config import load_config, preset_path  # noqa: E402
-from agents.edits import apply_edit, unified_diff  # noqa: E402
-from agents.llm.offline import OfflineLLM  # noqa: E402
-from agents.llm.usage import UsageLedger  # noqa: E402
-from agents.policy import OfflinePolicy, PolicyError  # noqa: E402
-from agents.results import ExperimentRecord  # noqa: E402
-from agents.roles import ResearchCrew, build_llms  # noqa: E402
-from agents.schemas import Analysis, CodeEdit, Idea, Review  # noqa: E402
+from agents.crew.edits import apply_edit, unified_diff  # noqa: E402
+from agents.crew.llm.offline import OfflineLLM  # noqa: E402
+from agents.crew.llm.usage import UsageLedger  # noqa: E402
+from agents.crew.policy import OfflinePolicy, PolicyError  # noqa: E402
+from agents.crew.roles import ResearchCrew, build_llms  # noqa: E402
+from agents.crew.schemas import Analysis, CodeEdit, Idea, Review  # noqa: E402
+from agents.record.results import ExperimentRecord  # noqa: E402
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.edits import apply_edit
-from agents.guard import check_edit
-from agents.policy import FEATURES, REMOVALS, OfflinePolicy, SearchExhausted, TrainPy, UnknownIdea
-from agents.results import ExperimentRecord
-from agents.schemas import Idea
+from agents.bench.guard import check_edit
+from agents.crew.edits import apply_edit
+from agents.crew.policy import FEATURES, REMOVALS, OfflinePolicy, SearchExhausted, TrainPy, UnknownIdea
+from agents.crew.schemas import Idea
+from agents.record.results import ExperimentRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = (REPO / "train.py").read_text()

@@ -1,4 +1,4 @@
-"""agents.report: the progress plot, the markdown summary, the terminal table."""
+"""agents.record.report: the progress plot, the markdown summary, the terminal table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import matplotlib.image as mpimg
 import numpy as np
 from rich.console import Console
 
-from agents.report import plot_progress, results_table, summary_markdown
-from agents.results import ExperimentRecord
+from agents.record.report import plot_progress, results_table, summary_markdown
+from agents.record.results import ExperimentRecord
 
 
 def rec(n: int, status: str, bpb: float | None, desc: str, **kw) -> ExperimentRecord:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.journal import Journal
+from agents.record.journal import Journal
 from tests.toyrepo import ROOT, check_consistency, make_toy_repo
 
 RUN_LOOP = """

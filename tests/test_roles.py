@@ -22,10 +22,10 @@ os.environ.setdefault("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewai-test
 from crewai import BaseLLM  # noqa: E402
 
 from agents.config import ROLE_NAMES, CrewConfig, load_config, preset_path  # noqa: E402
-from agents.llm.errors import BudgetExceeded  # noqa: E402
-from agents.results import ExperimentRecord  # noqa: E402
-from agents.roles import FALLBACK, OFFLINE, ResearchCrew, RoleError, build_llms, fill_template  # noqa: E402
-from agents.schemas import Analysis, CodeEdit, EditBlock, Idea, Review  # noqa: E402
+from agents.crew.llm.errors import BudgetExceeded  # noqa: E402
+from agents.crew.roles import FALLBACK, OFFLINE, ResearchCrew, RoleError, build_llms, fill_template  # noqa: E402
+from agents.crew.schemas import Analysis, CodeEdit, EditBlock, Idea, Review  # noqa: E402
+from agents.record.results import ExperimentRecord  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAM = "PROGRAM-TEXT: lower val_bpb, only train.py changes."
@@ -324,7 +324,7 @@ def test_budget_refusal_is_not_a_model_failure():
 
 
 def test_propose_through_the_anthropic_sdk_adapter(monkeypatch):
-    from agents.llm import UsageLedger, make_llm
+    from agents.crew.llm import UsageLedger, make_llm
     from tests.llm_server import Reply, ScriptedLLMServer
 
     monkeypatch.setenv("TEST_ROLES_ANTHROPIC_KEY", "test-key")

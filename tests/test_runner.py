@@ -1,4 +1,4 @@
-"""agents.runner against small fake train.py scripts (and the real one when it is ready)."""
+"""agents.bench.runner against small fake train.py scripts (and the real one when it is ready)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import runner
-from agents.runner import hard_timeout_for, run_training, scrubbed_env, start_training
+from agents.bench import runner
+from agents.bench.runner import hard_timeout_for, run_training, scrubbed_env, start_training
 
 REPO = Path(__file__).resolve().parents[1]
 

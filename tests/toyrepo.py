@@ -54,7 +54,7 @@ def check_consistency(repo_dir: Path, tag: str) -> list:
     """results.tsv, results.parquet, the branch and the refs must tell the same story; returns the records."""
     import git
 
-    from agents.results import ResultsStore
+    from agents.record.results import ResultsStore
 
     store = ResultsStore(repo_dir / "runs" / tag)
     records = store.load()

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, PrivateAttr
 
+from agents.crew.llm.errors import LLMCallError, LLMOutputError
+from agents.crew.llm.pricing import Price, context_window, price_for
+from agents.crew.llm.structured import estimate_tokens, validate_output
+from agents.crew.llm.usage import UsageLedger
 from agents.crewai_env import quiet_crewai
-from agents.llm.errors import LLMCallError, LLMOutputError
-from agents.llm.pricing import Price, context_window, price_for
-from agents.llm.structured import estimate_tokens, validate_output
-from agents.llm.usage import UsageLedger
 
 quiet_crewai()
 from crewai import BaseLLM  # noqa: E402
@@ -52,7 +52,7 @@ class UnreadableResponse(Exception):
 
 
 class ProviderLLM(BaseLLM):
-    """Base for one provider's adapter; built by `agents.llm.make_llm`, never with a key in its fields."""
+    """Base for one provider's adapter; built by `agents.crew.llm.make_llm`, never with a key in its fields."""
 
     llm_type: str = "provider"
     role: str

@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.results import ExperimentRecord
-from agents.schemas import Analysis, CodeEdit, EditBlock, Idea, Review
+from agents.crew.schemas import Analysis, CodeEdit, EditBlock, Idea, Review
+from agents.record.results import ExperimentRecord
 
 DEVICES = ("cpu", "cuda")
 # prepare.py's device profile (docs/ARCHITECTURE.md): train.py imports these, so divisibility checks need them.

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from rich.text import Text
 
-from agents.results import STATUSES, ExperimentRecord
+from agents.record.results import STATUSES, ExperimentRecord
 
 NOT_TRAINED = ("veto", "repeat", "skipped")  # refused before any training: never have a val_bpb
 _STATUS_STYLE = {

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from agents.llm.errors import LLMConfigError
-from agents.llm.usage import UsageLedger
+from agents.crew.llm.errors import LLMConfigError
+from agents.crew.llm.usage import UsageLedger
 
 if TYPE_CHECKING:
     from crewai import BaseLLM
@@ -94,10 +94,10 @@ def make_llm(
     )
     try:
         if provider == "anthropic":
-            from agents.llm.anthropic_llm import AnthropicLLM
+            from agents.crew.llm.anthropic_llm import AnthropicLLM
 
             return AnthropicLLM(ledger=ledger, api_key=key, **fields)
-        from agents.llm.openai_llm import OpenAILLM
+        from agents.crew.llm.openai_llm import OpenAILLM
 
         return OpenAILLM(ledger=ledger, api_key=key, **fields)
     except ValueError as exc:  # pydantic validation of the fields: report it as configuration, without the key

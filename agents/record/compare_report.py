@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from rich import box
 from rich.table import Table
 
-from agents.report import plot_progress, summary_markdown
-from agents.results import ExperimentRecord, ResultsStore, records_to_table
+from agents.record.report import plot_progress, summary_markdown
+from agents.record.results import ExperimentRecord, ResultsStore, records_to_table
 
 if TYPE_CHECKING:
     from agents.compare import ComparePlan

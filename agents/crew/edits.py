@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from pathlib import PurePosixPath
 
-from agents.schemas import CodeEdit
+from agents.crew.schemas import CodeEdit
 
 EDITABLE_FILE = "train.py"
 

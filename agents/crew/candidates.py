@@ -12,11 +12,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from agents.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
-from agents.guard import check_edit
-from agents.results import ExperimentRecord
-from agents.roles import ResearchCrew, RoleError
-from agents.schemas import CodeEdit, Idea, Review
+from agents.bench.guard import check_edit
+from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
+from agents.crew.roles import ResearchCrew, RoleError
+from agents.crew.schemas import CodeEdit, Idea, Review
+from agents.record.results import ExperimentRecord
 from memory.novelty import normalised_diff_hash
 
 

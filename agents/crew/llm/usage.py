@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agents.llm.errors import BudgetExceeded
+from agents.crew.llm.errors import BudgetExceeded
 
 __all__ = ["BudgetExceeded", "Reservation", "UsageLedger", "UsageRecord", "UsageTotals"]
 

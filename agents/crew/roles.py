@@ -21,11 +21,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agents.config import ROLE_NAMES, CrewConfig, key_env_for, resolve_model, template_fields
+from agents.crew.llm.errors import BudgetExceeded
+from agents.crew.policy import SearchExhausted
+from agents.crew.schemas import Analysis, CodeEdit, Idea, Review
 from agents.crewai_env import quiet_crewai
-from agents.llm.errors import BudgetExceeded
-from agents.policy import SearchExhausted
-from agents.results import ExperimentRecord
-from agents.schemas import Analysis, CodeEdit, Idea, Review
+from agents.record.results import ExperimentRecord
 
 quiet_crewai()
 from crewai import Agent, BaseLLM, Crew, Process, Task  # noqa: E402  (must follow quiet_crewai)
@@ -70,7 +70,7 @@ def build_llms(config: CrewConfig, ledger: Any, offline_llm_factory: Callable[[s
                make_llm: Callable[..., BaseLLM] | None = None) -> dict[str, BaseLLM]:
     """Every LLM the crew may use, keyed "<role>", "<role>.fallback" and "<role>.offline".
 
-    Provider adapters come from `make_llm` (default `agents.llm.make_llm`); `offline_llm_factory(role)`
+    Provider adapters come from `make_llm` (default `agents.crew.llm.make_llm`); `offline_llm_factory(role)`
     makes the offline policy's LLM. In single-agent mode every role shares one primary (and one
     fallback) instance. `env` (default os.environ) decides what `model: auto` becomes.
     """
@@ -104,7 +104,7 @@ def build_llms(config: CrewConfig, ledger: Any, offline_llm_factory: Callable[[s
 
 
 def _default_make_llm(model: str, **options: Any) -> BaseLLM:
-    from agents.llm import make_llm  # imported here: only needed when a provider is configured
+    from agents.crew.llm import make_llm  # imported here: only needed when a provider is configured
 
     return make_llm(model, **options)
 

@@ -4,10 +4,10 @@
 this package does not import CrewAI; building an adapter does.
 """
 
-from agents.llm.errors import BudgetExceeded, LLMCallError, LLMConfigError, LLMError, LLMOutputError
-from agents.llm.factory import ALLOWED_FORMS, make_llm, split_model
-from agents.llm.pricing import Price, price_for
-from agents.llm.usage import UsageLedger, UsageRecord, UsageTotals
+from agents.crew.llm.errors import BudgetExceeded, LLMCallError, LLMConfigError, LLMError, LLMOutputError
+from agents.crew.llm.factory import ALLOWED_FORMS, make_llm, split_model
+from agents.crew.llm.pricing import Price, price_for
+from agents.crew.llm.usage import UsageLedger, UsageRecord, UsageTotals
 
 __all__ = [
     "ALLOWED_FORMS",

@@ -16,8 +16,8 @@ from typing import Any
 import anthropic
 from pydantic import BaseModel
 
-from agents.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
-from agents.llm.structured import feedback_text, tool_name
+from agents.crew.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
+from agents.crew.llm.structured import feedback_text, tool_name
 
 
 class AnthropicLLM(ProviderLLM):

@@ -16,8 +16,8 @@ from typing import Any
 import openai
 from pydantic import BaseModel, PrivateAttr
 
-from agents.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
-from agents.llm.structured import estimate_tokens, feedback_text, schema_instruction, tool_name
+from agents.crew.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
+from agents.crew.llm.structured import estimate_tokens, feedback_text, schema_instruction, tool_name
 
 log = logging.getLogger(__name__)
 

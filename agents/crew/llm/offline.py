@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
+from agents.crew.policy import OfflinePolicy, PolicyError
 from agents.crewai_env import quiet_crewai
-from agents.policy import OfflinePolicy, PolicyError
 
 quiet_crewai()
 from crewai import BaseLLM  # noqa: E402

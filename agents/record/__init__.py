@@ -1,0 +1,1 @@
+"""The record that remembers: results, the write-ahead journal, git history, reports."""
