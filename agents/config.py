@@ -222,7 +222,7 @@ class _GuardToggles(_Strict):
         return {name.replace("_", "-") for name, on in self.model_dump().items() if on}
 
 
-# One switch per rule of the deterministic reviewer (agents/bench/guard.py owns the list), all on by default.
+# One switch per rule of the deterministic reviewer (agents/bench/guard/report.py owns the list), all on by default.
 # YAML keys use underscores: `no_patching: false`.
 GuardConfig = create_model(
     "GuardConfig", __base__=_GuardToggles, **{name.replace("-", "_"): (bool, True) for name in GUARD_RULE_TEXTS})

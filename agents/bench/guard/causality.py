@@ -71,9 +71,9 @@ def _check_attention_call(p: TrainPy, node: ast.Call, constants: dict, attention
     elif causal_value is None and mask is None and (library_attention or module_attention):
         p.hit(RULE, node, f"{last or _called_name(node.func)}() without is_causal=True or a mask is bidirectional: "
                           "every position attends to later tokens")
-    if mask is not None and _mask_has_nothing_causal(p, mask):
-        p.hit(RULE, node, f"the attention mask {ast.unparse(mask)} is built only from ones/zeros/full: nothing in it "
-                          "hides later positions")
+    problem = _mask_problem(p, mask) if mask is not None else None
+    if problem is not None:
+        p.hit(RULE, node, f"the attention mask {ast.unparse(mask)} {problem}")
     window = next((k.value for k in node.keywords if k.arg in ("window_size", "window")), None)
     if isinstance(window, ast.Tuple) and len(window.elts) == 2 and causal is not True:
         right = window.elts[1]
@@ -99,10 +99,28 @@ def _called_name(func: ast.AST) -> str:
     return func.id if isinstance(func, ast.Name) else ""
 
 
-def _mask_has_nothing_causal(p: TrainPy, mask: ast.AST) -> bool:
-    """True when every known definition of the mask is made of ones/zeros/full with no triangle or ordering."""
+def _mask_problem(p: TrainPy, mask: ast.AST) -> str | None:
+    """Why the mask visibly lets positions see later tokens, or None when it may well be causal."""
     sources = _definitions(p, mask) or [mask]
-    return all(_constant_fill(source) for source in sources)
+    if all(_constant_fill(source) for source in sources):
+        return "is built only from ones/zeros/full: nothing in it hides later positions"
+    for source in sources:
+        for call in (n for n in ast.walk(source) if isinstance(n, ast.Call)):
+            name = _called_name(call.func)
+            diagonal = _int_value(keyword(call, "diagonal", 1 if isinstance(call.func, ast.Name) or
+                                          _is_torch_attr(call.func) else 0))
+            if name in ("tril", "tril_") and diagonal is not None and diagonal > 0:
+                return f"keeps {diagonal} diagonal(s) above the main one (tril(diagonal={diagonal})): later tokens"
+            if name in ("triu", "triu_") and diagonal is not None and diagonal > 1:
+                return f"masks only from diagonal {diagonal} (triu(diagonal={diagonal})): the next token stays visible"
+        names = {_called_name(c.func) for c in ast.walk(source) if isinstance(c, ast.Call)}
+        if "abs" in names and not names & {"tril", "triu", "tril_", "triu_"}:
+            return "is symmetric in the distance between positions (abs): a window reaching ahead"
+    return None
+
+
+def _is_torch_attr(func: ast.AST) -> bool:
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "torch"
 
 
 def _constant_fill(expr: ast.AST) -> bool:
@@ -277,7 +295,8 @@ def _check_shifts(p: TrainPy, func: ast.AST) -> None:
             _check_roll(p, node, name, embedded)
         elif name in _SHIFT_CALLS:
             _check_shift_call(p, node, name)
-        elif name in ("gather", "index_select", "take_along_dim") and any(_ahead(a) for a in node.args[1:]):
+        elif name in ("gather", "index_select", "take_along_dim") and \
+                any(_ahead(n) for a in node.args[1:] for n in ast.walk(a)):
             p.hit(RULE, node, f"{name}() at positions + k: each position would read a later token")
     for node in ast.walk(func):
         if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult) and \
@@ -338,7 +357,8 @@ def _forward_slice(node: ast.AST) -> bool:
 
 def _index_ahead(node: ast.Subscript) -> bool:
     elements = node.slice.elts if isinstance(node.slice, ast.Tuple) else []
-    return any(axis >= 1 and _ahead(e) for axis, e in enumerate(elements))
+    return any(axis >= 1 and not isinstance(e, ast.Slice) and any(_ahead(n) for n in ast.walk(e))
+               for axis, e in enumerate(elements))
 
 
 def _ahead(node: ast.AST) -> bool:
