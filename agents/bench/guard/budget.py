@@ -4,7 +4,7 @@ Training stops on a comparison with TIME_BUDGET itself; the clock compared with 
 an edit may not add or widen the `if` that leaves warm-up steps uncounted; and no backward pass happens after
 the loop the budget stops. What static analysis cannot see (a clock started late in the step, a helper that
 trains after the loop) is caught at run time: the runner's hard kill and the loop's wall-time check against the
-baselines (decide.budget_stretch).
+baselines (decide.WallTimeLimit).
 """
 
 from __future__ import annotations
