@@ -257,21 +257,24 @@ def _closure(expr: ast.AST, assigned: dict[str, list[ast.AST]]) -> list[ast.AST]
 
 
 def _is_scores(node: ast.AST) -> bool:
-    """q @ k.transpose(-2, -1), torch.matmul(q, k.mT), einsum over two operands: pairwise position scores."""
+    """q @ k.transpose(-2, -1), torch.matmul(q, k.mT): pairwise position scores."""
     operands = []
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
         operands = [node.right]
     elif isinstance(node, ast.Call) and _called_name(node.func) in ("matmul", "bmm", "baddbmm"):
         operands = node.args[1:]
-    elif isinstance(node, ast.Call) and _called_name(node.func) == "einsum":
-        return len(node.args) >= 3
     return any(_is_transposed(o) for o in operands)
 
 
 def _is_transposed(node: ast.AST) -> bool:
-    if isinstance(node, ast.Attribute) and node.attr in ("mT", "T"):
+    """k.transpose(-2, -1) / k.mT: a batched transpose of activations (not `W.T` of a 2-D weight: a router or
+    projection followed by softmax is not attention)."""
+    if isinstance(node, ast.Attribute) and node.attr == "mT":
         return True
-    return isinstance(node, ast.Call) and _called_name(node.func) in ("transpose", "permute", "swapaxes")
+    if isinstance(node, ast.Call) and _called_name(node.func) in ("transpose", "permute", "swapaxes"):
+        base = node.func.value if isinstance(node.func, ast.Attribute) else (node.args[0] if node.args else None)
+        return not (isinstance(base, ast.Attribute) and "weight" in base.attr)
+    return False
 
 
 def _masks(node: ast.AST) -> bool:
