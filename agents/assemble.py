@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.bench.sandbox import SANDBOXES, SandboxUnavailable, select_sandbox
 from agents.config import CrewConfig, check_keys, load_config
 from agents.crew.llm.offline import OfflineLLM
 from agents.crew.llm.usage import UsageLedger
@@ -35,6 +36,7 @@ class Overrides:
     memory_path: Path | None = None
     pipelining: bool | None = None
     run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
+    sandbox: str | None = None  # auto | bwrap | landlock | none, over crew.yaml's `sandbox`
 
 
 def detect_device() -> str:
@@ -63,6 +65,10 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     check_keys(config, env)
     RunLock(repo_dir).ensure_free()  # before opening memory, which only one process may write
     config = _apply(config, overrides or Overrides())
+    try:  # probed once, before anything runs: an explicit choice that cannot start stops here
+        sandbox = select_sandbox(config.sandbox, sys.executable)
+    except SandboxUnavailable as exc:
+        raise SetupError(f"{exc}; choose another with --sandbox or `sandbox:` in crew.yaml") from None
     program_path = repo_dir / "program.md"
     if not program_path.exists():
         raise SetupError(f"{program_path} not found: every role reads the research program from it")
@@ -83,10 +89,15 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets)
     return LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
                         program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
-                        python=sys.executable, device=detect_device())
+                        python=sys.executable, device=detect_device(), sandbox=sandbox.name,
+                        sandbox_notice=sandbox.warning)
 
 
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
+    if o.sandbox is not None and o.sandbox not in SANDBOXES:
+        raise SetupError(f"--sandbox {o.sandbox!r} is not a sandbox; choose one of: {', '.join(SANDBOXES)}")
+    if o.sandbox is not None:
+        config = config.model_copy(update={"sandbox": o.sandbox})
     loop = config.loop.model_copy(update={k: v for k, v in {
         "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,
         "time_budget": o.time_budget, "pipelining": o.pipelining}.items() if v is not None})

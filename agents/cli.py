@@ -65,6 +65,7 @@ def run(
     usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
     live: bool = typer.Option(True, help="live view in the terminal"),
+    sandbox: str = typer.Option(None, help="where train.py runs: auto, bwrap, landlock or none (default: crew.yaml)"),
 ) -> None:
     """Run the research loop until a stop condition, then print the results table and the plot's path."""
     from agents.assemble import Overrides, SetupError, build_settings, check_prepared
@@ -76,7 +77,8 @@ def run(
     from agents.record.report import plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
-    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget)
+    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
+                          sandbox=sandbox)
     try:
         check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
@@ -84,6 +86,8 @@ def run(
     except (ConfigError, SetupError, GitError, RunLockError) as exc:
         _fail(str(exc))
     view = LiveView(console, tag, settings.config.loop.time_budget, enabled=live and console.is_terminal)
+    if settings.sandbox_notice and view.enabled:  # without the live view the loop's note prints it
+        err.print(f"[yellow]warning:[/] {settings.sandbox_notice}", soft_wrap=True, highlight=False)
     settings.on_event = view.handle
     try:
         with view:

@@ -183,6 +183,10 @@ class NoiseConfig(_Strict):
 class PlausibilityConfig(_Strict):
     val_bpb_floor: float = Field(default=0.3, gt=0)  # below this a result is not believed without a re-run
     max_gain: float = Field(default=0.1, gt=0)  # largest believable one-step gain, as a fraction of the best
+    # A run whose wall time (evaluation excluded) exceeds the slowest baseline's by more than this fraction plus
+    # wall_time_slack_s is quarantined as a possible budget stretch until a re-run respects the budget.
+    wall_time_tolerance: float = Field(default=0.25, ge=0)
+    wall_time_slack_s: float = Field(default=10.0, ge=0)
 
 
 class LoopConfig(_Strict):
@@ -222,7 +226,7 @@ class _GuardToggles(_Strict):
         return {name.replace("_", "-") for name, on in self.model_dump().items() if on}
 
 
-# One switch per rule of the deterministic reviewer (agents/bench/guard.py owns the list), all on by default.
+# One switch per rule of the deterministic reviewer (agents/bench/guard/report.py owns the list), all on by default.
 # YAML keys use underscores: `no_patching: false`.
 GuardConfig = create_model(
     "GuardConfig", __base__=_GuardToggles, **{name.replace("-", "_"): (bool, True) for name in GUARD_RULE_TEXTS})
@@ -238,6 +242,8 @@ class CrewConfig(_Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    # the OS sandbox train.py runs in (agents/bench/sandbox/): auto takes the strongest that starts here
+    sandbox: Literal["auto", "bwrap", "landlock", "none"] = "auto"
 
     _source: Path | None = PrivateAttr(default=None)
 

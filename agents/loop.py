@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.bench.decide import Decision, Plausibility, decide, estimate_sigma
+from agents.bench.decide import Decision, Plausibility, WallTimeLimit, decide, estimate_sigma
 from agents.bench.guard import check_edit, check_prepare_hash, file_sha256
 from agents.bench.runner import RunResult, start_training
+from agents.bench.sandbox import select_sandbox
 from agents.config import CrewConfig
 from agents.crew.candidates import Candidate, Workbench, prepare_candidate, recode
 from agents.crew.policy import SearchExhausted
@@ -72,6 +73,8 @@ class LoopSettings:
     device: str = "cpu"
     on_event: Callable[[LoopEvent], None] = lambda event: None
     extra_env: dict = field(default_factory=dict)
+    sandbox: str = "auto"  # auto | bwrap | landlock | none: where train.py runs (agents/bench/sandbox/)
+    sandbox_notice: str = ""  # said once at the start of the run (e.g. "no sandbox works here ...")
 
 
 @dataclass
@@ -118,9 +121,16 @@ class _Cycle:
         self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
         self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
                                          max_gain=self.cfg.plausibility.max_gain)
+        self.wall_limit = WallTimeLimit(tolerance=self.cfg.plausibility.wall_time_tolerance,
+                                        slack_s=self.cfg.plausibility.wall_time_slack_s)
+        selection = select_sandbox(s.sandbox, s.python)  # SandboxUnavailable: an explicit choice that cannot start
+        self.sandbox = selection.name
+        self.sandbox_notice = s.sandbox_notice or selection.warning
 
     # ---------------------------------------------------------------- the cycle
     def run(self) -> LoopOutcome:
+        if self.sandbox_notice:
+            self.s.on_event(LoopEvent("note", message=f"warning: {self.sandbox_notice}"))
         self.repo.start_branch(self.s.tag)
         self.best = self._best_from_records()
         self.earlier = self._earlier_runs()
@@ -216,7 +226,7 @@ class _Cycle:
             raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
         job = start_training(self.s.repo_dir, self.run_dir, entry.exp_id, time_budget=self.cfg.time_budget,
                              seed=entry.seed, hard_timeout_s=self.cfg.hard_timeout_s, python=self.s.python,
-                             extra_env=self.s.extra_env)
+                             extra_env=self.s.extra_env, sandbox=self.sandbox)
         entry.pid = job.pid
         self.journal.write(entry)
         self._checkpoint("training")
@@ -264,13 +274,15 @@ class _Cycle:
 
     def _decide(self, entry: JournalEntry, result: RunResult, record: ExperimentRecord) -> Decision:
         lines_delta = record.lines_added - record.lines_removed
+        stretch = self._stretch(result)
         decision = decide(result.val_bpb, self.best.bpb, sigma=self.best.sigma, min_delta=self.cfg.noise.min_delta,
-                          sigma_k=self.cfg.noise.sigma_k, lines_delta=lines_delta, plausibility=self.plausibility)
-        runs = [result.val_bpb]
+                          sigma_k=self.cfg.noise.sigma_k, lines_delta=lines_delta, plausibility=self.plausibility,
+                          stretch=stretch)
+        runs = [] if stretch else [result.val_bpb]  # a stretched run's val_bpb never counts
         for attempt in range(self.cfg.noise.max_reruns):
             if decision.action != "rerun":
                 break
-            # borderline or implausible: the same commit with another seed, the mean decides
+            # borderline, implausible or over time: the same commit with another seed, the mean decides
             self._event("note", entry.exp_id, f"re-running with another seed: {decision.reason}")
             rerun = JournalEntry(exp_id=f"{entry.exp_id}.r{attempt + 1}", phase="committed", kind="rerun",
                                  base_commit=entry.base_commit, commit=entry.commit, new_text=entry.new_text,
@@ -280,18 +292,28 @@ class _Cycle:
             self.journal.advance(rerun, "done")
             if again.val_bpb is None:
                 return Decision("discard", f"re-run crashed ({again.error}); not confirmed", 0.0)
-            runs.append(again.val_bpb)
-            decision = decide(statistics.fmean(runs), self.best.bpb, sigma=self.best.sigma,
+            again_stretch = self._stretch(again)
+            if again_stretch is None:
+                runs.append(again.val_bpb)
+            decision = decide(statistics.fmean(runs) if runs else again.val_bpb, self.best.bpb, sigma=self.best.sigma,
                               min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
-                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility, runs=runs)
+                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility, runs=runs,
+                              stretch=again_stretch)
         if decision.action == "rerun":
             decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
-        if len(runs) > 1:
+        if runs != [result.val_bpb] and runs:
             record.val_bpb = statistics.fmean(runs)
             record.delta = record.val_bpb - self.best.bpb if self.best.bpb is not None else None
-            decision = Decision(decision.action, f"{decision.reason} (mean of {len(runs)} runs: "
+            decision = Decision(decision.action, f"{decision.reason} (mean of {len(runs)} run(s) within the budget: "
                                 f"{', '.join(f'{r:.6f}' for r in runs)})", decision.threshold)
         return decision
+
+    def _stretch(self, result: RunResult) -> str | None:
+        """Why a run looks like it trained past its budget (harness clock vs the baselines'), or None."""
+        walls = [r.wall_seconds - (r.eval_seconds or 0.0) for r in self._baselines() if r.wall_seconds]
+        return self.wall_limit.problem(result.train_wall_seconds, walls,
+                                       reported_training_s=(result.summary or {}).get("training_seconds"),
+                                       time_budget=self.cfg.time_budget)
 
     def _analyse(self, record: ExperimentRecord) -> None:
         if record.status in TRAINED:
@@ -408,6 +430,8 @@ class _Cycle:
         record.memory_gb = round(float(summary.get("peak_vram_mb") or 0.0) / 1024, 1)
         record.training_seconds = summary.get("training_seconds")
         record.wall_seconds = result.wall_seconds
+        record.eval_seconds = result.eval_seconds
+        record.sandbox = result.sandbox
         record.num_steps = _maybe_int(summary.get("num_steps"))
         record.num_params_M = summary.get("num_params_M")
         record.mfu_percent = summary.get("mfu_percent")
@@ -587,7 +611,7 @@ def _stop_orphan(pid: int) -> None:
 
 def _result_dict(result: RunResult) -> dict:
     keep = ("status", "val_bpb", "record", "summary", "returncode", "wall_seconds", "log_path", "log_tail",
-            "error", "warnings")
+            "error", "warnings", "sandbox")
     return {k: (str(v) if k == "log_path" and v is not None else v) for k, v in vars(result).items() if k in keep}
 
 

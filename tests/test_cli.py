@@ -91,3 +91,30 @@ def test_disk_full_while_writing_results_loses_nothing(toy, monkeypatch):
     records = check_consistency(toy, "x")
     assert [r.status for r in records].count("baseline") == 2
     assert len([r for r in records if r.status in ("keep", "discard", "crash")]) == 1
+
+
+def test_a_requested_sandbox_that_cannot_start_is_exit_2(toy, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_BWRAP", str(toy / "no-such-bwrap"))
+    result = _run(["run", "--tag", "x", "--no-live", "--sandbox", "bwrap"])
+    assert result.exit_code == 2
+    assert "sandbox 'bwrap' cannot start here: bwrap not found at" in result.output
+    assert not (toy / "runs" / "x").exists()  # refused before anything ran
+    result = _run(["run", "--tag", "x", "--no-live", "--sandbox", "docker"])
+    assert result.exit_code == 2 and "choose one of: auto, bwrap, landlock, none" in result.output
+
+
+def test_no_working_sandbox_is_one_warning_and_recorded_as_none(toy, monkeypatch):
+    from agents.bench import sandbox
+
+    monkeypatch.setenv("AUTORESEARCH_BWRAP", str(toy / "no-such-bwrap"))
+    monkeypatch.setattr(sandbox, "BACKENDS", ("bwrap",))  # as on a machine without Landlock
+    result = _run(["run", "--tag", "nosb", "--no-live", "--budget", "0.05"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "no sandbox works here" in line]
+    assert len(warnings) == 1 and "warning" in warnings[0]
+    records = check_consistency(toy, "nosb")
+    assert records and {r.sandbox for r in records if r.status in ("baseline", "keep", "discard", "crash")} == {"none"}
+    import pyarrow.parquet as pq
+
+    columns = pq.read_table(ResultsStore(toy / "runs" / "nosb").parquet_path).column_names
+    assert {"sandbox", "eval_seconds"} <= set(columns)

@@ -256,3 +256,16 @@ def test_guard_section_switches_the_guards_own_rules(tmp_path, base):
     base["guard"]["no_pathcing"] = False
     message = _error(_write(tmp_path, base))
     assert "guard.no_pathcing" in message and "no_patching" in message
+
+
+def test_sandbox_and_wall_time_keys(tmp_path, base):
+    config = load_config(SHIPPED)
+    assert config.sandbox == "auto"
+    assert (config.loop.plausibility.wall_time_tolerance, config.loop.plausibility.wall_time_slack_s) == (0.25, 10)
+    base["sandbox"] = "docker"
+    message = _error(_write(tmp_path, base))
+    assert "sandbox" in message and "'bwrap'" in message and "'docker'" in message
+    base["sandbox"] = "landlock"
+    base["loop"]["plausibility"]["wall_time_tolerance"] = -1
+    message = _error(_write(tmp_path, base))
+    assert "loop.plausibility.wall_time_tolerance" in message

@@ -213,3 +213,33 @@ def test_runs_must_belong_to_a_confirmation_and_average_to_the_candidate():
 def test_no_best_to_compare_with_is_refused():
     with pytest.raises(ValueError, match="best"):
         decide(0.99, None, sigma=SIGMA, min_delta=0.0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- budget stretch (the harness's clock)
+
+
+def test_a_run_slower_than_the_baselines_is_a_possible_budget_stretch():
+    from agents.bench.decide import WallTimeLimit
+
+    limit = WallTimeLimit(tolerance=0.25, slack_s=10.0)
+    baselines = [300.0, 320.0, 310.0]
+    assert limit.allowed(baselines) == pytest.approx(320 * 1.25 + 10)
+    assert limit.problem(405.0, baselines) is None
+    problem = limit.problem(415.0, baselines)
+    assert problem is not None and "415.0 s" in problem and "320.0 s" in problem and "410.0 s" in problem
+    assert limit.problem(5000.0, []) is None  # no baseline yet: nothing to compare with
+    # train.py's own printed clock over the budget is a stretch too, whatever the wall time says
+    assert "reports 500.0 training seconds" in limit.problem(100.0, baselines, reported_training_s=500.0,
+                                                             time_budget=300.0)
+    assert limit.problem(100.0, baselines, reported_training_s=300.4, time_budget=300.0) is None
+    with pytest.raises(ValueError, match="tolerance >= 0"):
+        WallTimeLimit(tolerance=-0.1)
+
+
+def test_a_stretched_first_run_is_quarantined_whatever_its_score():
+    great = run(BEST - 0.05, stretch="the run took 900 s")
+    assert great.action == "rerun"
+    assert great.reason.startswith("budget stretch: the run took 900 s") and "does not count" in great.reason
+    confirmed = run(BEST - 0.05, confirmed=True, runs=[BEST - 0.05], stretch="the re-run took 900 s too")
+    assert confirmed.action == "discard" and "confirming run too" in confirmed.reason
+    assert run(None, stretch="x").action == "crash"  # no score: a crash stays a crash

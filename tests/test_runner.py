@@ -43,7 +43,7 @@ FAKE_PREPARE = textwrap.dedent(
 SUMMARY = """
 print("---")
 print(f"val_bpb:          {PRINTED:.6f}")
-print("training_seconds: 1.5")
+print("training_seconds: 0.5")
 print("total_seconds:    2.0")
 print("peak_vram_mb:     0.0")
 print("mfu_percent:      0.00")
@@ -83,7 +83,7 @@ def test_ok_run_reads_score_from_record_and_parses_summary(tmp_path):
     assert res.error == "" and res.warnings == []
     assert res.record["seed"] == "123" and res.record["time_budget"] == "7"
     assert res.summary["num_steps"] == 12 and isinstance(res.summary["num_steps"], int)
-    assert res.summary["training_seconds"] == pytest.approx(1.5)
+    assert res.summary["training_seconds"] == pytest.approx(0.5)
     assert res.summary["depth"] == 2
     assert res.log_path == tmp_path / "runs" / "exp001.log"
     assert "val_bpb:" in res.log_path.read_text()
@@ -129,7 +129,9 @@ def test_hanging_run_is_killed_with_its_children(tmp_path, monkeypatch):
         """,
     )
     start = time.monotonic()
-    res = run_training(workdir, tmp_path / "runs", "exp004", time_budget=1, seed=1, hard_timeout_s=1.5)
+    # unsandboxed, so the pid file can be written where this test reads it: the group kill alone must do
+    res = run_training(workdir, tmp_path / "runs", "exp004", time_budget=1, seed=1, hard_timeout_s=1.5,
+                       sandbox="none")
     assert res.status == "timeout"
     assert res.error == "hard timeout after 1.5 s"
     assert time.monotonic() - start < 30
@@ -175,14 +177,20 @@ def test_signal_death_is_killed(tmp_path):
 
 
 def test_prepare_edited_during_run_is_refused(tmp_path):
+    """Unsandboxed the edit happens and the hash check refuses the run; sandboxed the write itself fails."""
     workdir = make_workdir(
         tmp_path,
         "open('prepare.py', 'a').write('\\n# tweaked\\n')\nimport prepare\nprepare.write_record(0.1)\n",
     )
-    res = run_training(workdir, tmp_path / "runs", "exp010", time_budget=5, seed=1)
+    original = (workdir / "prepare.py").read_bytes()
+    res = run_training(workdir, tmp_path / "runs", "exp010", time_budget=5, seed=1, sandbox="none")
     assert res.status == "crash"
     assert res.error == "prepare.py changed during the run"
     assert res.val_bpb is None
+    bwrap = run_training(workdir, tmp_path / "runs", "exp010b", time_budget=5, seed=1, sandbox="bwrap")
+    assert (bwrap.status, bwrap.sandbox) == ("crash", "bwrap")
+    assert "Read-only file system" in bwrap.error
+    assert (workdir / "prepare.py").read_bytes() == original  # the copy ran; the original is never touched
 
 
 def test_forged_record_hash_is_refused(tmp_path):
@@ -219,7 +227,11 @@ def test_child_sees_no_secrets(tmp_path, monkeypatch):
         if key != "AUTORESEARCH_RESULT_PATH":
             assert key not in child_env
     assert not any(k.endswith("_API_KEY") for k in child_env)
-    assert child_env["AUTORESEARCH_RESULT_PATH"] == str((tmp_path / "runs" / "exp012.result.json").resolve())
+    # the evaluator writes inside the run's scratch directory; the harness keeps a copy next to the log
+    assert child_env["AUTORESEARCH_RESULT_PATH"].endswith("/result.json")
+    assert not child_env["AUTORESEARCH_RESULT_PATH"].startswith(str(tmp_path))
+    assert res.result_path == (tmp_path / "runs" / "exp012.result.json").resolve() and res.result_path.is_file()
+    assert child_env["HOME"] != os.environ.get("HOME") and child_env["HOME"].endswith("/home")
     assert child_env["AUTORESEARCH_CACHE"] == str(tmp_path / "cache")
     assert child_env["AUTORESEARCH_SEED"] == "9"
     assert child_env["PYTHONUNBUFFERED"] == "1"

@@ -23,6 +23,12 @@ step, is quarantined ("rerun", reason "implausible: ..."). A confirmation is kep
 above the floor and the runs agree with each other (spread ≤ sigma_k·σ·√2, the spread of two honest runs);
 otherwise it is discarded. A reproduced result below the floor is still discarded: the floor marks what this
 setup cannot honestly reach, so a reproducible value below it points at a bug or a leak, not progress.
+
+Budget stretch: the harness's wall time of a run, evaluation excluded, is compared with the slowest baseline's
+(`WallTimeLimit`). A run over the limit (or one whose own printed training time exceeds the budget by as much)
+may have trained past TIME_BUDGET in a way static rules cannot see (a clock started late, uncounted steps,
+training after the loop): it is quarantined ("rerun", reason "budget stretch: ...") and kept only if a re-run
+respects the budget; the stretched run's val_bpb never counts. A confirming run that stretches too is discarded.
 """
 
 from __future__ import annotations
@@ -58,6 +64,42 @@ class Plausibility:
 
 
 DEFAULT_PLAUSIBILITY = Plausibility()
+
+
+@dataclass(frozen=True)
+class WallTimeLimit:
+    """How much longer than the baselines a run may take before it counts as a possible budget stretch."""
+
+    tolerance: float = 0.25  # a fraction of the slowest baseline's wall time (evaluation excluded)
+    slack_s: float = 10.0  # plus these seconds: start-up jitter on a loaded machine
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 0 and self.slack_s >= 0):
+            raise ValueError(f"wall-time limit needs tolerance >= 0 and slack_s >= 0, got {self.tolerance} and "
+                             f"{self.slack_s}")
+
+    def allowed(self, baseline_walls: Sequence[float]) -> float | None:
+        walls = [float(w) for w in baseline_walls if w is not None and math.isfinite(w) and w > 0]
+        return max(walls) * (1 + self.tolerance) + self.slack_s if walls else None
+
+    def problem(self, train_wall: float, baseline_walls: Sequence[float], *, reported_training_s: float | None = None,
+                time_budget: float | None = None) -> str | None:
+        """Why a run looks like it trained past its budget, or None.
+
+        `train_wall`: the harness's wall time of the run less its evaluation; `baseline_walls`: the same for the
+        baseline runs; `reported_training_s`: the training seconds train.py printed, checked against `time_budget`.
+        """
+        limit = self.allowed(baseline_walls)
+        if limit is not None and train_wall > limit:
+            return (f"the run took {train_wall:.1f} s outside evaluation, more than the slowest baseline "
+                    f"{max(w for w in baseline_walls if w):.1f} s allows ({limit:.1f} s = x{1 + self.tolerance:g} "
+                    f"+ {self.slack_s:g} s)")
+        if reported_training_s is not None and time_budget:
+            budget_limit = time_budget * (1 + self.tolerance) + self.slack_s
+            if reported_training_s > budget_limit:
+                return (f"train.py reports {reported_training_s:.1f} training seconds against a budget of "
+                        f"{time_budget:g} s (limit {budget_limit:.1f} s)")
+        return None
 
 
 @dataclass(frozen=True)
@@ -98,13 +140,15 @@ def decide(
     plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
     runs: Sequence[float] = (),
     rerun_k: float = 1.0,
+    stretch: str | None = None,
 ) -> Decision:
     """Keep, discard, re-run or crash for a result `candidate` against the best val_bpb so far.
 
     `confirmed=True` means candidate is the mean of a first run and its re-run(s); pass those runs as `runs`
     so their agreement can be checked (a confirmed implausible result without them is discarded; without them
     the mean counts as one of 2 runs). `lines_delta` is train.py's line count change (negative: shorter).
-    `rerun_k` is where the re-run band starts, in sigmas.
+    `rerun_k` is where the re-run band starts, in sigmas. `stretch` is why the run looks like it trained past its
+    budget (`WallTimeLimit.problem`): a first run is quarantined, a confirming run discarded.
     """
     _check_arguments(best, sigma, min_delta, sigma_k, rerun_k)
     if runs and not confirmed:
@@ -115,6 +159,11 @@ def decide(
         return Decision("crash", "crash: the run produced no val_bpb", 0.0)
     if not math.isfinite(candidate):
         return Decision("crash", f"crash: val_bpb is {candidate}", 0.0)
+    if stretch is not None:
+        if confirmed:
+            return Decision("discard", f"budget stretch on the confirming run too: {stretch}; not kept", 0.0)
+        return Decision("rerun", f"budget stretch: {stretch}; quarantined until a re-run respects the budget "
+                                 f"(its val_bpb {candidate:.6f} does not count)", 0.0)
 
     n = len(runs) if runs else (2 if confirmed else 1)
     se = sigma / math.sqrt(n)

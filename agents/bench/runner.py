@@ -1,9 +1,13 @@
-"""Run `python train.py` in a subprocess and turn what happened into a `RunResult`.
+"""Run `python train.py` in a subprocess, inside the OS sandbox, and turn what happened into a `RunResult`.
 
-The child gets a scrubbed environment (no API keys or other secrets), its own process group (so a hard
-kill takes its children too) and a hard time limit. Everything it prints goes to `run_dir/<exp_id>.log`.
-The score comes only from the evaluator's JSON record that `prepare.evaluate_bpb` writes to
-`AUTORESEARCH_RESULT_PATH`; a number printed by train.py is informational and never trusted.
+train.py runs from a per-experiment scratch directory holding copies of train.py and prepare.py (scratch.py),
+inside the sandbox chosen for the run (sandbox/: bwrap, landlock or none), with a scrubbed environment (no API
+keys or other secrets), a private HOME, its own process group (so a hard kill takes its children too) and a
+hard time limit. The harness owns the log (everything train.py prints goes through a pipe to
+`run_dir/<exp_id>.log`), the hard kill and the checks afterwards. The score comes only from the evaluator's JSON
+record that `prepare.evaluate_bpb` writes to `AUTORESEARCH_RESULT_PATH` (inside the scratch directory; copied to
+`run_dir/<exp_id>.result.json`), checked against the harness: prepare.py's hash before and after (the copy that
+ran and the original), the time budget and seed the harness set, and the harness's own clock.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +27,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agents.bench.sandbox import SandboxSpec, sandbox_env, select_sandbox, wrap
+from agents.bench.scratch import Scratch, make_scratch
 
 DEFAULT_TIME_BUDGET_S = 300.0  # prepare.py's default when AUTORESEARCH_TIME_BUDGET is unset
 # Start-up (imports, data loading, torch.compile on CUDA) plus the final evaluation run outside the
@@ -44,6 +52,7 @@ SUMMARY_FIELDS = {
     "depth": int,
 }
 STATUSES = ("ok", "crash", "timeout", "killed")
+CLOCK_SLACK_S = 1.0  # rounding and process start-up between the harness's clock and train.py's
 
 # --- secrets -------------------------------------------------------------------------------------
 
@@ -105,10 +114,22 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     exp_id: str = ""
     result_path: Path | None = None
+    sandbox: str = "none"  # the sandbox the run went through: bwrap | landlock | none
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """The evaluation's own duration, from the evaluator's record."""
+        value = (self.record or {}).get("eval_seconds")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def train_wall_seconds(self) -> float:
+        """The harness's wall time of the run less the evaluation: start-up plus training, as the harness saw it."""
+        return max(0.0, self.wall_seconds - (self.eval_seconds or 0.0))
 
 
 def parse_summary(lines: list[str]) -> tuple[dict, dict[str, str]]:
@@ -154,6 +175,13 @@ def _is_printed_equal(printed: str, value: float) -> bool:
     return abs(float(printed) - value) <= 0.5 * 10.0**-decimals + 1e-12
 
 
+def _same_number(got: object, wanted: float) -> bool:
+    try:
+        return math.isclose(float(got), float(wanted), rel_tol=1e-9, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
 def _sha256(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -175,13 +203,18 @@ class TrainingJob:
         *,
         env: dict[str, str],
         hard_timeout_s: float,
-        python: str,
+        argv: list[str],
+        scratch: Scratch,
+        sandbox: str,
+        expected: dict,
+        keep_scratch: bool,
         on_output: Callable[[str], None] | None,
     ):
         self.workdir = workdir
         self.exp_id = exp_id
         self.log_path = run_dir / f"{exp_id}.log"
-        self.result_path = Path(env["AUTORESEARCH_RESULT_PATH"])
+        self.result_path = (run_dir / f"{exp_id}.result.json").resolve()
+        self.scratch, self.sandbox, self.expected, self.keep_scratch = scratch, sandbox, expected, keep_scratch
         self.hard_timeout_s = hard_timeout_s
         self._on_output = on_output
         self._lines: deque[str] = deque(maxlen=_KEPT_LINES)
@@ -195,8 +228,8 @@ class TrainingJob:
         self._ended: float | None = None
         try:
             self._proc = subprocess.Popen(
-                [python, "train.py"],
-                cwd=workdir,
+                argv,
+                cwd=scratch.dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -207,6 +240,8 @@ class TrainingJob:
             )
         except OSError:
             self._log.close()
+            if not keep_scratch:
+                scratch.remove()
             raise
         self._reader = threading.Thread(target=self._read_output, name=f"train-log-{exp_id}", daemon=True)
         self._watchdog = threading.Thread(target=self._supervise, name=f"train-watchdog-{exp_id}", daemon=True)
@@ -238,7 +273,11 @@ class TrainingJob:
         self._reader.join()
         if self._result is None:
             self._log.close()
-            self._result = self._build_result()
+            try:
+                self._result = self._build_result()
+            finally:
+                if not self.keep_scratch:
+                    self.scratch.remove()  # checkpoints and whatever else the run left go with it
         return self._result
 
     def kill(self) -> None:
@@ -293,6 +332,8 @@ class TrainingJob:
         lines = list(self._lines)
         summary, printed = parse_summary(lines)
         rc = self._proc.returncode
+        if self.sandbox == "bwrap" and rc is not None and rc > 128 and (rc - 128) in signal.valid_signals():
+            rc = -(rc - 128)  # bwrap reports a child killed by signal N as exit status 128 + N
         record, record_error = self._read_record()
         result = RunResult(
             status="ok",
@@ -306,8 +347,12 @@ class TrainingJob:
             warnings=list(self._warnings),
             exp_id=self.exp_id,
             result_path=self.result_path,
+            sandbox=self.sandbox,
         )
         result.status, result.error = self._judge(rc, lines, record, record_error)
+        if result.status == "ok":
+            result.status, result.error = self._check_against_harness(record, result)
+        result.warnings += self._clock_warnings(summary, result)
         if result.status == "ok":
             assert record is not None
             result.val_bpb = float(record["val_bpb"])
@@ -337,8 +382,8 @@ class TrainingJob:
             return "crash", record_error
         if self._prepare_sha_at_start is None:
             return "crash", "no prepare.py in the working directory: the record cannot be verified"
-        sha_now = _sha256(self.workdir / "prepare.py")
-        if record.get("prepare_sha256") != self._prepare_sha_at_start or sha_now != self._prepare_sha_at_start:
+        shas_now = {_sha256(self.workdir / "prepare.py"), _sha256(self.scratch.prepare_py)}
+        if record.get("prepare_sha256") != self._prepare_sha_at_start or shas_now != {self._prepare_sha_at_start}:
             return "crash", "prepare.py changed during the run"
         value = record.get("val_bpb")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -347,7 +392,34 @@ class TrainingJob:
             return "crash", "NaN"
         return "ok", ""
 
+    def _check_against_harness(self, record: dict, result: RunResult) -> tuple[str, str]:
+        """The record must describe the run the harness started: its budget and seed, within its wall time."""
+        for key, wanted in self.expected.items():
+            got = record.get(key)
+            if got is not None and not _same_number(got, wanted):
+                return "crash", (f"the evaluator ran with {key} {got} but the harness set {wanted}: the run changed "
+                                 "its own settings")
+        eval_seconds = result.eval_seconds
+        if eval_seconds is not None and eval_seconds > result.wall_seconds + CLOCK_SLACK_S:
+            return "crash", (f"the record's eval_seconds ({eval_seconds:g} s) exceed the run's wall time "
+                             f"({result.wall_seconds:g} s by the harness's clock): not this run's record")
+        return "ok", ""
+
+    def _clock_warnings(self, summary: dict, result: RunResult) -> list[str]:
+        """train.py's own training clock, cross-checked against the harness's."""
+        printed = summary.get("training_seconds")
+        if isinstance(printed, int | float) and printed > result.train_wall_seconds + CLOCK_SLACK_S:
+            return [f"train.py reports {printed:g} training seconds, but the run took {result.train_wall_seconds:g} "
+                    "s outside evaluation by the harness's clock"]
+        return []
+
     def _read_record(self) -> tuple[dict | None, str]:
+        produced = self.scratch.result_path
+        if produced.is_file():
+            try:
+                shutil.copyfile(produced, self.result_path)  # kept with the log after the scratch is removed
+            except OSError as exc:
+                return None, f"result record could not be copied: {exc}"
         if not self.result_path.exists():
             return None, "no result record"
         try:
@@ -373,10 +445,14 @@ def start_training(
     python: str = sys.executable,
     extra_env: dict | None = None,
     on_output: Callable[[str], None] | None = None,
+    sandbox: str = "auto",
+    scratch_root: Path | None = None,
+    keep_scratch: bool = False,
 ) -> TrainingJob:
-    """Start `python train.py` in `workdir` and return at once; see `run_training`.
+    """Start `python train.py` (workdir's train.py and prepare.py, copied to a scratch directory) and return at
+    once; see `run_training`. `on_output` is called from a background thread, once per line of output.
 
-    `on_output` is called from a background thread, once per line of output.
+    Raises `SandboxUnavailable` when an explicitly requested sandbox cannot start here.
     """
     workdir, run_dir = Path(workdir), Path(run_dir)
     if not (workdir / "train.py").is_file():
@@ -388,19 +464,31 @@ def start_training(
             raise ValueError(f"extra_env may not set {key}: the runner owns it")
         if looks_secret(key, str(value)):
             raise ValueError(f"extra_env variable {key} looks like a secret; train.py must not see secrets")
+    selection = select_sandbox(sandbox, python)
     run_dir.mkdir(parents=True, exist_ok=True)
-    result_path = (run_dir / f"{exp_id}.result.json").resolve()
-    result_path.unlink(missing_ok=True)  # a stale record must never be read as this run's
+    (run_dir / f"{exp_id}.result.json").unlink(missing_ok=True)  # a stale record must never be read as this run's
 
     env = scrubbed_env(os.environ)
     env.update({k: str(v) for k, v in (extra_env or {}).items()})
+    # HOME is private inside: the data cache is named explicitly, resolved with the harness's HOME
+    cache = Path(env.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch").expanduser().resolve()
+    env["AUTORESEARCH_CACHE"] = str(cache)
+    scratch = make_scratch(workdir, exp_id, scratch_root)
+    spec = SandboxSpec(scratch=scratch.dir, read_only_files=[p for p in (scratch.train_py, scratch.prepare_py)
+                                                             if p.exists()],
+                       read_only_dirs=[cache] if cache.is_dir() else [], home=scratch.home, tmp=scratch.tmp)
+    env.update(sandbox_env(selection.name, spec))
+    expected: dict = {"seed": int(seed)}
     if time_budget is not None:
         env["AUTORESEARCH_TIME_BUDGET"] = f"{float(time_budget):g}"
+        expected["time_budget"] = float(time_budget)
     env["AUTORESEARCH_SEED"] = str(int(seed))
-    env["AUTORESEARCH_RESULT_PATH"] = str(result_path)
+    env["AUTORESEARCH_RESULT_PATH"] = str(scratch.result_path)
     env["PYTHONUNBUFFERED"] = "1"
     limit = hard_timeout_for(time_budget) if hard_timeout_s is None else float(hard_timeout_s)
-    return TrainingJob(workdir, run_dir, exp_id, env=env, hard_timeout_s=limit, python=python, on_output=on_output)
+    argv = wrap(selection.name, spec, [python, "train.py"], python)
+    return TrainingJob(workdir, run_dir, exp_id, env=env, hard_timeout_s=limit, argv=argv, scratch=scratch,
+                       sandbox=selection.name, expected=expected, keep_scratch=keep_scratch, on_output=on_output)
 
 
 def run_training(
@@ -414,12 +502,17 @@ def run_training(
     python: str = sys.executable,
     extra_env: dict | None = None,
     on_output: Callable[[str], None] | None = None,
+    sandbox: str = "auto",
+    scratch_root: Path | None = None,
+    keep_scratch: bool = False,
 ) -> RunResult:
-    """Run `python train.py` in `workdir` to completion (or the hard limit) and return its result.
+    """Run workdir's `train.py` to completion (or the hard limit) inside `sandbox` and return its result.
 
     `time_budget` None leaves prepare.py's default (300 s). `hard_timeout_s` None means
-    `hard_timeout_for(time_budget)`. The log goes to `run_dir/<exp_id>.log`, the evaluator's record to
-    `run_dir/<exp_id>.result.json`.
+    `hard_timeout_for(time_budget)`. `sandbox`: auto | bwrap | landlock | none (sandbox/); the result names the
+    one used. The run happens in a fresh scratch directory under `scratch_root` (default: the system temp
+    directory), removed afterwards unless `keep_scratch`. The log goes to `run_dir/<exp_id>.log`, the evaluator's
+    record to `run_dir/<exp_id>.result.json`; nothing else is written to `run_dir` or `workdir`.
     """
     job = start_training(
         workdir,
@@ -431,5 +524,8 @@ def run_training(
         python=python,
         extra_env=extra_env,
         on_output=on_output,
+        sandbox=sandbox,
+        scratch_root=scratch_root,
+        keep_scratch=keep_scratch,
     )
     return job.wait()

@@ -60,6 +60,8 @@ class ExperimentRecord:
     log_path: str = ""
     error: str = ""
     degraded_roles: str = ""
+    sandbox: str = ""  # the sandbox train.py ran in (bwrap | landlock | none); empty when it never ran
+    eval_seconds: float | None = None  # the evaluator's own duration, from its record
     extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
 
     def tsv_row(self) -> list[str]:
