@@ -36,6 +36,7 @@ from agents.lock import RunLock
 from agents.record.gitops import ExperimentRepo
 from agents.record.journal import Journal, JournalEntry
 from agents.record.results import ExperimentRecord, ResultsStore
+from agents.record.tracking import Tracker
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -72,6 +73,7 @@ class LoopSettings:
     device: str = "cpu"
     on_event: Callable[[LoopEvent], None] = lambda event: None
     extra_env: dict = field(default_factory=dict)
+    tracker: Tracker = field(default_factory=Tracker.off)  # MLflow: fed after results are written
 
 
 @dataclass
@@ -100,7 +102,12 @@ def run_loop(s: LoopSettings) -> LoopOutcome:
     with RunLock(s.repo_dir) as lock:
         if lock.took_over_from:
             s.on_event(LoopEvent("note", message=f"took over a stale lock left by {lock.took_over_from}"))
-        return _Cycle(s, repo).run()
+        s.tracker.start(run_dir, warn=lambda message: s.on_event(LoopEvent("note", message=message)))
+        cycle = _Cycle(s, repo)
+        try:
+            return cycle.run()
+        finally:  # the parent run gets the plot and report; a failing store never holds the run for long
+            s.tracker.finish(cycle.records, interrupted=sys.exc_info()[0] is not None)
 
 
 class _Cycle:
@@ -426,6 +433,7 @@ class _Cycle:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
         self.results.append(record)
+        self.s.tracker.log(record)  # after the record of truth is written; never blocks
         self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
         self._checkpoint("memory")
         try:
