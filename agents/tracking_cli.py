@@ -6,6 +6,7 @@ Both find the project's tracking store the way a run does (agents.record.trackin
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
@@ -47,11 +48,23 @@ def _usable(target: TrackingTarget) -> None:
         _fail(f"tracking is off: {target.off_reason}")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
        config: Path = typer.Option(None, help="crew.yaml whose `tracking:` names the store (default: ./crew.yaml)"),
        ) -> None:
     """Start the MLflow web UI on 127.0.0.1 against the project's tracking store; Ctrl-C stops it."""
-    from agents.record.tracking import PortInUse, check_port_free, project_root, start_ui, stop_ui, wait_until_up
+    from agents.record.tracking import (
+        PortInUse,
+        check_port_free,
+        experiment_links,
+        project_root,
+        start_ui,
+        stop_ui,
+        wait_until_up,
+    )
 
     target = project_target(config)
     _usable(target)
@@ -66,13 +79,20 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
         _fail(str(exc), "pass another --port, or stop what listens there")
     log_path = project_root(Path.cwd()) / ".autoresearch" / "mlflow-ui.log"
     process = start_ui(target, port, log_path)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a kill or a closed terminal stops the server too, like Ctrl-C
+        signal.signal(sig, _interrupt)
     url = f"http://127.0.0.1:{port}"
     try:
         if not wait_until_up(process, url + "/health"):
             lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
             _fail(f"the MLflow UI did not start: {lines[-1] if lines else 'no output'}", f"full log: {log_path}")
-        console.print(f"MLflow UI: {url}\nstore:     {target.uri}\n(Ctrl-C stops it; log: {log_path})",
-                      highlight=False, soft_wrap=True)
+        console.print(f"MLflow UI: {url}\nstore:     {target.uri}", highlight=False, soft_wrap=True)
+        try:
+            for name, link in experiment_links(url):
+                console.print(f"  {name}: {link}", highlight=False, soft_wrap=True)
+        except Exception:  # the links are a convenience: the UI itself is up
+            pass
+        console.print(f"(Ctrl-C stops it; log: {log_path})", highlight=False, soft_wrap=True)
         process.wait()
     except KeyboardInterrupt:
         pass

@@ -26,6 +26,8 @@ SYNC_TAG = "autoresearch.sync"  # digest of what was logged: equal means nothing
 RUN_TAG = "run_tag"  # the loop's --tag
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PARENT_TAG = "mlflow.parentRunId"
+# the MLflow UI opens an experiment of this kind on its runs table (model training), not on the GenAI overview
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 CONTEXT_FILE = "tracking.json"  # next to results.parquet: what a record alone does not say (models, budget)
 
 METRICS = ("val_bpb", "delta", "best_bpb_before", "training_seconds", "wall_seconds", "mfu_percent",
@@ -277,13 +279,16 @@ class MlflowStore:
             if self.artifact_root is not None:
                 location = (self.artifact_root / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).resolve().as_uri()
             try:
-                return self.client.create_experiment(name, artifact_location=location)
+                return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
             except MlflowException:  # created meanwhile by another process (a parallel compare)
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
                     raise
         if found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in found.tags:
+                self.client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
 
     def runs_of(self, experiment_id: str, run_tag: str) -> tuple[Any | None, dict[str, Any]]:

@@ -396,6 +396,21 @@ def wait_until_up(process: subprocess.Popen, url: str, timeout_s: float = 90.0) 
     return False
 
 
+def experiment_links(base_url: str, limit: int = 10) -> list[tuple[str, str]]:
+    """(name, URL of its runs table) for the store's most recently updated experiments, through the server.
+
+    The links ask for the UI's model-training view: MLflow's UI opens on its GenAI view unless told.
+    """
+    import requests
+
+    answer = requests.get(f"{base_url}/api/2.0/mlflow/experiments/search",
+                          params={"max_results": limit + 1, "order_by": "last_update_time DESC"}, timeout=10)
+    answer.raise_for_status()
+    experiments = [e for e in answer.json().get("experiments", []) if e["name"] != "Default"][:limit]
+    return [(e["name"], f"{base_url}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning")
+            for e in experiments]
+
+
 def stop_ui(process: subprocess.Popen) -> None:
     """Stop the server and its workers (its own process group)."""
     import signal
