@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agents.record.tracking import TrackingTarget
+from agents.record.tracking import TrackingTarget, shown
 
 export_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="rebuild records elsewhere from results.parquet (export mlflow)")
@@ -69,7 +69,8 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     target = project_target(config)
     _usable(target)
     if target.is_server:
-        console.print(f"the project's tracking store is the MLflow server {target.uri}: open it in a browser")
+        console.print(f"the project's tracking store is the MLflow server {shown(target.uri)}: open it in a browser",
+                      highlight=False, soft_wrap=True)
         return
     if not 1 <= port <= 65535:
         _fail(f"--port must be between 1 and 65535 (got {port})")
@@ -86,7 +87,7 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
         if not wait_until_up(process, url + "/health"):
             lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
             _fail(f"the MLflow UI did not start: {lines[-1] if lines else 'no output'}", f"full log: {log_path}")
-        console.print(f"MLflow UI: {url}\nstore:     {target.uri}", highlight=False, soft_wrap=True)
+        console.print(f"MLflow UI: {url}\nstore:     {shown(target.uri)}", highlight=False, soft_wrap=True)
         try:
             for name, link in experiment_links(url):
                 console.print(f"  {name}: {link}", highlight=False, soft_wrap=True)
@@ -118,9 +119,9 @@ def export_mlflow(
     try:
         exported = export_runs(target, root, run_dirs)
     except Exception as exc:  # the store refused or did not answer: say which and why, in one line
-        _fail(f"could not write to {target.uri}: {' '.join(f'{type(exc).__name__}: {exc}'.split())[:300]}")
+        _fail(shown(f"could not write to {target.uri}: {' '.join(f'{type(exc).__name__}: {exc}'.split())}")[:400])
     for e in exported:
         c = e.counts
         console.print(f"{e.run_tag}: experiment '{e.experiment}', {c.created} created, {c.updated} updated, "
                       f"{c.unchanged} unchanged", highlight=False)
-    console.print(f"tracking: {target.uri}", highlight=False, soft_wrap=True)
+    console.print(f"tracking: {shown(target.uri)}", highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -206,14 +207,12 @@ def _note(record: ExperimentRecord) -> str:
 
 
 def _train_py_at(repo_dir: str, commit: str) -> str | None:
-    if not repo_dir or not commit:
+    """train.py at `commit` (`./` is the experiment directory, which may sit below the top of the git repo)."""
+    if not repo_dir or not commit or not Path(repo_dir).is_dir():
         return None
-    from agents.record.gitops import ExperimentRepo, GitError
-
-    try:
-        return ExperimentRepo(repo_dir).read_file_at(commit, "train.py")
-    except (GitError, ValueError, OSError):
-        return None  # the commit is gone (a fresh clone without the run's refs): the patch still tells
+    shown = subprocess.run(["git", "-C", repo_dir, "show", f"{commit}:./train.py"], capture_output=True)
+    # a commit that is gone (a fresh clone without the run's refs) leaves it out: the patch still tells
+    return shown.stdout.decode("utf-8", errors="replace") if shown.returncode == 0 else None
 
 
 def _read(path: Path) -> str | None:

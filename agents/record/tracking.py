@@ -14,8 +14,10 @@ run, at the next start of the same tag (both compare results.parquet with the st
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,11 +33,12 @@ from agents.record.results import ExperimentRecord, ResultsStore
 
 STORE_FILE = ".autoresearch/mlflow.db"
 ARTIFACTS_DIR = ".autoresearch/mlartifacts"
-INSTALL_HINT = "pip install 'autoresearch-crew[tracking]'"
+INSTALL_HINT = "pip install 'autoresearch-crew[tracking]' (in a checkout: pip install -e '.[tracking]')"
 # A store that does not answer must not hold a request for minutes (MLflow's own defaults: 7 retries, 120 s).
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
                    "MLFLOW_DISABLE_TELEMETRY": "true"}
 RETRY_PAUSES_S = (5.0, 15.0, 60.0)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 FINISH_WAIT_S = 30.0  # at the end of a run, for the last records and the parent run
 INTERRUPTED_WAIT_S = 5.0
 
@@ -97,11 +100,16 @@ def resolve_target(repo_dir: Path, setting, env: Mapping[str, str] | None = None
     return TrackingTarget(uri, source, artifact_root=root / ARTIFACTS_DIR if local else None)
 
 
+def shown(uri: str | None) -> str:
+    """A tracking URI (or a message naming one) fit to print: a password in a URL is masked."""
+    return _URL_PASSWORD.sub(r"\1***@", uri or "")
+
+
 def summary_line(target: TrackingTarget, experiment: str = "", pending: int = 0, tag: str = "") -> str:
     """The `tracking: ...` line of a run's final summary."""
     if not target.enabled:
         return f"tracking: off ({target.off_reason})"
-    line = f"tracking: {target.uri}" + (f" (experiment '{experiment}')" if experiment else "")
+    line = f"tracking: {shown(target.uri)}" + (f" (experiment '{experiment}')" if experiment else "")
     if pending:
         line += (f"; {pending} experiment(s) not logged yet, the store did not answer: "
                  f"`autoresearch export mlflow{' --tag ' + tag if tag else ''}` logs them")
@@ -225,7 +233,7 @@ class Tracker:
                 self._final = [dataclasses.replace(r, extra={}) for r in records]
                 self._lock.notify()
             if not self._finished.wait(wait_s):
-                self._warnings.append(f"tracking: {self.target.uri} is slow or down; gave up waiting after "
+                self._warnings.append(f"tracking: {shown(self.target.uri)} is slow or down; gave up waiting after "
                                       f"{wait_s:.0f} s (the next run of this tag, or `autoresearch export mlflow`, "
                                       "logs what is missing)")
         self._deliver_warnings()
@@ -279,19 +287,19 @@ class Tracker:
                 pauses += 1
 
     def _failed(self, exc: Exception) -> None:
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        reason = shown(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
         with self._lock:
             first = not self._failing
             self._failing = reason
             if first:
-                self._warnings.append(f"tracking: {self.target.uri} failed ({reason}); the run goes on and its "
+                self._warnings.append(f"tracking: {shown(self.target.uri)} failed ({reason}); the run goes on and its "
                                       "experiments are logged when the store answers again")
 
     def _recovered(self) -> None:
         with self._lock:
             if self._failing:
                 self._failing = ""
-                self._warnings.append(f"tracking: {self.target.uri} answers again; missing experiments logged")
+                self._warnings.append(f"tracking: {shown(self.target.uri)} answers again; missing experiments logged")
 
     def _deliver_warnings(self) -> None:
         with self._lock:
@@ -349,7 +357,7 @@ def export_runs(target: TrackingTarget, repo_dir: Path, run_dirs: list[Path]) ->
 
 
 class PortInUse(RuntimeError):
-    pass
+    """The UI's port cannot be listened on (taken, or not allowed)."""
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -359,7 +367,9 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise PortInUse(f"port {port} on {host} is already in use ({exc.strerror})") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use") from None
+            raise PortInUse(f"cannot listen on port {port} on {host} ({exc.strerror})") from None
 
 
 def start_ui(target: TrackingTarget, port: int, log_path: Path, host: str = "127.0.0.1") -> subprocess.Popen:
