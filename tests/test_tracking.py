@@ -259,3 +259,22 @@ def test_changed_constants_come_from_the_diff():
     record = ExperimentRecord(exp_id="0001", tag="t", status="discard", description="", diff=diff)
     assert changed_constants(record) == {"MATRIX_LR": ("0.04 if CUDA else 0.01", "0.04 if CUDA else 0.02"),
                                          "NEW_KNOB": ("", "3")}
+
+
+def test_a_vetoed_experiment_names_its_rule_and_keeps_its_patch(tmp_path):
+    from agents.record.mlflow_runs import RunContext, experiment_content
+    from agents.record.results import ExperimentRecord
+
+    record = ExperimentRecord(
+        exp_id="0007", tag="t1", status="veto", description="read the validation shard", category="data",
+        diff="--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-X = 1\n+X = open('val.bin')\n",
+        guard_violations="Guard: VETO. 1 violation(s) of 1 rule(s):\n[no-val-data] line 1: X = open('val.bin')\n",
+        decision_reason="[no-val-data] validation data only through evaluate_bpb", seed=42)
+    context = RunContext(experiment="t1", run_tag="t1", crew="full", role_models={"coder": "openai/gpt-4.1"},
+                         time_budget=300.0, repo_dir=str(tmp_path))
+    content = experiment_content(record, context, tmp_path)
+    assert content.tags["veto_rule"] == "no-val-data" and content.tags["status"] == "veto"
+    assert content.tags["model.coder"] == "openai/gpt-4.1" and content.tags["crew"] == "full"
+    assert content.params["time_budget"] == "300.0" and content.params["const.X"] == "1 → open('val.bin')"
+    assert set(content.texts) == {"patch.txt"}  # never trained: no log, no evaluator record, no train.py as run
+    assert "val_bpb" not in content.metrics and content.status == "FINISHED"

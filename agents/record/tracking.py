@@ -157,15 +157,21 @@ class SyncCounts:
 
 
 def sync_run(store, context: RunContext, run_dir: Path, records: list[ExperimentRecord], *,
-             status: str = "RUNNING", parent_too: bool = True) -> SyncCounts:
-    """Bring one research run's MLflow runs in line with `records`: its parent run, then one run per record."""
+             status: str = "RUNNING", parent_too: bool = True,
+             parent_records: list[ExperimentRecord] | None = None) -> SyncCounts:
+    """Bring one research run's MLflow runs in line with `records`: its parent run, then one run per record.
+
+    The parent run (plot, report) is drawn from `parent_records` when given (every record of the run), else
+    from `records`; with `parent_too` False it is only created when missing.
+    """
     counts = SyncCounts()
     experiment_id = store.experiment_id(context.experiment)
     parent, children = store.runs_of(experiment_id, context.run_tag)
     parent_id = parent.info.run_id if parent is not None else None
     if parent_id is None or parent_too:
         with tempfile.TemporaryDirectory(prefix="autoresearch-tracking-") as tmp:
-            content = research_run_content(records, context, Path(tmp), status)
+            content = research_run_content(records if parent_records is None else parent_records, context,
+                                           Path(tmp), status)
             parent_id, _ = store.upsert(experiment_id, content, parent)
     for record in records:
         _, outcome = store.upsert(experiment_id, experiment_content(record, context, run_dir),
@@ -251,6 +257,7 @@ class Tracker:
     # ------------------------------------------------------------------ the background thread
     def _work(self) -> None:
         store, caught_up, pauses = None, False, 0
+        synced: dict[str, ExperimentRecord] = {}  # what this thread has written, as it was written
         while True:
             with self._lock:
                 while caught_up and not self._dirty and self._final is None:
@@ -259,10 +266,14 @@ class Tracker:
             try:
                 store = store or open_store(self.target)
                 if not caught_up:  # what earlier sessions of this tag could not log
-                    sync_run(store, self.context, self.run_dir, ResultsStore(self.run_dir).load())
+                    earlier = ResultsStore(self.run_dir).load()
+                    sync_run(store, self.context, self.run_dir, earlier)
+                    synced.update((r.exp_id, r) for r in earlier)
                     caught_up = True
-                if final is not None:  # every record: those already logged are skipped by their digest
-                    sync_run(store, self.context, self.run_dir, final, status=self._final_status)
+                if final is not None:  # the parent run, and any record not written as it now stands
+                    changed = [r for r in final if synced.get(r.exp_id) != r]
+                    sync_run(store, self.context, self.run_dir, changed, status=self._final_status,
+                             parent_records=final)
                     with self._lock:
                         self._dirty.clear()
                     self._recovered()
@@ -270,6 +281,7 @@ class Tracker:
                     return
                 if batch:
                     sync_run(store, self.context, self.run_dir, list(batch.values()), parent_too=False)
+                    synced.update(batch)
                     with self._lock:
                         for exp_id, record in batch.items():
                             if self._dirty.get(exp_id) is record:  # not replaced by a newer copy meanwhile
