@@ -266,7 +266,7 @@ def test_a_vetoed_experiment_names_its_rule_and_keeps_its_patch(tmp_path):
     from agents.record.results import ExperimentRecord
 
     record = ExperimentRecord(
-        exp_id="0007", tag="t1", status="veto", description="read the validation shard", category="data",
+        exp_id="0007", tag="t1", status="veto", description="read the validation shard", category="data", config="full",
         diff="--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-X = 1\n+X = open('val.bin')\n",
         guard_violations="Guard: VETO. 1 violation(s) of 1 rule(s):\n[no-val-data] line 1: X = open('val.bin')\n",
         decision_reason="[no-val-data] validation data only through evaluate_bpb", seed=42)
