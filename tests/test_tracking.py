@@ -142,7 +142,7 @@ def test_ui_answers_on_its_port_and_refuses_a_taken_one(tracked, monkeypatch):
         busy = CliRunner().invoke(app, ["ui", "--port", str(port)])
         assert busy.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in busy.output, busy.output
     finally:
-        ui.send_signal(signal.SIGINT)  # as Ctrl-C: the command stops its server
+        ui.send_signal(signal.SIGTERM)  # handled like Ctrl-C (SIGINT may be ignored where tests run in background)
         try:
             out, _ = ui.communicate(timeout=30)
         except subprocess.TimeoutExpired:
