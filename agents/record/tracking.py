@@ -212,8 +212,9 @@ class Tracker:
     def start(self, run_dir: Path, warn: Callable[[str], None] = lambda message: None) -> None:
         """Begin: save the run's context next to its results, then catch up with results.parquet in the background."""
         self.run_dir, self.warn = Path(run_dir), warn
-        if not self.enabled or self._thread is not None:
+        if not self.enabled or (self._thread is not None and not self._finished.is_set()):
             return
+        self._final, self._finished = None, threading.Event()  # a tracker may serve a second run of the loop
         self.context.save(self.run_dir)
         self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
         self._thread.start()
