@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.bench.sandbox import SANDBOXES, SandboxUnavailable, select_sandbox
-from agents.config import CrewConfig, check_keys, load_config
+from agents.config import ROLE_NAMES, CrewConfig, check_keys, load_config, resolve_model
 from agents.crew.llm.offline import OfflineLLM
 from agents.crew.llm.usage import UsageLedger
 from agents.crew.policy import OfflinePolicy
@@ -20,6 +20,8 @@ from agents.crew.roles import ResearchCrew, build_llms
 from agents.lock import RunLock
 from agents.loop import LoopSettings
 from agents.record.gitops import ExperimentRepo
+from agents.record.mlflow_runs import RunContext
+from agents.record.tracking import Tracker, project_root, resolve_target
 from memory.store import ExperimentMemory
 
 
@@ -37,6 +39,7 @@ class Overrides:
     pipelining: bool | None = None
     run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
     sandbox: str | None = None  # auto | bwrap | landlock | none, over crew.yaml's `sandbox`
+    tracking_experiment: str | None = None  # the MLflow experiment (default: the tag; a compare passes its name)
 
 
 def detect_device() -> str:
@@ -90,7 +93,18 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     return LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
                         program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
                         python=sys.executable, device=detect_device(), sandbox=sandbox.name,
-                        sandbox_notice=sandbox.warning)
+                        sandbox_notice=sandbox.warning,
+                        tracker=build_tracker(repo_dir, config, tag, config_name or config.name,
+                                              (overrides or Overrides()).tracking_experiment, env))
+
+
+def build_tracker(repo_dir: Path, config: CrewConfig, tag: str, crew_name: str, experiment: str | None,
+                  env: dict) -> Tracker:
+    """The run's MLflow tracker (off when crew.yaml says so or mlflow is not installed)."""
+    models = {role: resolve_model(config.llm_settings(role), env) for role in ROLE_NAMES if config.role(role).enabled}
+    context = RunContext(experiment=experiment or tag, run_tag=tag, crew=crew_name, role_models=models,
+                         time_budget=config.loop.time_budget, repo_dir=str(project_root(repo_dir)))
+    return Tracker(resolve_target(repo_dir, config.tracking, env), context)
 
 
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:

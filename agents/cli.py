@@ -111,6 +111,7 @@ def run(
     best = f"{outcome.best_bpb:.6f}" if outcome.best_bpb is not None else "n/a"
     console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})")
     console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}")
+    console.print(settings.tracker.summary(), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -191,16 +192,31 @@ def compare(
     console.print(compare_table(report.rows, title=f"compare {plan.name}"))
     console.print(f"report:  {report.markdown}\nplots:   {', '.join(str(p) for p in report.plots)}\n"
                   f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
+    _tracking_line(plan.configs[0].path, plan.name)
     if outcome.failed:
         err.print(f"[bold red]{len(outcome.failed)} run(s) failed[/]: {', '.join(outcome.failed)} "
                   "(see their error in runs/<name>/manifest.json; run the same command again to retry them)")
         raise typer.Exit(1)
 
 
+def _tracking_line(config: Path, experiment: str) -> None:
+    from agents.config import ConfigError, load_config
+    from agents.record.tracking import resolve_target, summary_line
+
+    try:
+        target = resolve_target(Path.cwd(), load_config(config).tracking)
+    except ConfigError:
+        return
+    console.print(summary_line(target, experiment), highlight=False, soft_wrap=True)
+
+
 def _mount_subapps() -> None:
+    from agents.tracking_cli import export_app, ui
     from memory.cli import app as memory_app
 
     app.add_typer(memory_app, name="memory", help="search, inspect and rebuild the experiment memory")
+    app.add_typer(export_app, name="export")
+    app.command()(ui)
 
 
 _mount_subapps()

@@ -249,7 +249,8 @@ def run_one(job: RunJob, on_event: Callable | None = None) -> dict:
     sessions.begin()
     try:
         settings = build_settings(Path(job.repo_dir), Path(job.config_path), job.tag,
-                                  Overrides(memory_path=Path(job.memory_path), run_dir=Path(job.run_dir)),
+                                  Overrides(memory_path=Path(job.memory_path), run_dir=Path(job.run_dir),
+                                            tracking_experiment=Path(job.run_dir).parent.name),  # the compare's name
                                   config_name=job.config)
         if on_event is not None:
             settings.on_event = on_event

@@ -220,6 +220,43 @@ class MemoryConfig(_Strict):
         raise ValueError(EMBEDDING_ALLOWED)
 
 
+# an MLflow tracking URI: a scheme (sqlite:///, file:///, http(s)://, postgresql://, ...) or `databricks`
+_TRACKING_URI = re.compile(r"^([a-z][a-z0-9+.-]*://\S+|databricks(://\S*)?)$")
+TRACKING_ALLOWED = ("expected 'off', or a mapping like {uri: sqlite:///path/to/mlflow.db} "
+                    "(also file:///DIR, http(s)://HOST:PORT, postgresql://...)")
+
+
+class TrackingConfig(_Strict):
+    """Where experiments are logged in MLflow (agents/record/tracking.py); `tracking: off` turns it off."""
+
+    enabled: bool = True
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else a SQLite file under .autoresearch/
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as False
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no")):
+            return {"enabled": False}
+        if value is True or value is None or (isinstance(value, str) and value.strip().lower() in ("on", "true")):
+            return {}
+        if isinstance(value, str):
+            return {"uri": value}
+        if not isinstance(value, dict | BaseModel):
+            raise ValueError(TRACKING_ALLOWED)
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not _TRACKING_URI.match(value):
+            raise ValueError(f"{value!r} is not a tracking URI; {TRACKING_ALLOWED}")
+        return value
+
+
 class _GuardToggles(_Strict):
     def enabled_rules(self) -> set[str]:
         """The enabled rules, by the guard's own names (`no-patching`)."""
@@ -244,6 +281,7 @@ class CrewConfig(_Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     # the OS sandbox train.py runs in (agents/bench/sandbox/): auto takes the strongest that starts here
     sandbox: Literal["auto", "bwrap", "landlock", "none"] = "auto"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     _source: Path | None = PrivateAttr(default=None)
 

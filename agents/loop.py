@@ -37,6 +37,7 @@ from agents.lock import RunLock
 from agents.record.gitops import ExperimentRepo
 from agents.record.journal import Journal, JournalEntry
 from agents.record.results import ExperimentRecord, ResultsStore
+from agents.record.tracking import Tracker
 
 TRAINED = ("keep", "discard", "crash")
 
@@ -75,6 +76,7 @@ class LoopSettings:
     extra_env: dict = field(default_factory=dict)
     sandbox: str = "auto"  # auto | bwrap | landlock | none: where train.py runs (agents/bench/sandbox/)
     sandbox_notice: str = ""  # said once at the start of the run (e.g. "no sandbox works here ...")
+    tracker: Tracker = field(default_factory=Tracker.off)  # MLflow: fed after results are written
 
 
 @dataclass
@@ -103,7 +105,12 @@ def run_loop(s: LoopSettings) -> LoopOutcome:
     with RunLock(s.repo_dir) as lock:
         if lock.took_over_from:
             s.on_event(LoopEvent("note", message=f"took over a stale lock left by {lock.took_over_from}"))
-        return _Cycle(s, repo).run()
+        s.tracker.start(run_dir, warn=lambda message: s.on_event(LoopEvent("note", message=message)))
+        cycle = _Cycle(s, repo)
+        try:
+            return cycle.run()
+        finally:  # the parent run gets the plot and report; a failing store never holds the run for long
+            s.tracker.finish(cycle.records, interrupted=sys.exc_info()[0] is not None)
 
 
 class _Cycle:
@@ -450,6 +457,7 @@ class _Cycle:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
         self.results.append(record)
+        self.s.tracker.log(record)  # after the record of truth is written; never blocks
         self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
         self._checkpoint("memory")
         try:

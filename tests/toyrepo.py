@@ -26,6 +26,7 @@ def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = No
     config["loop"].setdefault("noise", {}).setdefault("baseline_repeats", 2)
     for role, settings in (roles or {}).items():
         config.setdefault("roles", {}).setdefault(role, {}).update(settings)
+    config["tracking"] = False  # MLflow costs seconds per repository: only the tracking tests turn it on
     config.update(crew_extra or {})
     if memory_path is not None:
         config.setdefault("memory", {})["path"] = memory_path
