@@ -76,6 +76,7 @@ def _show(value: Any) -> str:
 class Reading:
     changes: tuple[Change, ...] = ()
     topic: frozenset[str] = frozenset()
+    extras: frozenset[float] = frozenset()  # whole numbers in the title that no change explains (300 steps)
 
     @property
     def targets(self) -> frozenset[str]:
@@ -91,14 +92,14 @@ class Reading:
 
     def to_json(self) -> str:
         return json.dumps({"c": [[c.target, [_plain(v) for v in c.values], c.direction] for c in self.changes],
-                           "t": sorted(self.topic)}, separators=(",", ":"))
+                           "t": sorted(self.topic), "x": sorted(self.extras)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Reading:
         try:
             data = json.loads(text) if text else {}
             changes = tuple(Change(t, tuple(_unplain(v) for v in vals), int(d)) for t, vals, d in data.get("c", []))
-            return cls(changes, frozenset(data.get("t", [])))
+            return cls(changes, frozenset(data.get("t", [])), frozenset(data.get("x", [])))
         except (ValueError, TypeError):
             return cls()
 
@@ -330,7 +331,30 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
         else:
             by_target = {c.target: c for c in extra if c.values}
             changes = [by_target.get(c.target, c) if not c.values else c for c in changes]
-    return Reading(tuple(_merge(changes)), _topic(title))
+    changes = _merge(changes)
+    return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab))
+
+
+def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
+    tokens = tokenize(normalise(title))
+    masked = _masked(tokens, vocab.matcher.match(tokens), 0, len(tokens))
+    explained: set[float] = set()
+    for change in changes:
+        for value in change.values:
+            explained.update(value if isinstance(value, tuple) else (value,) if isinstance(value, float) else ())
+        knob = vocab.knobs.get(change.target.split("@")[0])
+        if knob is not None:
+            for current in knob.values.values():
+                explained.update(current if isinstance(current, tuple) else (current,))
+    out = set()
+    for k, t in enumerate(masked):
+        if t.kind != "number" or t.value < 2 or t.value != int(t.value) or "/" in t.text:
+            continue
+        near = {masked[j].text for j in (k - 1, k + 1) if 0 <= j < len(masked)}
+        if near & {"x", "time", "%", "percent", "fold"} or any(values_match(t.value, e) for e in explained):
+            continue
+        out.add(float(t.value))
+    return frozenset(out)
 
 
 def _topic(text: str) -> frozenset[str]:
@@ -616,6 +640,8 @@ def compare(new: Reading, old: Reading, *, old_crashed: bool = False) -> Compari
             if agree.same:
                 return Comparison(True, f"the crashed experiment again, with a fix ({extra})")
         return Comparison(False, f"changes other things ({_targets(new)} vs {_targets(old)})")
+    if new.extras and old.extras and new.extras != old.extras:
+        return Comparison(False, f"other numbers differ ({_nums(new.extras)} vs {_nums(old.extras)})")
     old_by = {c.target: c for c in old.changes}
     for change in new.changes:
         other = old_by[change.target]
@@ -628,6 +654,10 @@ def compare(new: Reading, old: Reading, *, old_crashed: bool = False) -> Compari
         elif change.direction != other.direction:
             return Comparison(False, f"{change.target}: opposite directions")
     return Comparison(True, "same change: " + new.describe())
+
+
+def _nums(values: frozenset[float]) -> str:
+    return ", ".join(_show(v) for v in sorted(values))
 
 
 def _targets(reading: Reading) -> str:

@@ -37,10 +37,22 @@ from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
 from agents.crew.schemas import Idea
-from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
-from memory import novelty
+from agents.record.results import STATUSES, ExperimentRecord
+from memory import gate, novelty
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
-from memory.records import MemoryHit, hit_from_chroma, idea_text, record_document, record_id, record_metadata
+from memory.fingerprint import fingerprint_or_none
+from memory.index import TRIED_STATUSES, MemoryIndex
+from memory.reading import read_idea
+from memory.records import (
+    MemoryHit,
+    _load_many,
+    hit_from_chroma,
+    idea_text,
+    record_document,
+    record_id,
+    record_metadata,
+)
+from memory.vocabulary import Vocabulary, learn_vocabulary
 
 log = logging.getLogger("memory")
 
@@ -52,6 +64,7 @@ HNSW_CONFIG = {"space": "cosine", "ef_construction": 200, "ef_search": 1000, "ma
 NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the true repeat down a few places
 ADD_BATCH = 1000
 EMBED_CACHE_SIZE = 256
+READING_CACHE_SIZE = 4096
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
 
@@ -118,29 +131,6 @@ def _forget_failed_client(chroma_dir: Path) -> None:
     SharedSystemClient._identifier_to_system.pop(str(chroma_dir), None)
 
 
-# -------------------------------------------------------------------------------------------- parquet
-
-
-def load_parquet_records(path: Path) -> list[ExperimentRecord]:
-    """Experiments from one results.parquet (unknown columns ignored, missing ones defaulted)."""
-    import pyarrow.parquet as pq
-
-    known = set(PERSISTED_FIELDS)
-    rows = pq.read_table(path).to_pylist()
-    return [ExperimentRecord(**{k: v for k, v in row.items() if k in known and v is not None}) for row in rows]
-
-
-def _load_many(paths: Sequence[Path], notices: list[str]) -> list[ExperimentRecord]:
-    records: list[ExperimentRecord] = []
-    for path in paths:
-        try:
-            records.extend(load_parquet_records(Path(path)))
-        except Exception as exc:  # an unreadable file must not stop the rest from loading
-            notices.append(f"memory: skipped {path}: cannot read it ({type(exc).__name__}: {exc})")
-    # oldest first, so the order experiments enter memory follows time across runs
-    return sorted(records, key=lambda r: r.started_at or r.finished_at or "")
-
-
 # ----------------------------------------------------------------------------------------------- store
 
 
@@ -169,6 +159,9 @@ class ExperimentMemory:
         self._thread_lock = threading.RLock()
         self._op_depth = 0
         self._embed_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._index: MemoryIndex | None = None  # built on first use from one scan of the metadata
+        self._reading_cache: dict[tuple[str, str], str] = {}
+        self._train_py: str | None = None  # the train.py ideas are read against (set_context), else the repo's
 
     # ------------------------------------------------------------------------------------------ opening
 
@@ -395,7 +388,8 @@ class ExperimentMemory:
             if seq is None:  # a new experiment takes the next place in the order; a replaced one keeps its own
                 seq, self._next_seq = self._next_seq, self._next_seq + 1
                 existing[rid] = seq
-            metas.append(record_metadata(record, seq))
+            reading = self._reading_json(record.description, record.rationale)
+            metas.append(record_metadata(record, seq, reading))
         for start in range(0, len(ids), ADD_BATCH):
             end = start + ADD_BATCH
             self._collection.upsert(
@@ -406,6 +400,8 @@ class ExperimentMemory:
             )
         for rid, meta in zip(ids, metas, strict=True):
             self._remember(hit_from_chroma(rid, meta, None))
+            if self._index is not None:
+                self._index.add(rid, meta)
 
     def _remember(self, hit: MemoryHit) -> None:
         """Keep the bounded views in step with a write."""
@@ -420,6 +416,54 @@ class ExperimentMemory:
             if hit.status in CHAIN_STATUSES:
                 chain.append(hit)
                 chain.sort(key=lambda h: h.seq)
+
+    # ------------------------------------------------------------------------------------------ reading ideas
+
+    def set_context(self, train_py: str) -> None:
+        """The train.py ideas are read against from now on (the current best): its knobs, values and names."""
+        self._train_py = train_py
+        self._reading_cache.clear()
+
+    def vocabulary(self, train_py: str | None = None) -> Vocabulary:
+        """What train.py calls its knobs: of `train_py`, else the context set, else the repository's train.py."""
+        return learn_vocabulary(train_py if train_py is not None else self._train_py
+                                if self._train_py is not None else _default_train_py(self.path))
+
+    def _reading_json(self, title: str, rationale: str) -> str:
+        key = (title, rationale)
+        cached = self._reading_cache.get(key)
+        if cached is None:
+            cached = read_idea(title, rationale, self.vocabulary()).to_json()
+            self._reading_cache[key] = cached
+            if len(self._reading_cache) > READING_CACHE_SIZE:
+                self._reading_cache.pop(next(iter(self._reading_cache)))
+        return cached
+
+    def index(self) -> MemoryIndex:
+        """What was tried, by what it changed (built on first use: one pass over the metadata)."""
+        with self._operation():
+            if self._index is None:
+                index = MemoryIndex()
+                for rid, meta in self._scan():
+                    index.add(rid, meta)
+                self._index = index
+            return self._index
+
+    def _scan(self, page: int = 5000) -> Iterator[tuple[str, dict]]:
+        total = self._next_seq
+        for offset in range(0, total, page):
+            res = self._guarded("get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"]))
+            yield from zip(res["ids"], res["metadatas"], strict=True)
+
+    def hits(self, ids: list[str]) -> list[MemoryHit]:
+        """Experiments by record id, in the order asked (unknown ids left out)."""
+        if not ids:
+            return []
+        res = self._guarded("get", lambda: self._collection.get(ids=list(dict.fromkeys(ids)),
+                                                               include=["metadatas", "documents"]))
+        found = {rid: hit_from_chroma(rid, meta, doc)
+                 for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"], strict=True)}
+        return [found[i] for i in ids if i in found]
 
     def _existing_seqs(self, ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -465,6 +509,7 @@ class ExperimentMemory:
                 self._name, embedding_function=self._ef, configuration={"hnsw": dict(HNSW_CONFIG)}
             )
             self._next_seq = 0
+            self._index = None
             self._seed_caches()
             self._sync([Path(p) for p in parquet_paths])
             return self._collection.count()
@@ -526,17 +571,40 @@ class ExperimentMemory:
         """Order number the next new experiment will get (= how many are stored)."""
         return self._next_seq
 
-    def check_idea(self, idea: Idea, *, threshold: float) -> novelty.NoveltyVerdict:
-        """Before coding: is this idea a semantic repeat of an earlier experiment?"""
-        hits = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
+    def check_idea(self, idea: Idea, *, threshold: float = novelty.DEFAULT_THRESHOLD, train_py: str | None = None,
+                   judge: gate.RepeatJudge | None = None) -> novelty.NoveltyVerdict:
+        """Before coding: does this idea repeat an experiment already tried? `train_py` is the file the idea was
+        proposed on (default: the context set, else the repository's); `judge` an LLM judge (else the reading
+        decides); `threshold` the least similarity at which an embedding neighbour is considered."""
+        vocab = self.vocabulary(train_py)
+        reading = read_idea(idea.title, idea.rationale, vocab)
+        index = self.index()
+        structural = index.lookup(reading)
+        neighbours = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
+        nearest = [h for h in neighbours if h.similarity >= threshold and
+                   (h.status in TRIED_STATUSES or h.status == "repeat" and h.repeat_of)]
         cited = self.find(idea.retry_of) if idea.retry_of else None
-        return novelty.idea_verdict(idea.title, idea.retry_of, hits, threshold, cited)
+        inputs = gate.GateInputs(idea, reading, structural, nearest, cited)
+        return gate.decide(inputs, index, self.hits, judge)
+
+    def check_change(self, base_text: str, new_text: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
+        """After coding, before any GPU time: was this change (by its fingerprint) tried before?"""
+        fp = fingerprint_or_none(base_text, new_text)
+        if fp is None:
+            return self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
+        same = self.hits([e.id for e in self.index().same_change(fp.key)][:20])
+        verdict = novelty.diff_verdict(same, retry_of)
+        if verdict.novel and verdict.kind == "novel":  # experiments recorded before fingerprints existed
+            legacy = self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
+            if not legacy.novel or legacy.kind == "retry":
+                return legacy
+        return verdict
 
     def check_diff(self, diff_hash: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
-        """After coding, before any GPU time: was exactly this change (normalised) run before?"""
+        """Was exactly this change (normalised diff hash) tried before? For records without a fingerprint."""
         if not diff_hash:
             raise ValueError("check_diff needs the normalised diff hash of the change (normalised_diff_hash)")
-        matches = [h for h in self.where({"diff_hash": diff_hash}, limit=50) if h.status != "repeat"]
+        matches = [h for h in self.where({"diff_hash": diff_hash}, limit=50) if h.status in TRIED_STATUSES]
         return novelty.diff_verdict(matches, retry_of)
 
     def find(self, exp_id: str) -> MemoryHit | None:
@@ -553,6 +621,15 @@ class ExperimentMemory:
 
         return build_recall(self, direction, token_budget=token_budget, tag=tag)
 
+    def tried_map(self, budget_chars: int) -> str:
+        """Per knob or technique, the values tried and their outcomes, within `budget_chars`."""
+        from memory import triedmap
+
+        vocab = self.vocabulary()
+        profile = vocab.profiles[0] if vocab.profiles else ""
+        current = {name: _show_value(knob.current(profile)) for name, knob in vocab.knobs.items()}
+        return triedmap.render(self.index().tried_targets(), budget_chars, current)
+
     def similar(self, text: str, k: int = 5) -> list[MemoryHit]:
         """Past experiments nearest to a text (refused repeats left out: they duplicate what they cite)."""
         hits = self.nearest(self.embed(text), k + NEAREST_K, with_documents=True)
@@ -565,7 +642,8 @@ class ExperimentMemory:
         """Counts by status and tag, best val_bpb per tag, time span; scans metadata page by page."""
         by_status: dict[str, int] = {}
         by_tag: dict[str, int] = {}
-        best: dict[str, float] = {}
+        kept: dict[str, float] = {}
+        baselines: dict[str, list[float]] = {}
         first = last = ""
         page = 5000
         total = self.count()
@@ -578,8 +656,10 @@ class ExperimentMemory:
                 by_status[status] = by_status.get(status, 0) + 1
                 by_tag[tag] = by_tag.get(tag, 0) + 1
                 bpb = meta.get("val_bpb")
-                if status in ("keep", "baseline") and bpb is not None and bpb < best.get(tag, float("inf")):
-                    best[tag] = bpb
+                if status == "keep" and bpb is not None and bpb < kept.get(tag, float("inf")):
+                    kept[tag] = bpb
+                elif status == "baseline" and bpb is not None:
+                    baselines.setdefault(tag, []).append(bpb)
                 stamp = str(meta.get("timestamp", ""))
                 if stamp:
                     first = min(first, stamp) if first else stamp
@@ -590,10 +670,31 @@ class ExperimentMemory:
             "experiments": total,
             "by_status": by_status,
             "by_tag": by_tag,
-            "best_val_bpb_by_tag": best,
+            # a run's best is its best kept result; with none kept, the mean of its baseline runs (one lucky seed
+            # is not a result)
+            "best_val_bpb_by_tag": {tag: kept.get(tag, sum(b) / len(b) if (b := baselines.get(tag)) else None)
+                                    for tag in by_tag if tag in kept or tag in baselines},
             "first": first,
             "last": last,
         }
+
+
+def _show_value(value: object) -> str:
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show_value(v) for v in value) + ")"
+    return str(value)
+
+
+def _default_train_py(memory_path: Path) -> str:
+    """The train.py of the repository the memory belongs to (`<repo>/.autoresearch/memory`), else ""."""
+    for candidate in (memory_path.parent.parent / "train.py", Path.cwd() / "train.py"):
+        try:
+            return candidate.read_text()
+        except OSError:
+            continue
+    return ""
 
 
 def _validate(record: ExperimentRecord) -> None:
