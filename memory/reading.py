@@ -389,8 +389,13 @@ def _substantive(mentions: list[_Mention], tokens: tuple[Token, ...], start: int
     return False
 
 
+_REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli"})  # stems: what follows is why, not what
+
+
 def _read(text: str, vocab: Vocabulary) -> list[Change]:
     tokens = tokenize(normalise(text))
+    cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and t.text in _REASONS), len(tokens))
+    tokens = tokens[:cut]
     spans = _spans(tokens, vocab)
     ranges = _clauses(tokens, spans)
     merged: list[tuple[int, int]] = []
@@ -470,7 +475,7 @@ def _knob_change(mention: _Mention, owned: list[Token], vocab: Vocabulary, state
     off = any(t.kind == "word" and t.text in _OFF for t in owned)
     on = any(t.kind == "word" and t.text in _ON for t in owned)
     extra = {_WITHIN_ATTENTION.get(p, p) for p in mention.parts} - knob.concepts - knob.scope
-    extra -= {p for c in knob.concepts for p in SAME_PLACE.get(c, ())}
+    extra -= {p for c in knob.concepts for p in SAME_PLACE.get(c, ())} | {"loss"}
     target = knob.name + (f"@{_scope(extra)}" if extra - {"everything"} else "")
     if amount is None and off and not direction:
         return Change(target, (knob.off_value,), -1)

@@ -58,6 +58,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
+    text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
     text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
     text = _WORD_NUMBER_FRACTION.sub(_fraction, text)
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
@@ -155,8 +156,8 @@ class PhraseMatcher:
                 if tuple(texts[i : i + length]) in self._phrases:
                     after = best[i + length]
                     option = (after[0] + length, after[1] - 1, length)
-                    if option[:2] > choice[:2]:
-                        choice = option
+                    if option[:2] > choice[:2] or (option[:2] == choice[:2] and choice[2] == 0):
+                        choice = option  # on a tie, a phrase starting here beats one starting later
             best[i] = choice
         found, i = [], 0
         while i < n:
