@@ -688,8 +688,10 @@ def _show_value(value: object) -> str:
 
 
 def _default_train_py(memory_path: Path) -> str:
-    """The train.py of the repository the memory belongs to (`<repo>/.autoresearch/memory`), else ""."""
-    for candidate in (memory_path.parent.parent / "train.py", Path.cwd() / "train.py"):
+    """The train.py of the repository the memory belongs to (`<repo>/.autoresearch/memory`), else the one in the
+    working directory, else the project's own; "" when there is none."""
+    shipped = Path(__file__).resolve().parents[1] / "train.py"  # the project's own, in a source checkout
+    for candidate in (memory_path.parent.parent / "train.py", Path.cwd() / "train.py", shipped):
         try:
             return candidate.read_text()
         except OSError:

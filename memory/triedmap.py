@@ -125,6 +125,9 @@ def render(targets: dict[str, Target], budget_chars: int, current: dict[str, str
     order = sorted(targets.values(), key=lambda t: (not t.constant, -t.runs, -t.last_seq, t.name))
     detail = {t.name: 0 for t in order}
     lines = {t.name: t.line(0, current.get(t.name, "")) for t in order}
+    constants = [t for t in order if t.constant]
+    if len(heading) + sum(len(lines[t.name]) + 1 for t in constants) > budget_chars:
+        return _compact(constants, len(order) - len(constants), budget_chars)
     chosen: list[str] = []
     used = len(heading) + 1
     for target in order:
@@ -148,3 +151,13 @@ def render(targets: dict[str, Target], budget_chars: int, current: dict[str, str
     omitted = len(order) - len(chosen)
     tail = [f"- ... {omitted} more techniques tried, not shown"] if omitted else []
     return "\n".join([heading, *(lines[n] for n in chosen), *tail])
+
+
+def _compact(constants: list[Target], techniques: int, budget_chars: int) -> str:
+    """When a line per constant does not fit: every constant on one line with its best value, else by name."""
+    more = f" ({techniques} techniques tried too, not shown)" if techniques else ""
+    entries = [f"{t.name} ({t.runs} runs, best {_show(t.best().value)} {t.best().best_status})" for t in constants]
+    text = "Knobs tried (runs, best value): " + "; ".join(entries) + more
+    if len(text) <= budget_chars:
+        return text
+    return "Knobs tried (ask memory for detail): " + ", ".join(t.name for t in constants) + more
