@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agents.crew.schemas import Idea
+from memory.comparison import Reading, compare
 from memory.index import Entry, MemoryIndex
 from memory.novelty import NoveltyVerdict, idea_verdict
-from memory.reading import Reading, compare
 from memory.records import MemoryHit
 
 log = logging.getLogger("memory")

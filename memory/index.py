@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from memory.comparison import Change, Reading
 from memory.fingerprint import ChangeFingerprint
-from memory.reading import Change, Reading
 
 TRIED_STATUSES = ("keep", "discard", "crash")  # ran: these are what "already tried" means
 MAX_SUBSET_TARGETS = 6  # a crashed idea is found again inside a fix with at most this many extra changes

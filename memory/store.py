@@ -39,9 +39,12 @@ from chromadb.errors import ChromaError
 from agents.crew.schemas import Idea
 from agents.record.results import STATUSES, ExperimentRecord
 from memory import gate, novelty
+from memory.comparison import show_value
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
+from memory.errors import MemoryLockedError, MemoryNotFoundError, MemoryStoreError, MemoryUnavailableError
 from memory.fingerprint import fingerprint_or_none
 from memory.index import TRIED_STATUSES, MemoryIndex
+from memory.locks import _acquire_writer_lock, _flocked, _forget_failed_client, _open_lock_file
 from memory.reading import read_idea
 from memory.records import (
     MemoryHit,
@@ -52,9 +55,12 @@ from memory.records import (
     record_id,
     record_metadata,
 )
-from memory.vocabulary import Vocabulary, learn_vocabulary
+from memory.vocabulary import Vocabulary, default_train_py, learn_vocabulary
 
 log = logging.getLogger("memory")
+
+__all__ = ["ExperimentMemory", "MemoryLockedError", "MemoryNotFoundError", "MemoryStoreError",
+           "MemoryUnavailableError"]
 
 # Chroma's defaults (ef_search 100, M 16) gave nearest-neighbour recall far below 0.99 on some vector
 # distributions. Measured against brute force (benchmarks/memory_scale.py): 1.000 at 100k MiniLM-like
@@ -67,68 +73,6 @@ EMBED_CACHE_SIZE = 256
 READING_CACHE_SIZE = 4096
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
-
-
-class MemoryStoreError(RuntimeError):
-    """Base of the experiment memory's errors."""
-
-
-class MemoryLockedError(MemoryStoreError):
-    pass
-
-
-class MemoryNotFoundError(MemoryStoreError):
-    pass
-
-
-class MemoryUnavailableError(MemoryStoreError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------ locks
-
-
-def _open_lock_file(path: Path) -> IO[str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "a+")
-
-
-def _acquire_writer_lock(path: Path) -> IO[str]:
-    fh = _open_lock_file(path)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise MemoryLockedError(
-            f"the experiment memory at {path.parent} is already open for writing by {holder}; only one process "
-            "(the loop) may write it. Open it with read_only=True to search it meanwhile."
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()}")
-    fh.flush()
-    return fh
-
-
-@contextlib.contextmanager
-def _flocked(fh: IO[str], mode: int) -> Iterator[None]:
-    """Hold a flock for a block. Blocking: the writer holds io.lock for one operation at a time (milliseconds),
-    and a blocked waiter is woken the moment it is released, where polling would starve behind a busy writer."""
-    fcntl.flock(fh, mode)
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _forget_failed_client(chroma_dir: Path) -> None:
-    """Chroma caches one System per directory and keeps it even when starting it failed (a corrupted
-    sqlite file), so the next client for that directory would reuse the broken one. Drop it (chromadb 1.5)."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    SharedSystemClient._identifier_to_system.pop(str(chroma_dir), None)
 
 
 # ----------------------------------------------------------------------------------------------- store
@@ -427,7 +371,7 @@ class ExperimentMemory:
     def vocabulary(self, train_py: str | None = None) -> Vocabulary:
         """What train.py calls its knobs: of `train_py`, else the context set, else the repository's train.py."""
         return learn_vocabulary(train_py if train_py is not None else self._train_py
-                                if self._train_py is not None else _default_train_py(self.path))
+                                if self._train_py is not None else default_train_py(self.path))
 
     def _reading_json(self, title: str, rationale: str) -> str:
         key = (title, rationale)
@@ -627,7 +571,7 @@ class ExperimentMemory:
 
         vocab = self.vocabulary()
         profile = vocab.profiles[0] if vocab.profiles else ""
-        current = {name: _show_value(knob.current(profile)) for name, knob in vocab.knobs.items()}
+        current = {name: show_value(knob.current(profile)) for name, knob in vocab.knobs.items()}
         return triedmap.render(self.index().tried_targets(), budget_chars, current)
 
     def similar(self, text: str, k: int = 5) -> list[MemoryHit]:
@@ -639,64 +583,10 @@ class ExperimentMemory:
         return self.nearest(self.embed(query), k, with_documents=True)
 
     def stats(self) -> dict:
-        """Counts by status and tag, best val_bpb per tag, time span; scans metadata page by page."""
-        by_status: dict[str, int] = {}
-        by_tag: dict[str, int] = {}
-        kept: dict[str, float] = {}
-        baselines: dict[str, list[float]] = {}
-        first = last = ""
-        page = 5000
-        total = self.count()
-        for offset in range(0, total, page):
-            res = self._guarded(
-                "get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"])
-            )
-            for meta in res["metadatas"]:
-                status, tag = str(meta.get("status", "")), str(meta.get("tag", ""))
-                by_status[status] = by_status.get(status, 0) + 1
-                by_tag[tag] = by_tag.get(tag, 0) + 1
-                bpb = meta.get("val_bpb")
-                if status == "keep" and bpb is not None and bpb < kept.get(tag, float("inf")):
-                    kept[tag] = bpb
-                elif status == "baseline" and bpb is not None:
-                    baselines.setdefault(tag, []).append(bpb)
-                stamp = str(meta.get("timestamp", ""))
-                if stamp:
-                    first = min(first, stamp) if first else stamp
-                    last = max(last, stamp)
-        return {
-            "path": str(self.path),
-            "embedding": self.embedding,
-            "experiments": total,
-            "by_status": by_status,
-            "by_tag": by_tag,
-            # a run's best is its best kept result; with none kept, the mean of its baseline runs (one lucky seed
-            # is not a result)
-            "best_val_bpb_by_tag": {tag: kept.get(tag, sum(b) / len(b) if (b := baselines.get(tag)) else None)
-                                    for tag in by_tag if tag in kept or tag in baselines},
-            "first": first,
-            "last": last,
-        }
+        """Counts by status and tag, each run's best (kept) val_bpb, time span; one pass over the metadata."""
+        from memory.stats import memory_stats
 
-
-def _show_value(value: object) -> str:
-    if isinstance(value, float):
-        return format(value, ".6g")
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_show_value(v) for v in value) + ")"
-    return str(value)
-
-
-def _default_train_py(memory_path: Path) -> str:
-    """The train.py of the repository the memory belongs to (`<repo>/.autoresearch/memory`), else the one in the
-    working directory, else the project's own; "" when there is none."""
-    shipped = Path(__file__).resolve().parents[1] / "train.py"  # the project's own, in a source checkout
-    for candidate in (memory_path.parent.parent / "train.py", Path.cwd() / "train.py", shipped):
-        try:
-            return candidate.read_text()
-        except OSError:
-            continue
-    return ""
+        return memory_stats(self.path, self.embedding, self.count(), self._scan())
 
 
 def _validate(record: ExperimentRecord) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memory.comparison import Change
 from memory.index import Entry
-from memory.reading import Change
 
 STATUS_RANK = {"keep": 0, "discard": 1, "crash": 2}
 

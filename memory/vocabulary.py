@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from memory.fingerprint import module_constants
@@ -314,3 +315,15 @@ def _drop_shared_aliases(knobs: dict[str, Knob]) -> None:
             counts[alias] = counts.get(alias, 0) + 1
     for knob in knobs.values():
         knob.aliases = [knob.aliases[0]] + [a for a in knob.aliases[1:] if counts[a] == 1]
+
+
+def default_train_py(memory_path: Path) -> str:
+    """The train.py of the repository the memory belongs to (`<repo>/.autoresearch/memory`), else the one in the
+    working directory, else the project's own; "" when there is none."""
+    shipped = Path(__file__).resolve().parents[1] / "train.py"  # the project's own, in a source checkout
+    for candidate in (memory_path.parent.parent / "train.py", Path.cwd() / "train.py", shipped):
+        try:
+            return candidate.read_text()
+        except OSError:
+            continue
+    return ""

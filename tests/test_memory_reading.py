@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from memory.reading import Reading, compare, read_idea
+from memory.comparison import Reading, compare
+from memory.reading import read_idea
 from memory.vocabulary import learn_vocabulary
 
 DATA = Path(__file__).parent / "data"
