@@ -87,10 +87,10 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     numbers = [(i, t) for i, t in enumerate(tokens) if t.kind == "number" and not _inside_tuple(i, tuples)]
     if is_tuple and len(numbers) >= 2 and all(0 < t.value < 1 for _, t in numbers[-2:]):
         return Amount("absolute", (float(numbers[-2][1].value), float(numbers[-1][1].value)))
-    for t in tokens:
-        if t.kind == "word" and t.text in _MULTIPLIERS:
-            return Amount("factor", _MULTIPLIERS[t.text])
     if not numbers:
+        for t in tokens:
+            if t.kind == "word" and t.text in _MULTIPLIERS:
+                return Amount("factor", _MULTIPLIERS[t.text])
         return None
     # from X to Y / X -> Y / Y instead of X
     for k, (i, t) in enumerate(numbers[:-1]):

@@ -43,7 +43,9 @@ QUANTITIES: dict[str, tuple[str, ...]] = {
     "eval": ("eval", "evaluation", "validation", "val"),
     "excluded": ("excluded", "exclude", "excluding", "not counted", "untimed", "not timed", "skip from timing",
                  "from the timed budget", "from timing"),
-    "warmup": ("warmup", "warm up", "ramp up", "ramp", "linear warmup", "lr warmup", "learning rate warmup"),
+    "warmup": ("warmup", "warm up", "ramp up", "ramp", "linear warmup", "lr warmup", "learning rate warmup",
+               "warm the lr up", "warm the learning rate up", "ramp the lr up", "ramp up the lr", "warm lr up",
+               "ramp the learning rate up", "ramp up the learning rate"),
     "warmdown": ("warmdown", "warm down", "cooldown", "cool down", "decay phase", "lr decay", "anneal",
                  "annealing", "decay", "decaying", "learning rate decay", "lr cooldown", "lr anneal",
                  "cooldown phase", "annealing phase"),
@@ -110,7 +112,8 @@ MULTI_PARTS: dict[tuple[str, ...], tuple[str, ...]] = {
                            "attention and mlp outputs", "sublayer outputs", "residual stream", "residual",
                            "residual path", "residual projections", "residual projection"),
     ("query", "key"): ("qk", "q and k", "q k", "queries and keys", "query and key"),
-    ("query", "key", "value"): ("qkv", "q k v", "q k and v", "queries keys and values"),
+    ("query", "key", "value"): ("qkv", "q k v", "q k and v", "queries keys and values", "q, k, v", "q, k and v",
+                                "q, k, and v", "queries, keys and values", "query, key and value"),
     ("key", "value"): ("kv", "k v", "key value", "keys and values", "k and v"),
     ("device", "batch"): ("microbatch", "micro batch", "micro batches", "microbatches", "per device batch",
                           "per gpu batch", "device batch", "local batch"),
@@ -121,8 +124,9 @@ MULTI_PARTS: dict[tuple[str, ...], tuple[str, ...]] = {
                       "final fraction of the peak lr", "of the peak lr", "of peak lr", "of the peak learning rate",
                       "of its peak", "of the peak", "of peak", "of the maximum lr", "of the max lr"),
     ("embedding", "unembedding"): ("embedding and head", "embeddings and head", "embedding and lm head",
+                                   "embeddings head", "embedding head",
                                    "input and output embeddings", "embedding and output head"),
-    ("total", "batch"): ("global batch", "total batch", "effective batch", "tokens per step",
+    ("total", "batch"): ("global batch", "total batch", "effective batch", "tokens per step", "tokens step",
                          "tokens per optimizer step", "tokens per update"),
 }
 
@@ -222,7 +226,7 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
 
 # ------------------------------------------------------------------------------ techniques turned on or off
 SWITCHES: dict[str, tuple[str, ...]] = {
-    "dropout": ("dropout", "drop out", "residual dropout", "attention dropout", "dropout rate"),
+    "dropout": ("dropout", "drop out", "dropout rate"),
     "bias": ("bias", "biases", "bias term", "bias terms", "bias true", "bias parameters"),
     "tying": ("tie", "tied", "ties", "tying", "weight tying", "share", "shared", "sharing", "shares", "tie weights",
               "weight sharing", "same matrix", "one matrix"),
@@ -318,7 +322,9 @@ INTRINSIC_PARTS = {"block_layout": {"attention", "mlp", "norm", "residual"},
                    "switch:label_smoothing": {"loss"}, "switch:norm_gains": {"norm"},
                    "switch:ema": {"parameters", "eval"}, "switch:grad_clip": {"norm", "parameters"},
                    "switch:value_embeddings": {"value_embedding", "attention", "value", "embedding"},
-                   "switch:softcap": {"logit", "unembedding"}}
+                   "switch:softcap": {"logit", "unembedding"}, "switch:bias": {"proj"},
+                   "switch:x0skip": {"attention", "mlp", "embedding"}, "switch:resid_lambdas": {"attention", "mlp"},
+                   "switch:tying": {"matrix", "parameters"}}
 # parts that are the same place as a knob's own ("the LM head logits" are where the logit softcap acts)
 SAME_PLACE = {"logit": {"unembedding"}}
 # concepts that together name a technique ("normalise queries and keys" is QK-norm)

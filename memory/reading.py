@@ -38,12 +38,13 @@ from memory.wording import Token, normalise, stem, tokenize
 
 _OFF = frozenset(stem(w) for w in OFF_WORDS if " " not in w) | {"rid"}
 _ON = frozenset(stem(w) for w in ON_WORDS if " " not in w) | {stem("use"), stem("try"), stem("switch")}
-_REPLACE = frozenset(stem(w.split()[0]) for w in REPLACE_WORDS)
+_REPLACE = frozenset(stem(w) for w in REPLACE_WORDS if " " not in w) | {"instead", "rather"}
 _SEPARATORS = frozenset({",", ";", "and", "plus", "also", "+", "while", "together", "along", "then", "but", "with"})
 _NEW_MARKERS = frozenset({"with", "by", "for", "to", "->", "into"})
 _BEFORE_OLD = frozenset({"instead", "rather", "over"})
 _QUANTITY = frozenset(QUANTITIES)
 _WEAK = frozenset(stem(w) for w in WEAK_WORDS)
+_PREPOSITIONS = frozenset({"on", "to", "for", "in", "of", "at", "into", "onto", "across", "insid"})
 _WITHIN_ATTENTION = {"query": "attention", "key": "attention", "value": "attention"}
 
 
@@ -164,6 +165,10 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
                     weak.add(concept)
     for knob, alias in _match_knobs(pool, vocab, technique or bool(mentions)):
         at = min(pool[c] for c in alias)
+        for part, where in list(parts_at.items()):  # "the attention head dimension": a part naming the knob
+            if where < at and at - where <= 2 and part not in alias \
+                    and not any(tokens[i].text in _PREPOSITIONS for i in range(where, at)):
+                parts_at.pop(part)
         element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
         mentions.append(_Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak))
         for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
@@ -491,10 +496,16 @@ def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int],
     numbers = [t.value for t in tokens[start:end] if t.kind == "number" and t.value > 1]
     if numbers and family in ("attention_kind", "init"):
         value = f"{new}:{show_value(float(numbers[-1]))}"
-    named = _arrow_word(tokens, start, end)
+    named = _arrow_word(tokens, start, end, vocab)
     if named:
         value = f"{value}:{named}"
-    scope = _scope(mention.parts, DEFAULT_SCOPES.get(family, "*"), family)
+    parts = set(mention.parts)
+    if family == "optimizer":  # "replace AdamW with Lion": where AdamW acts (learned from train.py's knobs)
+        replaced = [m for m, _, _ in mention.members if m != new and m in vocab.optimizer_parts]
+        if not parts - {"everything"} and replaced:
+            parts = set(vocab.optimizer_parts[replaced[0]])
+        parts = {_WITHIN_ATTENTION.get(p, p) for p in parts} - {"adamw", "muon"}
+    scope = _scope(parts, DEFAULT_SCOPES.get(family, "*"), family)
     return Change(f"{family}@{scope}", (value,), 0)
 
 
@@ -517,10 +528,11 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
     return None
 
 
-def _arrow_word(tokens: tuple[Token, ...], start: int, end: int) -> str:
-    """A setting named by a word after an arrow ("window pattern SSSL -> SSLL"): kept as the value."""
+def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabulary) -> str:
+    """A setting named by an unknown word after an arrow ("window pattern SSSL -> SSLL"): kept as the value."""
+    known = {i for s, e, _ in vocab.matcher.match(tokens) for i in range(s, e)}
     for i in range(end - 2, start - 1, -1):
-        if tokens[i].text == "->" and tokens[i + 1].kind == "word":
+        if tokens[i].text == "->" and tokens[i + 1].kind == "word" and i + 1 not in known:
             return tokens[i + 1].raw
     return ""
 

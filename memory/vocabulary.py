@@ -89,6 +89,15 @@ class Vocabulary:
     digest: str = ""
     identifiers: dict[str, frozenset[str]] = field(default_factory=dict)
 
+    @property
+    def optimizer_parts(self) -> dict[str, frozenset[str]]:
+        """The parts each optimizer of train.py updates, from the knobs configuring it (AdamW: embeddings...)."""
+        out: dict[str, set[str]] = {}
+        for knob in self.knobs.values():
+            for optimizer in knob.scope & {"adamw", "muon"}:
+                out.setdefault(optimizer, set()).update(knob.scope - {"adamw", "muon"})
+        return {k: frozenset(v) for k, v in out.items() if v}
+
     def value_env(self, profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         env = {name: knob.current(profile) for name, knob in self.knobs.items() if knob.current(profile) is not None}
         env.update(overrides or {})

@@ -20,7 +20,7 @@ from memory.lexicon import FRACTIONS, SCALE_SUFFIXES
 _STEMMER = snowballstemmer.stemmer("english")
 _SYMBOLS = {
     "→": " -> ", "⟶": " -> ", "⇒": " -> ", "=>": " -> ", "➝": " -> ", "×": " x ", "·": " * ", "²": "^2", "³": "^3",
-    "–": " - ", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
+    "–": "-", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
     "λ": "lambda", "…": " ",
 }
 _BRITISH = re.compile(r"\b(\w{3,}?)is(e|es|ed|ing|ation|ations|er|ers)\b")

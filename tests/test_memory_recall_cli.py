@@ -148,8 +148,8 @@ def _fp_record(i: int, name: str, old: str, new: str, status: str) -> dict:
 
 def test_every_constant_ever_tried_appears_within_the_budget_at_10k():
     """10,000 experiments over 21 constants, 60 techniques and hundreds of values: one line per constant."""
-    from memory.index import MemoryIndex
     from memory.comparison import Change, Reading
+    from memory.index import MemoryIndex
     from memory.triedmap import render
 
     constants = [f"KNOB_{k:02d}" for k in range(21)]

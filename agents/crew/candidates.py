@@ -98,6 +98,7 @@ def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
+    bench.memory.set_context(base_text)  # ideas (and the refusals stored) are read against the current best
     verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold, train_py=base_text,
                                       judge=_judge(bench))
     if not verdict.novel:
