@@ -253,7 +253,7 @@ def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:
     return out
 
 
-def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 3) -> bool:
+def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 5) -> bool:
     return any(tokens[i].kind == "word" and tokens[i].text in words for i in range(max(0, at - reach), at))
 
 
@@ -386,7 +386,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
         changes.append(_knob_change(mention, owned, vocab, stated))
     for mention in families.values():
         changes.append(_family_change(mention, (tokens, 0, len(tokens)), vocab))
-    return [c for c in changes if c is not None]
+    changes = [c for c in changes if c is not None]
+    if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
+        changes = [c for c in changes if not c.target.startswith("norm_type@")]
+    return changes
 
 
 def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
@@ -477,6 +480,9 @@ def _eval(node: ast.expr, env: dict[str, Any]) -> float:
 def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
     tokens, start, end = where
     family = mention.name
+    if family == "init" and not any(t.text.startswith("init") for t in tokens[start:end]) \
+            and all(m in ("zero", "normal", "uniform") for m, _, _ in mention.members):
+        return None  # "decay to zero", "a uniform batch": not an initialisation
     on = [(m, at) for m, off, at in mention.members if not off]
     off = [m for m, was_off, _ in mention.members if was_off]
     present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}

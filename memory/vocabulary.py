@@ -44,6 +44,9 @@ def lexicon_matcher(extra: dict[str, set[str]] | None = None) -> PhraseMatcher:
             table.setdefault(phrase, set()).update(concepts)
     for phrase in FILLER_PHRASES:
         table[phrase] = set()
+    for phrase in FAMILIES["schedule"]["linear"] + FAMILIES["schedule"]["cosine"]:  # "linear decay" is a warmdown
+        if any(word in phrase for word in ("decay", "cooldown", "warmdown", "anneal")):
+            table[phrase].add("warmdown")
     for phrase, concepts in (extra or {}).items():
         table.setdefault(phrase, set()).update(concepts)
     return PhraseMatcher(table)
