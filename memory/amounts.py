@@ -27,7 +27,7 @@ _PERCENT = frozenset({"%", "percent", "pct"})
 _TIMES = frozenset({"x", "time", "fold", "*"})
 _RUN = frozenset(stem(w) for w in ("training", "run", "budget", "time", "peak", "schedule", "steps"))
 _PHASE_START = frozenset(stem(w) for w in ("first", "start", "begin", "after", "into", "until", "hold", "flat",
-                                            "constant", "stable", "keep"))
+                                            "constant", "stable", "keep", "stay", "peak"))
 _PHASE_END = frozenset(stem(w) for w in ("last", "final", "end", "over", "remaining"))
 
 
@@ -143,7 +143,7 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("factor", 1 + (direction or 1) * value)
         if direction:
             return Amount("delta", direction * value)
-    if t.text.count("/") and value < 1 and (after in ("of", "the") or before in ("to",)) and not fraction_like:
+    if t.text.count("/") and value < 1 and after in ("of", "the") and not fraction_like:
         return Amount("factor", value)
     if t.text.count("/") and fraction_like:
         window = {x.text for x in tokens[max(0, i - 8) : i]}

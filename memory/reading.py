@@ -62,6 +62,7 @@ class _Mention:
     knob: Knob | None = None
     explicit: bool = False  # the clause is about this mention alone or it has its own verb / value
     weak: bool = False  # named only by a vague word ("decay", "base"): a continuation of a neighbouring clause
+    before: tuple[str, ...] = ()  # the words just before it ("at depth 8")
 
 
 def _spans(tokens: tuple[Token, ...], vocab: Vocabulary) -> list[tuple[int, int, frozenset[str]]]:
@@ -135,6 +136,7 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
     parts_at: dict[str, int] = {}
     dual: dict[str, tuple[str, bool, int]] = {}  # quantity concept -> the family member the same words name
     weak: set[str] = set()
+    part_switch: dict[str, tuple[int, frozenset[str]]] = {}  # "x0 lambdas": a technique, or the scalars of a knob
     technique = switches > 0
     for s, e, concepts in local:
         off = _governed_by(tokens, s, _OFF)
@@ -154,6 +156,9 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
         for concept in switch:
             if depth.get(s) and len(local) > 1:
                 continue  # "(resid/x0 lambdas)": an aside naming what the main words mean
+            if quantity:
+                part_switch[concept] = (s, frozenset(quantity))  # decided once the knobs are known
+                continue
             mentions.append(_Mention("switch", concept, s))
         for concept in quantity:
             if concept in PARTS or concept in PART_CONCEPTS:
@@ -174,6 +179,21 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
         for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
             pool.pop(concept, None)
             parts_at.pop(concept, None)
+    for concept, (at, parts) in part_switch.items():
+        if parts <= set(pool):  # no knob took its words: the technique itself
+            mentions.append(_Mention("switch", concept, at))
+    knobs = [m for m in mentions if m.kind == "knob"]
+    phases = [m for m in knobs if "warmup" in m.knob.concepts]
+    others = [m for m in knobs if m not in phases and "lr" not in m.knob.concepts]
+    if len(knobs) == 2 and len(phases) == 1 and others:  # "warm up the Muon momentum": a schedule of another knob
+        other = others[0]
+        phases[0].parts.add(other.name.lower())
+        mentions.remove(other)
+    if any(m.kind == "switch" for m in mentions):  # "gains on the RMSNorms", "Nesterov in Muon": where it goes
+        present = {c for c in vocab.present}
+        for m in [m for m in mentions if m.kind == "family"]:
+            if len(m.members) == 1 and f"{m.name}:{m.members[0][0]}" in present and not m.members[0][1]:
+                mentions.remove(m)
     for formula in vocab.derived:
         if formula.concepts <= set(pool) and not any(m.name == formula.solve_for for m in mentions):
             mentions.append(_Mention("derived", formula.solve_for, min(pool[c] for c in formula.concepts),
@@ -181,8 +201,11 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
             for concept in formula.concepts:
                 pool.pop(concept, None)
     knobbed = any(m.kind in ("knob", "derived", "switch") for m in mentions)
+    present = {c.split(":", 1)[1] for c in vocab.present}
     for concept, (member, off, at) in dual.items():  # no knob took the words: they name the technique
-        if concept in pool and not knobbed:
+        if concept not in pool and member.split(":", 1)[1] not in present and not has_number:
+            _add_member(mentions, member, off, at)  # "cosine decay": a new schedule, and the decay's knob
+        elif concept in pool and not knobbed:
             _add_member(mentions, member, off, at)
             pool.pop(concept)
             parts_at.pop(concept, None)
@@ -253,7 +276,7 @@ def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:
     return out
 
 
-def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 5) -> bool:
+def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 3) -> bool:
     return any(tokens[i].kind == "word" and tokens[i].text in words for i in range(max(0, at - reach), at))
 
 
@@ -366,7 +389,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
         for k, mention in enumerate(mentions):
             own_start = start if k == 0 else mention.start
             own_end = mentions[k + 1].start if k + 1 < len(mentions) else end
-            owned = _masked(tokens, spans, max(start, own_start - 2) if k else own_start, own_end)
+            owned = _masked(tokens, spans, own_start, own_end)
+            mention.before = tuple(t.text for t in tokens[max(start, own_start - 2):own_start])
             mention.explicit = len(mentions) == 1
             if mention.kind == "family":
                 if mention.name in families:
@@ -437,7 +461,7 @@ def _knob_change(mention: _Mention, owned: list[Token], vocab: Vocabulary, state
         return Change(target, (), direction) if direction else None
     context = {stem(w) for w in ("at", "same", "keep", "current", "fixed", "constant", "unchanged", "still")}
     if amount.kind == "absolute" and not direction and amount.old is None and not on and not off \
-            and any(t.text in context for t in owned) \
+            and (any(t.text in context for t in owned) or set(mention.before) & context) \
             and any(values_match(v, c) for v in values for c in knob.values.values()):
         return None  # "at depth 8": the current value, stated as context
     if not direction:
@@ -546,8 +570,8 @@ def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabula
 def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool
                    ) -> Change | None:
     name = mention.name
-    off = inherited_off or _governed_by(tokens, mention.start, _OFF)
-    on = _governed_by(tokens, mention.start, _ON)
+    off = inherited_off or _governed_by(tokens, mention.start, _OFF, reach=5)
+    on = _governed_by(tokens, mention.start, _ON, reach=5)
     numbers = [t for t in owned if t.kind == "number"]
     if name == "switch:tying" and (any(t.text in (stem("untie"), stem("untied"), "untying") for t in owned)):
         off = True

@@ -61,6 +61,8 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
     text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
     text = _WORD_NUMBER_FRACTION.sub(_fraction, text)
+    # "decay to zero" says where the decay ends, which is train.py's own default: no change of the decay itself
+    text = re.sub(r"\b(decay\w*|anneal\w*|cool\w*|warmdown)\s+(?:all the way\s+)?to\s+(?:zero|0)\b", r"\1", text)
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
     text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 0"
