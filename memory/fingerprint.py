@@ -15,8 +15,10 @@ import itertools
 import json
 import math
 import operator
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 DEFAULT_PROFILE = "default"
@@ -184,30 +186,69 @@ def _code_digest(nodes: Iterable[ast.AST]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def code_units(tree: ast.Module) -> dict[str, str]:
+def code_units(tree: ast.Module, source: str) -> dict[str, str]:
     """Normalised digest of every function, method and class body (methods apart from their class), and of
     the module's remaining statements (imports, the main guard): comments and docstrings do not count."""
-    units: dict[str, str] = {}
-    rest: list[ast.stmt] = []
+    return {name: _segment_digest(kind, text) for name, (kind, text) in _unit_sources(tree, source).items()}
+
+
+def _unit_sources(tree: ast.Module, source: str) -> dict[str, tuple[str, str]]:
+    """Each unit's kind and source text (cheap to compare: equal text is equal code)."""
+    lines = source.splitlines()
+
+    def text(node: ast.AST) -> str:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        return "\n".join(lines[start - 1 : node.end_lineno])
+
+    units: dict[str, tuple[str, str]] = {}
+    rest: list[str] = []
     for stmt in tree.body:
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-            units[stmt.name] = _code_digest([stmt.args, *stmt.decorator_list, *_strip_docstring(stmt.body)])
+            units[stmt.name] = ("def", text(stmt))
         elif isinstance(stmt, ast.ClassDef):
-            own: list[ast.AST] = [*stmt.bases, *stmt.keywords, *stmt.decorator_list]
-            for item in _strip_docstring(stmt.body):
+            own = []
+            for item in stmt.body:
                 if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
-                    units[f"{stmt.name}.{item.name}"] = _code_digest(
-                        [item.args, *item.decorator_list, *_strip_docstring(item.body)])
+                    units[f"{stmt.name}.{item.name}"] = ("def", textwrap.dedent(text(item)))
                 else:
-                    own.append(item)
-            units[stmt.name] = _code_digest(own)
+                    own.append(textwrap.dedent(text(item)))
+            header = lines[stmt.lineno - 1]
+            units[stmt.name] = ("class", "\n".join([header.strip(), *own]))
         elif isinstance(stmt, ast.Assign | ast.AnnAssign):
             continue  # module constants are compared by value
         else:
-            rest.append(stmt)
+            rest.append(text(stmt))
     if rest:
-        units[_MODULE_UNIT] = _code_digest(_strip_docstring(rest))
+        units[_MODULE_UNIT] = ("module", "\n".join(rest))
     return units
+
+
+@lru_cache(maxsize=4096)
+def _segment_digest(kind: str, text: str) -> str:
+    """Digest of one unit's code with comments, docstrings and formatting gone (the ast, dumped)."""
+    if kind == "class":
+        header, _, body = text.partition("\n")
+        header = header.rstrip(":") + ": pass" if header.endswith(":") else header
+        try:
+            nodes: list[ast.AST] = [*ast.parse(header).body, *_strip_docstring(ast.parse(body).body)]
+        except SyntaxError:
+            return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _code_digest(nodes)
+    try:
+        body = ast.parse(text).body
+    except SyntaxError:
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+    if kind == "def" and body and isinstance(body[0], ast.FunctionDef | ast.AsyncFunctionDef):
+        fn = body[0]
+        return _code_digest([fn.args, *fn.decorator_list, *_strip_docstring(fn.body)])
+    return _code_digest(_strip_docstring(body))
+
+
+@lru_cache(maxsize=32)
+def _analyse(text: str) -> tuple[ModuleConstants, dict[str, tuple[str, str]]]:
+    """Constants and unit sources of one file (cached: the base of many edits is the same file)."""
+    tree = ast.parse(text)
+    return module_constants(tree), _unit_sources(tree, text)
 
 
 # ---------------------------------------------------------------------------------------------- the print
@@ -280,8 +321,7 @@ def _shown(value: str | None) -> str:
 
 def fingerprint(old_text: str, new_text: str) -> ChangeFingerprint:
     """The canonical change from `old_text` to `new_text`. SyntaxError if either does not parse."""
-    old_tree, new_tree = ast.parse(old_text), ast.parse(new_text)
-    old_consts, new_consts = module_constants(old_tree), module_constants(new_tree)
+    (old_consts, old_sources), (new_consts, new_sources) = _analyse(old_text), _analyse(new_text)
     profiles = list(dict.fromkeys(old_consts.profiles + new_consts.profiles))
     constants: dict[str, dict[str, list[str | None]]] = {}
     for name in sorted(set(old_consts.values) | set(new_consts.values)):
@@ -289,9 +329,15 @@ def fingerprint(old_text: str, new_text: str) -> ChangeFingerprint:
         if before == after:
             continue
         constants[name] = {p: [_for_profile(before, p), _for_profile(after, p)] for p in profiles}
-    old_units, new_units = code_units(old_tree), code_units(new_tree)
-    units = {name: [old_units.get(name), new_units.get(name)]
-             for name in sorted(set(old_units) | set(new_units)) if old_units.get(name) != new_units.get(name)}
+    units: dict[str, list[str | None]] = {}
+    for name in sorted(set(old_sources) | set(new_sources)):
+        before, after = old_sources.get(name), new_sources.get(name)
+        if before == after:
+            continue  # the same text is the same code (the common case: skip parsing it again)
+        old_digest = _segment_digest(*before) if before else None
+        new_digest = _segment_digest(*after) if after else None
+        if old_digest != new_digest:
+            units[name] = [old_digest, new_digest]
     return ChangeFingerprint(constants, units)
 
 

@@ -320,10 +320,12 @@ def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[f
     return frozenset(out)
 
 
+_FILLER_STEMS = frozenset(stem(w) for w in FILLERS)
+
+
 def _topic(text: str) -> frozenset[str]:
-    stems = {stem(w) for w in FILLERS}
     return frozenset(t.text for t in tokenize(normalise(text))
-                     if t.kind == "word" and t.text not in stems and len(t.text) > 1)
+                     if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1)
 
 
 def _merge(changes: Iterable[Change]) -> list[Change]:

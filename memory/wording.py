@@ -43,6 +43,7 @@ _TOKEN = re.compile(
 )
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     return _STEMMER.stemWord(word)
 
