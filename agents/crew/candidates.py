@@ -8,6 +8,7 @@ record of its own (status `repeat`, `skipped` or `veto`) so the morning report s
 from __future__ import annotations
 
 import json
+import logging
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -117,8 +118,8 @@ def _judge(bench: Workbench) -> object | None:
         try:
             _JUDGES[bench.crew] = judge_for_crew(bench.crew)
         except Exception as exc:  # a judge that cannot be built must not stop the run: the reading decides
-            bench.on_role_error(RoleError("judge", f"the repeat judge is unavailable ({exc}); ideas are judged "
-                                                   "by their structured reading"))
+            logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
+                                                "structured reading", exc)
             _JUDGES[bench.crew] = None
     return _JUDGES[bench.crew]
 
