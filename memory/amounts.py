@@ -17,7 +17,7 @@ _UP = frozenset(stem(w) for w in UP_WORDS for w in w.split()[-1:])
 _DOWN = frozenset(stem(w) for w in DOWN_WORDS for w in w.split()[-1:])
 _MULTIPLIERS = {stem(w): f for w, f in MULTIPLIERS.items()}
 _COMPARATIVE_UP = frozenset(stem(w) for w in ("more", "larger", "bigger", "higher", "wider", "longer", "greater",
-                                               "deeper", "heavier", "stronger", "extra", "up", "faster"))
+                                               "deeper", "heavier", "stronger", "extra", "up", "faster", "additional"))
 _COMPARATIVE_DOWN = frozenset(stem(w) for w in ("less", "fewer", "smaller", "lower", "narrower", "shorter",
                                                  "shallower", "lighter", "weaker", "down", "slower"))
 _TO = frozenset({"to", "->", "=", ":", "at", "of", "becom", "into"})
@@ -28,6 +28,7 @@ _TIMES = frozenset({"x", "time", "fold", "*"})
 _RUN = frozenset(stem(w) for w in ("training", "run", "budget", "time", "peak", "schedule", "steps"))
 _PHASE_START = frozenset(stem(w) for w in ("first", "start", "begin", "after", "into", "until", "hold", "flat",
                                             "constant", "stable", "keep", "stay", "peak"))
+_WIDTH_WORDS = frozenset({"d", "dim", "width", "the", "a", "model", "hidden", "d_model", "embd"})
 _PHASE_END = frozenset(stem(w) for w in ("last", "final", "end", "over", "remaining"))
 
 
@@ -107,6 +108,8 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     candidates = []
     for i, t in numbers:
         before, before2 = _word(tokens, i - 1), _word(tokens, i - 2)
+        if before == "^" or (before == "*" and before2 == "*"):
+            continue  # an exponent in a formula ("logsumexp(logits)**2")
         if before in _FROM or (before == "of" and before2 in _INSTEAD):
             old = _scaled(t, tokens, i, fraction_like)
             continue
@@ -120,8 +123,9 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     percent = after in _PERCENT
     if percent:
         after, after2 = after2, _word(tokens, i + 3)
-    if before == "x" or (after in _TIMES and (after2 in _COMPARATIVE_UP | _COMPARATIVE_DOWN | {"as"} or
-                                              (direction and after2 not in ("the", "a")))):
+    names_width = after2 in _WIDTH_WORDS
+    if before == "x" or (after in _TIMES and not names_width and (
+            after2 in _COMPARATIVE_UP | _COMPARATIVE_DOWN | {"as", "it", "current"} or direction)):
         factor = value
         if direction < 0 or after2 in _COMPARATIVE_DOWN:
             factor = 1 / value if value > 1 else value
@@ -129,6 +133,9 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     if _word(tokens, i - 1) == "of" and _word(tokens, i - 2) == "factor" and "by" in (_word(tokens, i - 3),
                                                                                     _word(tokens, i - 4)):
         return Amount("factor", 1 / value if direction < 0 and value > 1 else value)
+    if after2 in _COMPARATIVE_UP | _COMPARATIVE_DOWN and after not in _TIMES and after not in _PERCENT \
+            and not t.text.count("/") and tokens[i + 1].kind == "word":  # "two layers deeper"
+        return Amount("delta", (1 if after2 in _COMPARATIVE_UP else -1) * value)
     if after in _COMPARATIVE_UP | _COMPARATIVE_DOWN:
         sign = 1 if after in _COMPARATIVE_UP else -1
         if percent:

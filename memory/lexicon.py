@@ -237,7 +237,7 @@ SWITCHES: dict[str, tuple[str, ...]] = {
     "dropout": ("dropout", "drop out", "dropout rate"),
     "bias": ("bias", "biases", "bias term", "bias terms", "bias true", "bias parameters"),
     "tying": ("tie", "tied", "ties", "tying", "weight tying", "share", "shared", "sharing", "shares", "tie weights",
-              "weight sharing", "same matrix", "one matrix"),
+              "weight sharing", "same matrix", "one matrix", "reuse", "reuses", "re use", "reusing"),
     "zloss": ("z loss", "zloss", "log z", "logsumexp", "log sum exp", "log partition", "partition function",
               "log z 2", "softmax normalizer", "normalizer penalty", "log(z)^2", "log(z)", "log z squared",
               "log(z)²"),
@@ -316,7 +316,8 @@ FILLER_PHRASES = ("per layer", "per block", "per head", "each layer", "each bloc
                   "every other block", "every other layer", "first layer", "last layer", "per token", "non zero",
                   "alternate layers", "alternating layers", "every second layer", "odd layers", "even layers",
                   "alternate blocks", "all the way", "input projection", "input projections", "linear layer",
-                  "linear layers", "linear projection", "linear projections")
+                  "linear layers", "linear projection", "linear projections", "across layers", "across all layers",
+                  "across the layers", "across blocks", "across all blocks")
 # single words too vague to name a knob when a technique is named beside them ("EMA with decay 0.999")
 WEAK_WORDS = ("decay", "cap", "base", "steps", "step", "window", "start", "ramp", "stack", "theta", "val", "init",
               "std", "end", "scale", "size", "factor", "ratio", "expansion", "multiplier", "mult")

@@ -289,7 +289,10 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
     changes = _read(title, vocab)
     if rationale:
         extra = _read(rationale, vocab)
-        if not changes:
+        title_tokens = tokenize(normalise(title))
+        if not changes and not any(cs for _, _, cs in vocab.matcher.match(title_tokens)):
+            # a title naming nothing known ("second attempt"): the rationale says what changes; a title that
+            # names things but no change stays unread (the rationale's "sharing" must not decide)
             changes = [c for c in extra if c.values or c.direction]
         else:
             by_target = {c.target: c for c in extra if c.values}
@@ -405,7 +408,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
             elif mention.kind == "knob":
                 changes.append(_knob_change(mention, owned, vocab, stated))
             elif mention.kind == "switch":
-                changes.append(_switch_change(mention, owned, tokens, inherited_off and not own_verbs))
+                changes.append(_switch_change(mention, owned, tokens, inherited_off and not own_verbs,
+                                              others=any(m.kind == "knob" for m in mentions)
+                                              and any(t.kind == "number" for t in tokens[start:end]),
+                                              vocab_present=vocab.present))
             else:
                 changes.append(_words_change(mention, owned))
     for mention, owned in later:  # solved after the knobs they depend on ("width 1024 at depth 8")
@@ -415,6 +421,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     changes = [c for c in changes if c is not None]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
+    if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
+        changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
 
 
@@ -557,6 +565,9 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
     for member, at in on:
         if any(tokens[i].text in _BEFORE_OLD for i in range(at + 1, min(end, at + 8))):
             return member
+    chosen = [m for m, at in on if m in absent and _governed_by(tokens, at, _ON)]
+    if len(set(chosen)) == 1:  # "use a trapezoidal schedule: constant LR then linear decay"
+        return chosen[0]
     return None
 
 
@@ -569,8 +580,8 @@ def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabula
     return ""
 
 
-def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool
-                   ) -> Change | None:
+def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool,
+                   others: bool = False, vocab_present: frozenset[str] = frozenset()) -> Change | None:
     name = mention.name
     off = inherited_off or _governed_by(tokens, mention.start, _OFF, reach=5)
     on = _governed_by(tokens, mention.start, _ON, reach=5)
@@ -579,13 +590,16 @@ def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, .
         off = True
     scope = _scope(mention.parts, DEFAULT_SCOPES.get(name, "*"), name)
     target = f"{name}@{scope}"
+    if others and name in vocab_present and not numbers and not off:
+        return None  # "accumulate over more micro-steps: device batch 32": train.py's own technique, as context
     if numbers and not off:
         amount = read_amount(owned, fraction_like=name in FRACTION_SWITCHES, terminal_phase=False, is_tuple=False)
         if amount is not None and amount.kind == "absolute":
             return Change(target, (_rounded(amount.value),), 1)
     if off:
         return Change(target, ("off",), -1)
-    if on or mention.explicit:
+    clause_start = not owned or mention.start == 0 or tokens[mention.start - 1].text in _SEPARATORS
+    if on or mention.explicit or clause_start:  # "Tie the value embeddings ...": the technique is the verb
         return Change(target, ("on",), 1)
     return None
 
