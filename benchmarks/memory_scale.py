@@ -102,10 +102,10 @@ def fingerprint_cost() -> None:
     edits = [("MATRIX_LR = 0.04 if CUDA", "MATRIX_LR = 0.03 if CUDA"), ("MLP_RATIO = 4", "MLP_RATIO = 3"),
              ("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")]
     times = []
-    for _ in range(10):
-        for old, new in edits:
+    for k in range(10):
+        for old, new in edits:  # a new text each time (the base is the same, as in a run: it is cached)
             t = time.perf_counter()
-            fingerprint(TRAIN, TRAIN.replace(old, new))
+            fingerprint(TRAIN, TRAIN.replace(old, new) + f"\n# try {k}\n")
             times.append(time.perf_counter() - t)
     print(f"fingerprint of an edit of train.py: {ms(times)}")
 
@@ -214,7 +214,7 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
             memory.embed(idea_text(idea.title, idea.rationale))
             memory.embed(idea.title)
         t = time.perf_counter()
-        memory.index()
+        memory.index()  # from 20k experiments a background thread started it at open; this waits for it
         index_build = time.perf_counter() - t
         gate, recall, diff = [], [], []
         edits = [TRAIN.replace(old, new.format(v)) for old, new, values in KNOB_EDITS for v in values]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.record.results import PERSISTED_FIELDS, ExperimentRecord
+from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
 from memory.fingerprint import ChangeFingerprint
 
 MAX_DIFF_EXCERPT_LINES = 8
@@ -219,3 +219,12 @@ def _load_many(paths: Sequence[Path], notices: list[str]) -> list[ExperimentReco
             notices.append(f"memory: skipped {path}: cannot read it ({type(exc).__name__}: {exc})")
     # oldest first, so the order experiments enter memory follows time across runs
     return sorted(records, key=lambda r: r.started_at or r.finished_at or "")
+
+
+def validate_record(record: ExperimentRecord) -> None:
+    """What memory needs of a record to store it: exp_id, tag and a known status."""
+    if not record.exp_id or not record.tag:
+        raise ValueError(f"an experiment needs exp_id and tag to be stored in memory (got {record.exp_id!r}, "
+                         f"{record.tag!r})")
+    if record.status not in STATUSES:
+        raise ValueError(f"experiment {record.exp_id}: unknown status {record.status!r}; expected one of {STATUSES}")

@@ -37,7 +37,7 @@ from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
 from agents.crew.schemas import Idea
-from agents.record.results import STATUSES, ExperimentRecord
+from agents.record.results import ExperimentRecord
 from memory import gate, novelty
 from memory.comparison import show_value
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
@@ -71,6 +71,7 @@ NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the
 ADD_BATCH = 1000
 EMBED_CACHE_SIZE = 256
 READING_CACHE_SIZE = 4096
+WARM_INDEX_AT = 20_000  # experiments from which the index of what was tried is built in the background on open
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
 
@@ -137,7 +138,15 @@ class ExperimentMemory:
             raise
         for notice in memory.notices:
             log.warning(notice)
+        if memory.next_seq >= WARM_INDEX_AT:  # a large record: index it while the run does its baselines
+            threading.Thread(target=memory._warm_index, name="memory-index", daemon=True).start()
         return memory
+
+    def _warm_index(self) -> None:
+        try:
+            self.index()
+        except Exception as exc:  # the first gate call builds it again, and reports what fails there
+            log.warning("memory: indexing what was tried in the background failed (%s: %s)", type(exc).__name__, exc)
 
     @classmethod
     def _open_snapshot(cls, path: Path, embedding: str) -> ExperimentMemory:
@@ -237,7 +246,8 @@ class ExperimentMemory:
 
     def close(self) -> None:
         """Release the store and the writer lock; a read-only snapshot is deleted."""
-        self._disconnect()
+        with self._thread_lock:  # waits for a background indexing pass to finish
+            self._disconnect()
         for attr in ("_io_lock", "_writer_lock"):
             fh = getattr(self, attr)
             if fh is not None:
@@ -313,7 +323,7 @@ class ExperimentMemory:
         if self.read_only:
             raise MemoryUnavailableError("this experiment memory was opened read-only")
         for record in records:
-            _validate(record)
+            validate_record(record)
         if not records:
             return
         if vectors is None:
@@ -587,11 +597,3 @@ class ExperimentMemory:
         from memory.stats import memory_stats
 
         return memory_stats(self.path, self.embedding, self.count(), self._scan())
-
-
-def _validate(record: ExperimentRecord) -> None:
-    if not record.exp_id or not record.tag:
-        raise ValueError(f"an experiment needs exp_id and tag to be stored in memory (got {record.exp_id!r}, "
-                         f"{record.tag!r})")
-    if record.status not in STATUSES:
-        raise ValueError(f"experiment {record.exp_id}: unknown status {record.status!r}; expected one of {STATUSES}")
