@@ -54,6 +54,7 @@ from memory.records import (
     record_document,
     record_id,
     record_metadata,
+    validate_record,
 )
 from memory.vocabulary import Vocabulary, default_train_py, learn_vocabulary
 
