@@ -199,9 +199,9 @@ class LoopConfig(_Strict):
     max_refusals_in_a_row: int = Field(default=20, ge=1)  # the crew is stuck: stop rather than spin
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
-    # cosine similarity of ideas that counts as a repeat, calibrated on tests/data/idea_pairs.jsonl; it can sit
-    # this low because the gate also compares the titles' parameter names and values (near-misses differ there)
-    novelty_threshold: float = Field(default=0.48, gt=0, le=1)
+    # least idea similarity (cosine) at which a past experiment found by embedding is shown to the repeat judge;
+    # experiments that change the same knobs or parts are looked up by their reading whatever their similarity
+    novelty_threshold: float = Field(default=0.3, gt=0, le=1)
     pipelining: bool = True
     coder_retries: int = Field(default=2, ge=0)
     review_rounds: int = Field(default=2, ge=1)
@@ -211,6 +211,22 @@ class LoopConfig(_Strict):
 class MemoryConfig(_Strict):
     path: str = ".autoresearch/memory"  # relative to the repository; shared by every run there
     embedding: str = "minilm"
+    # who judges whether an idea repeats a past experiment: null = the reviewer's model; "offline" = the structured
+    # reading alone; or a model of its own (anthropic/..., openai/... with judge_base_url)
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+
+    @field_validator("judge_model")
+    @classmethod
+    def _judge_model(cls, value: str | None) -> str | None:
+        return None if value is None else _check_model(value, allow_auto=False)
+
+    @field_validator("judge_base_url")
+    @classmethod
+    def _judge_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://\S+$", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
 
     @field_validator("embedding")
     @classmethod

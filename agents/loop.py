@@ -426,7 +426,7 @@ class _Cycle:
         elif c is not None:
             record.description, record.category = c.idea.title, c.idea.category
             record.rationale, record.expected_effect = c.idea.rationale, c.idea.expected_effect
-            record.diff, record.diff_hash = c.diff, c.diff_hash
+            record.diff, record.diff_hash, record.fingerprint = c.diff, c.diff_hash, c.fingerprint
             record.lines_added, record.lines_removed = c.lines
             if c.review is not None:
                 record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)

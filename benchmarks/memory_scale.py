@@ -1,13 +1,16 @@
-"""Experiment memory at scale: insert and query latency, HNSW recall, embedding cost, gate quality.
+"""Experiment memory at scale: insert and query latency, HNSW recall, embedding cost, fingerprint cost, and
+the quality of the idea gate's judgement.
 
     python benchmarks/memory_scale.py                 # 1k and 10k experiments
-    python benchmarks/memory_scale.py --with-100k     # adds 100k (about 10 minutes on 2 cores)
+    python benchmarks/memory_scale.py --with-100k     # adds 100k (tens of minutes on 2 shared cores)
     python benchmarks/memory_scale.py --sizes --compare-default --random-hnsw 50000   # HNSW settings only
+    python benchmarks/memory_scale.py --sizes --quality-only                         # the judgement alone
 
 Synthetic experiments skip the embedding model: their vectors are real MiniLM vectors of the labelled ideas
-plus noise, so they cluster the way many tries of similar ideas do (where HNSW recall suffers most).
-Latency of the novelty check and recall excludes embedding the query (measured separately, per record).
-Targets: p50 <= 10 ms at 10k and <= 30 ms at 100k; embedding <= 20 ms per record; precision/recall >= 0.9.
+plus noise large enough that no two are copies, and a third of them carry fingerprints. Latency of the gate
+and recall excludes embedding the query (measured separately, per record) and any LLM judge call.
+Targets: gate p50 <= 20 ms at 10k and <= 40 ms at 100k; nearest-neighbour recall >= 0.99; on unseen wording
+precision >= 0.95, recall >= 0.90 and near-misses refused <= 5 %.
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.crew.schemas import Idea  # noqa: E402
 from agents.record.results import ExperimentRecord  # noqa: E402
 from memory import DEFAULT_THRESHOLD, ExperimentMemory  # noqa: E402
+from memory.comparison import compare  # noqa: E402
 from memory.embeddings import embed_texts, load_minilm  # noqa: E402
-from memory.novelty import score_threshold  # noqa: E402
+from memory.fingerprint import fingerprint  # noqa: E402
+from memory.reading import read_idea  # noqa: E402
 from memory.records import idea_text  # noqa: E402
 from memory.store import HNSW_CONFIG  # noqa: E402
+from memory.vocabulary import learn_vocabulary  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+TRAIN = (REPO / "train.py").read_text()
+PAIR_FILES = ("judgement_pairs_tune.jsonl", "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl",
+              "idea_pairs_holdout.jsonl")
+NOISE = 0.15  # per-dimension noise on the labelled ideas' vectors: neighbours, not copies
 STATUSES = ["discard"] * 10 + ["keep"] * 4 + ["crash", "veto", "skipped", "repeat"]
 PER_NIGHT = 100
 
@@ -45,16 +56,58 @@ def load_pairs(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
-def gate_quality() -> None:
-    for name in ("idea_pairs.jsonl", "idea_pairs_holdout.jsonl"):
+def _score(rows: list[dict], refused: list[bool]) -> str:
+    tp = sum(r and p["label"] == "repeat" for r, p in zip(refused, rows, strict=True))
+    fp = sum(r and p["label"] != "repeat" for r, p in zip(refused, rows, strict=True))
+    fn = sum((not r) and p["label"] == "repeat" for r, p in zip(refused, rows, strict=True))
+    near = [r for r, p in zip(refused, rows, strict=True) if p["kind"] == "near_miss"]
+    unrelated = [r for r, p in zip(refused, rows, strict=True) if p["kind"] == "unrelated"]
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return (f"precision {precision:.3f}  recall {recall:.3f}  near-misses refused {sum(near)}/{len(near)} "
+            f"({sum(near) / max(1, len(near)):.1%})  unrelated refused {sum(unrelated)}/{len(unrelated)}  "
+            f"(tp {tp}, fp {fp}, fn {fn})")
+
+
+def gate_quality(end_to_end: bool) -> None:
+    """The offline judgement on each labelled set: by readings alone, and (end_to_end) through the store the way
+    the loop calls it: the earlier idea stored alone (crashed when labelled so), the later one checked."""
+    vocab = learn_vocabulary(TRAIN)
+    for name in PAIR_FILES:
         rows = load_pairs(name)
-        a = embed_texts([idea_text(r["a"]["title"], r["a"]["rationale"]) for r in rows])
-        b = embed_texts([idea_text(r["b"]["title"], r["b"]["rationale"]) for r in rows])
-        pairs = [(float(s), r["a"]["title"], r["b"]["title"], r["label"] == "repeat")
-                 for s, r in zip((a * b).sum(axis=1), rows, strict=True)]
-        s = score_threshold(pairs, DEFAULT_THRESHOLD)
-        print(f"  {name:26s} {len(rows):4d} pairs  precision {s.precision:.3f}  recall {s.recall:.3f}  "
-              f"(tp {s.true_pos}, fp {s.false_pos}, fn {s.false_neg}) at threshold {DEFAULT_THRESHOLD}")
+        refused = [compare(read_idea(r["b"]["title"], r["b"]["rationale"], vocab),
+                           read_idea(r["a"]["title"], r["a"]["rationale"], vocab),
+                           old_crashed=r["a"].get("status") == "crash").same is True for r in rows]
+        print(f"  {name:34s} {len(rows):4d} pairs, readings:   {_score(rows, refused)}")
+        if not end_to_end:
+            continue
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp, ExperimentMemory.open(Path(tmp) / "mem") as memory:
+            refused = []
+            for i, row in enumerate(rows):
+                a, b = row["a"], row["b"]
+                status = a.get("status", "discard")
+                memory.add(ExperimentRecord(exp_id="0001", tag=f"pair{i}", status=status, description=a["title"],
+                                            rationale=a["rationale"], error=a.get("error", ""),
+                                            val_bpb=None if status == "crash" else 1.0))
+                verdict = memory.check_idea(Idea(title=b["title"], rationale=b["rationale"], expected_effect="",
+                                                 category="other"), threshold=DEFAULT_THRESHOLD, train_py=TRAIN)
+                refused.append(not verdict.novel)
+                memory.rebuild([])
+        print(f"  {'':34s} {'':4s}        through the store: {_score(rows, refused)}  "
+              f"[{time.perf_counter() - t:.0f} s]")
+
+
+def fingerprint_cost() -> None:
+    edits = [("MATRIX_LR = 0.04 if CUDA", "MATRIX_LR = 0.03 if CUDA"), ("MLP_RATIO = 4", "MLP_RATIO = 3"),
+             ("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")]
+    times = []
+    for k in range(10):
+        for old, new in edits:  # a new text each time (the base is the same, as in a run: it is cached)
+            t = time.perf_counter()
+            fingerprint(TRAIN, TRAIN.replace(old, new) + f"\n# try {k}\n")
+            times.append(time.perf_counter() - t)
+    print(f"fingerprint of an edit of train.py: {ms(times)}")
 
 
 def embedding_cost(texts: list[str]) -> None:
@@ -71,22 +124,36 @@ def embedding_cost(texts: list[str]) -> None:
     print(f"  one record at a time: {ms(single)};  batched (rebuild): {batched * 1000:.2f} ms per record")
 
 
+KNOB_EDITS = [("MATRIX_LR = 0.04 if CUDA", "MATRIX_LR = {} if CUDA", (0.02, 0.03, 0.05, 0.06)),
+              ("DEPTH = 8 if CUDA", "DEPTH = {} if CUDA", (6, 10, 12)),
+              ("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = {}", (0.3, 0.6, 0.7))]
+
+
+def _fingerprints() -> list[str]:
+    out = []
+    for old, new, values in KNOB_EDITS:
+        out += [fingerprint(TRAIN, TRAIN.replace(old, new.format(v))).to_json() for v in values]
+    return out
+
+
 def synthetic(n: int, bases: np.ndarray, titles: list[str], rng: np.random.Generator):
-    """n experiments over nights of PER_NIGHT, each a noisy copy of a real idea vector."""
+    """n experiments over nights of PER_NIGHT: neighbours of real idea vectors (not copies), a third coded."""
     which = rng.integers(0, len(bases), size=n)
-    vectors = bases[which] + rng.normal(scale=0.04, size=(n, bases.shape[1])).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = bases[which] + rng.normal(scale=NOISE / np.sqrt(bases.shape[1]) * 4, size=(n, bases.shape[1]))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    prints = _fingerprints()
     records = []
     for i in range(n):
         status = STATUSES[i % len(STATUSES)]
         records.append(ExperimentRecord(
             exp_id=f"{i % PER_NIGHT:04d}", tag=f"night{i // PER_NIGHT:05d}", status=status,
-            description=f"{titles[which[i]]} (variant {rng.integers(1000)})", rationale="synthetic",
+            fingerprint=prints[i % len(prints)] if i % 3 == 0 else "",
+            description=titles[which[i]], rationale="synthetic",
             val_bpb=None if status in ("crash", "veto", "skipped", "repeat") else float(1 + rng.normal(scale=0.01)),
             delta=float(rng.normal(scale=0.003)), lesson=f"lesson {i}", diff_hash=f"{i:016x}",
             started_at=f"2026-{1 + i // 300000:02d}-01T00:00:00",
         ))
-    return records, vectors.astype(np.float32)
+    return records, vectors
 
 
 def hit_rate(collection, ids: list[str], vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
@@ -146,17 +213,21 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
         for idea in probe_ideas:  # embed once: the timings below are the memory's own work
             memory.embed(idea_text(idea.title, idea.rationale))
             memory.embed(idea.title)
+        t = time.perf_counter()
+        memory.index()  # from 20k experiments a background thread started it at open; this waits for it
+        index_build = time.perf_counter() - t
         gate, recall, diff = [], [], []
+        edits = [TRAIN.replace(old, new.format(v)) for old, new, values in KNOB_EDITS for v in values]
         for _ in range(3):
-            for idea in probe_ideas:
+            for k, idea in enumerate(probe_ideas):
                 t = time.perf_counter()
-                memory.check_idea(idea, threshold=DEFAULT_THRESHOLD)
+                memory.check_idea(idea, threshold=DEFAULT_THRESHOLD, train_py=TRAIN)
                 gate.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 text = memory.recall(idea.title, token_budget=1500)
                 recall.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                memory.check_diff(f"{int(rng.integers(n)):016x}")
+                memory.check_change(TRAIN, edits[k % len(edits)])
                 diff.append(time.perf_counter() - t)
         assert len(text) <= 1500 * 4
         queries = all_vectors[rng.integers(0, len(all_vectors), 200)] + rng.normal(scale=0.02, size=(200, 384))
@@ -168,11 +239,12 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
     print(f"\n{n:,} experiments")
     print(f"  bulk insert               {bulk / n * 1000:6.2f} ms per record ({bulk:.1f} s)")
     print(f"  insert one (loop)         {ms(single)}")
-    print(f"  novelty check (semantic)  {ms(gate)}")
-    print(f"  novelty check (diff hash) {ms(diff)}")
+    print(f"  index of what was tried   built in {index_build:.2f} s (first gate call after opening)")
+    print(f"  idea gate (reading)       {ms(gate)}")
+    print(f"  change gate (fingerprint) {ms(diff)}")
     print(f"  recall (1500 tokens)      {ms(recall)}")
     print(f"  check + recall            {ms(both)}")
-    print(f"  HNSW recall@10 vs brute force: {ours:.4f} ({HNSW_CONFIG})")
+    print(f"  HNSW recall@10 vs brute force: {ours:.4f} on {len(all_vectors):,} distinct vectors ({HNSW_CONFIG})")
     if compare_default:
         default = index_recall(all_vectors, queries, {"space": "cosine"})
         print(f"  ... with Chroma's default HNSW settings: {default:.4f}")
@@ -185,10 +257,16 @@ def main() -> None:
     parser.add_argument("--compare-default", action="store_true", help="HNSW recall with Chroma's defaults too")
     parser.add_argument("--random-hnsw", type=int, default=0, metavar="N",
                         help="also compare HNSW settings on N random unit vectors (the hardest case)")
+    parser.add_argument("--quality-only", action="store_true", help="only the judgement on the labelled pairs")
+    parser.add_argument("--no-end-to-end", action="store_true", help="judgement by readings only (fast)")
     args = parser.parse_args()
     sizes = args.sizes + ([100_000] if args.with_100k else [])
 
-    rows = load_pairs("idea_pairs.jsonl")
+    if args.quality_only:
+        print("idea gate quality (offline judgement):")
+        gate_quality(end_to_end=not args.no_end_to_end)
+        return
+    rows = [r for name in PAIR_FILES[:1] + PAIR_FILES[2:3] for r in load_pairs(name)]
     ideas = {(r[s]["title"], r[s]["rationale"]) for r in rows for s in ("a", "b")}
     titles = sorted(t for t, _ in ideas)
     texts = [idea_text(t, r) for t, r in sorted(ideas)]
@@ -197,8 +275,9 @@ def main() -> None:
     print(f"embedding model loaded in {time.perf_counter() - t:.1f} s (once per process)")
     print("embedding cost (all-MiniLM-L6-v2, CPU):")
     embedding_cost(texts)
-    print("novelty gate quality:")
-    gate_quality()
+    fingerprint_cost()
+    print("idea gate quality (offline judgement):")
+    gate_quality(end_to_end=not args.no_end_to_end)
     bases = embed_texts([idea_text(t, "") for t in titles])
     probes = [Idea(title=t, rationale=r, expected_effect="", category="other") for t, r in sorted(ideas)[:20]]
     for n in sizes:

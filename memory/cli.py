@@ -144,3 +144,88 @@ def rebuild(
     for notice in notices:
         err.print(f"[yellow]{notice}[/]")
     console.print(f"rebuilt {path}: {count} experiments from {len(files)} results file(s)")
+
+
+@app.command()
+def check(
+    idea: Annotated[str, typer.Argument(help="the idea's title, as the hypothesis role would write it")],
+    rationale: Annotated[str, typer.Option(help="the idea's rationale (it may carry values the title leaves out)")] = "",
+    train_py: Annotated[Path | None, typer.Option("--train-py", help="read the idea against this train.py "
+                                                  "(default: the repository's)")] = None,
+    llm: Annotated[bool, typer.Option("--llm", help="ask the LLM judge crew.yaml configures (the reviewer's model "
+                                      "unless memory.judge_model names another); default: the structured reading")
+                   ] = False,
+    path: PathOption = None,
+    config: ConfigOption = Path("crew.yaml"),
+    embedding: EmbeddingOption = None,
+) -> None:
+    """What the novelty gate would say about IDEA, and why: its reading, the nearest experiments with their
+    fingerprints, and the judgement (works while a run is going)."""
+    if not idea.strip():
+        err.print("[red]error[/]: IDEA is empty: give the idea's title, e.g. 'MATRIX_LR 0.04 -> 0.03'")
+        raise typer.Exit(2)
+    source = None
+    if train_py is not None:
+        try:
+            source = train_py.read_text()
+        except OSError as exc:
+            err.print(f"[red]error[/]: cannot read --train-py {train_py}: {exc.strerror or exc}")
+            raise typer.Exit(2) from None
+    judge = _cli_judge(config) if llm else None
+    path, embedding = memory_settings(config, path, embedding)
+    from agents.crew.schemas import Idea
+    from memory.reading import read_idea
+
+    proposal = Idea(title=idea, rationale=rationale, expected_effect="", category="other")
+
+    def query(memory: ExperimentMemory):
+        vocab = memory.vocabulary(source)
+        reading = read_idea(idea, rationale, vocab)
+        verdict = memory.check_idea(proposal, train_py=source, judge=judge)
+        nearest = memory.search(f"{idea}. {rationale}" if rationale else idea, k=8)
+        same_targets = memory.hits([e.id for e in memory.index().lookup(reading)][:8])
+        return reading, verdict, nearest, same_targets
+
+    reading, verdict, nearest, same_targets = _read(path, embedding, query)
+    console.print(f"[bold]idea[/]: {idea}")
+    console.print(f"[bold]reading[/]: {reading.describe()}")
+    table = Table(title="nearest past experiments (embedding) and those changing the same things (reading)")
+    for column in ("found by", "sim", "experiment", "status", "val_bpb", "title", "what the code changed"):
+        table.add_column(column, overflow="fold")
+    for how, hits in (("reading", same_targets), ("embedding", nearest)):
+        for hit in hits:
+            table.add_row(how, f"{hit.similarity:.2f}" if hit.similarity else "-", hit.id, hit.status,
+                          _fmt(hit.val_bpb, ".4f"), hit.title, hit.describe_change() or "(not coded)")
+    console.print(table if (nearest or same_targets) else "memory is empty")
+    judged = verdict.judged_by or "reading"
+    colour = "green" if verdict.novel else "red"
+    console.print(f"[bold {colour}]{'admitted' if verdict.novel else 'refused'}[/] ({verdict.kind}, judged by "
+                  f"{judged}): {verdict.message}")
+    if verdict.context:
+        console.print(verdict.context)
+
+
+def _cli_judge(config: Path):
+    """The LLM judge crew.yaml asks for, or a clear error."""
+    from agents.config import ConfigError, load_config
+    from agents.crew.llm.usage import UsageLedger
+    from memory.judge import judge_for_crew
+
+    try:
+        crew_config = load_config(config)
+    except (ConfigError, OSError) as exc:
+        err.print(f"[red]error[/]: --llm needs a crew.yaml: {exc}")
+        raise typer.Exit(2) from None
+
+    class _Crew:  # what judge_for_crew reads from a crew
+        def __init__(self) -> None:
+            self.config, self.ledger = crew_config, UsageLedger()
+
+    try:
+        judge = judge_for_crew(_Crew())
+    except Exception as exc:
+        err.print(f"[red]error[/]: cannot build the LLM judge: {exc}")
+        raise typer.Exit(2) from None
+    if judge is None:
+        err.print("[yellow]the reviewer's model is offline: the structured reading judges[/]")
+    return judge

@@ -23,7 +23,8 @@ NEAREST_SHOWN = 8
 RECENT_WINDOW = 200  # failures shown at most (the budget usually stops far earlier)
 FAILURE_STATUSES = ["discard", "crash", "veto", "skipped"]
 MAX_LINE_CHARS = 320
-SHARES = {"nearest": 0.45, "chain": 0.30, "failures": 0.25}  # of the budget left after the header
+SHARES = {"nearest": 0.45, "chain": 0.30, "failures": 0.25}  # of the budget left after the header and the map
+MAP_SHARE = 0.4  # of the budget for the map of what was tried (it takes more if every constant needs it)
 
 
 @dataclass
@@ -53,21 +54,41 @@ def build_recall(memory: ExperimentMemory, direction: str, *, token_budget: int 
         tag = recent[-1].tag  # the run going on now
     chain = memory.chain(tag) if tag else []
     kept = [h for h in chain if h.status == "keep"]
-    nearest = [h for h in memory.nearest(memory.embed(direction), NEAREST_SHOWN + 4) if h.status != "repeat"]
+    query, about = _query(direction, kept, recent)
+    nearest = [h for h in memory.nearest(memory.embed(query), NEAREST_SHOWN + 4) if h.status != "repeat"]
     failures = _recent_failures(memory, recent, tag)
+    budget = token_budget * CHARS_PER_TOKEN
+    tried = memory.tried_map(int(budget * MAP_SHARE))
 
     header = [f"Memory: {total} earlier experiments in this repository."]
     best = min((h for h in chain if h.val_bpb is not None), key=lambda h: h.val_bpb, default=None)
     if best is not None:
         header.append(f"Best so far in run {tag}: val_bpb {best.val_bpb:.6f} ({best.id}: {best.title}).")
+    if tried:
+        header += ["", tried]
     sections = [
         Section("chain", f"Kept changes in run {tag} (oldest first):", [_line(h) for h in reversed(kept)],
                 chronological=True),
-        Section("nearest", f"Past experiments nearest to {_clip(direction, 80)!r}:",
+        Section("nearest", f"Past experiments nearest to {about}:",
                 [_line(h, similarity=True) for h in nearest[:NEAREST_SHOWN]]),
         Section("failures", "Recent failures and their lessons (newest first):", [_line(h) for h in failures]),
     ]
-    return _fit(header, sections, token_budget * CHARS_PER_TOKEN)
+    return _fit(header, sections, budget)
+
+
+def _query(direction: str, kept: list[MemoryHit], recent: list[MemoryHit]) -> tuple[str, str]:
+    """What to look for: the direction asked, else the current best's changes, else what was tried last (the
+    category being explored). Never empty: an empty query finds an arbitrary neighbourhood."""
+    if direction.strip():
+        return direction, repr(_clip(direction, 80))
+    if kept:
+        titles = "; ".join(h.title for h in kept[-3:])
+        return titles, f"the current best's changes ({_clip(titles, 80)!r})"
+    latest = [h for h in recent if h.status != "baseline"][-3:]
+    if latest:
+        categories = ", ".join(dict.fromkeys(h.category for h in latest if h.category)) or "the latest ideas"
+        return "; ".join(h.title for h in latest), f"what was explored last ({_clip(categories, 60)})"
+    return "baseline training run", "the baseline"
 
 
 def format_hits(hits: list[MemoryHit]) -> str:

@@ -8,11 +8,14 @@ holds what queries filter and sort on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from agents.record.results import ExperimentRecord
+from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
+from memory.fingerprint import ChangeFingerprint
 
 MAX_DIFF_EXCERPT_LINES = 8
 MAX_LINE_CHARS = 160
@@ -35,16 +38,31 @@ class MemoryHit:
     config: str = ""
     timestamp: str = ""
     diff_hash: str = ""
+    fingerprint: str = ""  # ChangeFingerprint JSON ("" when the experiment was never coded)
+    reading: str = ""  # Reading JSON of its idea
+    repeat_of: str = ""
+    rationale: str = ""
     lesson: str = ""
     note: str = ""  # why it ended so: the error of a crash, the reviewer's reasons for a veto, the keep rule
     seq: int = 0
     similarity: float = 0.0  # cosine similarity to the query; 0.0 when the hit came from a filter, not a search
     document: str = ""
 
+    def describe_change(self) -> str:
+        """The coded change in words, or "" when the experiment was never coded."""
+        fp = ChangeFingerprint.from_json(self.fingerprint)
+        return fp.describe() if fp is not None else ""
+
     def cite(self) -> str:
         """`exp <tag>/<id> (discard, val_bpb 1.0123)`: how verdicts and recall name an experiment."""
         bpb = f", val_bpb {self.val_bpb:.4f}" if self.val_bpb is not None else ""
         return f"exp {self.id} ({self.status}{bpb})"
+
+
+def fingerprint_key(fingerprint_json: str) -> str:
+    """The key equal for equal changes ("" when there is no fingerprint)."""
+    fp = ChangeFingerprint.from_json(fingerprint_json)
+    return fp.key if fp is not None else ""
 
 
 def record_id(tag: str, exp_id: str) -> str:
@@ -114,6 +132,9 @@ def record_document(record: ExperimentRecord) -> str:
         lines.append(f"Rationale: {record.rationale}")
     if record.category:
         lines.append(f"Category: {record.category}")
+    fp = ChangeFingerprint.from_json(record.fingerprint)
+    if fp is not None:
+        lines.append(f"Fingerprint: {fp.describe()}")
     if record.diff:
         lines.append(f"Change (+{record.lines_added}/-{record.lines_removed} lines):\n{diff_excerpt(record.diff)}")
     lines.append(f"Outcome: {outcome_text(record)}")
@@ -122,8 +143,9 @@ def record_document(record: ExperimentRecord) -> str:
     return "\n".join(lines)
 
 
-def record_metadata(record: ExperimentRecord, seq: int) -> dict[str, Any]:
-    """Chroma metadata: scalar values only, and no None (an absent key means unknown)."""
+def record_metadata(record: ExperimentRecord, seq: int, reading: str = "", signature: str = "") -> dict[str, Any]:
+    """Chroma metadata: scalar values only, and no None (an absent key means unknown). `reading` is the structured
+    reading of the idea (JSON) and `signature` what it changes, for the gate's structural lookup."""
     timestamp, epoch = record_timestamp(record)
     meta: dict[str, Any] = {
         "exp_id": record.exp_id,
@@ -134,6 +156,12 @@ def record_metadata(record: ExperimentRecord, seq: int) -> dict[str, Any]:
         "commit": record.commit,
         "config": record.config,
         "diff_hash": record.diff_hash,
+        "fingerprint": record.fingerprint,
+        "fp_key": fingerprint_key(record.fingerprint),
+        "reading": reading,
+        "signature": signature,
+        "repeat_of": record.repeat_of,
+        "rationale": " ".join(record.rationale.split())[:MAX_LESSON_CHARS],
         "lesson": record.lesson[:MAX_LESSON_CHARS],
         "note": outcome_note(record)[:MAX_LESSON_CHARS],
         "timestamp": timestamp,
@@ -161,9 +189,42 @@ def hit_from_chroma(record_id_: str, meta: dict[str, Any], document: str | None,
         config=str(meta.get("config", "")),
         timestamp=str(meta.get("timestamp", "")),
         diff_hash=str(meta.get("diff_hash", "")),
+        fingerprint=str(meta.get("fingerprint", "")),
+        reading=str(meta.get("reading", "")),
+        repeat_of=str(meta.get("repeat_of", "")),
+        rationale=str(meta.get("rationale", "")),
         lesson=str(meta.get("lesson", "")),
         note=str(meta.get("note", "")),
         seq=int(meta.get("seq", 0)),
         similarity=similarity,
         document=document or "",
     )
+
+
+def load_parquet_records(path: Path) -> list[ExperimentRecord]:
+    """Experiments from one results.parquet (unknown columns ignored, missing ones defaulted)."""
+    import pyarrow.parquet as pq
+
+    known = set(PERSISTED_FIELDS)
+    rows = pq.read_table(path).to_pylist()
+    return [ExperimentRecord(**{k: v for k, v in row.items() if k in known and v is not None}) for row in rows]
+
+
+def _load_many(paths: Sequence[Path], notices: list[str]) -> list[ExperimentRecord]:
+    records: list[ExperimentRecord] = []
+    for path in paths:
+        try:
+            records.extend(load_parquet_records(Path(path)))
+        except Exception as exc:  # an unreadable file must not stop the rest from loading
+            notices.append(f"memory: skipped {path}: cannot read it ({type(exc).__name__}: {exc})")
+    # oldest first, so the order experiments enter memory follows time across runs
+    return sorted(records, key=lambda r: r.started_at or r.finished_at or "")
+
+
+def validate_record(record: ExperimentRecord) -> None:
+    """What memory needs of a record to store it: exp_id, tag and a known status."""
+    if not record.exp_id or not record.tag:
+        raise ValueError(f"an experiment needs exp_id and tag to be stored in memory (got {record.exp_id!r}, "
+                         f"{record.tag!r})")
+    if record.status not in STATUSES:
+        raise ValueError(f"experiment {record.exp_id}: unknown status {record.status!r}; expected one of {STATUSES}")

@@ -37,12 +37,31 @@ from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
 from agents.crew.schemas import Idea
-from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
-from memory import novelty
+from agents.record.results import ExperimentRecord
+from memory import gate, novelty
+from memory.comparison import show_value
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
-from memory.records import MemoryHit, hit_from_chroma, idea_text, record_document, record_id, record_metadata
+from memory.errors import MemoryLockedError, MemoryNotFoundError, MemoryStoreError, MemoryUnavailableError
+from memory.fingerprint import fingerprint_or_none
+from memory.index import TRIED_STATUSES, MemoryIndex
+from memory.locks import _acquire_writer_lock, _flocked, _forget_failed_client, _open_lock_file
+from memory.reading import read_idea
+from memory.records import (
+    MemoryHit,
+    _load_many,
+    hit_from_chroma,
+    idea_text,
+    record_document,
+    record_id,
+    record_metadata,
+    validate_record,
+)
+from memory.vocabulary import Vocabulary, default_train_py, learn_vocabulary
 
 log = logging.getLogger("memory")
+
+__all__ = ["ExperimentMemory", "MemoryLockedError", "MemoryNotFoundError", "MemoryStoreError",
+           "MemoryUnavailableError"]
 
 # Chroma's defaults (ef_search 100, M 16) gave nearest-neighbour recall far below 0.99 on some vector
 # distributions. Measured against brute force (benchmarks/memory_scale.py): 1.000 at 100k MiniLM-like
@@ -52,93 +71,10 @@ HNSW_CONFIG = {"space": "cosine", "ef_construction": 200, "ef_search": 1000, "ma
 NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the true repeat down a few places
 ADD_BATCH = 1000
 EMBED_CACHE_SIZE = 256
+READING_CACHE_SIZE = 4096
+WARM_INDEX_AT = 20_000  # experiments from which the index of what was tried is built in the background on open
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
-
-
-class MemoryStoreError(RuntimeError):
-    """Base of the experiment memory's errors."""
-
-
-class MemoryLockedError(MemoryStoreError):
-    pass
-
-
-class MemoryNotFoundError(MemoryStoreError):
-    pass
-
-
-class MemoryUnavailableError(MemoryStoreError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------ locks
-
-
-def _open_lock_file(path: Path) -> IO[str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "a+")
-
-
-def _acquire_writer_lock(path: Path) -> IO[str]:
-    fh = _open_lock_file(path)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise MemoryLockedError(
-            f"the experiment memory at {path.parent} is already open for writing by {holder}; only one process "
-            "(the loop) may write it. Open it with read_only=True to search it meanwhile."
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()}")
-    fh.flush()
-    return fh
-
-
-@contextlib.contextmanager
-def _flocked(fh: IO[str], mode: int) -> Iterator[None]:
-    """Hold a flock for a block. Blocking: the writer holds io.lock for one operation at a time (milliseconds),
-    and a blocked waiter is woken the moment it is released, where polling would starve behind a busy writer."""
-    fcntl.flock(fh, mode)
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _forget_failed_client(chroma_dir: Path) -> None:
-    """Chroma caches one System per directory and keeps it even when starting it failed (a corrupted
-    sqlite file), so the next client for that directory would reuse the broken one. Drop it (chromadb 1.5)."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    SharedSystemClient._identifier_to_system.pop(str(chroma_dir), None)
-
-
-# -------------------------------------------------------------------------------------------- parquet
-
-
-def load_parquet_records(path: Path) -> list[ExperimentRecord]:
-    """Experiments from one results.parquet (unknown columns ignored, missing ones defaulted)."""
-    import pyarrow.parquet as pq
-
-    known = set(PERSISTED_FIELDS)
-    rows = pq.read_table(path).to_pylist()
-    return [ExperimentRecord(**{k: v for k, v in row.items() if k in known and v is not None}) for row in rows]
-
-
-def _load_many(paths: Sequence[Path], notices: list[str]) -> list[ExperimentRecord]:
-    records: list[ExperimentRecord] = []
-    for path in paths:
-        try:
-            records.extend(load_parquet_records(Path(path)))
-        except Exception as exc:  # an unreadable file must not stop the rest from loading
-            notices.append(f"memory: skipped {path}: cannot read it ({type(exc).__name__}: {exc})")
-    # oldest first, so the order experiments enter memory follows time across runs
-    return sorted(records, key=lambda r: r.started_at or r.finished_at or "")
 
 
 # ----------------------------------------------------------------------------------------------- store
@@ -169,6 +105,9 @@ class ExperimentMemory:
         self._thread_lock = threading.RLock()
         self._op_depth = 0
         self._embed_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._index: MemoryIndex | None = None  # built on first use from one scan of the metadata
+        self._reading_cache: dict[tuple[str, str], str] = {}
+        self._train_py: str | None = None  # the train.py ideas are read against (set_context), else the repo's
 
     # ------------------------------------------------------------------------------------------ opening
 
@@ -200,7 +139,15 @@ class ExperimentMemory:
             raise
         for notice in memory.notices:
             log.warning(notice)
+        if memory.next_seq >= WARM_INDEX_AT:  # a large record: index it while the run does its baselines
+            threading.Thread(target=memory._warm_index, name="memory-index", daemon=True).start()
         return memory
+
+    def _warm_index(self) -> None:
+        try:
+            self.index()
+        except Exception as exc:  # the first gate call builds it again, and reports what fails there
+            log.warning("memory: indexing what was tried in the background failed (%s: %s)", type(exc).__name__, exc)
 
     @classmethod
     def _open_snapshot(cls, path: Path, embedding: str) -> ExperimentMemory:
@@ -300,7 +247,8 @@ class ExperimentMemory:
 
     def close(self) -> None:
         """Release the store and the writer lock; a read-only snapshot is deleted."""
-        self._disconnect()
+        with self._thread_lock:  # waits for a background indexing pass to finish
+            self._disconnect()
         for attr in ("_io_lock", "_writer_lock"):
             fh = getattr(self, attr)
             if fh is not None:
@@ -376,7 +324,7 @@ class ExperimentMemory:
         if self.read_only:
             raise MemoryUnavailableError("this experiment memory was opened read-only")
         for record in records:
-            _validate(record)
+            validate_record(record)
         if not records:
             return
         if vectors is None:
@@ -395,7 +343,8 @@ class ExperimentMemory:
             if seq is None:  # a new experiment takes the next place in the order; a replaced one keeps its own
                 seq, self._next_seq = self._next_seq, self._next_seq + 1
                 existing[rid] = seq
-            metas.append(record_metadata(record, seq))
+            reading = self._reading_json(record.description, record.rationale)
+            metas.append(record_metadata(record, seq, reading))
         for start in range(0, len(ids), ADD_BATCH):
             end = start + ADD_BATCH
             self._collection.upsert(
@@ -406,6 +355,8 @@ class ExperimentMemory:
             )
         for rid, meta in zip(ids, metas, strict=True):
             self._remember(hit_from_chroma(rid, meta, None))
+            if self._index is not None:
+                self._index.add(rid, meta)
 
     def _remember(self, hit: MemoryHit) -> None:
         """Keep the bounded views in step with a write."""
@@ -420,6 +371,54 @@ class ExperimentMemory:
             if hit.status in CHAIN_STATUSES:
                 chain.append(hit)
                 chain.sort(key=lambda h: h.seq)
+
+    # ------------------------------------------------------------------------------------------ reading ideas
+
+    def set_context(self, train_py: str) -> None:
+        """The train.py ideas are read against from now on (the current best): its knobs, values and names."""
+        self._train_py = train_py
+        self._reading_cache.clear()
+
+    def vocabulary(self, train_py: str | None = None) -> Vocabulary:
+        """What train.py calls its knobs: of `train_py`, else the context set, else the repository's train.py."""
+        return learn_vocabulary(train_py if train_py is not None else self._train_py
+                                if self._train_py is not None else default_train_py(self.path))
+
+    def _reading_json(self, title: str, rationale: str) -> str:
+        key = (title, rationale)
+        cached = self._reading_cache.get(key)
+        if cached is None:
+            cached = read_idea(title, rationale, self.vocabulary()).to_json()
+            self._reading_cache[key] = cached
+            if len(self._reading_cache) > READING_CACHE_SIZE:
+                self._reading_cache.pop(next(iter(self._reading_cache)))
+        return cached
+
+    def index(self) -> MemoryIndex:
+        """What was tried, by what it changed (built on first use: one pass over the metadata)."""
+        with self._operation():
+            if self._index is None:
+                index = MemoryIndex()
+                for rid, meta in self._scan():
+                    index.add(rid, meta)
+                self._index = index
+            return self._index
+
+    def _scan(self, page: int = 5000) -> Iterator[tuple[str, dict]]:
+        total = self._next_seq
+        for offset in range(0, total, page):
+            res = self._guarded("get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"]))
+            yield from zip(res["ids"], res["metadatas"], strict=True)
+
+    def hits(self, ids: list[str]) -> list[MemoryHit]:
+        """Experiments by record id, in the order asked (unknown ids left out)."""
+        if not ids:
+            return []
+        res = self._guarded("get", lambda: self._collection.get(ids=list(dict.fromkeys(ids)),
+                                                               include=["metadatas", "documents"]))
+        found = {rid: hit_from_chroma(rid, meta, doc)
+                 for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"], strict=True)}
+        return [found[i] for i in ids if i in found]
 
     def _existing_seqs(self, ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -465,6 +464,7 @@ class ExperimentMemory:
                 self._name, embedding_function=self._ef, configuration={"hnsw": dict(HNSW_CONFIG)}
             )
             self._next_seq = 0
+            self._index = None
             self._seed_caches()
             self._sync([Path(p) for p in parquet_paths])
             return self._collection.count()
@@ -526,17 +526,40 @@ class ExperimentMemory:
         """Order number the next new experiment will get (= how many are stored)."""
         return self._next_seq
 
-    def check_idea(self, idea: Idea, *, threshold: float) -> novelty.NoveltyVerdict:
-        """Before coding: is this idea a semantic repeat of an earlier experiment?"""
-        hits = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
+    def check_idea(self, idea: Idea, *, threshold: float = novelty.DEFAULT_THRESHOLD, train_py: str | None = None,
+                   judge: gate.RepeatJudge | None = None) -> novelty.NoveltyVerdict:
+        """Before coding: does this idea repeat an experiment already tried? `train_py` is the file the idea was
+        proposed on (default: the context set, else the repository's); `judge` an LLM judge (else the reading
+        decides); `threshold` the least similarity at which an embedding neighbour is considered."""
+        vocab = self.vocabulary(train_py)
+        reading = read_idea(idea.title, idea.rationale, vocab)
+        index = self.index()
+        structural = index.lookup(reading)
+        neighbours = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
+        nearest = [h for h in neighbours if h.similarity >= threshold and
+                   (h.status in TRIED_STATUSES or h.status == "repeat" and h.repeat_of)]
         cited = self.find(idea.retry_of) if idea.retry_of else None
-        return novelty.idea_verdict(idea.title, idea.retry_of, hits, threshold, cited)
+        inputs = gate.GateInputs(idea, reading, structural, nearest, cited)
+        return gate.decide(inputs, index, self.hits, judge)
+
+    def check_change(self, base_text: str, new_text: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
+        """After coding, before any GPU time: was this change (by its fingerprint) tried before?"""
+        fp = fingerprint_or_none(base_text, new_text)
+        if fp is None:
+            return self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
+        same = self.hits([e.id for e in self.index().same_change(fp.key)][:20])
+        verdict = novelty.diff_verdict(same, retry_of)
+        if verdict.novel and verdict.kind == "novel":  # experiments recorded before fingerprints existed
+            legacy = self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
+            if not legacy.novel or legacy.kind == "retry":
+                return legacy
+        return verdict
 
     def check_diff(self, diff_hash: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
-        """After coding, before any GPU time: was exactly this change (normalised) run before?"""
+        """Was exactly this change (normalised diff hash) tried before? For records without a fingerprint."""
         if not diff_hash:
             raise ValueError("check_diff needs the normalised diff hash of the change (normalised_diff_hash)")
-        matches = [h for h in self.where({"diff_hash": diff_hash}, limit=50) if h.status != "repeat"]
+        matches = [h for h in self.where({"diff_hash": diff_hash}, limit=50) if h.status in TRIED_STATUSES]
         return novelty.diff_verdict(matches, retry_of)
 
     def find(self, exp_id: str) -> MemoryHit | None:
@@ -553,6 +576,15 @@ class ExperimentMemory:
 
         return build_recall(self, direction, token_budget=token_budget, tag=tag)
 
+    def tried_map(self, budget_chars: int) -> str:
+        """Per knob or technique, the values tried and their outcomes, within `budget_chars`."""
+        from memory import triedmap
+
+        vocab = self.vocabulary()
+        profile = vocab.profiles[0] if vocab.profiles else ""
+        current = {name: show_value(knob.current(profile)) for name, knob in vocab.knobs.items()}
+        return triedmap.render(self.index().tried_targets(), budget_chars, current)
+
     def similar(self, text: str, k: int = 5) -> list[MemoryHit]:
         """Past experiments nearest to a text (refused repeats left out: they duplicate what they cite)."""
         hits = self.nearest(self.embed(text), k + NEAREST_K, with_documents=True)
@@ -562,43 +594,7 @@ class ExperimentMemory:
         return self.nearest(self.embed(query), k, with_documents=True)
 
     def stats(self) -> dict:
-        """Counts by status and tag, best val_bpb per tag, time span; scans metadata page by page."""
-        by_status: dict[str, int] = {}
-        by_tag: dict[str, int] = {}
-        best: dict[str, float] = {}
-        first = last = ""
-        page = 5000
-        total = self.count()
-        for offset in range(0, total, page):
-            res = self._guarded(
-                "get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"])
-            )
-            for meta in res["metadatas"]:
-                status, tag = str(meta.get("status", "")), str(meta.get("tag", ""))
-                by_status[status] = by_status.get(status, 0) + 1
-                by_tag[tag] = by_tag.get(tag, 0) + 1
-                bpb = meta.get("val_bpb")
-                if status in ("keep", "baseline") and bpb is not None and bpb < best.get(tag, float("inf")):
-                    best[tag] = bpb
-                stamp = str(meta.get("timestamp", ""))
-                if stamp:
-                    first = min(first, stamp) if first else stamp
-                    last = max(last, stamp)
-        return {
-            "path": str(self.path),
-            "embedding": self.embedding,
-            "experiments": total,
-            "by_status": by_status,
-            "by_tag": by_tag,
-            "best_val_bpb_by_tag": best,
-            "first": first,
-            "last": last,
-        }
+        """Counts by status and tag, each run's best (kept) val_bpb, time span; one pass over the metadata."""
+        from memory.stats import memory_stats
 
-
-def _validate(record: ExperimentRecord) -> None:
-    if not record.exp_id or not record.tag:
-        raise ValueError(f"an experiment needs exp_id and tag to be stored in memory (got {record.exp_id!r}, "
-                         f"{record.tag!r})")
-    if record.status not in STATUSES:
-        raise ValueError(f"experiment {record.exp_id}: unknown status {record.status!r}; expected one of {STATUSES}")
+        return memory_stats(self.path, self.embedding, self.count(), self._scan())

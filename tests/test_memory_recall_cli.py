@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -131,3 +133,80 @@ def test_cli_explains_a_missing_memory_and_missing_files(repo):
     assert missing.exit_code == 1 and "no experiment memory" in flat(missing)
     bad = runner.invoke(app, ["rebuild", str(repo / "runs/n9/results.parquet")])
     assert bad.exit_code == 1 and "no such results file" in flat(bad)
+
+
+# ------------------------------------------------------------------------------------- map of what was tried
+
+
+def _fp_record(i: int, name: str, old: str, new: str, status: str) -> dict:
+    from memory.fingerprint import ChangeFingerprint
+
+    fp = ChangeFingerprint({name: {"CUDA": [old, new], "not CUDA": [old, new]}}, {})
+    return {"status": status, "seq": i, "title": f"{name} {old} -> {new}", "fingerprint": fp.to_json(),
+            "delta": 0.001 * ((i % 7) - 3), "lesson": f"lesson {i}", "reading": ""}
+
+
+def test_every_constant_ever_tried_appears_within_the_budget_at_10k():
+    """10,000 experiments over 21 constants, 60 techniques and hundreds of values: one line per constant."""
+    from memory.comparison import Change, Reading
+    from memory.index import MemoryIndex
+    from memory.triedmap import render
+
+    constants = [f"KNOB_{k:02d}" for k in range(21)]
+    index = MemoryIndex()
+    tried = 0
+    for i in range(10_000):
+        status = ["discard", "discard", "keep", "crash"][i % 4]
+        if i % 3:
+            name, tried = constants[tried % len(constants)], tried + 1
+            index.add(f"t/{i}", _fp_record(i, name, "1", str(1 + (i % 400) / 100), status))
+        else:
+            technique = Reading((Change(f"switch:idea{i % 60}@*", (float(i % 50),), 1),))
+            index.add(f"t/{i}", {"status": status, "seq": i, "title": "t", "reading": technique.to_json()})
+    for budget_tokens in (300, 1500):
+        text = render(index.tried_targets(), int(budget_tokens * 0.4 * CHARS_PER_TOKEN))
+        assert all(name in text for name in constants)
+        assert len(text) <= budget_tokens * CHARS_PER_TOKEN * 0.4 * 1.05
+    assert "switch:idea" in render(index.tried_targets(), 6000)
+
+
+def test_recall_shows_the_map_and_a_real_query(tmp_path, minilm):
+    base = (Path(__file__).resolve().parents[1] / "train.py").read_text()
+    from memory.fingerprint import fingerprint
+
+    with ExperimentMemory.open(tmp_path / "mem") as memory:
+        memory.add(ExperimentRecord(exp_id="0000", tag="r", status="baseline", description="baseline", val_bpb=1.0))
+        for i, value in enumerate(("0.03", "0.05", "0.06")):
+            new = base.replace("MATRIX_LR = 0.04 if CUDA", f"MATRIX_LR = {value} if CUDA")
+            memory.add(ExperimentRecord(exp_id=f"{i + 1:04d}", tag="r", status="keep" if value == "0.05" else "discard",
+                                        description=f"Muon LR {value}", val_bpb=1.0, delta=-0.002 if value == "0.05"
+                                        else 0.001, fingerprint=fingerprint(base, new).to_json()))
+        text = memory.recall("", token_budget=600, tag="r")
+    assert "- MATRIX_LR (now 0.04): 0.03 discard +0.0010 | 0.05 keep -0.0020 | 0.06 discard +0.0010" in text
+    assert "nearest to ''" not in text and "nearest to the current best's changes ('Muon LR 0.05')" in text
+
+
+def test_stats_show_the_best_kept_result_else_the_baseline_mean(tmp_path, minilm):
+    with ExperimentMemory.open(tmp_path / "mem") as memory:
+        for i, bpb in enumerate((1.00, 0.97, 1.03)):
+            memory.add(ExperimentRecord(exp_id=f"b{i}", tag="a", status="baseline", description="baseline", val_bpb=bpb))
+            memory.add(ExperimentRecord(exp_id=f"b{i}", tag="b", status="baseline", description="baseline", val_bpb=bpb))
+        memory.add(ExperimentRecord(exp_id="0001", tag="a", status="keep", description="x", val_bpb=0.99))
+        memory.add(ExperimentRecord(exp_id="0002", tag="a", status="discard", description="y", val_bpb=0.95))
+        best = memory.stats()["best_val_bpb_by_tag"]
+    assert best["a"] == pytest.approx(0.99) and best["b"] == pytest.approx(1.0)  # not the lucky 0.97 seed
+
+
+def test_cli_check_explains_the_verdict(repo):
+    runner = CliRunner()
+    assert runner.invoke(app, ["rebuild"]).exit_code == 0
+    out = runner.invoke(app, ["check", "n1 idea 2: MATRIX_LR 0.04 -> 0.03"])
+    assert out.exit_code == 0, out.output
+    assert "reading: MATRIX_LR = 0.03" in flat(out) and "refused" in flat(out)
+    assert "n1/0002" in flat(out) or "n2/0002" in flat(out)
+    fresh = runner.invoke(app, ["check", "Use a cosine learning-rate schedule"])
+    assert fresh.exit_code == 0 and "admitted" in flat(fresh)
+    empty = runner.invoke(app, ["check", "  "])
+    assert empty.exit_code == 2 and "IDEA is empty" in flat(empty)
+    missing = runner.invoke(app, ["check", "x", "--train-py", str(repo / "nope.py")])
+    assert missing.exit_code == 2 and "cannot read --train-py" in flat(missing)

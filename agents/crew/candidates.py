@@ -8,6 +8,8 @@ record of its own (status `repeat`, `skipped` or `veto`) so the morning report s
 from __future__ import annotations
 
 import json
+import logging
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats,
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.record.results import ExperimentRecord
+from memory.fingerprint import fingerprint_or_none
+from memory.judge import judge_for_crew
 from memory.novelty import normalised_diff_hash
 
 
@@ -40,6 +44,12 @@ class Candidate:
     @property
     def diff_hash(self) -> str:
         return normalised_diff_hash(self.base_text, self.new_text)
+
+    @property
+    def fingerprint(self) -> str:
+        """The change canonically (constants old -> new, code units changed), as JSON; "" if it does not parse."""
+        fp = fingerprint_or_none(self.base_text, self.new_text)
+        return fp.to_json() if fp is not None else ""
 
     @property
     def lines(self) -> tuple[int, int]:
@@ -89,11 +99,29 @@ def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
-    verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold)
+    bench.memory.set_context(base_text)  # ideas (and the refusals stored) are read against the current best
+    verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold, train_py=base_text,
+                                      judge=_judge(bench))
     if not verdict.novel:
+        record.repeat_of = verdict.match.id if verdict.match is not None else ""
         _refused(bench, record, "repeat", verdict.message)
         return None
-    return _code_and_review(bench, exp_id, idea, base_commit, base_text, record)
+    return _code_and_review(bench, exp_id, idea, base_commit, base_text, record, context=verdict.context)
+
+
+_JUDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _judge(bench: Workbench) -> object | None:
+    """The crew's repeat judge (an LLM call), built once per crew; None when the reading alone decides."""
+    if bench.crew not in _JUDGES:
+        try:
+            _JUDGES[bench.crew] = judge_for_crew(bench.crew)
+        except Exception as exc:  # a judge that cannot be built must not stop the run: the reading decides
+            logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
+                                                "structured reading", exc)
+            _JUDGES[bench.crew] = None
+    return _JUDGES[bench.crew]
 
 
 def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str, tag: str,
@@ -126,8 +154,8 @@ def _propose(bench: Workbench, base_text: str) -> Idea | None:
 
 
 def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str, base_text: str,
-                     record: ExperimentRecord) -> Candidate | None:
-    feedback = ""
+                     record: ExperimentRecord, context: str = "") -> Candidate | None:
+    feedback = context  # similar past experiments the gate found (not repeats): what the coder should know
     for _ in range(max(1, bench.review_rounds)):
         coded = _code(bench, idea, base_text, feedback)
         if isinstance(coded, str):
@@ -136,10 +164,12 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         edit, new_text = coded
         candidate = Candidate(exp_id, idea, edit, base_commit, base_text, new_text)
         record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
+        record.fingerprint = candidate.fingerprint
         record.lines_added, record.lines_removed = candidate.lines
 
-        verdict = bench.memory.check_diff(candidate.diff_hash, retry_of=idea.retry_of)
+        verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
         if not verdict.novel:
+            record.repeat_of = verdict.match.id if verdict.match is not None else ""
             _refused(bench, record, "repeat", verdict.message)
             return None
 
@@ -158,7 +188,7 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         if review.verdict == "reject":
             _refused(bench, record, "veto", "reviewer rejected: " + "; ".join(review.reasons))
             return None
-        feedback = "The reviewer asked for a revision: " + "; ".join(review.reasons)
+        feedback = "\n".join(x for x in (context, "The reviewer asked for a revision: " + "; ".join(review.reasons)) if x)
     _refused(bench, record, "veto", "still not approved after the allowed revise rounds: " + feedback)
     return None
 

@@ -37,6 +37,8 @@ class ExperimentRecord:
     expected_effect: str = ""
     diff: str = ""
     diff_hash: str = ""
+    fingerprint: str = ""  # the change canonically (memory.fingerprint): constants old -> new, code units changed
+    repeat_of: str = ""  # for a refused repeat: the experiment it repeats (<tag>/<exp_id>)
     lines_added: int = 0
     lines_removed: int = 0
     review_verdict: str = ""

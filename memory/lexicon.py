@@ -1,0 +1,356 @@
+"""General vocabulary of language-model training, as data: how people name the parts, knobs and techniques.
+
+This is domain knowledge (the synonyms and acronyms of the field), not knowledge of one train.py: which
+constant a phrase means is learned from train.py's own names, comments and code (`memory.vocabulary`).
+Phrases are written naturally; they go through the same normalisation as ideas (case, hyphens, British
+spelling, stemming), so "normalise", "normalization" and "Normalisations" are one phrase.
+
+A phrase may stand for several concepts at once ("microbatch" is a batch on one device).
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------------- words inside knob names
+# concept -> phrases. Constant names are read with these too (MATRIX_LR -> matrix + lr).
+QUANTITIES: dict[str, tuple[str, ...]] = {
+    "lr": ("learning rate", "lr", "lrs", "step size", "peak lr", "peak learning rate", "base lr", "max lr"),
+    "momentum": ("momentum", "momenta"),
+    "beta": ("betas", "beta", "adam betas"),
+    "eps": ("eps", "epsilon", "adam epsilon"),
+    "beta1": (), "beta2": (),  # named through MULTI_PARTS, with "beta"
+    "weight_decay": ("weight decay", "wd", "l2 regularization", "l2 penalty", "l2 decay", "decoupled decay",
+                     "decoupled weight decay", "l2", "l2 style decay", "l2 style weight decay", "decay on the weights"),
+    "depth": ("depth", "layers", "layer count", "number of layers", "num layers", "n layer", "n layers",
+              "blocks", "transformer blocks", "transformer layers", "number of blocks", "block count",
+              "n blocks", "stack", "deeper", "shallower", "deepen", "deep", "shallow"),
+    "width": ("width", "model width", "model dim", "model dimension", "d model", "hidden size",
+              "hidden dim", "hidden dimension", "embedding dim", "embedding dimension", "channels",
+              "n embd", "residual width", "model size", "wider", "narrower", "widen", "wide", "narrow"),
+    "aspect": ("aspect", "aspect ratio"),
+    "head_dim": ("head dim", "head dimension", "head size", "per head dimension", "dimension per head",
+                 "head width", "dim per head", "d head", "headdim", "dimensional head", "dimensional attention head",
+                 "wide head", "size of each head", "dim head", "dim heads", "dim attention head", "dimensional heads",
+                 "dimensional attention heads", "wide heads", "heads of dimension", "head of dimension", "dimension of each head",
+                 "heads of size", "per head size"),
+    "heads": ("heads", "head", "attention heads", "n head", "number of heads", "head count"),
+    "ratio": ("ratio", "factor", "multiplier", "expansion", "expansion ratio", "expansion factor", "mult"),
+    "base": ("base", "theta", "frequency base", "base frequency"),
+    "steps": ("steps", "iterations", "iters", "iteration", "step"),
+    "batch": ("batch", "batch size", "batches", "bs", "batchsize"),
+    "token": ("tokens", "token"),
+    "sequence": ("sequence", "sequences", "seqs", "rows"),
+    "total": ("total", "global", "effective", "overall"),
+    "device": ("device", "per device", "per gpu", "local", "forward pass", "forward backward pass"),
+    "eval": ("eval", "evaluation", "validation", "val"),
+    "excluded": ("excluded", "exclude", "excluding", "not counted", "untimed", "not timed", "skip from timing",
+                 "from the timed budget", "from timing"),
+    "warmup": ("warmup", "warm up", "ramp up", "ramp", "linear warmup", "lr warmup", "learning rate warmup",
+               "warm the lr up", "warm the learning rate up", "ramp the lr up", "ramp up the lr", "warm lr up",
+               "ramp the learning rate up", "ramp up the learning rate"),
+    "warmdown": ("warmdown", "warm down", "cooldown", "cool down", "decay phase", "lr decay", "anneal",
+                 "annealing", "decay", "decaying", "learning rate decay", "lr cooldown", "lr anneal",
+                 "cooldown phase", "annealing phase", "stay at its peak", "stay at peak", "stays at its peak",
+                 "at its peak until", "at peak until", "hold the lr", "hold the learning rate", "keep the lr flat",
+                 "keep the lr constant", "lr flat", "constant lr until", "full lr until", "peak lr until"),
+    "final": ("lr floor", "learning rate floor", "floor"),
+    "frac": ("frac", "fraction", "fractional"),
+    "softcap": ("softcap", "soft cap", "soft capping", "softcapping", "logit cap", "logit capping", "capping",
+                "cap", "tanh cap", "tanh capping", "tanh soft cap", "tanh softcap", "logit softcap"),
+    "logit": ("logit", "logits", "output logits"),
+    "ns": ("ns", "newton schulz", "newton schultz", "orthogonalization", "polar", "quintic iteration",
+           "orthogonalization iterations", "newton schulz iterations"),
+    "rope": ("rope", "rotary", "rotary embedding", "rotary embeddings", "rotary position embedding",
+             "rotary position embeddings", "rotary positional embedding", "rotary positional encoding",
+             "rotary encoding", "rotary tables"),
+    "position": ("position encoding", "positional encoding", "position embedding", "positional embedding",
+                 "positions", "position information"),
+    "seq_len": ("sequence length", "seq len", "context length", "context window", "context size", "block size"),
+    "init": ("init", "initialization", "initialize", "initialized", "initializing", "init std", "std",
+             "standard deviation", "initial scale", "start"),
+    "muon": ("muon", "muon optimizer"),
+    "adamw": ("adamw", "adam", "adam w"),
+    "optimizer": ("optimizer", "optimizers", "optim"),
+    "parameters": ("parameters", "params", "param", "weights", "weight"),
+    "size": ("size", "num", "number", "count", "value", "amount"),
+}
+
+# -------------------------------------------------------------------------------------- parts of the model
+# Where a change applies. A phrase may stand for several parts ("residual branches").
+PARTS: dict[str, tuple[str, ...]] = {
+    "embedding": ("embedding", "embeddings", "embedding table", "token embedding", "token embeddings",
+                  "input embedding", "input embeddings", "wte", "embed", "emb", "embedding matrix", "embedding layer",
+                  "token embedding matrix", "input embedding matrix", "embedding tables",
+                  "embedding weights", "token embedding table", "input embedding table"),
+    "unembedding": ("unembedding", "unembed", "lm head", "output head", "output layer", "readout", "classifier",
+                    "classifier head", "output embedding", "output embeddings", "de embedding", "final projection",
+                    "vocab projection", "language model head", "lm head layer", "head layer", "output matrix"),
+    "attention": ("attention", "attn", "self attention", "attention layer", "attention layers", "attention block",
+                  "attention blocks", "causal self attention"),
+    "mlp": ("mlp", "mlps", "feed forward", "feedforward", "ffn", "ff", "fc", "feed forward block",
+            "feed forward layer", "feed forward network", "feed forward blocks", "mlp block", "mlp layers",
+            "mlp hidden layer", "hidden layer of the mlp", "hidden layer", "hidden layers", "feed forward hidden layer",
+            "ffn hidden layer", "intermediate size", "intermediate layer", "mlp hidden size", "ffn dim",
+            "feed forward dimension", "mlp width", "ffn width", "feed forward width", "feed forward size",
+            "hidden width of the mlp", "mlp hidden width"),
+    "matrix": ("matrix", "matrices", "2d weights", "2d matrices", "hidden weights", "hidden matrices",
+               "weight matrices", "block weights", "2d block weights", "2d parameters", "matrix parameters",
+               "2d params", "2d weight matrices", "hidden matrix", "hidden layer weights", "matrix weights"),
+    "scalar": ("scalar", "scalars", "lambdas", "scalar parameters", "scalar params", "mixing scalars",
+               "learned scalars", "per block scalars"),
+    "query": ("query", "queries"),
+    "key": ("key", "keys"),
+    "value": ("value", "values"),
+    "proj": ("output projection", "output projections", "c proj", "out proj", "projection", "projections",
+             "o proj"),
+    "value_embedding": ("value embedding", "value embeddings", "value embed", "ve", "value embedding table",
+                        "value embedding tables"),
+    "norm": ("norm", "norms", "normalization", "normalizations", "normalize", "normalizing", "normalized",
+             "normalization layer"),
+    "loss": ("loss", "training loss", "cross entropy", "objective", "train loss"),
+    "everything": ("everything", "all parameters", "every parameter", "everywhere", "all layers", "whole model",
+                   "entire model", "all linear layers", "every linear layer", "all weights", "every layer",
+                   "all the parameters", "every nn linear", "all blocks", "every block"),
+}
+MULTI_PARTS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("attention", "mlp"): ("residual branches", "residual branch", "block outputs", "branch outputs",
+                           "attention and mlp outputs", "sublayer outputs", "residual stream", "residual",
+                           "residual path", "residual projections", "residual projection"),
+    ("query", "key"): ("qk", "q and k", "q k", "queries and keys", "query and key"),
+    ("query", "key", "value"): ("qkv", "q k v", "q k and v", "queries keys and values", "q, k, v", "q, k and v",
+                                "q, k, and v", "queries, keys and values", "query, key and value"),
+    ("key", "value"): ("kv", "k v", "key value", "keys and values", "k and v"),
+    ("device", "batch"): ("microbatch", "micro batch", "micro batches", "microbatches", "per device batch",
+                          "per gpu batch", "device batch", "local batch"),
+    ("switch:x0skip", "scalar"): ("x0 lambdas", "x0 lambda", "resid x0 lambdas"),
+    ("switch:resid_lambdas", "scalar"): ("resid lambdas", "residual lambdas", "resid lambda"),
+    ("beta", "beta1"): ("beta1", "beta 1", "b1", "first moment", "first moment decay", "first beta"),
+    ("beta", "beta2"): ("beta2", "beta 2", "b2", "second moment", "second moment decay", "second beta"),
+    ("final", "lr"): ("final lr", "final learning rate", "end lr", "end learning rate", "minimum lr",
+                      "minimum learning rate", "min lr", "final lr fraction", "lr at the end", "terminal lr",
+                      "final fraction of the peak lr", "of the peak lr", "of peak lr", "of the peak learning rate",
+                      "of its peak", "of the peak", "of peak", "of the maximum lr", "of the max lr",
+                      "end of schedule lr", "end of schedule learning rate", "end of training lr",
+                      "lr at the end of the schedule", "x peak", "times the peak", "x the peak lr"),
+    ("embedding", "unembedding"): ("embedding and head", "embeddings and head", "embedding and lm head",
+                                   "embeddings head", "embedding head",
+                                   "input and output embeddings", "embedding and output head"),
+    ("total", "batch"): ("global batch", "total batch", "effective batch", "tokens per step", "tokens step",
+                         "tokens per optimizer step", "tokens per update"),
+}
+
+# ------------------------------------------------------------------------- alternatives within one family
+# family -> member -> phrases. Two ideas that pick different members are different experiments.
+FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "activation": {
+        "relu": ("relu", "plain relu", "rectified linear"),
+        "relu2": ("relu squared", "squared relu", "relu 2", "relu^2", "relu²", "relu x 2", "relu sq", "square relu",
+                  "relu square", "relusquared", "squared rectified linear"),
+        "gelu": ("gelu", "gaussian error linear unit", "gelu tanh", "tanh approximate gelu"),
+        "silu": ("silu", "swish", "x sigmoid x", "sigmoid linear unit", "x times sigmoid x"),
+        "swiglu": ("swiglu", "swi glu", "silu gated linear unit", "swish gated linear unit", "swish glu", "silu glu",
+                   "silu gated", "swish gated", "gated silu", "gated swish", "silu gate", "swish gate"),
+        "geglu": ("geglu", "gelu gated linear unit", "gelu glu", "gated gelu", "gelu gated", "gelu gate"),
+        "reglu": ("reglu", "relu gated linear unit", "relu glu", "gated relu"),
+        "glu": ("glu", "gated linear unit", "gated unit", "gated units", "gated mlp", "gating"),
+        "leaky_relu": ("leaky relu", "leakyrelu"),
+        "softplus": ("softplus",), "mish": ("mish",), "elu": ("elu",), "selu": ("selu",),
+        "tanh": ("tanh activation",),
+    },
+    "norm_type": {
+        "rmsnorm": ("rmsnorm", "rms norm", "rms normalization", "root mean square norm",
+                    "root mean square normalization", "rms"),
+        "layernorm": ("layernorm", "layer norm", "layer normalization", "ln", "layernorms"),
+        "batchnorm": ("batchnorm", "batch norm", "batch normalization"),
+        "no_norm": ("no normalization", "no norm", "identity norm", "without normalization", "no norms"),
+    },
+    "position": {
+        "rope": ("rope", "rotary", "rotary embedding", "rotary embeddings", "rotary position embedding",
+                 "rotary position embeddings", "rotary positional embedding", "rotary positional encoding"),
+        "alibi": ("alibi", "attention with linear biases", "linear biases", "linear bias"),
+        "learned_pos": ("learned absolute position", "learned absolute positions", "learned position embedding",
+                        "learned position embeddings", "learned positional embedding", "learned positional embeddings",
+                        "absolute position embedding", "absolute position embeddings", "position embedding table",
+                        "learned positions", "wpe", "learned absolute position embedding"),
+        "sinusoidal": ("sinusoidal", "sinusoidal position", "sinusoidal positional encoding"),
+        "nope": ("nope", "no positional encoding", "no position encoding", "no positional embedding",
+                 "no position embedding", "no positions", "without positional encoding"),
+    },
+    "optimizer": {
+        "muon": ("muon",),
+        "adamw": ("adamw", "adam", "adam w"),
+        "sgd": ("sgd", "stochastic gradient descent", "plain sgd"),
+        "lion": ("lion", "evolved sign momentum"),
+        "sophia": ("sophia",), "adafactor": ("adafactor",), "shampoo": ("shampoo",), "soap": ("soap",),
+        "adagrad": ("adagrad",), "rmsprop": ("rmsprop",), "lamb": ("lamb",), "lars": ("lars",),
+        "schedule_free": ("schedule free", "schedulefree"),
+    },
+    "schedule": {
+        "linear": ("linear decay", "linear schedule", "linear cooldown", "linear warmdown", "decay linearly",
+                   "linearly decay", "linear anneal", "linear decay schedule"),
+        "cosine": ("cosine", "cosine decay", "cosine schedule", "cosine annealing", "cosine anneal"),
+        "wsd": ("wsd", "warmup stable decay", "trapezoidal", "trapezoid", "stable decay"),
+        "constant": ("constant lr", "constant learning rate", "constant schedule", "flat lr", "flat learning rate"),
+        "inv_sqrt": ("inverse square root", "inverse sqrt", "rsqrt", "inverse square root decay"),
+        "exponential": ("exponential decay", "exponential schedule"),
+        "step_decay": ("step decay", "step schedule"),
+        "one_cycle": ("one cycle", "1cycle", "onecycle"),
+    },
+    "attention_kind": {
+        "mha": ("mha", "multi head attention", "full multi head"),
+        "full": ("full attention", "full causal attention", "global attention", "dense attention",
+                 "full context attention"),
+        "mqa": ("mqa", "multi query attention", "multi query", "single key value head", "1 kv head",
+                "single kv head", "one kv head", "1 key value head"),
+        "gqa": ("gqa", "grouped query attention", "grouped query", "kv groups", "key value groups",
+                "grouped attention", "kv heads", "key value heads", "k v heads"),
+        "sliding_window": ("sliding window", "sliding window attention", "local attention", "windowed attention",
+                           "window attention", "swa", "attention window", "window", "local window"),
+        "linear_attention": ("linear attention",),
+    },
+    "init": {
+        "zero": ("zero init", "zero initialization", "zero initialize", "zeros", "zero", "zeroed", "zero initialized",
+                 "initialized to zero", "init to zero"),
+        "normal": ("normal init", "gaussian init", "normal distribution", "randomly", "random init", "random"),
+        "uniform": ("uniform init", "uniform"),
+        "orthogonal": ("orthogonal", "orthogonal init", "orthogonal matrices", "orthogonal initialization",
+                       "orthogonal matrix", "orthogonally"),
+        "xavier": ("xavier", "glorot"),
+        "kaiming": ("kaiming", "he init", "he initialization"),
+        "scaled": ("scaled init", "scaled initialization", "gpt 2 scaled", "gpt2 scaled", "gpt 2 style init",
+                   "depth scaled", "1/sqrt(2*depth)", "1/sqrt(2 * n_layer)", "1/sqrt(2L)", "1/sqrt(2 * depth)",
+                   "1/sqrt(2*n_layers)", "sqrt(2 * number of layers)", "1/sqrt(depth)", "scaled by depth"),
+    },
+    "block_layout": {
+        "parallel": ("parallel", "parallel block", "parallel blocks", "in parallel", "gpt j style",
+                     "parallel attention"),
+        "sequential": ("sequential", "serial"),
+    },
+    "norm_position": {
+        "prenorm": ("pre norm", "prenorm", "pre ln", "pre layer norm", "norm before"),
+        "postnorm": ("post norm", "postnorm", "post ln", "post layer norm", "norm after"),
+        "sandwich": ("sandwich norm", "sandwich"),
+    },
+}
+
+# ------------------------------------------------------------------------------ techniques turned on or off
+SWITCHES: dict[str, tuple[str, ...]] = {
+    "dropout": ("dropout", "drop out", "dropout rate"),
+    "bias": ("bias", "biases", "bias term", "bias terms", "bias true", "bias parameters"),
+    "tying": ("tie", "tied", "ties", "tying", "weight tying", "share", "shared", "sharing", "shares", "tie weights",
+              "weight sharing", "same matrix", "one matrix", "reuse", "reuses", "re use", "reusing"),
+    "zloss": ("z loss", "zloss", "log z", "logsumexp", "log sum exp", "log partition", "partition function",
+              "log z 2", "softmax normalizer", "normalizer penalty", "log(z)^2", "log(z)", "log z squared",
+              "log(z)²"),
+    "label_smoothing": ("label smoothing", "smoothed targets", "smooth targets", "target smoothing",
+                        "smoothing the targets", "smoothing", "smoothed labels", "soft targets"),
+    "grad_clip": ("gradient clipping", "grad clipping", "clip", "clipping", "clip grad", "clip norm", "clip the",
+                  "grad norm clipping", "gradient norm clipping", "clip grad norm", "max norm", "clipped"),
+    "ema": ("ema", "exponential moving average", "weight averaging", "moving average", "polyak",
+            "averaged weights", "parameter averaging", "weight average", "averaged parameters"),
+    "qknorm": ("qk norm", "qk normalization", "qk layernorm", "qk rmsnorm", "query key norm",
+               "query key normalization"),
+    "value_residual": ("value residual", "value residual learning", "resformer", "value skip"),
+    "x0skip": ("x0", "x0 mixing", "x0 skip", "initial embedding", "first layer input",
+               "initial embeddings", "x0 lambda"),
+    "resid_lambdas": ("residual scaling", "residual scalars", "residual gains",
+                      "residual scale", "residual scales", "resid scalars", "resid scalar", "residual multipliers",
+                      "learned residual scaling"),
+    "norm_gains": ("gains", "learnable gains", "norm weights", "elementwise affine", "affine", "norm gains",
+                   "trainable gains", "per channel weight", "norm scale", "gain", "learnable scale"),
+    "temperature": ("temperature", "learnable temperature", "learned temperature", "logit scale"),
+    "gate": ("gate", "gated", "gating", "sigmoid gate", "output gate"),
+    "compile": ("torch compile", "compile", "compilation", "compiled", "compiling"),
+    "nesterov": ("nesterov", "nesterov momentum", "look ahead", "lookahead"),
+    "grad_accum": ("gradient accumulation", "grad accumulation", "accumulation", "accumulate gradients"),
+    "value_embeddings": ("value embedding", "value embeddings", "value embed", "ve", "value embedding table",
+                         "value embedding tables"),
+    "mixed_precision": ("bf16", "bfloat16", "fp16", "mixed precision", "autocast", "fp32", "tf32", "fp8"),
+}
+
+# ---------------------------------------------------------------------------------------------- directions
+UP_WORDS = (
+    "increase", "increased", "increasing", "raise", "raised", "raising", "bump", "grow", "larger", "bigger", "higher",
+    "more", "longer", "wider", "deeper", "up", "boost", "lengthen", "extend", "loosen", "looser", "stretch",
+    "widen", "deepen", "enlarge", "expand", "heavier", "stronger", "greater", "scale up", "bolder",
+)
+DOWN_WORDS = (
+    "decrease", "decreased", "decreasing", "lower", "lowered", "lowering", "reduce", "reduced", "reducing", "cut",
+    "shrink", "smaller", "shorter", "less", "fewer", "narrower", "shallower", "down", "tighten", "tighter",
+    "shorten", "trim", "weaker", "lighter", "gentler", "milder", "calmer", "scale down", "slash", "narrow",
+)
+# adjectives that name a knob and its direction at once
+IMPLIED: dict[str, tuple[str, int]] = {
+    "deeper": ("depth", 1), "shallower": ("depth", -1), "wider": ("width", 1), "narrower": ("width", -1),
+    "widen": ("width", 1), "deepen": ("depth", 1),
+}
+ON_WORDS = ("add", "adds", "adding", "enable", "enables", "enabling", "introduce", "introducing", "turn on",
+            "apply", "applying", "insert", "include", "put", "give", "regularize", "regularizing", "switch on", "turn it on")
+OFF_WORDS = ("remove", "removing", "removes", "disable", "disabling", "drop", "dropping", "delete", "turn off",
+             "no", "without", "get rid of", "strip", "stop", "ablate", "eliminate", "untie", "untied", "untying",
+             "switch off", "kill", "skip", "not", "none", "off", "rid of")
+REPLACE_WORDS = ("replace", "replacing", "swap", "swapping", "switch", "switching", "instead of", "rather than",
+                 "in place of", "change", "substitute", "go back to", "move to", "migrate")
+FROM_WORDS = ("from", "was", "currently", "current", "instead of", "rather than", "in place of", "replacing")
+MULTIPLIERS: dict[str, float] = {
+    "halve": 0.5, "halving": 0.5, "halved": 0.5, "double": 2.0, "doubling": 2.0, "doubled": 2.0, "twice": 2.0,
+    "triple": 3.0, "tripling": 3.0, "tripled": 3.0, "thrice": 3.0, "quadruple": 4.0, "quadrupled": 4.0,
+    "quadrupling": 4.0,
+}
+# a fraction word after "a"/"one"/a number word: "a third more", "two thirds"
+FRACTIONS: dict[str, int] = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4,
+                             "fifth": 5, "fifths": 5, "tenth": 10, "tenths": 10}
+SCALE_SUFFIXES: dict[str, float] = {"k": 1e3, "thousand": 1e3, "m": 1e6, "million": 1e6, "mil": 1e6, "b": 1e9,
+                                    "billion": 1e9}
+
+# words that say nothing about what changes (filtered from topic words)
+FILLERS = frozenset(
+    "a an the of for to in on at by with and or from into onto as is are be been being it its this that these those "
+    "we i you our my let us try trying tried use using used make making set setting instead rather than per each "
+    "every all some any so then also just only still now currently current new old value values run runs training "
+    "train model models experiment experiments idea ideas should could would may might will can see test check "
+    "whether if maybe again once more time times same while keep keeping kept here there what which why how than "
+    "do does done get go going put version variant attempt second first proposal think probably".split()
+)
+# phrases that only locate ("per layer") and must not be read as the knob they contain
+FILLER_PHRASES = ("per layer", "per block", "per head", "each layer", "each block", "layer wise", "per step",
+                  "every other block", "every other layer", "first layer", "last layer", "per token", "non zero",
+                  "alternate layers", "alternating layers", "every second layer", "odd layers", "even layers",
+                  "alternate blocks", "all the way", "input projection", "input projections", "linear layer",
+                  "linear layers", "linear projection", "linear projections", "across layers", "across all layers",
+                  "across the layers", "across blocks", "across all blocks")
+# single words too vague to name a knob when a technique is named beside them ("EMA with decay 0.999")
+WEAK_WORDS = ("decay", "cap", "base", "steps", "step", "window", "start", "ramp", "stack", "theta", "val", "init",
+              "std", "end", "scale", "size", "factor", "ratio", "expansion", "multiplier", "mult")
+# parts that belong to what a technique is, not to where it applies
+INTRINSIC_PARTS = {"block_layout": {"attention", "mlp", "norm", "residual"},
+                   "attention_kind": {"attention", "query", "key", "value"},
+                   "position": {"attention", "query", "key", "embedding"},
+                   "switch:qknorm": {"attention", "query", "key", "norm"},
+                   "switch:temperature": {"attention", "query", "key", "logit"},
+                   "norm_type": {"norm"}, "activation": {"mlp"}, "switch:zloss": {"logit", "loss"},
+                   "switch:label_smoothing": {"loss"}, "switch:norm_gains": {"norm"},
+                   "switch:ema": {"parameters", "eval"}, "switch:grad_clip": {"norm", "parameters"},
+                   "switch:value_embeddings": {"value_embedding", "attention", "value", "embedding"},
+                   "switch:softcap": {"logit", "unembedding"}, "switch:bias": {"proj"},
+                   "switch:x0skip": {"attention", "mlp", "embedding", "scalar"},
+                   "switch:resid_lambdas": {"attention", "mlp", "scalar"},
+                   "switch:tying": {"matrix", "parameters"}}
+# parts that are the same place as a knob's own ("the LM head logits" are where the logit softcap acts)
+SAME_PLACE = {"logit": {"unembedding"}}
+# concepts that together name a technique ("normalise queries and keys" is QK-norm)
+COMPOUNDS = {"switch:qknorm": ({"query", "key", "norm"},)}
+# where a technique applies when an idea does not say
+DEFAULT_SCOPES = {"activation": "mlp", "position": "attention", "attention_kind": "attention",
+                  "switch:qknorm": "attention", "switch:zloss": "logit", "switch:label_smoothing": "loss",
+                  "switch:tying": "embedding+unembedding", "switch:temperature": "attention",
+                  "switch:gate": "attention"}
+# the member a family falls back to when its present member is removed
+NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal"}
+# techniques whose value is a probability or fraction (10% dropout is 0.1)
+FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing"})
+
+# generic words in constant names that need not be mentioned ("MLP ratio" may be called "the MLP")
+GENERIC = frozenset({"size", "ratio", "frac", "total", "parameters", "optimizer", "base", "steps", "token"})
+# qualifiers that must be named for a constant carrying them to be meant ("batch" alone is the total batch)
+RESTRICTIVE = frozenset({"device", "eval", "excluded", "final", "scalar", "embedding", "unembedding", "matrix",
+                         "head_dim", "beta1", "beta2"})

@@ -1,0 +1,184 @@
+"""Words to tokens: normalisation, numbers written in words, stemming and phrase matching.
+
+Ideas and train.py's names and comments are read through the same functions, so "normalise the
+queries", "QK-normalization" and `qk_norm` meet on the same tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+import snowballstemmer
+from text_to_num import alpha2digit
+
+from memory.lexicon import FRACTIONS, SCALE_SUFFIXES
+
+_STEMMER = snowballstemmer.stemmer("english")
+_SYMBOLS = {
+    "→": " -> ", "⟶": " -> ", "⇒": " -> ", "=>": " -> ", "➝": " -> ", "×": " x ", "·": " * ", "²": "^2", "³": "^3",
+    "–": "-", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
+    "λ": "lambda", "…": " ",
+}
+_BRITISH = re.compile(r"\b(\w{3,}?)is(e|es|ed|ing|ation|ations|er|ers)\b")
+_WORD_NUMBER_FRACTION = re.compile(
+    r"\b(a|an|one|two|three|four|five|six|seven|eight|nine|last|first|final|\d+)\s+(" + "|".join(FRACTIONS) + r")\b")
+_SMALL = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+          "nine": 9}
+_HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
+_NUMBER_RE = (
+    r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
+    r"|(?P<frac>\d+\s*/\s*\d+(?![\d.]))"
+    r"|(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.\d+(?:e[-+]?\d+)?|\d+(?:e[-+]?\d+)?)"
+)
+_TOKEN = re.compile(
+    r"(?P<ord>\d+(?:st|nd|rd|th)\b)|"
+    + _NUMBER_RE
+    + r"|(?P<arrow>->|-->|=>)"
+    + r"|(?P<word>[a-z][a-z0-9]*(?:'s)?)"
+    + r"|(?P<sym>[%=:;,()+*/^~x<>\[\]!?-])"
+)
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    return _STEMMER.stemWord(word)
+
+
+@lru_cache(maxsize=4096)
+def normalise(text: str) -> str:
+    """Lower case, one spelling (American), arrows and symbols spelled one way, numbers as digits."""
+    text = unicodedata.normalize("NFKC", text)
+    for symbol, replacement in _SYMBOLS.items():
+        text = text.replace(symbol, replacement)
+    text = text.lower().replace("_", " ")
+    text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
+    text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
+    text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
+    text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
+    text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
+    text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
+    text = _WORD_NUMBER_FRACTION.sub(_fraction, text)
+    # "decay to zero" says where the decay ends, which is train.py's own default: no change of the decay itself
+    text = re.sub(r"\b(decay\w*|anneal\w*|cool\w*|warmdown)\s+(?:all the way\s+)?to\s+(?:zero|0)\b", r"\1", text)
+    text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
+    text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
+    text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 0"
+    try:
+        text = alpha2digit(text, "en", threshold=1)
+    except Exception:  # the converter is an aid: a text it cannot handle is read as written
+        pass
+    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1\2", text)
+    return " ".join(text.split())
+
+
+def _fraction(match: re.Match) -> str:
+    count, word = match.group(1), match.group(2)
+    if count in ("last", "first", "final"):  # "the last quarter" of a schedule
+        return f"{count} 1/{FRACTIONS[word]} "
+    numerator = int(count) if count.isdigit() else _SMALL[count]
+    return f" {numerator}/{FRACTIONS[word]} "
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str  # the normalised surface form (a word's stem for words)
+    kind: str  # "word", "number", "symbol"
+    value: float | None = None  # numbers
+    raw: str = ""  # the word before stemming / the number as written
+
+
+def _number_value(kind: str, text: str) -> float | None:
+    try:
+        if kind == "pow":
+            base, exponent = re.split(r"\*\*|\^", text.replace(" ", ""))
+            return float(base) ** float(exponent) if abs(float(exponent)) <= 64 else None
+        if kind == "frac":
+            num, den = (float(p) for p in text.replace(" ", "").split("/"))
+            return num / den if den else None
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def tokenize(text: str) -> tuple[Token, ...]:
+    """Tokens of a normalised text: stemmed words, numbers (with their value; 512k, 2**19 and 1/3 included)
+    and the symbols that carry meaning (->, %, x, =, parentheses...)."""
+    tokens: list[Token] = []
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        raw = match.group(0)
+        if kind in ("pow", "frac", "num"):
+            value = _number_value(kind, raw)
+            if value is not None:
+                tokens.append(Token(raw.replace(" ", ""), "number", value, raw))
+        elif kind == "ord":
+            tokens.append(Token(raw, "word", raw=raw))
+        elif kind == "arrow":
+            tokens.append(Token("->", "symbol", raw=raw))
+        elif kind == "word":
+            word = raw[:-2] if raw.endswith("'s") else raw
+            if tokens and tokens[-1].kind == "number" and word in SCALE_SUFFIXES and tokens[-1].value is not None:
+                last = tokens[-1]
+                tokens[-1] = Token(last.text + word, "number", last.value * SCALE_SUFFIXES[word], last.raw + word)
+                continue
+            tokens.append(Token(stem(word), "word", raw=word))
+        else:
+            tokens.append(Token(raw, "symbol", raw=raw))
+    return tuple(tokens)
+
+
+def phrase_tokens(phrase: str) -> tuple[str, ...]:
+    return tuple(t.text for t in tokenize(normalise(phrase)))
+
+
+class PhraseMatcher:
+    """Longest-first matching of phrases (token sequences) to the concepts they stand for."""
+
+    def __init__(self, table: Mapping[str, Iterable[str]]):
+        self._phrases: dict[tuple[str, ...], frozenset[str]] = {}
+        for phrase, concepts in table.items():
+            key = phrase_tokens(phrase)
+            if key:
+                self._phrases[key] = self._phrases.get(key, frozenset()) | frozenset(concepts)
+        self._longest = max((len(k) for k in self._phrases), default=0)
+
+    def match(self, tokens: tuple[Token, ...]) -> list[tuple[int, int, frozenset[str]]]:
+        """(start, end, concepts) of the phrases found, left to right: the reading that covers the most tokens,
+        then the one with fewer (longer) phrases, so "attention head dimension" is attention + head dimension."""
+        texts = [t.text for t in tokens]
+        n = len(texts)
+        # best[i]: (tokens covered, -phrases used, first phrase length) for texts[i:]
+        best: list[tuple[int, int, int]] = [(0, 0, 0)] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            choice = (best[i + 1][0], best[i + 1][1], 0)
+            for length in range(min(self._longest, n - i), 0, -1):
+                if tuple(texts[i : i + length]) in self._phrases:
+                    after = best[i + length]
+                    option = (after[0] + length, after[1] - 1, length)
+                    if option[:2] > choice[:2] or (option[:2] == choice[:2] and choice[2] == 0):
+                        choice = option  # on a tie, a phrase starting here beats one starting later
+            best[i] = choice
+        found, i = [], 0
+        while i < n:
+            length = best[i][2]
+            if length:
+                found.append((i, i + length, self._phrases[tuple(texts[i : i + length])]))
+                i += length
+            else:
+                i += 1
+        return found
+
+
+def phrase_table(*tables: tuple[Mapping[str, Iterable[str]], str]) -> dict[str, set[str]]:
+    """Merge {concept: phrases} tables into {phrase: concepts}; `prefix` names a table's concepts."""
+    merged: dict[str, set[str]] = {}
+    for table, prefix in tables:
+        for concept, phrases in table.items():
+            for phrase in phrases:
+                merged.setdefault(phrase, set()).add(prefix + concept)
+    return merged

@@ -1,0 +1,142 @@
+"""Structured reading of ideas: knobs named by code or description, values in any notation, families of
+techniques, and the comparison that decides whether two ideas are the same experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memory.comparison import Reading, compare
+from memory.reading import read_idea
+from memory.vocabulary import learn_vocabulary
+
+DATA = Path(__file__).parent / "data"
+VOCAB = learn_vocabulary((Path(__file__).resolve().parents[1] / "train.py").read_text())
+
+
+def reading(title: str, rationale: str = "") -> Reading:
+    return read_idea(title, rationale, VOCAB)
+
+
+def only(title: str) -> tuple[str, tuple]:
+    r = reading(title)
+    assert len(r.changes) == 1, r.describe()
+    return r.changes[0].target, r.changes[0].values
+
+
+def test_knobs_are_learned_from_train_py():
+    assert {"lr", "muon"} in VOCAB.knobs["MATRIX_LR"].aliases  # passed as lr= to Muon(...)
+    assert {"rope"} in VOCAB.knobs["ROPE_BASE"].aliases  # the `base` parameter of rotary_tables
+    assert [d.solve_for for d in VOCAB.derived] == ["ASPECT_RATIO"]  # "model width = DEPTH * ASPECT_RATIO"
+    assert VOCAB.knobs["WEIGHT_DECAY"].scope >= {"muon", "matrix"}
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("MLP_RATIO 4 -> 3", "MLP_RATIO", 3.0),
+    ("make the feed-forward hidden layer three times the model width", "MLP_RATIO", 3.0),
+    ("Muon step size down to 0.035", "MATRIX_LR", 0.035),
+    ("two hundred thousand for the rotary theta", "ROPE_BASE", 200000.0),
+    ("begin the cooldown at 35% of the run", "WARMDOWN_RATIO", 0.65),
+    ("anneal during the final 45% of training", "WARMDOWN_RATIO", 0.45),
+    ("the LM head learning rate at 0.01", "UNEMBEDDING_LR", 0.01),
+    ("micro-batch of 48 sequences", "DEVICE_BATCH_SIZE", 48.0),
+    ("second moment beta of 0.98 for Adam", "ADAM_BETAS", (0.8, 0.98)),
+    ("a 768-wide model", "ASPECT_RATIO", 96.0),
+])
+def test_values_in_any_notation(title, target, value):
+    name, values = only(title)
+    assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("halve the embedding learning rate", "EMBEDDING_LR", 0.3),
+    ("raise the scalar LR by a fifth", "SCALAR_LR", 0.6),
+    ("grow the depth by three layers", "DEPTH", 11.0),
+    ("a tenfold larger LM-head learning rate", "UNEMBEDDING_LR", 0.04),
+    ("cut Muon's momentum by 10%", "MUON_MOMENTUM", 0.855),
+])
+def test_relative_changes_resolve_against_the_current_value(title, target, value):
+    name, values = only(title)
+    assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("swap the squared ReLU for a SiLU-gated linear unit", "activation@mlp", "swiglu"),
+    ("use the Gaussian error linear unit in the feed-forward block", "activation@mlp", "gelu"),
+    ("train the hidden matrices with Adam instead of Muon", "optimizer@matrix", "adamw"),
+    ("attention with linear biases in place of rotary embeddings", "position@attention", "alibi"),
+    ("turn off the logit soft cap", "LOGIT_SOFTCAP", 0.0),
+    ("add 5% dropout on the residual branches", "switch:dropout@attention+mlp", 0.05),
+])
+def test_techniques_and_their_variants(title, target, value):
+    name, values = only(title)
+    assert (name, values[0]) == (target, value), reading(title).describe()
+
+
+@pytest.mark.parametrize("a, b", [
+    ("DEPTH 8 -> 10", "go from eight to ten transformer blocks"),
+    ("WARMDOWN_RATIO 0.5 -> 0.6", "start decaying at 40% of training"),
+    ("MATRIX_LR 0.04 -> 0.02", "halve the Muon learning rate"),
+    ("SwiGLU in the MLP", "a SiLU-gated linear unit replaces relu^2 in the feed-forward"),
+    ("TOTAL_BATCH_SIZE 2**19 -> 2**20", "a batch of one million tokens per step"),
+])
+def test_paraphrases_read_the_same(a, b):
+    assert compare(reading(b), reading(a)).same is True, (reading(a).describe(), reading(b).describe())
+
+
+@pytest.mark.parametrize("a, b", [
+    ("DEPTH 8 to 10", "DEPTH 8 to 12"),  # the target value
+    ("lower the Muon learning rate", "MATRIX_LR 0.04 -> 0.03"),  # a value on one side only
+    ("tanh softcap 30 on the logits", "no logit softcap"),  # sibling variants
+    ("Adam for the hidden matrices", "Muon for the embeddings"),  # roles swapped
+    ("halve the embedding LR", "halve the unembedding LR"),  # sibling knobs
+    ("GELU in the MLP", "SwiGLU in the MLP"),
+    ("dropout 0.1 on attention", "dropout 0.1 on the MLP"),  # the same technique elsewhere
+    ("MATRIX_LR 0.04 -> 0.05", "MATRIX_LR 0.04 -> 0.05 and a 5% warmup"),  # one more change
+])
+def test_near_misses_read_differently(a, b):
+    assert compare(reading(b), reading(a)).same is not True, (reading(a).describe(), reading(b).describe())
+
+
+def test_a_crashed_idea_proposed_again_with_its_fix_is_the_same():
+    crashed = reading("16 layers")
+    again = reading("Sixteen blocks again, with a smaller micro-batch so it fits in memory")
+    assert compare(again, crashed, old_crashed=True).same is True
+    assert compare(again, crashed, old_crashed=False).same is False  # a completed one: the extra change differs
+
+
+def test_nothing_recognised_decides_nothing():
+    assert compare(reading("try something bold"), reading("MATRIX_LR 0.04 -> 0.03")).same is None
+    assert reading("try something bold").describe() == "(no recognised change)"
+
+
+def test_reading_round_trips_through_json():
+    r = reading("ADAM_BETAS (0.8, 0.95) -> (0.9, 0.99) and GELU in the MLP")
+    assert Reading.from_json(r.to_json()) == r
+
+
+def score(name: str) -> tuple[float, float, float]:
+    rows = [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+    tp = fp = fn = near = near_refused = 0
+    for row in rows:
+        past = reading(row["a"]["title"], row["a"]["rationale"])
+        new = reading(row["b"]["title"], row["b"]["rationale"])
+        refused = compare(new, past, old_crashed=row["a"].get("status") == "crash").same is True
+        repeat = row["label"] == "repeat"
+        tp, fp, fn = tp + (refused and repeat), fp + (refused and not repeat), fn + (repeat and not refused)
+        if row["kind"] == "near_miss":
+            near, near_refused = near + 1, near_refused + refused
+    return tp / (tp + fp), tp / (tp + fn), near_refused / max(1, near)
+
+
+def test_judgement_on_the_tuning_pairs():
+    precision, recall, near_misses_refused = score("judgement_pairs_tune.jsonl")
+    print(f"\ntuning pairs: precision {precision:.3f} recall {recall:.3f} near-misses refused {near_misses_refused:.3f}")
+    assert precision >= 0.95 and recall >= 0.9 and near_misses_refused <= 0.05
+
+
+def test_judgement_on_the_older_pairs():
+    precision, recall, _ = score("idea_pairs.jsonl")
+    assert precision >= 0.95 and recall >= 0.75
