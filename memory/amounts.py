@@ -23,12 +23,18 @@ _COMPARATIVE_DOWN = frozenset(stem(w) for w in ("less", "fewer", "smaller", "low
 _TO = frozenset({"to", "->", "=", ":", "at", "of", "becom", "into"})
 _FROM = frozenset({"from", "was", "current", "currently"})
 _INSTEAD = ("instead", "rather")
+_DIVIDE = frozenset(stem(w) for w in ("divided", "divide", "dividing", "divides"))
 _PERCENT = frozenset({"%", "percent", "pct"})
 _TIMES = frozenset({"x", "time", "fold", "*"})
 _RUN = frozenset(stem(w) for w in ("training", "run", "budget", "time", "peak", "schedule", "steps"))
 _PHASE_START = frozenset(stem(w) for w in ("first", "start", "begin", "after", "into", "until", "hold", "flat",
                                             "constant", "stable", "keep", "stay", "peak"))
 _WIDTH_WORDS = frozenset({"d", "dim", "width", "the", "a", "model", "hidden", "d_model", "embd"})
+# "X is too small" asks for a larger X
+_TOO_UP = frozenset(stem(w) for w in ("small", "low", "short", "few", "little", "weak", "slow", "tight", "narrow",
+                                      "shallow", "smaller", "lower", "conservative", "timid"))
+_TOO_DOWN = frozenset(stem(w) for w in ("big", "large", "high", "long", "many", "much", "strong", "fast", "loose",
+                                        "wide", "deep", "aggressive", "bigger", "larger", "higher", "hot"))
 _PHASE_END = frozenset(stem(w) for w in ("last", "final", "end", "over", "remaining"))
 
 
@@ -41,9 +47,15 @@ class Amount:
 
 
 def direction_of(tokens: list[Token]) -> int:
-    """+1 / -1 from the direction words among `tokens` (0 when none or both)."""
-    up = any(t.kind == "word" and t.text in _UP for t in tokens)
-    down = any(t.kind == "word" and t.text in _DOWN for t in tokens)
+    """+1 / -1 from the direction words among `tokens` (0 when none or both). "Too small" asks for more."""
+    up = down = False
+    for k, t in enumerate(tokens):
+        if t.kind != "word":
+            continue
+        if _word(tokens, k - 1) == "too" and t.text in _TOO_UP | _TOO_DOWN:
+            up, down = up or t.text in _TOO_UP, down or t.text in _TOO_DOWN
+        elif _word(tokens, k - 1) != "too":
+            up, down = up or t.text in _UP, down or t.text in _DOWN
     factor = [_MULTIPLIERS[t.text] for t in tokens if t.kind == "word" and t.text in _MULTIPLIERS]
     if factor:
         up, down = factor[0] > 1, factor[0] < 1
@@ -72,6 +84,7 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     """The amount stated among a mention's tokens, or None when only a direction (or nothing) is said."""
     tokens = [Token("0", "number", 0.0, "0") if t.text == "zero" and _word(tokens, k - 1) in _TO else t
               for k, t in enumerate(tokens)]
+    tokens = _first_branch(tokens)
     direction = direction_of(tokens)
     tuples = []
     i = 0
@@ -118,6 +131,8 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
         return None
     i, t = candidates[-1]
     value = float(t.value)
+    if value and _word(tokens, i - 1) == "by" and _word(tokens, i - 2) in _DIVIDE:
+        return Amount("factor", 1 / value)  # "lr /2", "divided by 3"
     after, after2 = _word(tokens, i + 1), _word(tokens, i + 2)
     before = _word(tokens, i - 1)
     percent = after in _PERCENT
@@ -166,6 +181,16 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("absolute", p, old)
         return Amount("factor", 1 + (direction or 1) * p)
     return Amount("absolute", _scaled(t, tokens, i, fraction_like), old, _approx(t))
+
+
+def _first_branch(tokens: list[Token]) -> list[Token]:
+    """`30.0 if CUDA else 0.0` (a constant written per device): the first branch is the setting meant."""
+    for k, t in enumerate(tokens[:-3]):
+        if t.kind == "number" and tokens[k + 1].text == "if":
+            end = next((j for j in range(k + 2, min(len(tokens), k + 6)) if tokens[j].text == stem("else")), None)
+            if end is not None and end + 1 < len(tokens) and tokens[end + 1].kind == "number":
+                return tokens[: k + 1] + tokens[end + 2 :]
+    return tokens
 
 
 def _inside_tuple(i: int, tuples: list[tuple[int, tuple]]) -> bool:

@@ -533,7 +533,8 @@ def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int],
     if new is None:
         return None
     value: Any = new
-    numbers = [t.value for t in tokens[start:end] if t.kind == "number" and t.value > 1]
+    numbers = [t.value for t in _masked(tokens, vocab.matcher.match(tokens), start, end)
+               if t.kind == "number" and t.value > 1]
     if numbers and family in ("attention_kind", "init"):
         value = f"{new}:{show_value(float(numbers[-1]))}"
     named = _arrow_word(tokens, start, end, vocab)

@@ -28,6 +28,11 @@ _WORD_NUMBER_FRACTION = re.compile(
     r"\b(a|an|one|two|three|four|five|six|seven|eight|nine|last|first|final|\d+)\s+(" + "|".join(FRACTIONS) + r")\b")
 _SMALL = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
           "nine": 9}
+_NEGATED = {"can": "can", "won": "will", "don": "do", "doesn": "does", "didn": "did", "isn": "is", "aren": "are",
+            "wasn": "was", "shouldn": "should", "wouldn": "would", "haven": "have", "hasn": "has"}
+_MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|deepseek|phi|t5|bert|falcon|pythia)"
+                         r"\s*-?\s*(\d+(?:\.\d+)?)\b")
+_RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
 _NUMBER_RE = (
     r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
@@ -55,9 +60,16 @@ def normalise(text: str) -> str:
     for symbol, replacement in _SYMBOLS.items():
         text = text.replace(symbol, replacement)
     text = text.lower().replace("_", " ")
+    text = re.sub(r"\b(can|won|don|doesn|didn|isn|aren|wasn|shouldn|wouldn|haven|hasn)'t\b",
+                  lambda m: _NEGATED.get(m.group(1), m.group(1)) + " not", text)
+    text = _MODEL_NAME.sub(r"\1\2", text)  # "Gemma 2 style", "GPT-2 init": a name, not a value
+    text = _RETRY_COUNT.sub(" ", text)  # "take two", "attempt 2": which try this is, not a setting
+    text = re.sub(r"\bhalf an? dozen\b", "6", text)
+    text = re.sub(r"\b(?:a|one) dozen\b", "12", text)
     text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
     text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
+    text = re.sub(r"(?:(?<=\s)|^)/\s*(?=\d)", " divided by ", text)  # "lr /2" (but not the x/15 of a formula)
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
     text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
     text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
@@ -72,6 +84,7 @@ def normalise(text: str) -> str:
     except Exception:  # the converter is an aid: a text it cannot handle is read as written
         pass
     text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1\2", text)
+    text = re.sub(r"\b(\d+) dozens?\b", lambda m: str(12 * int(m.group(1))), text)
     return " ".join(text.split())
 
 
