@@ -347,7 +347,15 @@ DEFAULT_SCOPES = {"activation": "mlp", "position": "attention", "attention_kind"
 # the member a family falls back to when its present member is removed
 NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal"}
 # techniques whose value is a probability or fraction (10% dropout is 0.1)
-FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing"})
+FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing", "switch:stochastic_depth"})
+# techniques that take a numeric setting, and its plausible range: a number outside it is something else
+# ("keeps the partition function near 1" is no z-loss weight); techniques absent here take no number at all
+SWITCH_SETTINGS: dict[str, tuple[float, float]] = {
+    "switch:dropout": (0.0, 0.9), "switch:label_smoothing": (0.0, 0.5), "switch:stochastic_depth": (0.0, 0.9),
+    "switch:zloss": (0.0, 0.1), "switch:grad_clip": (1e-3, 100.0), "switch:ema": (0.5, 1.0),
+    "switch:moe": (2.0, 4096.0), "switch:weight_decay_embed": (0.0, 1.0), "switch:temperature": (0.01, 100.0),
+    "switch:layerscale": (0.0, 10.0), "switch:mtp": (1.0, 16.0), "switch:sinks": (1.0, 1024.0),
+}
 
 # generic words in constant names that need not be mentioned ("MLP ratio" may be called "the MLP")
 GENERIC = frozenset({"size", "ratio", "frac", "total", "parameters", "optimizer", "base", "steps", "token"})

@@ -31,6 +31,7 @@ from memory.lexicon import (
     QUANTITIES,
     REPLACE_WORDS,
     SAME_PLACE,
+    SWITCH_SETTINGS,
     WEAK_WORDS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
@@ -276,6 +277,27 @@ def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:
     return out
 
 
+def _nearest_verb(tokens: tuple[Token, ...], at: int, reach: int = 8) -> str:
+    """The verb that governs a mention: the nearest "add"/"remove"-like word before it in its clause, so that in
+    "drop the per-block blend of the initial embedding" the blend is removed."""
+    for i in range(at - 1, max(-1, at - 1 - reach), -1):
+        t = tokens[i]
+        if t.text in _SEPARATORS or t.text in (";", ":", "."):
+            return ""
+        if t.kind == "word" and t.text in _OFF:
+            return "off"
+        if t.kind == "word" and t.text in _ON | _REPLACE:  # "stop applying", "do not use": negated
+            return "off" if any(x.kind == "word" and x.text in _OFF for x in tokens[max(0, i - 2) : i]) else "on"
+    return ""
+
+
+def _switched_off_after(tokens: tuple[Token, ...], at: int) -> bool:
+    """"Turn Nesterov off", "take the biases out"."""
+    following = [t.text for t in tokens[at + 1 : at + 3]]
+    return ("off" in following or "out" in following) and any(
+        t.text in (stem("turn"), stem("switch"), stem("take"), stem("leave")) for t in tokens[max(0, at - 3) : at])
+
+
 def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 3) -> bool:
     return any(tokens[i].kind == "word" and tokens[i].text in words for i in range(max(0, at - reach), at))
 
@@ -289,16 +311,34 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
     changes = _read(title, vocab)
     if rationale:
         extra = _read(rationale, vocab)
-        title_tokens = tokenize(normalise(title))
-        if not changes and not any(cs for _, _, cs in vocab.matcher.match(title_tokens)):
-            # a title naming nothing known ("second attempt"): the rationale says what changes; a title that
-            # names things but no change stays unread (the rationale's "sharing" must not decide)
-            changes = [c for c in extra if c.values or c.direction]
+        named = {c for _, _, cs in vocab.matcher.match(tokenize(normalise(title))) for c in cs}
+        if not any(c.target.split("@")[0][:2] != "q:" for c in changes):
+            # a title naming nothing known ("second attempt"): the rationale says what changes; a title that names
+            # things but no change takes only what the rationale says of those things (its "sharing" must not
+            # decide "tie the ...")
+            related = [c for c in extra if (c.values or c.direction) and (not named or _related(c, named, vocab))]
+            changes = related or changes
         else:
-            by_target = {c.target: c for c in extra if c.values}
-            changes = [by_target.get(c.target, c) if not c.values else c for c in changes]
+            by_target = {c.target: c for c in extra if _numeric(c)}
+            changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
     return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab))
+
+
+def _numeric(change: Change) -> bool:
+    return bool(change.values) and isinstance(change.values[0], float | tuple)
+
+
+def _related(change: Change, named: set[str], vocab: Vocabulary) -> bool:
+    """Does a change concern what a title names? A knob by a word of its name, a technique by itself or the part
+    it works in (a title on "the sub-layer outputs" and a rationale adding dropout there)."""
+    base = change.target.split("@")[0]
+    knob = vocab.knobs.get(base)
+    if knob is not None:
+        return bool(named & (knob.concepts - GENERIC - {"optimizer", "parameters"}))
+    family = base.split(":")[0] if not base.startswith("switch:") else base
+    own = {c for c in named if c == family or c.startswith(family + ":")}
+    return bool(own or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
 
 
 def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
@@ -327,8 +367,11 @@ _FILLER_STEMS = frozenset(stem(w) for w in FILLERS)
 
 
 def _topic(text: str) -> frozenset[str]:
-    return frozenset(t.text for t in tokenize(normalise(text))
-                     if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1)
+    """The title's content words and their order (pairs of neighbours): "local in even layers, full in odd" and
+    "full in even layers, local in odd" use the same words for different experiments."""
+    words = [t.text for t in tokenize(normalise(text))
+             if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1]
+    return frozenset(words) | frozenset(f"{a}>{b}" for a, b in zip(words, words[1:], strict=False))
 
 
 def _merge(changes: Iterable[Change]) -> list[Change]:
@@ -584,8 +627,9 @@ def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabula
 def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool,
                    others: bool = False, vocab_present: frozenset[str] = frozenset()) -> Change | None:
     name = mention.name
-    off = inherited_off or _governed_by(tokens, mention.start, _OFF, reach=5)
-    on = _governed_by(tokens, mention.start, _ON, reach=5)
+    verb = _nearest_verb(tokens, mention.start)
+    off = inherited_off or verb == "off" or _switched_off_after(tokens, mention.start)
+    on = verb == "on"
     numbers = [t for t in owned if t.kind == "number"]
     if name == "switch:tying" and (any(t.text in (stem("untie"), stem("untied"), "untying") for t in owned)):
         off = True
@@ -593,9 +637,10 @@ def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, .
     target = f"{name}@{scope}"
     if others and name in vocab_present and not numbers and not off:
         return None  # "accumulate over more micro-steps: device batch 32": train.py's own technique, as context
-    if numbers and not off:
+    if numbers and not off and name in SWITCH_SETTINGS:
         amount = read_amount(owned, fraction_like=name in FRACTION_SWITCHES, terminal_phase=False, is_tuple=False)
-        if amount is not None and amount.kind == "absolute":
+        low, high = SWITCH_SETTINGS[name]
+        if amount is not None and amount.kind == "absolute" and low <= amount.value <= high:
             return Change(target, (_rounded(amount.value),), 1)
     if off:
         return Change(target, ("off",), -1)
