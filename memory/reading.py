@@ -17,22 +17,27 @@ from typing import Any
 
 from memory.amounts import Amount, direction_of, read_amount, resolve, values_match
 from memory.comparison import Change, Reading, show_value
+from memory.cues import apply_cues, compile_cues
 from memory.lexicon import (
-    COMPOUNDS,
-    DEFAULT_SCOPES,
     FILLERS,
-    FRACTION_SWITCHES,
     GENERIC,
-    INTRINSIC_PARTS,
-    NONE_MEMBERS,
     OFF_WORDS,
     ON_WORDS,
     PARTS,
     QUANTITIES,
     REPLACE_WORDS,
     SAME_PLACE,
-    SWITCH_SETTINGS,
     WEAK_WORDS,
+)
+from memory.techniques import (
+    COMPOUNDS,
+    CUES,
+    DEFAULT_SCOPES,
+    FRACTION_SWITCHES,
+    GATED,
+    INTRINSIC_PARTS,
+    NONE_MEMBERS,
+    SWITCH_SETTINGS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
@@ -66,12 +71,23 @@ class _Mention:
     before: tuple[str, ...] = ()  # the words just before it ("at depth 8")
 
 
-def _spans(tokens: tuple[Token, ...], vocab: Vocabulary) -> list[tuple[int, int, frozenset[str]]]:
-    return vocab.matcher.match(tokens)
+_CUES = compile_cues(CUES)
 
 
-def _clauses(tokens: tuple[Token, ...], spans: list[tuple[int, int, frozenset[str]]]) -> list[tuple[int, int]]:
-    inside = {i for s, e, _ in spans for i in range(s, e) if e - s > 1}
+class _Spans(list):
+    """Recognised phrases (start, end, concepts), and the positions inside descriptions of a technique."""
+
+    def __init__(self, items: Iterable[tuple[int, int, frozenset[str]]], joined: frozenset[int] = frozenset()):
+        super().__init__(items)
+        self.joined = joined
+
+
+def _spans(tokens: tuple[Token, ...], vocab: Vocabulary) -> _Spans:
+    return _Spans(*apply_cues(tokens, vocab.matcher.match(tokens), _CUES))
+
+
+def _clauses(tokens: tuple[Token, ...], spans: _Spans) -> list[tuple[int, int]]:
+    inside = {i for s, e, _ in spans for i in range(s, e) if e - s > 1} | spans.joined
     bounds, depth, start = [], 0, 0
     for i, t in enumerate(tokens):
         if t.text == "(":
@@ -311,7 +327,7 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
     changes = _read(title, vocab)
     if rationale:
         extra = _read(rationale, vocab)
-        named = {c for _, _, cs in vocab.matcher.match(tokenize(normalise(title))) for c in cs}
+        named = {c for _, _, cs in _spans(tokenize(normalise(title)), vocab) for c in cs}
         if not any(c.target.split("@")[0][:2] != "q:" for c in changes):
             # a title naming nothing known ("second attempt"): the rationale says what changes; a title that names
             # things but no change takes only what the rationale says of those things (its "sharing" must not
@@ -343,7 +359,7 @@ def _related(change: Change, named: set[str], vocab: Vocabulary) -> bool:
 
 def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
     tokens = tokenize(normalise(title))
-    masked = _masked(tokens, vocab.matcher.match(tokens), 0, len(tokens))
+    masked = _masked(tokens, _spans(tokens, vocab), 0, len(tokens))
     explained: set[float] = set()
     for change in changes:
         for value in change.values:
@@ -576,7 +592,7 @@ def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int],
     if new is None:
         return None
     value: Any = new
-    numbers = [t.value for t in _masked(tokens, vocab.matcher.match(tokens), start, end)
+    numbers = [t.value for t in _masked(tokens, _spans(tokens, vocab), start, end)
                if t.kind == "number" and t.value > 1]
     if numbers and family in ("attention_kind", "init"):
         value = f"{new}:{show_value(float(numbers[-1]))}"
@@ -617,7 +633,7 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
 
 def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabulary) -> str:
     """A setting named by an unknown word after an arrow ("window pattern SSSL -> SSLL"): kept as the value."""
-    known = {i for s, e, _ in vocab.matcher.match(tokens) for i in range(s, e)}
+    known = {i for s, e, _ in _spans(tokens, vocab) for i in range(s, e)}
     for i in range(end - 2, start - 1, -1):
         if tokens[i].text == "->" and tokens[i + 1].kind == "word" and i + 1 not in known:
             return tokens[i + 1].raw

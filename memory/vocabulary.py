@@ -19,16 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from memory.fingerprint import module_constants
-from memory.lexicon import (
-    FAMILIES,
-    FILLER_PHRASES,
-    GENERIC,
-    MULTI_PARTS,
-    PARTS,
-    QUANTITIES,
-    RESTRICTIVE,
-    SWITCHES,
-)
+from memory.lexicon import FILLER_PHRASES, GENERIC, MULTI_PARTS, PARTS, QUANTITIES, RESTRICTIVE
+from memory.techniques import FAMILIES, SWITCHES
 from memory.wording import PhraseMatcher, normalise, phrase_table, tokenize
 
 PART_CONCEPTS = frozenset(PARTS) | {"adamw", "muon"}  # where a change applies: a part, or an optimizer's group

@@ -1,0 +1,108 @@
+"""Techniques described rather than named: "soften the one-hot targets" is label smoothing, "let each head learn
+a multiplier on q.k" an attention temperature, "randomly skip whole blocks" stochastic depth.
+
+A cue (`memory.techniques.CUES`) is a few groups of words that, all present within a short stretch of an idea
+in any order, mean one concept. Words are compared by stem, and a group may also be met by any phrase that names
+a concept (`@attention` is met by "attention", "attn", "self-attention"...), so a cue covers many wordings at
+once. A group starting with "!" vetoes the cue when any of its words is in the stretch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from memory.wording import Token, phrase_tokens
+
+WINDOW = 10  # tokens a description may spread over
+
+
+@dataclass(frozen=True)
+class Cue:
+    concept: str
+    groups: tuple[tuple[tuple[str, ...], ...], ...]  # per group: alternatives (token sequences or ("@", concept))
+    vetoes: frozenset[str]
+
+
+def compile_cues(table: Mapping[str, tuple[str, ...]]) -> list[Cue]:
+    cues = []
+    for concept, descriptions in table.items():
+        for description in descriptions:
+            groups, vetoes = [], set()
+            for group in description.split(" + "):
+                group = group.strip()
+                if group.startswith("!"):
+                    vetoes.update(t for word in group[1:].split("|") for t in phrase_tokens(word))
+                    continue
+                alternatives = []
+                for word in group.split("|"):
+                    word = word.strip()
+                    if word.startswith("@"):
+                        alternatives.append(("@", word[1:]))
+                    elif tokens := phrase_tokens(word):
+                        alternatives.append(tokens)
+                groups.append(tuple(alternatives))
+            cues.append(Cue(concept, tuple(groups), frozenset(vetoes)))
+    return cues
+
+
+Span = tuple[int, int, frozenset[str]]
+
+
+def _occurrences(group: tuple[tuple[str, ...], ...], texts: list[str], named: list[frozenset[str]]
+                 ) -> list[tuple[int, int]]:
+    found = []
+    for i in range(len(texts)):
+        for alternative in group:
+            if alternative[0] == "@":
+                if alternative[1] in named[i]:
+                    found.append((i, i + 1))
+            elif tuple(texts[i : i + len(alternative)]) == alternative:
+                found.append((i, i + len(alternative)))
+    return found
+
+
+def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) -> tuple[list[Span], frozenset[int]]:
+    """The phrase spans with each described technique put in: the concept on the first word of its description,
+    the description's other words recognised but meaningless. Also the positions inside descriptions, where a
+    clause must not be split ("compute attention and feed-forward from the same input")."""
+    texts = [t.text for t in tokens]
+    named: list[frozenset[str]] = [frozenset()] * len(tokens)
+    for s, e, concepts in spans:
+        for i in range(s, e):
+            named[i] = concepts
+    claimed: set[int] = set()
+    found: list[tuple[int, int, set[int], str]] = []
+    for cue in cues:
+        occurrences = [_occurrences(group, texts, named) for group in cue.groups]
+        if not all(occurrences):
+            continue
+        best = None
+        for anchor in occurrences[0]:  # the tightest choice of one occurrence per group around each anchor
+            chosen, used = [anchor], set(range(*anchor))
+            for options in occurrences[1:]:
+                free = [o for o in options if not used & set(range(*o))]
+                if not free:
+                    break
+                pick = min(free, key=lambda o: abs(o[0] - anchor[0]))
+                chosen.append(pick)
+                used |= set(range(*pick))
+            else:
+                lo, hi = min(c[0] for c in chosen), max(c[1] for c in chosen)
+                if hi - lo <= WINDOW and not used & claimed and (best is None or hi - lo < best[1] - best[0]):
+                    best = (lo, hi, used)
+        if best is None or cue.vetoes & set(texts[max(0, best[0] - 3) : best[1] + 3]):
+            continue
+        claimed |= best[2]
+        found.append((best[0], best[1], best[2], cue.concept))
+    if not found:
+        return spans, frozenset()
+    used_positions = set().union(*(f[2] for f in found))
+    kept = [(s, e, c) for s, e, c in spans if not used_positions & set(range(s, e))]
+    joined: set[int] = set()
+    for lo, hi, used, concept in found:
+        first = min(used)
+        kept.append((first, first + 1, frozenset({concept})))
+        kept += [(i, i + 1, frozenset()) for i in sorted(used) if i != first]
+        joined.update(range(lo, hi))
+    return sorted(kept), frozenset(joined)
