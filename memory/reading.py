@@ -577,6 +577,9 @@ def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int],
             and all(m in ("zero", "normal", "uniform") for m, _, _ in mention.members):
         return None  # "decay to zero", "a uniform batch": not an initialisation
     on = [(m, at) for m, off, at in mention.members if not off]
+    gated = {GATED[m] for m, _ in on if m in GATED}
+    if family == "activation" and len(gated) == 1 and any(m == "glu" for m, _ in on):
+        on = [(next(iter(gated)), at) if m == "glu" or m in GATED else (m, at) for m, at in on]  # gated SiLU: SwiGLU
     off = [m for m, was_off, _ in mention.members if was_off]
     present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}
     distinct = list(dict.fromkeys(m for m, _ in on))

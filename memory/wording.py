@@ -33,6 +33,10 @@ _NEGATED = {"can": "can", "won": "will", "don": "do", "doesn": "does", "didn": "
 _MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|deepseek|phi|t5|bert|falcon|pythia)"
                          r"\s*-?\s*(\d+(?:\.\d+)?)\b")
 _RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
+_DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
+_HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |width )?(\d+) ?(?:dims?|dimensions?|d|channels)?(?: each)?\b")
+_NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
+                               r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
 _NUMBER_RE = (
     r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
@@ -69,7 +73,7 @@ def normalise(text: str) -> str:
     text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
     text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
-    text = re.sub(r"(?:(?<=\s)|^)/\s*(?=\d)", " divided by ", text)  # "lr /2" (but not the x/15 of a formula)
+    text = _DIVIDED.sub(_divided, text)  # "lr /2" (but not the x / 15 of a formula)
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
     text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
     text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
@@ -78,7 +82,10 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(decay\w*|anneal\w*|cool\w*|warmdown)\s+(?:all the way\s+)?to\s+(?:zero|0)\b", r"\1", text)
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
-    text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 0"
+    text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
+    text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
+    text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     try:
         text = alpha2digit(text, "en", threshold=1)
     except Exception:  # the converter is an aid: a text it cannot handle is read as written
@@ -86,6 +93,13 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1\2", text)
     text = re.sub(r"\b(\d+) dozens?\b", lambda m: str(12 * int(m.group(1))), text)
     return " ".join(text.split())
+
+
+def _divided(match: re.Match) -> str:
+    before = match.group(1) or ""
+    if len(before) < 2 or not before.isalnum():  # "x / 15", "(s / 50": a formula's division
+        return match.group(0)
+    return f"{before} divided by "
 
 
 def _fraction(match: re.Match) -> str:
