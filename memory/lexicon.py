@@ -193,6 +193,13 @@ FILLER_PHRASES = ("per layer", "per block", "per head", "each layer", "each bloc
 WEAK_WORDS = ("decay", "cap", "base", "steps", "step", "window", "start", "ramp", "stack", "theta", "val", "init",
               "std", "end", "scale", "size", "factor", "ratio", "expansion", "multiplier", "mult", "beta",
               "coefficient", "coef")
+# the parts a quantity lives in: named beside it, they say which quantity, not where ("attention head dim")
+HOMES: dict[str, tuple[str, ...]] = {
+    "head_dim": ("attention", "query", "key", "value"), "heads": ("attention", "query", "key", "value"),
+    "rope": ("attention", "query", "key"), "base": ("attention",), "position": ("attention", "embedding"),
+    "ns": ("matrix", "muon"), "momentum": ("muon", "matrix"), "width": ("embedding", "attention", "mlp"),
+    "depth": ("attention", "mlp"), "ratio": ("mlp",), "logit": ("unembedding",), "softcap": ("unembedding",),
+}
 # parts that are the same place as a knob's own ("the LM head logits" are where the logit softcap acts)
 SAME_PLACE = {"logit": {"unembedding"}}
 # generic words in constant names that need not be mentioned ("MLP ratio" may be called "the MLP")

@@ -21,6 +21,7 @@ from memory.cues import apply_cues, compile_cues
 from memory.lexicon import (
     FILLERS,
     GENERIC,
+    HOMES,
     OFF_WORDS,
     ON_WORDS,
     PARTS,
@@ -51,6 +52,7 @@ _BEFORE_OLD = frozenset({"instead", "rather", "over"})
 _QUANTITY = frozenset(QUANTITIES)
 _WEAK = frozenset(stem(w) for w in WEAK_WORDS)
 _PREPOSITIONS = frozenset({"on", "to", "for", "in", "of", "at", "into", "onto", "across", "insid"})
+_TURN = frozenset(stem(w) for w in ("turn", "switch", "take", "leave", "cut", "shut", "kill"))
 _WITHIN_ATTENTION = {"query": "attention", "key": "attention", "value": "attention"}
 
 
@@ -156,7 +158,7 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
     part_switch: dict[str, tuple[int, frozenset[str]]] = {}  # "x0 lambdas": a technique, or the scalars of a knob
     technique = switches > 0
     for s, e, concepts in local:
-        off = _governed_by(tokens, s, _OFF)
+        off = _nearest_verb(tokens, s, reach=3) == "off" or _switched_off_after(tokens, e - 1)
         fam = [c for c in concepts if ":" in c and not c.startswith("switch:")]
         quantity = {c for c in concepts if c in _QUANTITY or c in PARTS}
         if fam and (not quantity or len(members[fam[0].split(":")[0]]) > 1
@@ -188,7 +190,7 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
     for knob, alias in _match_knobs(pool, vocab, technique or bool(mentions)):
         at = min(pool[c] for c in alias)
         for part, where in list(parts_at.items()):  # "the attention head dimension": a part naming the knob
-            if where < at and at - where <= 2 and part not in alias \
+            if where < at and at - where <= 2 and part not in alias and part in _home(knob) \
                     and not any(tokens[i].text in _PREPOSITIONS for i in range(where, at)):
                 parts_at.pop(part)
         element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
@@ -206,11 +208,6 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
         other = others[0]
         phases[0].parts.add(other.name.lower())
         mentions.remove(other)
-    if any(m.kind == "switch" for m in mentions):  # "gains on the RMSNorms", "Nesterov in Muon": where it goes
-        present = {c for c in vocab.present}
-        for m in [m for m in mentions if m.kind == "family"]:
-            if len(m.members) == 1 and f"{m.name}:{m.members[0][0]}" in present and not m.members[0][1]:
-                mentions.remove(m)
     for formula in vocab.derived:
         if formula.concepts <= set(pool) and not any(m.name == formula.solve_for for m in mentions):
             mentions.append(_Mention("derived", formula.solve_for, min(pool[c] for c in formula.concepts),
@@ -226,6 +223,18 @@ def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Voc
             _add_member(mentions, member, off, at)
             pool.pop(concept)
             parts_at.pop(concept, None)
+    techniques = [m for m in mentions if m.kind == "switch" or m.kind == "family" and m.name != "optimizer"]
+    if techniques:  # "gains on the RMSNorms", "Nesterov in Muon": what train.py has says where the technique goes
+        switched = any(m.kind == "switch" for m in techniques)
+        for m in [m for m in mentions if m.kind == "family" and len(m.members) == 1 and techniques != [m]]:
+            member, off, at = m.members[0]
+            located = _located(tokens, at)
+            if f"{m.name}:{member}" in vocab.present and (
+                    switched and not off or m.name == "optimizer" and (located or not off) or located and not off):
+                mentions.remove(m)
+                if m.name == "optimizer":  # the optimizer's group is where it acts
+                    parts_at.setdefault(member, at)
+                    pool.setdefault(member, at)
     leftover = {c for c in pool if c in _QUANTITY and c not in GENERIC and c not in PARTS}
     if leftover and not mentions:
         mentions.append(_Mention("words", "q:" + "+".join(sorted(leftover)), min(pool[c] for c in leftover)))
@@ -300,8 +309,8 @@ def _nearest_verb(tokens: tuple[Token, ...], at: int, reach: int = 8) -> str:
         t = tokens[i]
         if t.text in _SEPARATORS or t.text in (";", ":", "."):
             return ""
-        if t.kind == "word" and t.text in _OFF:
-            return "off"
+        if t.kind == "word" and t.text in _OFF and (t.text not in ("off", "out") or _word_at(tokens, i - 1) in _TURN):
+            return "off"  # ("Nesterov off in Muon": the "off" belongs to Nesterov)
         if t.kind == "word" and t.text in _ON | _REPLACE:  # "stop applying", "do not use": negated
             return "off" if any(x.kind == "word" and x.text in _OFF for x in tokens[max(0, i - 2) : i]) else "on"
     return ""
@@ -310,8 +319,25 @@ def _nearest_verb(tokens: tuple[Token, ...], at: int, reach: int = 8) -> str:
 def _switched_off_after(tokens: tuple[Token, ...], at: int) -> bool:
     """"Turn Nesterov off", "take the biases out"."""
     following = [t.text for t in tokens[at + 1 : at + 3]]
-    return ("off" in following or "out" in following) and any(
-        t.text in (stem("turn"), stem("switch"), stem("take"), stem("leave")) for t in tokens[max(0, at - 3) : at])
+    return ("off" in following or "out" in following) and any(t.text in _TURN for t in tokens[max(0, at - 3) : at])
+
+
+def _located(tokens: tuple[Token, ...], at: int) -> bool:
+    """Is the word at `at` a place ("in the Muon optimizer", "for Muon")?"""
+    i = at - 1
+    while i >= 0 and tokens[i].text in ("the", "a", "an", "it", "each", "everi", "all"):
+        i -= 1
+    return _word_at(tokens, i) in _PREPOSITIONS
+
+
+def _word_at(tokens: tuple[Token, ...], i: int) -> str:
+    return tokens[i].text if 0 <= i < len(tokens) else ""
+
+
+def _home(knob: Knob) -> set[str]:
+    """The parts a knob lives in, which may be named beside it without saying where it applies ("attention head
+    dimension"); any other part is a place ("attention softcap")."""
+    return set(knob.concepts) | set(knob.scope) | {p for c in knob.concepts for p in HOMES.get(c, ())}
 
 
 def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 3) -> bool:
