@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from memory.wording import Token, phrase_tokens
 
-WINDOW = 10  # tokens a description may spread over
+WINDOW = 12  # tokens a description may spread over
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,8 @@ CUES: dict[str, tuple[str, ...]] = {
                     "2nd half|decoder|upper|mirror|symmetric|deep",),
     "switch:layerscale": ("per channel|channelwise|diagonal|vector + gain|scale|scaling|multiplier + branch|"
                           "branches|sublayer|block output|residual branch|@attention|@mlp",),
+    "switch:resid_lambdas": ("learn|learned|learnable|trainable + scale|scalar|scalars|gain|multiplier|weight + "
+                             "residual|residual contribution|residual stream + !channel|vector|diagonal",),
     "softcap": ("tanh|squash|squashing|saturate|bound + @logit|@unembedding + !gradient|grad",),
     "switch:moe": ("route|router|routing|dispatch|send + expert|experts",),
     "switch:mtp": ("predict|prediction|forecast + several|multiple|future|next 2|2 + token|tokens + !drop",),
@@ -282,6 +284,9 @@ DEFAULT_SCOPES = {"activation": "mlp", "position": "attention", "attention_kind"
                   "switch:sinks": "attention", "switch:flash": "attention", "switch:doc_mask": "attention"}
 # the member a family falls back to when its present member is removed
 NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal", "momentum_kind": "heavy_ball"}
+# the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
+SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
+                "switch:mtp": ("token", "tokens", "head", "heads")}
 # techniques whose value is a probability or fraction (10% dropout is 0.1)
 FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing", "switch:stochastic_depth"})
 # techniques that take a numeric setting, and its plausible range: a number outside it is something else
@@ -289,6 +294,6 @@ FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing", "swit
 SWITCH_SETTINGS: dict[str, tuple[float, float]] = {
     "switch:dropout": (0.0, 0.9), "switch:label_smoothing": (0.0, 0.5), "switch:stochastic_depth": (0.0, 0.9),
     "switch:zloss": (0.0, 0.1), "switch:grad_clip": (1e-3, 100.0), "switch:ema": (0.5, 1.0),
-    "switch:moe": (2.0, 4096.0), "switch:temperature": (0.01, 100.0), "switch:layerscale": (0.0, 10.0),
+    "switch:moe": (2.0, 4096.0), "switch:layerscale": (0.0, 10.0),
     "switch:mtp": (1.0, 16.0), "switch:sinks": (1.0, 1024.0),
 }
