@@ -49,8 +49,10 @@ def compile_cues(table: Mapping[str, tuple[str, ...]]) -> list[Cue]:
 Span = tuple[int, int, frozenset[str]]
 
 
-def _occurrences(group: tuple[tuple[str, ...], ...], texts: list[str], named: list[frozenset[str]]
-                 ) -> list[tuple[int, int]]:
+def _occurrences(group: tuple[tuple[str, ...], ...], texts: list[str], named: list[frozenset[str]],
+                 phrase: list[tuple[int, int]], concept: str) -> list[tuple[int, int]]:
+    """Where a group is met. Words must not cut into a longer phrase naming something else: the "learn" of
+    "learning rate" is no "learned" scale."""
     found = []
     for i in range(len(texts)):
         for alternative in group:
@@ -58,7 +60,9 @@ def _occurrences(group: tuple[tuple[str, ...], ...], texts: list[str], named: li
                 if alternative[1] in named[i]:
                     found.append((i, i + 1))
             elif tuple(texts[i : i + len(alternative)]) == alternative:
-                found.append((i, i + len(alternative)))
+                end = i + len(alternative)
+                if all(i <= phrase[k][0] and phrase[k][1] <= end or concept in named[k] for k in range(i, end)):
+                    found.append((i, end))
     return found
 
 
@@ -68,13 +72,15 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
     clause must not be split ("compute attention and feed-forward from the same input")."""
     texts = [t.text for t in tokens]
     named: list[frozenset[str]] = [frozenset()] * len(tokens)
+    phrase = [(i, i + 1) for i in range(len(tokens))]
     for s, e, concepts in spans:
         for i in range(s, e):
             named[i] = concepts
+            phrase[i] = (s, e)
     claimed: set[int] = set()
     found: list[tuple[int, int, set[int], str]] = []
     for cue in cues:
-        occurrences = [_occurrences(group, texts, named) for group in cue.groups]
+        occurrences = [_occurrences(group, texts, named, phrase, cue.concept) for group in cue.groups]
         if not all(occurrences):
             continue
         best = None
@@ -84,7 +90,7 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
                 free = [o for o in options if not used & set(range(*o))]
                 if not free:
                     break
-                pick = min(free, key=lambda o: abs(o[0] - anchor[0]))
+                pick = min(free, key=lambda o: (max(0, o[0] - anchor[1], anchor[0] - o[1]), o[0] - o[1]))
                 chosen.append(pick)
                 used |= set(range(*pick))
             else:

@@ -188,7 +188,9 @@ FILLER_PHRASES = ("per layer", "per block", "per head", "each layer", "each bloc
                   "alternate layers", "alternating layers", "every second layer", "odd layers", "even layers",
                   "alternate blocks", "all the way", "input projection", "input projections", "linear layer",
                   "linear layers", "linear projection", "linear projections", "across layers", "across all layers",
-                  "across the layers", "across blocks", "across all blocks")
+                  "across the layers", "across blocks", "across all blocks", "in the blocks", "in the layers",
+                  "inside the blocks",
+                  "in the transformer blocks", "of the blocks")
 # single words too vague to name a knob when a technique is named beside them ("EMA with decay 0.999")
 WEAK_WORDS = ("decay", "cap", "base", "steps", "step", "window", "start", "ramp", "stack", "theta", "val", "init",
               "std", "end", "scale", "size", "factor", "ratio", "expansion", "multiplier", "mult", "beta",

@@ -283,6 +283,8 @@ def nearest_verb(tokens: tuple[Token, ...], at: int, reach: int = 8) -> str:
             return ""
         if t.kind == "word" and t.text in OFF and (t.text not in ("off", "out") or word_at(tokens, i - 1) in _TURN):
             return "off"  # ("Nesterov off in Muon": the "off" belongs to Nesterov)
+        if t.text == "on" and word_at(tokens, i - 1) in _TURN:  # "turn on"
+            return "on"
         if t.kind == "word" and t.text in ON | REPLACE:  # "stop applying", "do not use": negated
             return "off" if any(x.kind == "word" and x.text in OFF for x in tokens[max(0, i - 2) : i]) else "on"
     return ""

@@ -25,7 +25,7 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
                    "silu gated", "swish gated", "gated silu", "gated swish", "silu gate", "swish gate"),
         "geglu": ("geglu", "gelu gated linear unit", "gelu glu", "gated gelu", "gelu gated", "gelu gate"),
         "reglu": ("reglu", "relu gated linear unit", "relu glu", "gated relu", "relu gated"),
-        "glu": ("glu", "gated linear unit", "gated unit", "gated units", "gated mlp", "gating", "gated feed forward",
+        "glu": ("glu", "gated linear unit", "gated unit", "gated units", "gated mlp", "gated feed forward",
                 "gated ffn", "gated linear units"),
         "leaky_relu": ("leaky relu", "leakyrelu"),
         "softplus": ("softplus",), "mish": ("mish",), "elu": ("elu",), "selu": ("selu",),

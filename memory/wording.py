@@ -21,7 +21,7 @@ _STEMMER = snowballstemmer.stemmer("english")
 _SYMBOLS = {
     "→": " -> ", "⟶": " -> ", "⇒": " -> ", "=>": " -> ", "➝": " -> ", "×": " x ", "·": " * ", "²": "^2", "³": "^3",
     "–": "-", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
-    "λ": "lambda", "…": " ",
+    "λ": "lambda", "…": " ", "μ": " mu ", "µ": " mu ",
 }
 _BRITISH = re.compile(r"\b(\w{3,}?)is(e|es|ed|ing|ation|ations|er|ers)\b")
 _WORD_NUMBER_FRACTION = re.compile(
@@ -86,6 +86,12 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
     text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
+    text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
+    text = re.sub(r"\b(?:a|one) single\b", "1", text)
+    text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
+    # "the head" alone, or beside the embeddings, is the output head ("the head dimension" is not)
+    text = re.sub(r"\b(embeddings?|wte|embedding table),?\s+(?:and\s+)?(?:the\s+)?head\b", r"\1 and lm head", text)
+    text = re.sub(r"\bthe head\b(?!\s*(?:dim|size|count|width|of\b))", "the lm head", text)
     try:
         text = alpha2digit(text, "en", threshold=1)
     except Exception:  # the converter is an aid: a text it cannot handle is read as written
