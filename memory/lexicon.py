@@ -201,6 +201,7 @@ HOMES: dict[str, tuple[str, ...]] = {
     "rope": ("attention", "query", "key"), "base": ("attention",), "position": ("attention", "embedding"),
     "ns": ("matrix", "muon"), "momentum": ("muon", "matrix"), "width": ("embedding", "attention", "mlp"),
     "depth": ("attention", "mlp"), "ratio": ("mlp",), "logit": ("unembedding",), "softcap": ("unembedding",),
+    "scalar": ("attention", "mlp", "embedding"),
 }
 # parts that are the same place as a knob's own ("the LM head logits" are where the logit softcap acts)
 SAME_PLACE = {"logit": {"unembedding"}}

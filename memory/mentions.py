@@ -24,6 +24,7 @@ SEPARATORS = frozenset({",", ";", "and", "plus", "also", "+", "while", "together
 QUANTITY = frozenset(QUANTITIES)
 _WEAK = frozenset(stem(w) for w in WEAK_WORDS)
 PREPOSITIONS = frozenset({"on", "to", "for", "in", "of", "at", "into", "onto", "across", "insid"})
+_OPERATORS = frozenset({"+", "-"})  # ("6 * d" is a factor of the width)
 _TURN = frozenset(stem(w) for w in ("turn", "switch", "take", "leave", "cut", "shut", "kill"))
 WITHIN_ATTENTION = {"query": "attention", "key": "attention", "value": "attention"}
 
@@ -162,9 +163,9 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
     for knob, alias in _match_knobs(pool, vocab, technique or bool(mentions)):
         at = min(pool[c] for c in alias)
         for part, where in list(parts_at.items()):  # "the attention head dimension": a part naming the knob
-            if where < at and at - where <= 2 and part not in alias and part in _home(knob) \
-                    and not any(tokens[i].text in PREPOSITIONS for i in range(where, at)):
-                parts_at.pop(part)
+            if part not in alias and part in _home(knob) and (where > at or at - where <= 2 and not any(
+                    tokens[i].text in PREPOSITIONS for i in range(where, at))):
+                parts_at.pop(part)  # ("the residual mixing scalars' learning rate": the scalars live there)
         element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
         mentions.append(Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak))
         for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
@@ -257,8 +258,18 @@ def masked(tokens: tuple[Token, ...], spans, start: int, end: int) -> list[Token
     """Tokens of a range with those inside a recognised phrase blanked (the 2 of "relu^2" is no value), and
     formulas in parentheses too ("(v = lambda*v + (1-lambda)*v_first)" states no setting)."""
     hidden = {i for s, e, cs in spans for i in range(s, e) if e - s > 1 or tokens[s].kind != "number"}
-    hidden |= _formula_asides(tokens)
+    hidden |= _formula_asides(tokens) | _variable_arithmetic(tokens)
     return [Token("_", "word") if i in hidden and tokens[i].kind != "word" else tokens[i] for i in range(start, end)]
+
+
+def _variable_arithmetic(tokens: tuple[Token, ...]) -> set[int]:
+    """Numbers in arithmetic with a one-letter variable ("x[t-1]", "block depth-1-i", "token t+2") are indices,
+    not settings."""
+    def variable(i: int) -> bool:
+        return 0 <= i < len(tokens) and tokens[i].kind == "word" and len(tokens[i].raw) == 1
+    return {i for i, t in enumerate(tokens) if t.kind == "number" and (
+        word_at(tokens, i - 1) in _OPERATORS and variable(i - 2) or word_at(tokens, i + 1) in _OPERATORS
+        and variable(i + 2))}
 
 
 def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:

@@ -35,10 +35,13 @@ from memory.mentions import (
 )
 from memory.techniques import (
     DEFAULT_SCOPES,
+    DETAIL_SWITCHES,
     FRACTION_SWITCHES,
     GATED,
     INTRINSIC_PARTS,
     NONE_MEMBERS,
+    NUMBERED_MEMBERS,
+    PART_ALIASES,
     SWITCH_SETTINGS,
     SWITCH_UNITS,
 )
@@ -119,8 +122,9 @@ def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[f
                 explained.update(current if isinstance(current, tuple) else (current,))
     out = set()
     for k, t in enumerate(hidden):
-        if t.kind != "number" or t.value < 2 or t.value != int(t.value) or "/" in t.text:
-            continue
+        aside = 0 < k < len(hidden) - 1 and hidden[k - 1].text == "(" and hidden[k + 1].text == ")"
+        if t.kind != "number" or (t.value < 2 or t.value != int(t.value) or "/" in t.text) and not aside:
+            continue  # (a value in parentheses is a setting: "the Muon learning rate (0.04) for the embeddings")
         near = {hidden[j].text for j in (k - 1, k + 1) if 0 <= j < len(hidden)}
         if near & {"x", "time", "%", "percent", "fold"} or any(values_match(t.value, e) for e in explained):
             continue
@@ -229,6 +233,9 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     changes = [c for c in changes if c is not None]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
+    if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(
+            DETAIL_SWITCHES) for c in changes):  # "smear ... with a learned gate": the gate is how, not what
+        changes = [c for c in changes if not c.target.startswith(DETAIL_SWITCHES)] or changes
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
@@ -237,6 +244,7 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
 def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
     """Canonical place of a change: queries/keys/values are attention; an optimizer named beside a part only
     says which group the part is in; parts intrinsic to the technique say nothing."""
+    parts = {PART_ALIASES.get(owner, {}).get(p, p) for p in parts}  # "tie wte to the output projection"
     parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - INTRINSIC_PARTS.get(owner, set())
     if parts - {"adamw", "muon"}:
         parts -= {"adamw", "muon"}
@@ -344,9 +352,10 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
     if new is None:
         return None
     value: Any = new
-    numbers = [t.value for t in masked(tokens, spans_of(tokens, vocab), start, end)
-               if t.kind == "number" and t.value > 1]
-    if numbers and family in ("attention_kind", "init"):
+    shown = masked(tokens, spans_of(tokens, vocab), start, end)
+    numbers = [t.value for k, t in enumerate(shown) if t.kind == "number"
+               and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})]
+    if numbers and new in NUMBERED_MEMBERS.get(family, ()):
         value = f"{new}:{show_value(float(numbers[-1]))}"
     named = _arrow_word(tokens, start, end, vocab)
     if named:
@@ -408,7 +417,8 @@ def _switch_change(mention: Mention, owned: list[Token], tokens: tuple[Token, ..
     if numbers and not off and name in SWITCH_UNITS:
         units = {stem(u) for u in SWITCH_UNITS[name]}
         near = range(max(0, mention.start - 6), min(len(tokens) - 1, mention.start + 8))
-        counted = [tokens[k] for k in near if tokens[k].kind == "number" and tokens[k + 1].text in units]
+        counted = [tokens[k] for k in near if tokens[k].kind == "number"
+                   and units & {t.text for t in tokens[k + 1 : k + 4]}]  # "4 learned sink tokens"
         numbers = counted
         owned = counted
     if numbers and not off and name in SWITCH_SETTINGS:
@@ -428,6 +438,8 @@ def _words_change(mention: Mention, owned: list[Token]) -> Change | None:
     amount = read_amount(owned, fraction_like=False, terminal_phase=False, is_tuple=False)
     direction = direction_of(owned)
     target = mention.name + (f"@{_scope(mention.parts)}" if mention.parts else "")
+    if mention.name == "q:init" and amount is not None and amount.kind == "absolute":  # "init with std 0.02"
+        return Change(f"init@{_scope(mention.parts, owner='init')}", (f"normal:{show_value(_rounded(amount.value))}",))
     if amount is not None and amount.kind == "absolute":
         return Change(target, (_rounded(amount.value),), direction)
     if amount is not None and amount.kind == "factor":

@@ -205,6 +205,7 @@ SWITCHES: dict[str, tuple[str, ...]] = {
                  "cross document attention", "bos aligned", "document aware"),
     "seq_warmup": ("sequence length warmup", "sequence warmup", "context length warmup", "seq len warmup",
                    "progressive sequence length", "sequence length curriculum", "sequence length schedule"),
+    "embed_scale": ("embedding scale", "embedding multiplier", "embedding scaling", "scaled embeddings"),
     "cautious": ("cautious", "cautious optimizer", "cautious updates", "cautious weight decay"),
     "fused_ce": ("fused cross entropy", "chunked cross entropy", "chunked loss", "fused loss", "liger"),
 }
@@ -244,6 +245,15 @@ CUES: dict[str, tuple[str, ...]] = {
                     "2nd half|decoder|upper|mirror|symmetric|deep",),
     "switch:layerscale": ("per channel|channelwise|diagonal|vector + gain|scale|scaling|multiplier + branch|"
                           "branches|sublayer|block output|residual branch|@attention|@mlp",),
+    "switch:norm_gains": ("learn|learnable|learned|trainable|affine|elementwise|per channel + weight|weights|gain|"
+                          "gains|scale|parameter|parameters + @norm|rmsnorm|rms|layernorm|norm|norms",),
+    "switch:embed_scale": ("scale|scaled|multiply|multiplied|multiplier|times + @embedding + sqrt|square root",),
+    "switch:seq_warmup": ("short|shorter|small + sequence|sequences|context|seq len + grow|increase|ramp|"
+                          "progressive|lengthen|longer|then|first",),
+    "switch:checkpointing": ("recompute|recomputation|recomputing|rematerialize|rematerializing + activation|"
+                             "activations|forward",),
+    "switch:cautious": ("agree|agreement|disagree|disagrees|align|aligned|same sign|opposite sign + sign|direction + "
+                        "gradient|grad|gradients",),
     "switch:resid_lambdas": ("learn|learned|learnable|trainable + scale|scalar|scalars|gain|multiplier|weight + "
                              "residual|residual contribution|residual stream + !channel|vector|diagonal",),
     "softcap": ("tanh|squash|squashing|saturate|bound + @logit|@unembedding + !gradient|grad",),
@@ -287,6 +297,14 @@ NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal", "m
 # the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
 SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
                 "switch:mtp": ("token", "tokens", "head", "heads")}
+# members whose number is part of the choice ("a 256-token window", "2 KV groups", "std 0.02")
+NUMBERED_MEMBERS = {"attention_kind": ("sliding_window", "gqa"),
+                    "init": ("zero", "normal", "trunc_normal", "uniform", "orthogonal", "xavier", "kaiming", "lecun",
+                             "scaled")}
+# techniques that say how another is done when named beside it ("a smear gate", "with a learned gate")
+DETAIL_SWITCHES = ("switch:gate",)
+# what a part means for a technique ("tie the embedding to the output projection": the output head)
+PART_ALIASES = {"switch:tying": {"proj": "unembedding"}}
 # techniques whose value is a probability or fraction (10% dropout is 0.1)
 FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing", "switch:stochastic_depth"})
 # techniques that take a numeric setting, and its plausible range: a number outside it is something else
