@@ -94,7 +94,8 @@ PARTS: dict[str, tuple[str, ...]] = {
             "hidden width of the mlp", "mlp hidden width", "up projection", "down projection", "mlp up projection", "mlp down projection", "expansion layer", "mlp branch", "feed forward branch", "ffn branch", "mlp sublayer", "mlp module", "position wise feed forward"),
     "matrix": ("matrix", "matrices", "2d weights", "2d matrices", "hidden weights", "hidden matrices",
                "weight matrices", "block weights", "2d block weights", "2d parameters", "matrix parameters",
-               "2d params", "2d weight matrices", "hidden matrix", "hidden layer weights", "matrix weights", "linear weights", "weight matrix", "2d tensors"),
+               "2d params", "2d weight matrices", "hidden matrix", "hidden layer weights", "matrix weights",
+               "hidden layer matrices", "hidden layer weight matrices", "block matrices", "linear weights", "weight matrix", "2d tensors"),
     "scalar": ("scalar", "scalars", "lambdas", "scalar parameters", "scalar params", "mixing scalars",
                "learned scalars", "per block scalars"),
     "query": ("query", "queries"),
@@ -183,7 +184,7 @@ FILLERS = frozenset(
     "do does done get go going put version variant attempt second first proposal think probably".split()
 )
 # phrases that only locate ("per layer") and must not be read as the knob they contain
-FILLER_PHRASES = ("per layer", "per block", "per head", "each layer", "each block", "layer wise", "per step",
+FILLER_PHRASES = ("square root", "per layer", "per block", "per head", "each layer", "each block", "layer wise", "per step",
                   "every other block", "every other layer", "first layer", "last layer", "per token", "non zero",
                   "alternate layers", "alternating layers", "every second layer", "odd layers", "even layers",
                   "alternate blocks", "all the way", "input projection", "input projections", "linear layer",

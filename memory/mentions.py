@@ -248,7 +248,9 @@ def _compounds(local: list, concepts: set[str]) -> list:
         for needed in alternatives:
             present = {c for c in concepts if c in needed or c.split(":")[0] == "norm_type" and "norm" in needed}
             if needed <= {("norm" if c.startswith("norm_type:") else c) for c in present}:
-                first = min(s for s, _, cs in local if cs & present)
+                # on the word that names what is done ("without normalising q and k"), where its verb is
+                norms = [s for s, _, cs in local if cs & present and not cs & {"query", "key", "value"}]
+                first = min(norms or [s for s, _, cs in local if cs & present])
                 kept = [(s, e, cs - present) for s, e, cs in local if cs - present or not cs & present]
                 return sorted(kept + [(first, first + 1, frozenset({name}))], key=lambda x: x[0])
     return local

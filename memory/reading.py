@@ -45,7 +45,7 @@ from memory.techniques import (
     SWITCH_SETTINGS,
     SWITCH_UNITS,
 )
-from memory.vocabulary import PART_CONCEPTS, Vocabulary
+from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
 
 _NEW_MARKERS = frozenset({"with", "by", "for", "to", "->", "into"})
@@ -236,6 +236,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(
             DETAIL_SWITCHES) for c in changes):  # "smear ... with a learned gate": the gate is how, not what
         changes = [c for c in changes if not c.target.startswith(DETAIL_SWITCHES)] or changes
+    if len(changes) > 1:  # "quarter the micro-batch and accumulate 4x as many": what train.py does anyway
+        changes = [c for c in changes if not (c.values == ("on",) and c.target.split("@")[0] in vocab.present)]
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
@@ -272,6 +274,9 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
     target = knob.name + (f"@{_scope(extra)}" if extra - {"everything"} else "")
     if amount is None and off and not direction:
         return Change(target, (knob.off_value,), -1)
+    if amount is not None and amount.kind == "absolute" and amount.old is None and (on or off) and _counts(knob) \
+            and _verb_before_number(owned):  # "remove one transformer block", "add two layers"
+        amount = Amount("delta", (-1 if _verb_before_number(owned) in _REMOVES else 1) * amount.value)
     if amount is None:
         if on and all(v == 0 for v in knob.values.values() if not isinstance(v, tuple)):
             direction = direction or 1
@@ -296,6 +301,22 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
             direction = 1 if all(v > c for v in values for c in current) else \
                 -1 if all(v < c for v in values for c in current) else 0
     return Change(target, tuple(_rounded(v) for v in values), direction)
+
+
+def _counts(knob: Knob) -> bool:
+    """A knob that counts things (layers, iterations, steps): whole numbers above one."""
+    return all(isinstance(v, int) and v > 1 for v in knob.values.values())
+
+
+_ADDS = frozenset(stem(w) for w in ("add", "adding", "insert", "append", "stack", "extra"))
+_REMOVES = frozenset(stem(w) for w in ("remove", "removing", "drop", "dropping", "delete", "strip", "take"))
+
+
+def _verb_before_number(owned: list[Token]) -> str:
+    """"add" / "remove" just before the first number ("remove one block"), else ""."""
+    first = next((k for k, t in enumerate(owned) if t.kind == "number"), None)
+    found = [t.text for t in owned[max(0, first - 2) : first] if t.text in _ADDS | _REMOVES] if first else []
+    return found[-1] if found else ""
 
 
 def _rounded(value: Any) -> Any:
@@ -341,7 +362,8 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
     present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}
     distinct = list(dict.fromkeys(m for m, _ in on))
     if not distinct:
-        new = NONE_MEMBERS.get(family, "none") if off else None
+        fallback = NONE_MEMBERS.get(f"{family}:{off[0]}", NONE_MEMBERS.get(family, "none")) if off else None
+        new = fallback
     elif len(distinct) == 1:
         new = distinct[0]
         verb = any(tokens[i].text in ON | REPLACE for i in range(start, end) if tokens[i].kind == "word")

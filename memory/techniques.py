@@ -17,7 +17,7 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
         "relu": ("relu", "plain relu", "rectified linear", "rectified linear unit"),
         "relu2": ("relu squared", "squared relu", "relu 2", "relu^2", "relu²", "relu x 2", "relu sq", "square relu",
                   "relu square", "relusquared", "squared rectified linear", "relu**2", "square of relu",
-                  "squared rectified linear unit", "relu then square"),
+                  "squared rectified linear unit", "relu then square", "square", "squaring", "squared"),
         "gelu": ("gelu", "gaussian error linear unit", "gelu tanh", "tanh approximate gelu", "approximate gelu",
                  "gaussian error linear"),
         "silu": ("silu", "swish", "x sigmoid x", "sigmoid linear unit", "x times sigmoid x", "sigmoid weighted linear"),
@@ -293,7 +293,8 @@ DEFAULT_SCOPES = {"activation": "mlp", "position": "attention", "attention_kind"
                   "switch:gate": "attention", "switch:value_residual": "attention", "switch:moe": "mlp",
                   "switch:sinks": "attention", "switch:flash": "attention", "switch:doc_mask": "attention"}
 # the member a family falls back to when its present member is removed
-NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal", "momentum_kind": "heavy_ball"}
+NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal", "momentum_kind": "heavy_ball",
+                "activation:relu2": "relu"}  # ("drop the square": plain ReLU)
 # the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
 SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
                 "switch:mtp": ("token", "tokens", "head", "heads")}
