@@ -166,7 +166,7 @@ FROM_WORDS = ("from", "was", "currently", "current", "instead of", "rather than"
 MULTIPLIERS: dict[str, float] = {
     "halve": 0.5, "halving": 0.5, "halved": 0.5, "double": 2.0, "doubling": 2.0, "doubled": 2.0, "twice": 2.0,
     "triple": 3.0, "tripling": 3.0, "tripled": 3.0, "thrice": 3.0, "quadruple": 4.0, "quadrupled": 4.0,
-    "quadrupling": 4.0,
+    "quadrupling": 4.0, "quarter": 0.25, "quartered": 0.25, "quartering": 0.25,
 }
 # a fraction word after "a"/"one"/a number word: "a third more", "two thirds"
 FRACTIONS: dict[str, int] = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4,

@@ -274,6 +274,9 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
     target = knob.name + (f"@{_scope(extra)}" if extra - {"everything"} else "")
     if amount is None and off and not direction:
         return Change(target, (knob.off_value,), -1)
+    if "warmup" in knob.concepts and any(p.upper() in vocab.knobs for p in mention.parts):
+        numbers = tuple(sorted(float(t.value) for t in owned if t.kind == "number"))  # warm Muon's momentum
+        return Change(target, (numbers,) if numbers else (), 1)  # from 0.85 to 0.95 over 300 steps
     if amount is not None and amount.kind == "absolute" and amount.old is None and (on or off) and _counts(knob) \
             and _verb_before_number(owned):  # "remove one transformer block", "add two layers"
         amount = Amount("delta", (-1 if _verb_before_number(owned) in _REMOVES else 1) * amount.value)

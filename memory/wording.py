@@ -88,10 +88,11 @@ def normalise(text: str) -> str:
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
     text = re.sub(r"\b(?:a|one) single\b", "1", text)
-    text = re.sub(r"\bhalf an? (million|thousand|billion)\b", r"0.5 \1", text)
+    text = re.sub(r"\bhalf an? (million|thousand|billion)\b",
+                  lambda m: {"million": "500000", "thousand": "500", "billion": "500000000"}[m.group(1)], text)
     text = re.sub(r"\b(?:end|finish|stop)(?:s|ing)? (?:the )?(?:warmdown|decay|cooldown|schedule|anneal\w*) at\b",
                   "final lr at", text)  # where the schedule ends is its floor
-    text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?((?:[a-z0-9']+ ){1,3}?)up\b", r"warmup \1", text)
+    text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
     text = re.sub(r"\b(?:it|this|that) (?:is|was|'s) (?:currently |now )?(\d[\d.,]*)"
                   r"(?: right now| now| currently| at the moment| today)\b", r"currently \1", text)
     text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
