@@ -49,20 +49,20 @@ def compile_cues(table: Mapping[str, tuple[str, ...]]) -> list[Cue]:
 Span = tuple[int, int, frozenset[str]]
 
 
-def _occurrences(group: tuple[tuple[str, ...], ...], texts: list[str], named: list[frozenset[str]],
-                 phrase: list[tuple[int, int]], concept: str) -> list[tuple[int, int]]:
-    """Where a group is met. Words must not cut into a longer phrase naming something else: the "learn" of
-    "learning rate" is no "learned" scale."""
+def _occurrences(group: tuple[tuple[str, ...], ...], at: dict[str, list[int]], texts: list[str],
+                 named: list[frozenset[str]], phrase: list[tuple[int, int]], concept: str) -> list[tuple[int, int]]:
+    """Where a group is met (`at`: the positions of each word and of each concept named). Words must not cut into
+    a longer phrase naming something else: the "learn" of "learning rate" is no "learned" scale."""
     found = []
-    for i in range(len(texts)):
-        for alternative in group:
-            if alternative[0] == "@":
-                if alternative[1] in named[i]:
-                    found.append((i, i + 1))
-            elif tuple(texts[i : i + len(alternative)]) == alternative:
-                end = i + len(alternative)
-                if all(i <= phrase[k][0] and phrase[k][1] <= end or concept in named[k] for k in range(i, end)):
-                    found.append((i, end))
+    for alternative in group:
+        if alternative[0] == "@":
+            found += [(i, i + 1) for i in at.get("@" + alternative[1], ())]
+            continue
+        for i in at.get(alternative[0], ()):
+            end = i + len(alternative)
+            if tuple(texts[i:end]) == alternative and all(
+                    i <= phrase[k][0] and phrase[k][1] <= end or concept in named[k] for k in range(i, end)):
+                found.append((i, end))
     return found
 
 
@@ -77,10 +77,19 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
         for i in range(s, e):
             named[i] = concepts
             phrase[i] = (s, e)
+    at: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        at.setdefault(text, []).append(i)
+        for concept in named[i]:
+            at.setdefault("@" + concept, []).append(i)
     claimed: set[int] = set()
     found: list[tuple[int, int, set[int], str]] = []
     for cue in cues:
-        occurrences = [_occurrences(group, texts, named, phrase, cue.concept) for group in cue.groups]
+        occurrences = []
+        for group in cue.groups:
+            occurrences.append(_occurrences(group, at, texts, named, phrase, cue.concept))
+            if not occurrences[-1]:
+                break
         if not all(occurrences):
             continue
         best = None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from memory.cues import apply_cues, compile_cues
 from memory.lexicon import GENERIC, HOMES, OFF_WORDS, ON_WORDS, PARTS, QUANTITIES, REPLACE_WORDS, WEAK_WORDS
 from memory.techniques import COMPOUNDS, CUES
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
-from memory.wording import Token, stem
+from memory.wording import PhraseMatcher, Token, stem
 
 OFF = frozenset(stem(w) for w in OFF_WORDS if " " not in w) | {"rid"}
 ON = frozenset(stem(w) for w in ON_WORDS if " " not in w) | {stem("use"), stem("try"), stem("switch")}
@@ -58,7 +59,12 @@ class Spans(list):
 
 
 def spans_of(tokens: tuple[Token, ...], vocab: Vocabulary) -> Spans:
-    return Spans(*apply_cues(tokens, vocab.matcher.match(tokens), _CUES))
+    return _spans(tokens, vocab.matcher)
+
+
+@lru_cache(maxsize=4096)
+def _spans(tokens: tuple[Token, ...], matcher: PhraseMatcher) -> Spans:  # (read-only for callers)
+    return Spans(*apply_cues(tokens, matcher.match(tokens), _CUES))
 
 
 def clauses(tokens: tuple[Token, ...], spans: Spans) -> list[tuple[int, int]]:
