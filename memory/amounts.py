@@ -24,6 +24,7 @@ _TO = frozenset({"to", "->", "=", ":", "at", "of", "becom", "into"})
 _FROM = frozenset({"from", "was", "current", "currently"})
 _INSTEAD = ("instead", "rather")
 _DIVIDE = frozenset(stem(w) for w in ("divided", "divide", "dividing", "divides"))
+_MULTIPLY = frozenset(stem(w) for w in ("multiply", "multiplied", "multiplying", "multiplies", "scale", "scaled"))
 _PERCENT = frozenset({"%", "percent", "pct"})
 _TIMES = frozenset({"x", "time", "fold", "*"})
 _RUN = frozenset(stem(w) for w in ("training", "run", "budget", "time", "peak", "schedule", "steps"))
@@ -131,8 +132,11 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
         return None
     i, t = candidates[-1]
     value = float(t.value)
-    if value and _word(tokens, i - 1) == "by" and _word(tokens, i - 2) in _DIVIDE:
-        return Amount("factor", 1 / value)  # "lr /2", "divided by 3"
+    verbs = {x.text for x in tokens[:i]}
+    if value and _word(tokens, i - 1) == "by" and (_word(tokens, i - 2) in _DIVIDE or verbs & _DIVIDE):
+        return Amount("factor", 1 / value)  # "lr /2", "divide the head LR by 3"
+    if value and _word(tokens, i - 1) == "by" and verbs & _MULTIPLY:
+        return Amount("factor", value)  # "multiply it by 4"
     after, after2 = _word(tokens, i + 1), _word(tokens, i + 2)
     before = _word(tokens, i - 1)
     percent = after in _PERCENT

@@ -288,8 +288,11 @@ def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:
         elif t.text == ")" and stack:
             opened = stack.pop()
             inner = tokens[opened + 1 : i]
-            if not stack and any(x.text in ("=", "*") for x in inner) and any(x.kind == "word" for x in inner):
-                out.update(range(opened, i + 1))
+            texts = [x.text for x in inner]
+            formula = "=" in texts and any(op in texts for op in ("*", "+", "-", "/")) or any(
+                x.text == "*" and k and inner[k - 1].kind == "word" for k, x in enumerate(inner))
+            if not stack and formula and any(x.kind == "word" for x in inner):
+                out.update(range(opened, i + 1))  # ("(v = lambda*v + ...)"; not "(..., label_smoothing=0.1)")
     return out
 
 

@@ -39,6 +39,7 @@ from memory.techniques import (
     FRACTION_SWITCHES,
     GATED,
     INTRINSIC_PARTS,
+    MEMBER_UNITS,
     NONE_MEMBERS,
     NUMBERED_MEMBERS,
     PART_ALIASES,
@@ -69,6 +70,12 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
             changes = related or changes
         else:
             by_target = {c.target: c for c in extra if _numeric(c)}
+            if any(not _numeric(c) for c in changes):  # "EMA of the weights" + "decay 0.995": the EMA's decay
+                stated = [t.value for t in tokenize(normalise(rationale)) if t.kind == "number"]
+                own = {c.target: c for c in changes}
+                by_target.update({c.target: c for c in _read(f"{title} {rationale}", vocab)
+                                  if _numeric(c) and c.target in own and c.target not in by_target
+                                  and _fits(c, own[c.target], stated, vocab)})
             by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
             changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
@@ -91,6 +98,21 @@ def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Chan
     if not found or open_knobs[0].direction and found[0].direction and found[0].direction != open_knobs[0].direction:
         return {}
     return {target: found[0]}
+
+
+def _fits(found: Change, said: Change, stated: list[float], vocab: Vocabulary) -> bool:
+    """May a value read from title and rationale together complete the title's change? Only a number the
+    rationale states, not the knob's current value, and in the direction the title says."""
+    value = found.values[0]
+    if isinstance(value, tuple) or not any(values_match(value, s) for s in stated):
+        return False
+    knob = vocab.knobs.get(found.target.split("@")[0])
+    if knob is None:
+        return True
+    current = [v for v in knob.values.values() if not isinstance(v, tuple)]
+    if any(values_match(value, c) for c in current):
+        return False
+    return not said.direction or all((value > c) == (said.direction > 0) for c in current)
 
 
 def _numeric(change: Change) -> bool:
@@ -138,8 +160,8 @@ _FILLER_STEMS = frozenset(stem(w) for w in FILLERS)
 def _topic(text: str) -> frozenset[str]:
     """The title's content words and their order (pairs of neighbours): "local in even layers, full in odd" and
     "full in even layers, local in odd" use the same words for different experiments."""
-    words = [t.text for t in tokenize(normalise(text))
-             if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1]
+    words = [t.text if t.kind == "word" else f"#{t.value:g}" for t in tokenize(normalise(text))
+             if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1 or t.kind == "number"]
     return frozenset(words) | frozenset(f"{a}>{b}" for a, b in zip(words, words[1:], strict=False))
 
 
@@ -381,14 +403,17 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
     numbers = [t.value for k, t in enumerate(shown) if t.kind == "number"
                and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})]
     if numbers and new in NUMBERED_MEMBERS.get(family, ()):
-        value = f"{new}:{show_value(float(numbers[-1]))}"
+        units = {stem(u) for u in MEMBER_UNITS.get(new, ())}
+        counted = [t.value for k, t in enumerate(shown) if t.kind == "number"
+                   and units & {x.text for x in shown[k + 1 : k + 3]}]
+        value = f"{new}:{show_value(float((counted or numbers)[-1 if not counted else 0]))}"
     named = _arrow_word(tokens, start, end, vocab)
     if named:
         value = f"{value}:{named}"
     parts = set(mention.parts)
     if family == "optimizer":  # "replace AdamW with Lion": where AdamW acts (learned from train.py's knobs)
         replaced = [m for m, _, _ in mention.members if m != new and m in vocab.optimizer_parts]
-        if not parts - {"everything"} and replaced:
+        if not parts and replaced:
             parts = set(vocab.optimizer_parts[replaced[0]])
         parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - {"adamw", "muon"}
     scope = _scope(parts, DEFAULT_SCOPES.get(family, "*"), family)

@@ -225,8 +225,8 @@ CUES: dict[str, tuple[str, ...]] = {
                          "grad|grads + norm|magnitude|size|l2 norm",),
     "switch:ema": ("shadow|averaged|running average|moving average|average|averaging + weights|parameters|params|"
                    "copy|model|iterates|checkpoint",),
-    "switch:tying": ("reuse|share|shared|same|tie|tied|transpose + @embedding + @unembedding",),
-    "switch:value_residual": ("@value|v + 1st layer|1st block|earliest layer|initial layer|1st attention layer|"
+    "switch:tying": ("reuse|share|shared|same|tie|tied|transpose|= + @embedding + @unembedding",),
+    "switch:value_residual": ("@value|v|values|value + 1st layer|1st block|earliest layer|initial layer|1st attention layer|"
                               "layer 1 + mix|blend|add|residual|interpolate|lerp|combine|skip|reuse|carry",),
     "block_layout:parallel": ("@attention + @mlp + same input|same normalized input|in parallel|simultaneously|"
                               "side by side|at once|one step|concurrently|same residual input|both from",),
@@ -295,6 +295,9 @@ DEFAULT_SCOPES = {"activation": "mlp", "position": "attention", "attention_kind"
 # the member a family falls back to when its present member is removed
 NONE_MEMBERS = {"position": "nope", "norm_type": "no_norm", "init": "normal", "momentum_kind": "heavy_ball",
                 "activation:relu2": "relu"}  # ("drop the square": plain ReLU)
+# the noun a family member's number counts ("two key-value heads shared by the four query heads")
+MEMBER_UNITS = {"gqa": ("kv", "key", "group", "groups"),
+                "sliding_window": ("token", "tokens", "window", "position", "positions")}
 # the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
 SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
                 "switch:mtp": ("token", "tokens", "head", "heads")}

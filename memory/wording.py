@@ -37,6 +37,7 @@ _DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
 _HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |width )?(\d+) ?(?:dims?|dimensions?|d|channels)?(?: each)?\b")
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
+_CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
 _NUMBER_RE = (
     r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
@@ -83,7 +84,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
     text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
-    text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
     text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
@@ -93,9 +94,12 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(?:end|finish|stop)(?:s|ing)? (?:the )?(?:warmdown|decay|cooldown|schedule|anneal\w*) at\b",
                   "final lr at", text)  # where the schedule ends is its floor
     text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
-    text = re.sub(r"\b(?:it|this|that) (?:is|was|'s) (?:currently |now )?(\d[\d.,]*)"
+    text = re.sub(r"\b(?:is|are|was|has|have|'s) (?:currently |now )?(zero|\d[\d.,]*)"
                   r"(?: right now| now| currently| at the moment| today)\b", r"currently \1", text)
+    text = re.sub(r"\bnow (?:it|this|that|we) (?:is|has|have|use) (zero|\d[\d.,]*)\b", r"currently \1", text)
     text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
+    while (unwrapped := _CALL.sub(r" \1 ", text)) != text:  # code: "zeros_(self.wte.weight)" is no aside
+        text = unwrapped
     # "the head" alone, or beside the embeddings, is the output head ("the head dimension" is not)
     text = re.sub(r"\b(embeddings?|wte|embedding table),?\s+(?:and\s+)?(?:the\s+)?head\b", r"\1 and lm head", text)
     text = re.sub(r"\bthe head\b(?!\s*(?:dim|size|count|width|of\b))", "the lm head", text)
