@@ -67,13 +67,17 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
             # things but no change takes only what the rationale says of those things (its "sharing" must not
             # decide "tie the ...")
             related = [c for c in extra if (c.values or c.direction) and (not named or _related(c, named, vocab))]
+            if not related and named and len(title.split()) <= 6 and _POSSESSIVE.search(rationale):
+                # "Scalar parameters" + "... we propose halving their learning rate"
+                related = [c for c in _read(_POSSESSIVE.sub(title, rationale), vocab)
+                           if (c.values or c.direction) and _related(c, named, vocab)]
             changes = related or changes
         else:
             by_target = {c.target: c for c in extra if _numeric(c)}
             if any(not _numeric(c) for c in changes):  # "EMA of the weights" + "decay 0.995": the EMA's decay
                 stated = [t.value for t in tokenize(normalise(rationale)) if t.kind == "number"]
                 own = {c.target: c for c in changes}
-                by_target.update({c.target: c for c in _read(f"{title} {rationale}", vocab)
+                by_target.update({c.target: c for c in _read(f"{title} where {rationale}", vocab)
                                   if _numeric(c) and c.target in own and c.target not in by_target
                                   and _fits(c, own[c.target], stated, vocab)})
             by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
@@ -84,6 +88,9 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
 
 _PRONOUN = re.compile(r"\b(it|this|that|them|its value)\b(?=(?:\s+\w+){0,3}?\s+(?:to\s+|at\s+|=\s*)?[\d.]+)",
                       re.IGNORECASE)
+
+
+_POSSESSIVE = re.compile(r"\b(?:their|its)\b", re.IGNORECASE)
 
 
 def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Change],
@@ -98,6 +105,17 @@ def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Chan
     if not found or open_knobs[0].direction and found[0].direction and found[0].direction != open_knobs[0].direction:
         return {}
     return {target: found[0]}
+
+
+def _numbers_in(value: object) -> tuple[float, ...]:
+    """The numbers inside a member's value ("gqa:2", "normal:0.02")."""
+    out = []
+    for part in str(value).split(":")[1:]:
+        try:
+            out.append(float(part))
+        except ValueError:
+            continue
+    return tuple(out)
 
 
 def _fits(found: Change, said: Change, stated: list[float], vocab: Vocabulary) -> bool:
@@ -137,7 +155,8 @@ def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[f
     explained: set[float] = set()
     for change in changes:
         for value in change.values:
-            explained.update(value if isinstance(value, tuple) else (value,) if isinstance(value, float) else ())
+            explained.update(value if isinstance(value, tuple) else (value,) if isinstance(value, float) else
+                             _numbers_in(value))
         knob = vocab.knobs.get(change.target.split("@")[0])
         if knob is not None:
             for current in knob.values.values():

@@ -64,7 +64,11 @@ def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     for symbol, replacement in _SYMBOLS.items():
         text = text.replace(symbol, replacement)
-    text = text.lower().replace("_", " ")
+    text = text.lower()
+    text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
+    while (unwrapped := _CALL.sub(r" \1 ", text)) != text:  # code: "zeros_(self.wte.weight)" is no aside
+        text = unwrapped
+    text = text.replace("_", " ")
     text = re.sub(r"\b(can|won|don|doesn|didn|isn|aren|wasn|shouldn|wouldn|haven|hasn)'t\b",
                   lambda m: _NEGATED.get(m.group(1), m.group(1)) + " not", text)
     text = _MODEL_NAME.sub(r"\1\2", text)  # "Gemma 2 style", "GPT-2 init": a name, not a value
@@ -95,11 +99,10 @@ def normalise(text: str) -> str:
                   "final lr at", text)  # where the schedule ends is its floor
     text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
     text = re.sub(r"\b(?:is|are|was|has|have|'s) (?:currently |now )?(zero|\d[\d.,]*)"
-                  r"(?: right now| now| currently| at the moment| today)\b", r"currently \1", text)
-    text = re.sub(r"\bnow (?:it|this|that|we) (?:is|has|have|use) (zero|\d[\d.,]*)\b", r"currently \1", text)
-    text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
-    while (unwrapped := _CALL.sub(r" \1 ", text)) != text:  # code: "zeros_(self.wte.weight)" is no aside
-        text = unwrapped
+                  r"(?: right now| now| currently| at the moment| today)\b",
+                  lambda m: f"currently {'0' if m.group(1) == 'zero' else m.group(1)}", text)
+    text = re.sub(r"\bnow (?:it|this|that|we) (?:is|has|have|use) (zero|\d[\d.,]*)\b",
+                  lambda m: f"currently {'0' if m.group(1) == 'zero' else m.group(1)}", text)
     # "the head" alone, or beside the embeddings, is the output head ("the head dimension" is not)
     text = re.sub(r"\b(embeddings?|wte|embedding table),?\s+(?:and\s+)?(?:the\s+)?head\b", r"\1 and lm head", text)
     text = re.sub(r"\bthe head\b(?!\s*(?:dim|size|count|width|of\b))", "the lm head", text)
