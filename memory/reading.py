@@ -69,7 +69,8 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
             related = [c for c in extra if (c.values or c.direction) and (not named or _related(c, named, vocab))]
             if not related and named and len(title.split()) <= 6 and _POSSESSIVE.search(rationale):
                 # "Scalar parameters" + "... we propose halving their learning rate"
-                related = [c for c in _read(_POSSESSIVE.sub(title, rationale), vocab)
+                said = [s for s in re.split(r"[.;!?]\s+", rationale) if _POSSESSIVE.search(s)]
+                related = [c for s in said for c in _read(_POSSESSIVE.sub(title, s), vocab)
                            if (c.values or c.direction) and _related(c, named, vocab)]
             changes = related or changes
         else:
