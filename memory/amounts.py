@@ -81,8 +81,10 @@ def _tuple_at(tokens: list[Token], i: int) -> tuple[tuple[float, ...], int] | No
     return (tuple(values), j + 1) if len(values) >= 2 and j < len(tokens) else None
 
 
-def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: bool, is_tuple: bool) -> Amount | None:
-    """The amount stated among a mention's tokens, or None when only a direction (or nothing) is said."""
+def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: bool, is_tuple: bool,
+                multiple: bool = False) -> Amount | None:
+    """The amount stated among a mention's tokens, or None when only a direction (or nothing) is said. A knob that
+    is itself a multiple (an expansion ratio) or a fraction reads "5.5x" as its value, not as a factor."""
     tokens = [Token("0", "number", 0.0, "0") if t.text == "zero" and _word(tokens, k - 1) in _TO else t
               for k, t in enumerate(tokens)]
     tokens = _first_branch(tokens)
@@ -143,6 +145,12 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
     if percent:
         after, after2 = after2, _word(tokens, i + 3)
     names_width = after2 in _WIDTH_WORDS
+    if after == "x" and not names_width and not multiple and not fraction_like \
+            and _word(tokens, i + 2) not in _NUMBERS_AHEAD(tokens, i + 2):
+        factor = value  # "2x Muon LR", "head lr 2x"
+        if direction < 0 or after2 in _COMPARATIVE_DOWN:
+            factor = 1 / value if value > 1 else value
+        return Amount("factor", factor)
     if before == "x" or (after in _TIMES and not names_width and (
             after2 in _COMPARATIVE_UP | _COMPARATIVE_DOWN | {"as", "it", "current"} or direction)):
         factor = value
@@ -169,8 +177,9 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("factor", 1 + (direction or 1) * value)
         if direction:
             return Amount("delta", direction * value)
-    if t.text.count("/") and value < 1 and after in ("of", "the") and not fraction_like:
-        return Amount("factor", value)
+    if t.text.count("/") and value < 1 and not fraction_like and (
+            after in ("of", "the") or t.text.startswith("1/") and before in ("to", "by")):
+        return Amount("factor", value)  # "a third of the current", "cut it to a third"
     if t.text.count("/") and fraction_like:
         window = {x.text for x in tokens[max(0, i - 8) : i]}
         if terminal_phase and window & _PHASE_START and not window & _PHASE_END:
@@ -185,6 +194,11 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("absolute", p, old)
         return Amount("factor", 1 + (direction or 1) * p)
     return Amount("absolute", _scaled(t, tokens, i, fraction_like), old, _approx(t))
+
+
+def _NUMBERS_AHEAD(tokens: list[Token], i: int) -> set[str]:
+    """The text at i when it is a number ("2 x 3" multiplies), else nothing."""
+    return {tokens[i].text} if 0 <= i < len(tokens) and tokens[i].kind == "number" else set()
 
 
 def _first_branch(tokens: list[Token]) -> list[Token]:

@@ -83,7 +83,7 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
         for concept in named[i]:
             at.setdefault("@" + concept, []).append(i)
     claimed: set[int] = set()
-    found: list[tuple[int, int, set[int], str]] = []
+    found: list[tuple[int, int, set[int], int, str]] = []
     for cue in cues:
         occurrences = []
         for group in cue.groups:
@@ -105,18 +105,17 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
             else:
                 lo, hi = min(c[0] for c in chosen), max(c[1] for c in chosen)
                 if hi - lo <= WINDOW and not used & claimed and (best is None or hi - lo < best[1] - best[0]):
-                    best = (lo, hi, used)
+                    best = (lo, hi, used, anchor[0])
         if best is None or cue.vetoes & set(texts[max(0, best[0] - 3) : best[1] + 3]):
             continue
         claimed |= best[2]
-        found.append((best[0], best[1], best[2], cue.concept))
+        found.append((best[0], best[1], best[2], best[3], cue.concept))
     if not found:
         return spans, frozenset()
     used_positions = set().union(*(f[2] for f in found))
     kept = [(s, e, c) for s, e, c in spans if not used_positions & set(range(s, e))]
     joined: set[int] = set()
-    for lo, hi, used, concept in found:
-        first = min(used)
+    for lo, hi, used, first, concept in found:  # on the cue's first word, where its verb is ("not tied to")
         kept.append((first, first + 1, frozenset({concept})))
         kept += [(i, i + 1, frozenset()) for i in sorted(used) if i != first]
         joined.update(range(lo, hi))

@@ -21,6 +21,7 @@ from memory.lexicon import FILLERS, GENERIC, SAME_PLACE
 from memory.mentions import (
     OFF,
     ON,
+    QUANTITY,
     REPLACE,
     SEPARATORS,
     WITHIN_ATTENTION,
@@ -84,7 +85,7 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
             by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
             changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
-    return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab))
+    return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab), _unread(title, vocab))
 
 
 _PRONOUN = re.compile(r"\b(it|this|that|them|its value)\b(?=(?:\s+\w+){0,3}?\s+(?:to\s+|at\s+|=\s*)?[\d.]+)",
@@ -175,6 +176,25 @@ def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[f
 
 
 _FILLER_STEMS = frozenset(stem(w) for w in FILLERS)
+_ACTIONS = frozenset(stem(w) for w in ("scale", "multiply", "divide", "set", "make", "raise", "lower", "increase",
+                                       "decrease", "reduce", "double", "halve", "add", "remove", "use", "replace",
+                                       "change", "tie", "share", "clip", "cap", "normalize", "init", "initialize"))
+
+
+def _unread(title: str, vocab: Vocabulary) -> frozenset[str]:
+    """Words of a later title clause that asks for something (a verb, and something the lexicon knows) but gave no
+    change of its own: the idea does more than its reading says."""
+    tokens = tokenize(normalise(title))
+    spans = spans_of(tokens, vocab)
+    out: set[str] = set()
+    for k, (start, end) in enumerate(clauses(tokens, spans)):
+        words = {t.text for t in tokens[start:end] if t.kind == "word"}
+        known = any(cs & QUANTITY and start <= s < end for s, _, cs in spans)  # a quantity, not just a part
+        if k == 0 or not words & _ACTIONS or not known:
+            continue
+        if not _substantive(find_mentions(tokens, spans, start, end, vocab), tokens, start, end):
+            out |= words - _FILLER_STEMS
+    return frozenset(out)
 
 
 def _topic(text: str) -> frozenset[str]:
@@ -307,7 +327,7 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
     fraction_like = bool(knob.concepts & {"ratio", "frac"}) and all(
         not isinstance(v, tuple) and 0 <= v <= 1 for v in knob.values.values())
     amount = read_amount(owned, fraction_like=fraction_like, terminal_phase="warmdown" in knob.concepts,
-                         is_tuple=is_tuple and mention.element is None)
+                         is_tuple=is_tuple and mention.element is None, multiple="ratio" in knob.concepts)
     direction = direction_of(owned)
     off = any(t.kind == "word" and t.text in OFF for t in owned)
     on = any(t.kind == "word" and t.text in ON for t in owned)

@@ -46,7 +46,8 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
                  "rotary position embeddings", "rotary positional embedding", "rotary positional encoding"),
         "partial_rope": ("partial rotary", "partial rope", "partial rotary embedding", "rotary on half",
                          "rope on half", "rotary on a fraction", "rope on part of the head"),
-        "alibi": ("alibi", "attention with linear biases", "linear biases", "linear bias", "distance penalty",
+        "alibi": ("alibi", "attention with linear biases", "linear biases", "linear bias", "linear attention biases",
+                  "linear attention bias", "attention biases proportional to distance", "distance penalty",
                   "distance penalties", "distance bias", "distance proportional penalty",
                   "distance proportional penalties"),
         "learned_pos": ("learned absolute position", "learned absolute positions", "learned position embedding",
@@ -256,6 +257,7 @@ CUES: dict[str, tuple[str, ...]] = {
                         "gradient|grad|gradients",),
     "switch:resid_lambdas": ("learn|learned|learnable|trainable + scale|scalar|scalars|gain|multiplier|weight + "
                              "residual|residual contribution|residual stream + !channel|vector|diagonal",),
+    "position:alibi": ("bias|biases|penalty|penalties|penalize + distance|relative position|how far",),
     "softcap": ("tanh|squash|squashing|saturate|bound + @logit|@unembedding + !gradient|grad",),
     "switch:moe": ("route|router|routing|dispatch|send + expert|experts",),
     "switch:mtp": ("predict|prediction|forecast + several|multiple|future|next 2|2 + token|tokens + !drop",),

@@ -38,6 +38,7 @@ _HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |width )?(\d+) ?(?:dims?
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
 _CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
+_UNDONE = re.compile(r"\bun(normali[sz]ed|capped|clipped|regulari[sz]ed|scaled|gated|biased|shared|tied)\b")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
 _NUMBER_RE = (
     r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
@@ -89,6 +90,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
     text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
     text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = _UNDONE.sub(r"not \1", text)  # "unnormalised", "uncapped": the technique without
     text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
