@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from memory.wording import Token, phrase_tokens
 
+_BREAKS = frozenset({",", ";", "and", "plus", "also", "+", "while", "then", "but"})
 WINDOW = 12  # tokens a description may spread over
 
 
@@ -104,7 +105,11 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
                 used |= set(range(*pick))
             else:
                 lo, hi = min(c[0] for c in chosen), max(c[1] for c in chosen)
-                if hi - lo <= WINDOW and not used & claimed and (best is None or hi - lo < best[1] - best[0]):
+                # a description stays within its clause, unless it names two parts ("attention and MLP")
+                crossed = any(texts[i] in _BREAKS and phrase[i][1] - phrase[i][0] == 1 and i not in used
+                              for i in range(lo, hi)) and sum(g[0][0] == "@" for g in cue.groups) < 2
+                if hi - lo <= WINDOW and not crossed and not used & claimed and (
+                        best is None or hi - lo < best[1] - best[0]):
                     best = (lo, hi, used, anchor[0])
         if best is None or cue.vetoes & set(texts[max(0, best[0] - 3) : best[1] + 3]):
             continue

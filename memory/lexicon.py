@@ -190,7 +190,7 @@ FILLERS = frozenset(
     "do does done get go going put version variant attempt second first proposal think probably".split()
 )
 # phrases that only locate ("per layer") and must not be read as the knob they contain
-FILLER_PHRASES = ("square root", "posit that", "we posit", "i posit", "per layer", "per block", "per head", "each layer", "each block", "layer wise", "per step",
+FILLER_PHRASES = ("square root", "bias corrected", "bias correction", "posit that", "we posit", "i posit", "per layer", "per block", "per head", "each layer", "each block", "layer wise", "per step",
                   "every other block", "every other layer", "first layer", "last layer", "per token", "non zero",
                   "alternate layers", "alternating layers", "every second layer", "odd layers", "even layers",
                   "alternate blocks", "all the way", "input projection", "input projections", "linear layer",

@@ -247,6 +247,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
         if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end):
             merged.append((s, end))
             pending_start = None
+        elif merged and any(t.kind == "number" for t in tokens[start:end]) and any(
+                cs & QUANTITY and start <= i < end for i, _, cs in spans) and any(
+                t.text in _ACTIONS for t in tokens[start:end]):
+            pending_start = None  # "and set the Adam epsilon to 1e-8": its number is no other knob's (unread)
         else:
             pending_start = s  # joins the next clause, or the last one at the end
     if pending_start is not None:

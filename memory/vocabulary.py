@@ -222,7 +222,17 @@ def _class_parts(tree: ast.Module, matcher: PhraseMatcher) -> dict[str, frozense
 
 
 def _present_features(source: str, matcher: PhraseMatcher) -> frozenset[str]:
-    return frozenset(c for cs in concepts_of(source, matcher) for c in cs if ":" in c)
+    """Family members and techniques train.py has: named in its code or comments, and not switched off there
+    (`bias=False`, "untied from wte")."""
+    found: set[str] = set()
+    for line in source.splitlines():
+        tokens = tokenize(normalise(line))
+        for s, e, concepts in matcher.match(tokens):
+            after = [t.text for t in tokens[e : e + 2]]
+            if after == ["=", "fals"] or s and tokens[s - 1].text in ("not", "no", "without"):
+                continue
+            found.update(c for c in concepts if ":" in c)
+    return frozenset(found)
 
 
 def _derived(comment: str, owner: str, names: set[str], matcher: PhraseMatcher) -> Derived | None:

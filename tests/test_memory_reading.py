@@ -137,6 +137,8 @@ def test_a_number_given_to_it_in_the_rationale():
     ("add 4 learned attention sink tokens", "prepend a single trainable sink token"),
     ("add a learnable scale on each residual branch", "add a learnable temperature to attention"),
     ("use the Muon learning rate (0.04) for the embeddings", "use the embedding learning rate (0.6) for Muon"),
+    ("DEPTH 8 -> 10", "DEPTH 10 and set the Adam epsilon to 1e-8"),  # a change no knob reads
+    ("weight tying", "weight tying plus z-loss"),
     ("rotary base one million", "rotary base half a million"),
 ])
 def test_more_near_misses_read_differently(a, b):
@@ -163,7 +165,7 @@ def test_nothing_recognised_decides_nothing():
 def test_reading_round_trips_through_json():
     r = reading("ADAM_BETAS (0.8, 0.95) -> (0.9, 0.99) and GELU in the MLP")
     assert Reading.from_json(r.to_json()) == r
-    partly = reading("tie input and output embeddings and scale logits by 1/sqrt(d)")
+    partly = reading("DEPTH 10 and set the Adam epsilon to 1e-8")
     assert partly.unread and Reading.from_json(partly.to_json()) == partly
 
 
