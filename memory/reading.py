@@ -192,7 +192,7 @@ def _unread(title: str, vocab: Vocabulary) -> frozenset[str]:
         known = any(cs & QUANTITY and start <= s < end for s, _, cs in spans)  # a quantity, not just a part
         if k == 0 or not words & _ACTIONS or not known:
             continue
-        if not _substantive(find_mentions(tokens, spans, start, end, vocab), tokens, start, end):
+        if not _substantive(find_mentions(tokens, spans, start, end, vocab), tokens, start, end, vocab.present):
             out |= words - _FILLER_STEMS
     return frozenset(out)
 
@@ -216,12 +216,17 @@ def _merge(changes: Iterable[Change]) -> list[Change]:
     return list(out.values())
 
 
-def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int, end: int) -> bool:
+def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int, end: int,
+                 vocab_present: frozenset[str] = frozenset()) -> bool:
     """Does a clause say something of its own? One naming only a part or a bare word ("MLP", "init") is a
     continuation of its neighbour ("attention and MLP", "c_q, c_k and c_v")."""
     numbers = any(t.kind == "number" for t in tokens[start:end])
     said = direction_of(list(tokens[start:end]))
     for m in mentions:
+        if m.kind == "family" and m.name == "optimizer" and len(m.members) == 1 and len(mentions) == 1 \
+                and start < m.start and tokens[start].text in ("in", "for", "insid", "within") \
+                and f"optimizer:{m.members[0][0]}" in vocab_present:
+            continue  # "..., in Muon": where the change before it acts
         if m.kind in ("family", "switch", "derived"):
             return True
         if m.kind == "knob" and not m.weak and (numbers or said or not set(m.knob.aliases[0]) <= PART_CONCEPTS):
@@ -244,7 +249,7 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     pending_start: int | None = None
     for start, end in ranges:
         s = start if pending_start is None else pending_start
-        if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end):
+        if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end, vocab.present):
             merged.append((s, end))
             pending_start = None
         elif merged and any(t.kind == "number" for t in tokens[start:end]) and any(

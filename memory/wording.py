@@ -178,7 +178,19 @@ def tokenize(text: str) -> tuple[Token, ...]:
             tokens.append(Token(stem(word), "word", raw=word))
         else:
             tokens.append(Token(raw, "symbol", raw=raw))
-    return tuple(tokens)
+    return tuple(_products(tokens))
+
+
+def _products(tokens: list[Token]) -> list[Token]:
+    """`3 * 2**18` is one number (786432)."""
+    out: list[Token] = []
+    for t in tokens:
+        if t.kind == "number" and len(out) >= 2 and out[-1].text == "*" and out[-2].kind == "number":
+            a = out[-2]
+            out[-2:] = [Token(f"{a.text}*{t.text}", "number", a.value * t.value, f"{a.raw} * {t.raw}")]
+        else:
+            out.append(t)
+    return out
 
 
 def phrase_tokens(phrase: str) -> tuple[str, ...]:
