@@ -177,8 +177,8 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("factor", 1 + (direction or 1) * value)
         if direction:
             return Amount("delta", direction * value)
-    if t.text.count("/") and value < 1 and not fraction_like and (
-            after in ("of", "the") or t.text.startswith("1/") and before in ("to", "by")):
+    if t.text.count("/") and value < 1 and not fraction_like and t.text.startswith("1/") and (
+            after in ("of", "the") or before in ("to", "by")):
         return Amount("factor", value)  # "a third of the current", "cut it to a third"
     if t.text.count("/") and fraction_like:
         window = {x.text for x in tokens[max(0, i - 8) : i]}

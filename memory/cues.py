@@ -51,19 +51,19 @@ Span = tuple[int, int, frozenset[str]]
 
 
 def _occurrences(group: tuple[tuple[str, ...], ...], at: dict[str, list[int]], texts: list[str],
-                 named: list[frozenset[str]], phrase: list[tuple[int, int]], concept: str) -> list[tuple[int, int]]:
+                 named: list[frozenset[str]], phrase: list[tuple[int, int]], concept: str) -> list[tuple[int, int, bool]]:
     """Where a group is met (`at`: the positions of each word and of each concept named). Words must not cut into
     a longer phrase naming something else: the "learn" of "learning rate" is no "learned" scale."""
     found = []
     for alternative in group:
         if alternative[0] == "@":
-            found += [(i, i + 1) for i in at.get("@" + alternative[1], ())]
+            found += [(i, i + 1, True) for i in at.get("@" + alternative[1], ())]
             continue
         for i in at.get(alternative[0], ()):
             end = i + len(alternative)
             if tuple(texts[i:end]) == alternative and all(
                     i <= phrase[k][0] and phrase[k][1] <= end or concept in named[k] for k in range(i, end)):
-                found.append((i, end))
+                found.append((i, end, False))
     return found
 
 
@@ -84,7 +84,7 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
         for concept in named[i]:
             at.setdefault("@" + concept, []).append(i)
     claimed: set[int] = set()
-    found: list[tuple[int, int, set[int], int, str]] = []
+    found: list[tuple[int, int, set[int], int, set[int], str]] = []
     for cue in cues:
         occurrences = []
         for group in cue.groups:
@@ -95,14 +95,14 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
             continue
         best = None
         for anchor in occurrences[0]:  # the tightest choice of one occurrence per group around each anchor
-            chosen, used = [anchor], set(range(*anchor))
+            chosen, used = [anchor], set(range(anchor[0], anchor[1]))
             for options in occurrences[1:]:
-                free = [o for o in options if not used & set(range(*o))]
+                free = [o for o in options if not used & set(range(o[0], o[1]))]
                 if not free:
                     break
                 pick = min(free, key=lambda o: (max(0, o[0] - anchor[1], anchor[0] - o[1]), o[0] - o[1]))
                 chosen.append(pick)
-                used |= set(range(*pick))
+                used |= set(range(pick[0], pick[1]))
             else:
                 lo, hi = min(c[0] for c in chosen), max(c[1] for c in chosen)
                 # a description stays within its clause, unless it names two parts ("attention and MLP")
@@ -110,18 +110,25 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
                               for i in range(lo, hi)) and sum(g[0][0] == "@" for g in cue.groups) < 2
                 if hi - lo <= WINDOW and not crossed and not used & claimed and (
                         best is None or hi - lo < best[1] - best[0]):
-                    best = (lo, hi, used, anchor[0])
+                    best = (lo, hi, used, anchor[0], {c[0] for c in chosen if c[2]})
         if best is None or cue.vetoes & set(texts[max(0, best[0] - 3) : best[1] + 3]):
             continue
         claimed |= best[2]
-        found.append((best[0], best[1], best[2], best[3], cue.concept))
+        found.append((best[0], best[1], best[2], best[3], best[4], cue.concept))
     if not found:
         return spans, frozenset()
     used_positions = set().union(*(f[2] for f in found))
-    kept = [(s, e, c) for s, e, c in spans if not used_positions & set(range(s, e))]
+    places = set().union(*(f[4] for f in found))  # parts a description names stay where the technique acts
+    kept = {s: (s, e, c) for s, e, c in spans if not used_positions & set(range(s, e)) or s in places}
     joined: set[int] = set()
-    for lo, hi, used, first, concept in found:  # on the cue's first word, where its verb is ("not tied to")
-        kept.append((first, first + 1, frozenset({concept})))
-        kept += [(i, i + 1, frozenset()) for i in sorted(used) if i != first]
+    for lo, hi, used, first, named_parts, concept in found:  # on its first word, where the verb is ("not tied to")
+        words = sorted(i for i in used if not any(p <= i < kept[p][1] for p in named_parts if p in kept))
+        if first in named_parts and words:
+            first = words[0]  # (a part it names keeps its own span)
+        s, e, concepts = kept.get(first, (first, first + 1, frozenset()))
+        kept[first] = (s, e, concepts | {concept})
+        for i in sorted(used):
+            if not any(s <= i < e for s, e, _ in kept.values()):
+                kept[i] = (i, i + 1, frozenset())
         joined.update(range(lo, hi))
-    return sorted(kept), frozenset(joined)
+    return sorted(kept.values()), frozenset(joined)

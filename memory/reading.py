@@ -236,7 +236,8 @@ def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int,
     return False
 
 
-_REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli"})  # stems: what follows is why, not what
+# stems: what follows is why, or what follows from it, not what changes
+_REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli", "which", "yield", "thus", "henc", "therebi"})
 
 
 def _read(text: str, vocab: Vocabulary) -> list[Change]:
@@ -318,6 +319,8 @@ def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
     """Canonical place of a change: queries/keys/values are attention; an optimizer named beside a part only
     says which group the part is in; parts intrinsic to the technique say nothing."""
     parts = {PART_ALIASES.get(owner, {}).get(p, p) for p in parts}  # "tie wte to the output projection"
+    if "mlp" in parts:  # the MLP's c_proj is part of the MLP
+        parts.discard("out_proj")
     parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - INTRINSIC_PARTS.get(owner, set())
     if parts - {"adamw", "muon"}:
         parts -= {"adamw", "muon"}
@@ -425,7 +428,7 @@ def _eval(node: ast.expr, env: dict[str, Any]) -> float:
 def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
     tokens, start, end = where
     family = mention.name
-    if family == "init" and not any(t.text.startswith("init") for t in tokens[start:end]) \
+    if family == "init" and not any(t.text.startswith("init") or t.text == "start" for t in tokens[start:end]) \
             and all(m in ("zero", "normal", "uniform") for m, _, _ in mention.members):
         return None  # "decay to zero", "a uniform batch": not an initialisation
     on = [(m, at) for m, off, at in mention.members if not off]
@@ -445,17 +448,23 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
             return None  # "then decay linearly": the schedule train.py already has, named in passing
     else:
         new = _new_member(on, tokens, start, end, present)
+    if new is None and {"gqa", "mqa"} <= set(distinct):
+        new = "gqa"  # (resolved below by the number of key/value heads)
     if new is None:
         return None
     value: Any = new
     shown = masked(tokens, spans_of(tokens, vocab), start, end)
     numbers = [t.value for k, t in enumerate(shown) if t.kind == "number"
-               and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})]
+               and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})
+               and not {x.text for x in shown[max(0, k - 3) : k]} & {"instead", "rather", "from"}]
     if numbers and new in NUMBERED_MEMBERS.get(family, ()):
         units = {stem(u) for u in MEMBER_UNITS.get(new, ())}
         counted = [t.value for k, t in enumerate(shown) if t.kind == "number"
-                   and units & {x.text for x in shown[k + 1 : k + 3]}]
+                   and units & {x.text for x in shown[k + 1 : k + 4]}]
         value = f"{new}:{show_value(float((counted or numbers)[-1 if not counted else 0]))}"
+    if value == "gqa:1" or new is not None and new == "gqa" and "mqa" in distinct and any(
+            t.kind == "number" and t.value == 1 for t in shown):
+        value = "mqa"  # one key/value head for all queries
     named = _arrow_word(tokens, start, end, vocab)
     if named:
         value = f"{value}:{named}"

@@ -227,7 +227,7 @@ CUES: dict[str, tuple[str, ...]] = {
                          "grad|grads + norm|magnitude|size|l2 norm",),
     "switch:ema": ("shadow|averaged|running average|moving average|average|averaging + weights|parameters|params|"
                    "copy|model|iterates|checkpoint",),
-    "switch:tying": ("reuse|share|shared|same|tie|tied|transpose|= + @embedding + @unembedding",),
+    "switch:tying": ("reuse|share|shared|same|tie|tied|transpose|= + @embedding + @unembedding|@logit",),
     "switch:value_residual": ("@value|v|values|value + 1st layer|1st block|earliest layer|initial layer|1st attention layer|"
                               "layer 1 + mix|blend|add|residual|interpolate|lerp|combine|skip|reuse|carry",),
     "block_layout:parallel": ("@attention + @mlp + same input|same normalized input|in parallel|simultaneously|"
@@ -235,12 +235,17 @@ CUES: dict[str, tuple[str, ...]] = {
     "attention_kind:sliding_window": (
         "restrict|limit|only|confine|mask|see|attend|look back|cap + previous|last|past|preceding|recent|nearest|"
         "local + position|positions|token|tokens|@key|neighbour|neighbor|neighbours|neighbors + !document|doc|bos",),
-    "attention_kind:mqa": ("single|one|1 + @key + @value + head|heads",),
+    "attention_kind:mqa": ("single|one|1 + @key|kv + head|heads + !groups|group",),
     "attention_kind:gqa": ("share|shared|sharing|reuse + @key|@value|kv + head|heads|group|groups|query heads",),
     "switch:stochastic_depth": ("skip|drop|bypass|omit|dropout + random|randomly|stochastic|stochastically|"
                                 "probability + block|blocks|layer|layers|residual block|residual blocks",),
-    "switch:dropout": ("zero|zero out|drop|mask + random|randomly + activation|activations|unit|units|neuron|"
-                       "neurons|element|elements|channel|channels|feature|features",),
+    "switch:dropout": ("zero out|drop|mask + random|randomly + activation|activations|unit|units|neuron|"
+                       "neurons|element|elements|channel|channels|feature|features|weights|probabilities|"
+                       "@attention|entries",),
+    "switch:x0skip": ("initial|original|x0|1st layer + @embedding|embedding + mix|mixing|blend|blending|feed|"
+                      "skip|back into|into every|inject",),
+    "switch:value_embeddings": ("@value|value|values|v + own|separate|extra|additional|dedicated + embedding|"
+                                "embedding table|@embedding",),
     "switch:token_shift": ("previous|prior|preceding|last + token|position + mix|blend|shift|smear|add|interpolate|"
                            "lerp + !attend|restrict|only|window|mask",),
     "switch:unet": ("skip|shortcut|connection|connections + early|1st half|encoder|lower|shallow + late|later|"
@@ -271,7 +276,7 @@ INTRINSIC_PARTS = {"block_layout": {"attention", "mlp", "norm", "residual"},
                    "position": {"attention", "query", "key", "embedding"},
                    "switch:qknorm": {"attention", "query", "key", "norm"},
                    "switch:temperature": {"attention", "query", "key", "logit"},
-                   "norm_type": {"norm"}, "activation": {"mlp", "proj", "matrix"}, "switch:zloss": {"logit", "loss"},
+                   "norm_type": {"norm"}, "activation": {"mlp", "proj", "out_proj", "matrix"}, "switch:zloss": {"logit", "loss"},
                    "switch:label_smoothing": {"loss"}, "switch:norm_gains": {"norm"},
                    "switch:ema": {"parameters", "eval"}, "switch:grad_clip": {"norm", "parameters"},
                    "switch:value_embeddings": {"value_embedding", "attention", "value", "embedding"},
@@ -280,7 +285,7 @@ INTRINSIC_PARTS = {"block_layout": {"attention", "mlp", "norm", "residual"},
                    "switch:resid_lambdas": {"attention", "mlp", "scalar"},
                    "switch:tying": {"matrix", "parameters"},
                    "switch:value_residual": {"attention", "value"},
-                   "switch:moe": {"mlp", "proj", "matrix"}, "switch:stochastic_depth": {"attention", "mlp"},
+                   "switch:moe": {"mlp", "proj", "out_proj", "matrix"}, "switch:stochastic_depth": {"attention", "mlp"},
                    "switch:token_shift": {"embedding"}, "switch:unet": {"attention", "mlp"},
                    "switch:sinks": {"attention", "key", "value"}, "switch:mtp": {"unembedding", "loss", "logit"},
                    "switch:flash": {"attention"},
@@ -311,7 +316,7 @@ NUMBERED_MEMBERS = {"attention_kind": ("sliding_window", "gqa"),
 # techniques that say how another is done when named beside it ("a smear gate", "with a learned gate")
 DETAIL_SWITCHES = ("switch:gate",)
 # what a part means for a technique ("tie the embedding to the output projection": the output head)
-PART_ALIASES = {"switch:tying": {"proj": "unembedding"}}
+PART_ALIASES = {"switch:tying": {"proj": "unembedding", "out_proj": "unembedding"}}
 # techniques whose value is a probability or fraction (10% dropout is 0.1)
 FRACTION_SWITCHES = frozenset({"switch:dropout", "switch:label_smoothing", "switch:stochastic_depth"})
 # techniques that take a numeric setting, and its plausible range: a number outside it is something else

@@ -34,7 +34,8 @@ _MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|dee
                          r"\s*-?\s*(\d+(?:\.\d+)?)\b")
 _RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
 _DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
-_HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |width )?(\d+) ?(?:dims?|dimensions?|d|channels)?(?: each)?\b")
+_HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |dimensionality |width |dim )?(\d+) ?"
+                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b")
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
 _CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
