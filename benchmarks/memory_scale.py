@@ -40,10 +40,11 @@ from memory.vocabulary import learn_vocabulary  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 TRAIN = (REPO / "train.py").read_text()
-# tune: tuned on; blind: written before the reader was revised, tuned on after its first measurement; final:
-# written last and measured once (the estimate for unseen wording); the rest are older sets
+# tune: tuned on; blind and final: each written before a revision of the reader, measured once, then tuned on;
+# final2: written last, measured once on the reader as it is (the estimate for unseen wording); the rest are older
 PAIR_FILES = ("judgement_pairs_tune.jsonl", "judgement_pairs_blind.jsonl", "judgement_pairs_final.jsonl",
-              "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl", "idea_pairs_holdout.jsonl")
+              "judgement_pairs_final2.jsonl", "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl",
+              "idea_pairs_holdout.jsonl")
 NOISE = 0.15  # per-dimension noise on the labelled ideas' vectors: neighbours, not copies
 STATUSES = ["discard"] * 10 + ["keep"] * 4 + ["crash", "veto", "skipped", "repeat"]
 PER_NIGHT = 100
