@@ -130,12 +130,19 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
         coder_calls = [r for r in server.requests if r.schema_name == "CodeEdit"]
     records = check_consistency(repo, "llm")
     skipped = {r.description: r.decision_reason for r in records if r.status == "skipped"}
-    assert set(skipped) == set(bad), skipped
+    assert set(skipped) == set(bad) - {"DEPTH 2 -> 8"}, skipped
     assert "not found" in skipped["DEPTH 2 -> 9"]
-    assert "prepare.py" in skipped["DEPTH 2 -> 8"]
     assert "line" in skipped["DEPTH 2 -> 7"].lower()
     assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
-    assert len(coder_calls) >= 3 * len(bad)  # each bad idea had the allowed retries
+    for title in set(bad) - {"DEPTH 2 -> 8"}:  # each bad edit had the allowed retries
+        assert sum(f"Title: {title}" in r.text for r in coder_calls) >= 3, title
+    # an edit of another file is the guard's veto, by its rule, at once: not retried, not coached into train.py
+    (scope,) = [r for r in records if r.description == "DEPTH 2 -> 8"]
+    assert scope.status == "veto" and scope.rule == "only-train-py" and "prepare.py" in scope.decision_reason
+    assert sum("Title: DEPTH 2 -> 8" in r.text for r in coder_calls) == 1
+    assert not any("only train.py" in r.text.lower() for r in coder_calls)
+    tsv = (repo / "runs" / "llm" / "results.tsv").read_text()
+    assert "DEPTH 2 -> 8 [veto: only-train-py]" in tsv and len(tsv.splitlines()[1].split("\t")) == 5
 
 
 def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anthropic_env):
