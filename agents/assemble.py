@@ -35,6 +35,7 @@ class Overrides:
     memory_path: Path | None = None
     pipelining: bool | None = None
     run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
+    on_model_failure: str | None = None  # "stop" for `run --strict`
 
 
 def detect_device() -> str:
@@ -97,4 +98,7 @@ def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     loop = config.loop.model_copy(update={k: v for k, v in {
         "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,
         "time_budget": o.time_budget, "pipelining": o.pipelining}.items() if v is not None})
-    return config.model_copy(update={"loop": loop})
+    update: dict = {"loop": loop}
+    if o.on_model_failure is not None:
+        update["on_model_failure"] = o.on_model_failure
+    return config.model_copy(update=update)

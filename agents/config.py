@@ -52,8 +52,10 @@ EMBEDDING_ALLOWED = "expected 'minilm' or 'openai/<model>'"
 _PROVIDER_MODEL = re.compile(r"^(anthropic|openai)/[A-Za-z0-9][\w.:@/+-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PRESETS_DIR = REPO_ROOT / "presets"
+# The project files `autoresearch init` copies, shipped inside the package (links to the repository's own files
+# in a checkout, copies in an installed wheel), and the crew.yaml variants `--preset` names.
+PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parent / "project"
+PRESETS_DIR = PROJECT_TEMPLATE_DIR / "presets"
 PRESETS = ("full", "no-reviewer", "single-agent", "offline")
 
 

@@ -222,6 +222,11 @@ class ResearchCrew:
         return self._perform("analyst", inputs)
 
     @property
+    def model_roles(self) -> list[str]:
+        """The roles configured with a model (not the offline policy) that they may lose."""
+        return [role for role, chain in self._candidates.items() if chain[0].llm is not self._llms[role + OFFLINE]]
+
+    @property
     def degraded_roles(self) -> list[str]:
         """One line per role running on less than its configured model, with the reason."""
         return [d.line() for d in self.degradations.values()]
