@@ -401,9 +401,12 @@ class ProviderLLM(BaseLLM):
                     continue
                 self._count_final(failure.status)
                 raise self._status_error(failure, refusal) from None
-            if probing and mode not in (None, "prompt") and not _has_json(turn):
-                if self._give_up_mode(mode, "it answered without JSON, so it ignores this form"):
-                    continue
+            if probing and mode not in (None, "prompt") and not turn.truncated and not _bare_json(turn):
+                # a server that honours the form answers with the JSON alone; text around it means it was ignored
+                moved = self._give_up_mode(mode, "it answered with text around the JSON, so it ignores this form")
+                if moved and not _has_json(turn):
+                    continue  # nothing usable in this reply: ask again in the next form
+                return turn
             if mode is not None and self.structured == "auto" and self._facts.mode is None:
                 self._facts.mode = mode
             return turn
@@ -485,6 +488,16 @@ class ProviderLLM(BaseLLM):
         if self._secret and len(self._secret) >= 4:
             message = message.replace(self._secret, "[redacted]")
         return LLMCallError(message, provider=self.provider, model=self.model, status=status)
+
+
+def _bare_json(turn: Turn) -> bool:
+    if turn.data is not None:
+        return True
+    try:
+        json.loads(turn.text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def _has_json(turn: Turn) -> bool:
