@@ -159,10 +159,10 @@ def run(
     (outcome.run_dir / "report.md").write_text(summary_markdown(outcome.records))
     console.print(results_table(outcome.records))
     for line in health_lines(outcome.records):
-        console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"))
+        console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
     best = f"{outcome.best_bpb:.6f}" if outcome.best_bpb is not None else "n/a"
     console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}",
                   highlight=False)
     if settings.config.on_model_failure == "stop" and "on_model_failure: stop" in (outcome.stop_reason or ""):
@@ -179,7 +179,7 @@ def _say_model_policy(settings) -> None:
     else:
         what = "the offline policy plays it, with a banner (on_model_failure: offline; --strict stops instead)"
     console.print(f"model failures: a role whose model fails {cfg.degrade_after} calls in a row gives it up; when "
-                  f"no model is left, {what}", style="dim", highlight=False)
+                  f"no model is left, {what}", style="dim", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -201,7 +201,7 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
         records = ResultsStore(d).load()
         console.print(results_table(records))
         for line in health_lines(records):
-            console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"))
+            console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
 
 
 @app.command()

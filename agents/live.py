@@ -56,15 +56,15 @@ class LiveView:
             rule = f" [{r.rule}]" if r.rule else ""
             self.rows.append((r.exp_id, r.status, bpb, r.description, rule))
             if self._live is None:
-                self.console.print(Text(f"{r.exp_id}  {r.status:<8} {bpb:>9}  {r.description}{rule}"))
+                self.console.print(Text(f"{r.exp_id}  {r.status:<8} {bpb:>9}  {r.description}{rule}"), soft_wrap=True)
         elif event.kind == "degraded":
             self.banners[event.message.split(":", 1)[0]] = event.message
             if self._live is None:
-                self.console.print(Text.assemble(("MODEL GIVEN UP ", "bold red"), event.message))
+                self.console.print(Text.assemble(("MODEL GIVEN UP ", "bold red"), event.message), soft_wrap=True)
         elif event.kind == "note":
             self.notes.append(f"{event.exp_id} {event.message}".strip())
             if self._live is None:
-                self.console.print(Text(f"{event.exp_id} {event.message}".strip(), style="dim"))
+                self.console.print(Text(f"{event.exp_id} {event.message}".strip(), style="dim"), soft_wrap=True)
         if self._live is not None:
             self._live.update(self._render())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -79,6 +80,8 @@ def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):
         outcome = _run(repo, config)
         assert {r.protocol for r in server.requests} == {"anthropic"}
         assert {r.schema_name for r in server.requests} == {"Idea", "CodeEdit", "Review", "Analysis"}
+        # program.md starts with the heading the templates already give: it appears once per prompt
+        assert all(r.text.count("# Research program") == 1 for r in server.requests)
     records = check_consistency(repo, "llm")
     by_title = {r.description: r for r in records}
     assert by_title["MATRIX_LR 0.01 -> 0.04"].status == "keep"
@@ -129,6 +132,9 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
         _run(repo, config)
         coder_calls = [r for r in server.requests if r.schema_name == "CodeEdit"]
     records = check_consistency(repo, "llm")
+    # ideas refused while the last baseline trained come after it: rows are in the order experiments began
+    assert [r.exp_id for r in records] == sorted(r.exp_id for r in records)
+    assert [r.status for r in records[:2]] == ["baseline", "baseline"]
     skipped = {r.description: r.decision_reason for r in records if r.status == "skipped"}
     assert set(skipped) == set(bad) - {"DEPTH 2 -> 8"}, skipped
     assert "not found" in skipped["DEPTH 2 -> 9"]
@@ -158,6 +164,17 @@ def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anth
     records = check_consistency(repo, "llm")
     assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
     assert not any(r.degraded_roles for r in records)
+    # survived, and counted: each fault once, under the role whose call met it
+    faults: dict[str, int] = {}
+    for r in records:
+        for counts in json.loads(r.faults or "{}").values():
+            for kind, n in counts.items():
+                faults[kind] = faults.get(kind, 0) + n
+    assert faults["rate_limited"] == 1 and faults["server_error"] == 2 and faults["connection"] == 1
+    assert faults["malformed"] == 1 and faults["retries"] >= 4
+    from agents.record.report import summary_markdown
+
+    assert "## Provider faults survived" in summary_markdown(records)
 
 
 def test_a_slow_reply_past_the_timeout_does_not_hang_the_loop(tmp_path, anthropic_env):

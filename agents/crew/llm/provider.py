@@ -54,7 +54,11 @@ from crewai.llms.base_llm import llm_call_context  # noqa: E402
 log = logging.getLogger(__name__)
 
 MIN_REPLY_TOKENS = 256  # a structured reply needs at least this much room
-REPLY_SHARE = 4  # the prompt budget keeps 1/REPLY_SHARE of the window (at most max_tokens) for the reply
+# The prompt budget keeps 1/REPLY_SHARE of the window (at least REPLY_FLOOR, at most max_tokens) for the reply:
+# the roles' replies are short (an idea, a few search/replace blocks), and an 8k window must still hold a 4k
+# train.py whole.
+REPLY_SHARE = 8
+REPLY_FLOOR = 512
 SAFETY = 0.97  # share of the window a prompt may be planned to fill: estimates are estimates
 
 
@@ -248,7 +252,7 @@ class ProviderLLM(BaseLLM):
     def prompt_budget(self, response_model: type[BaseModel] | None) -> int:
         """Local tokens (`tokens.count_tokens`) the messages may take, leaving the reply its share of the window."""
         window = self.context_window()
-        reply = min(int(self.max_tokens or 4096), max(MIN_REPLY_TOKENS, window // REPLY_SHARE))
+        reply = min(int(self.max_tokens or 4096), max(REPLY_FLOOR, window // REPLY_SHARE))
         schema = count_tokens(json.dumps(response_model.model_json_schema())) if response_model else 0
         return int((window * SAFETY - reply) / self._facts.token_ratio) - schema - 2 * MESSAGE_OVERHEAD
 

@@ -36,9 +36,10 @@ ALLOWED_MODES = {"anthropic": ("tool", "prompt"), "openai": ("tool", "json_schem
 # Context windows when nothing better is known (crew.yaml `context_tokens` overrides; servers' reports win).
 DEFAULT_CONTEXT = {"anthropic": 200_000, "openai": 128_000, "compatible": 8_192}
 OLLAMA_DEFAULT_NUM_CTX = 4_096  # what Ollama runs a model with unless num_ctx / OLLAMA_CONTEXT_LENGTH says otherwise
-# Local token counts are multiplied by this until the server has reported real counts (unknown tokenizers
-# split more finely than cl100k; chat templates add framing).
-PRIOR_TOKEN_RATIO = {"anthropic": 1.2, "openai": 1.05, "compatible": 1.3}
+# Local token counts are multiplied by this until the server has reported real counts (other tokenizers often
+# split more finely than cl100k; chat templates add framing). Modest on purpose: a server that refuses an
+# over-long prompt says by how much, and the prompt is shortened and sent again.
+PRIOR_TOKEN_RATIO = {"anthropic": 1.15, "openai": 1.05, "compatible": 1.15}
 PROBE_TIMEOUT_S = 5.0
 
 
