@@ -95,7 +95,7 @@ def init(directory: Path = typer.Argument(Path("."), help="folder for the new pr
                   highlight=False)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def prepare(args: list[str] = typer.Argument(None, help="passed to prepare.py, e.g. --source builtin")) -> None:
     """Download (or build offline) the data and train the tokenizer. Idempotent."""
     _require_project()

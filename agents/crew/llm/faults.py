@@ -80,7 +80,8 @@ class FaultLog:
         with self._lock:
             self.notices.append(notice)
             listeners = list(self.listeners)
-        log.warning("%s: %s", notice.role, message)
+        # with nobody listening (a library user) the log is where it shows; the CLI listens and shows it itself
+        log.log(logging.INFO if listeners else logging.WARNING, "%s: %s", notice.role, message)
         for listener in listeners:
             listener(notice)
 

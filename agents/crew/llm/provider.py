@@ -289,7 +289,7 @@ class ProviderLLM(BaseLLM):
                     if value is not None:
                         return value
                 self._ledger.faults.count("malformed", self.role)
-            log.warning("%s/%s (%s): unusable output, attempt %d of %d: %s",
+            log.info("%s/%s (%s): unusable output, attempt %d of %d: %s",  # counted as a fault, shown at the end
                         self.provider, self.model, self.role, attempt, attempts, problem)
             if attempt < attempts:
                 self._ledger.faults.count("retries", self.role)
