@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +41,7 @@ from agents.crew.llm.servers import (
     classify_error,
     probe_context,
 )
-from agents.crew.llm.structured import extract_json, validate_output
+from agents.crew.llm.structured import extract_json, feedback_text, validate_output
 from agents.crew.llm.tokens import MESSAGE_OVERHEAD, count_messages, count_tokens
 from agents.crew.llm.usage import UsageLedger
 from agents.crewai_env import quiet_crewai
@@ -73,7 +73,6 @@ class Turn:
     output_tokens: int = 0
     usage_reported: bool = True  # False: the counts are our estimates (the server sent no usage)
     max_out: int = 0  # the max_tokens this request was sent with
-    assistant: list[dict[str, Any]] = field(default_factory=list)
 
 
 class UnreadableResponse(Exception):
@@ -306,8 +305,6 @@ class ProviderLLM(BaseLLM):
         )
 
     def _feedback(self, problem: str, response_model: type[BaseModel] | None) -> list[dict[str, Any]]:
-        from agents.crew.llm.structured import feedback_text
-
         return [{"role": "user", "content": feedback_text(response_model, problem)}] if response_model else []
 
     def _check_cut_by_context(self, turn: Turn) -> None:
