@@ -94,9 +94,11 @@ class LLMSettings(_Strict):
     fallback_base_url: str | None = None
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=4096, gt=0)
-    # seconds per request; None: 120 for a hosted API, 600 for a self-hosted server (a CPU can take minutes)
+    # seconds per request; None: 120 for a hosted API, 900 for a self-hosted server (a CPU can take minutes)
     timeout_s: float | None = Field(default=None, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    # the SDK's retries of 429s, 5xx, timeouts and dropped connections; None: 3 for a hosted API, 1 for a
+    # self-hosted server (a retried timeout queues a second copy of the prompt behind the first one)
+    max_retries: int | None = Field(default=None, ge=0)
     # how structured output is asked for: auto picks by provider and, for a base_url server, by what it accepts
     structured: Literal["auto", "tool", "json_schema", "json_object", "prompt"] = "auto"
     # the model's context window in tokens; None: what the server reports, else a default per provider

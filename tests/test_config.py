@@ -181,7 +181,7 @@ def test_structured_and_context_settings(tmp_path, base):
     base["on_model_failure"] = "stop"
     config = load_config(_write(tmp_path, base))
     assert config.roles.coder.structured == "json_object" and config.roles.coder.context_tokens == 8192
-    assert config.roles.coder.timeout_s is None  # resolved per kind of server: 600 s for a base_url
+    assert config.roles.coder.timeout_s is None  # resolved per kind of server: 900 s for a base_url
     assert config.on_model_failure == "stop" and load_config(SHIPPED).on_model_failure == "offline"
     base["roles"]["coder"].update(structured="grammar")
     assert "roles.coder.structured" in _error(_write(tmp_path, base))

@@ -164,7 +164,7 @@ def test_timeouts_default_by_kind_of_server():
     os.environ.setdefault("ANTHROPIC_API_KEY", "test")
     local = make_llm("openai/m", role="coder", ledger=UsageLedger(), base_url="http://127.0.0.1:9/v1")
     hosted = make_llm("anthropic/claude-sonnet-4-5", role="coder", ledger=UsageLedger())
-    assert local.timeout_s == 600 and hosted.timeout_s == 120
+    assert (local.timeout_s, local.max_retries) == (900, 1) and (hosted.timeout_s, hosted.max_retries) == (120, 3)
     assert make_llm("openai/m", role="coder", ledger=UsageLedger(), base_url="http://127.0.0.1:9/v1",
                     timeout_s=30).timeout_s == 30
 

@@ -22,13 +22,21 @@ ALLOWED_FORMS = "anthropic/<model>, openai/<model> (optionally with base_url for
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 COMPATIBLE_SERVER_PLACEHOLDER_KEY = "not-needed"
 # Seconds one request may take. A hosted API answers in seconds; a model on a CPU can take minutes for an 8k
-# prompt (228 s was measured for SmolLM2-135M on two cores), so a self-hosted server gets ten minutes.
-DEFAULT_TIMEOUT_S = {"hosted": 120.0, "self-hosted": 600.0}
+# prompt (SmolLM2-135M on two cores: 228 s on a quiet machine, 788 s on a busy one), so a self-hosted server
+# gets fifteen minutes. It also gets one retry, not three: most serve one request at a time and keep working on
+# one the client gave up on, so each retried timeout queues another copy of the same prompt.
+DEFAULT_TIMEOUT_S = {"hosted": 120.0, "self-hosted": 900.0}
+DEFAULT_MAX_RETRIES = {"hosted": 3, "self-hosted": 1}
 
 
 def default_timeout(base_url: str | None) -> float:
     """The request timeout when crew.yaml sets none: longer for a self-hosted server (any base_url)."""
     return DEFAULT_TIMEOUT_S["self-hosted" if base_url else "hosted"]
+
+
+def default_max_retries(base_url: str | None) -> int:
+    """The SDK's retries when crew.yaml sets none: fewer for a self-hosted server (any base_url)."""
+    return DEFAULT_MAX_RETRIES["self-hosted" if base_url else "hosted"]
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -63,7 +71,7 @@ def make_llm(
     temperature: float = 0.7,
     max_tokens: int = 4096,
     timeout_s: float | None = None,
-    max_retries: int = 4,
+    max_retries: int | None = None,
     usd_per_mtok_in: float | None = None,
     usd_per_mtok_out: float | None = None,
     output_retries: int = 2,
@@ -74,7 +82,7 @@ def make_llm(
     """A CrewAI LLM for `role` over the provider's SDK, metered by `ledger`.
 
     `max_retries` and `timeout_s` go to the SDK (exponential backoff on 429/5xx/timeouts/connection errors;
-    `timeout_s` None: `default_timeout`); `output_retries` bounds the re-asks after malformed structured output.
+    None: `default_max_retries` / `default_timeout`); `output_retries` bounds the re-asks after malformed structured output.
     `structured` is the structured-output form (`servers.STRUCTURED_MODES`), `context_tokens` the context window
     when the server does not report one; `servers` shares what is learned about each server between the roles
     of a run. Prices default to the table in `pricing.py` (for an OpenAI-compatible server: free unless
@@ -82,6 +90,7 @@ def make_llm(
     """
     provider, name = split_model(model)
     timeout_s = default_timeout(base_url) if timeout_s is None else timeout_s
+    max_retries = default_max_retries(base_url) if max_retries is None else max_retries
     if structured not in STRUCTURED_MODES:
         raise LLMConfigError(f"role {role!r}: structured must be one of {', '.join(STRUCTURED_MODES)}, "
                              f"got {structured!r}")
