@@ -106,14 +106,17 @@ def assert_no_secret_written(repo: Path, secret: str) -> None:
 
 
 def test_openai_compatible_base_url(tmp_path):
-    crew = ScriptedCrew(["DEPTH 2 -> 4"])
+    # the third idea repeats the first, which memory knows by then
+    crew = ScriptedCrew(["DEPTH 2 -> 4", "MATRIX_LR 0.01 -> 0.04", "DEPTH 2 -> 4", "EMBEDDING_LR 0.6 -> 0.5"])
     with ScriptedLLMServer(crew) as server:
         repo, config = _llm_repo(tmp_path, "openai/local-model", base_url=server.base_url_openai,
-                                 loop={"max_experiments": 1})
+                                 loop={"max_experiments": 3})
         _run(repo, config)
         assert {r.protocol for r in server.requests} == {"openai"}
     records = check_consistency(repo, "llm")
-    assert [r.status for r in records if r.status not in ("baseline",)] == ["keep"]
+    assert sum(r.status in ("keep", "discard") for r in records) == 3
+    (repeat,) = [r for r in records if r.status == "repeat"]
+    assert repeat.rule.startswith("novelty-")  # the gate that refused it is named
 
 
 def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path, anthropic_env):

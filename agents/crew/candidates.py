@@ -99,7 +99,7 @@ def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
     verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold)
     if not verdict.novel:
-        _refused(bench, record, "repeat", verdict.message)
+        _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
         return None
     return _code_and_review(bench, exp_id, idea, base_commit, base_text, record)
 
