@@ -52,8 +52,10 @@ EMBEDDING_ALLOWED = "expected 'minilm' or 'openai/<model>'"
 _PROVIDER_MODEL = re.compile(r"^(anthropic|openai)/[A-Za-z0-9][\w.:@/+-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PRESETS_DIR = REPO_ROOT / "presets"
+# The project files `autoresearch init` copies, shipped inside the package (links to the repository's own files
+# in a checkout, copies in an installed wheel), and the crew.yaml variants `--preset` names.
+PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parent / "project"
+PRESETS_DIR = PROJECT_TEMPLATE_DIR / "presets"
 PRESETS = ("full", "no-reviewer", "single-agent", "offline")
 
 
@@ -92,8 +94,15 @@ class LLMSettings(_Strict):
     fallback_base_url: str | None = None
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=4096, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    # seconds per request; None: 120 for a hosted API, 900 for a self-hosted server (a CPU can take minutes)
+    timeout_s: float | None = Field(default=None, gt=0)
+    # the SDK's retries of 429s, 5xx, timeouts and dropped connections; None: 3 for a hosted API, 1 for a
+    # self-hosted server (a retried timeout queues a second copy of the prompt behind the first one)
+    max_retries: int | None = Field(default=None, ge=0)
+    # how structured output is asked for: auto picks by provider and, for a base_url server, by what it accepts
+    structured: Literal["auto", "tool", "json_schema", "json_object", "prompt"] = "auto"
+    # the model's context window in tokens; None: what the server reports, else a default per provider
+    context_tokens: int | None = Field(default=None, ge=512)
     usd_per_mtok_in: float | None = Field(default=None, ge=0)
     usd_per_mtok_out: float | None = Field(default=None, ge=0)
 
@@ -122,11 +131,13 @@ class LLMSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _urls_need_openai(self) -> LLMSettings:
-        if self.base_url and provider_of(self.model) != "openai":
-            raise ValueError("base_url: applies only to model 'openai/<model>'")
-        if self.fallback_base_url and provider_of(self.fallback_model or "") != "openai":
-            raise ValueError("fallback_base_url: applies only to fallback_model 'openai/<model>'")
+    def _urls_and_forms_fit_the_provider(self) -> LLMSettings:
+        if self.base_url and provider_of(self.model) not in DEFAULT_KEY_ENV:
+            raise ValueError("base_url: applies only to model 'anthropic/<model>' or 'openai/<model>'")
+        if self.fallback_base_url and provider_of(self.fallback_model or "") not in DEFAULT_KEY_ENV:
+            raise ValueError("fallback_base_url: applies only to fallback_model 'anthropic/<model>' or 'openai/<model>'")
+        if provider_of(self.model) == "anthropic" and self.structured in ("json_schema", "json_object"):
+            raise ValueError(f"structured: anthropic models take auto, tool or prompt, not {self.structured}")
         return self
 
 
@@ -290,6 +301,9 @@ class CrewConfig(_Strict):
     name: str
     mode: Literal["crew", "single-agent"] = "crew"
     degrade_after: int = Field(default=3, ge=1)  # consecutive failures before a model is given up for the run
+    # when a role has given up every model: `offline` plays it with the offline policy (announced), `stop` ends
+    # the run (`autoresearch run --strict`)
+    on_model_failure: Literal["stop", "offline"] = "offline"
     roles: Roles
     single_agent: SingleAgentConfig = Field(default_factory=SingleAgentConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)

@@ -572,10 +572,13 @@ class _Cycle:
         record.tokens_in = max(record.tokens_in, spent.input_tokens)
         record.tokens_out = max(record.tokens_out, spent.output_tokens)
         record.usd = max(record.usd, spent.usd)
+        faults = self.s.ledger.faults.for_experiment(record.exp_id) if hasattr(self.s.ledger, "faults") else {}
+        if faults:
+            record.faults = json.dumps(faults)
 
     def _note_budget(self, exc: RoleError) -> None:
-        if exc.budget_exceeded:
-            self.budget_stop = f"the LLM budget refused a call: {exc.reason}"
+        if exc.stop_reason:  # the budget refused a call, or a role lost its model with on_model_failure: stop
+            self.budget_stop = exc.stop_reason
 
     def _event(self, kind: str, exp_id: str = "", message: str = "", **kw) -> None:
         self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=self.best.bpb if hasattr(self, "best") else None,

@@ -205,13 +205,14 @@ def test_plans_refuse_unequal_or_endless_budgets(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     ([], "no configurations given"),
     (["fulll", "--experiments", "2"], "unknown configuration 'fulll': not a preset (full, no-reviewer"),
-    (["offline", "full", "--experiments", "0"], "--experiments must be positive"),
-    (["offline", "--repeats", "0", "--experiments", "1"], "--repeats must be at least 1"),
+    (["offline", "full", "--experiments", "0"], "--experiments must be >= 1"),
+    (["offline", "--repeats", "0", "--experiments", "1"], "--repeats must be >= 1"),
 ])
 def test_cli_bad_arguments_give_one_clear_error_and_exit_2(tmp_path, monkeypatch, args, message):
     from agents.cli import app
 
-    monkeypatch.chdir(tmp_path)
+    make_toy_repo(tmp_path / "repo")  # inside a project: outside one, that is the one error
+    monkeypatch.chdir(tmp_path / "repo")
     result = CliRunner().invoke(app, ["compare", *args])
     assert result.exit_code == 2, result.output
     flat = " ".join(result.output.split())

@@ -1,8 +1,10 @@
 """Results of a run: one `ExperimentRecord` per experiment, in results.tsv and results.parquet.
 
 results.tsv keeps upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description)
-so its tooling keeps working; results.parquet holds every field. The Parquet file is the history
-everything else (memory, reports, comparisons) can be rebuilt from.
+so its tooling keeps working; a refusal's rule is appended to its description ("... [veto: only-train-py]").
+results.parquet holds every field. The Parquet file is the history everything else (memory, reports,
+comparisons) can be rebuilt from. Rows are kept in the order experiments were started (their ids), so an idea
+refused while a baseline trained still comes after that baseline.
 """
 
 from __future__ import annotations
@@ -61,15 +63,19 @@ class ExperimentRecord:
     finished_at: str = ""
     log_path: str = ""
     error: str = ""
-    degraded_roles: str = ""
+    degraded_roles: str = ""  # "; "-joined: which roles run on less than their model, since when, why
     sandbox: str = ""  # the sandbox train.py ran in (bwrap | landlock | none); empty when it never ran
     eval_seconds: float | None = None  # the evaluator's own duration, from its record
+    rule: str = ""  # what refused it before training: guard rules, "reviewer", "novelty-exact" ...
+    faults: str = ""  # JSON {role: {kind: n}}: provider faults survived while preparing this experiment
     extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
 
     def tsv_row(self) -> list[str]:
         bpb = f"{self.val_bpb:.6f}" if self.val_bpb is not None else "0.000000"
         # one line per experiment: tabs/newlines in free text would break the TSV
         desc = " ".join(self.description.split())
+        if self.rule:
+            desc += f" [{self.status}: {self.rule}]"
         return [self.commit[:7], bpb, f"{self.memory_gb:.1f}", self.status, desc]
 
 
@@ -105,7 +111,7 @@ class ResultsStore:
         """Add or replace (same exp_id) a record; both files are rewritten atomically."""
         records = [r for r in self.load() if r.exp_id != record.exp_id]
         records.append(record)
-        self.write_all(records)
+        self.write_all(sorted(records, key=_start_order))
 
     def write_all(self, records: list[ExperimentRecord]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +121,12 @@ class ResultsStore:
         _atomic_write_bytes(self.parquet_path, sink.getvalue().to_pybytes())
         lines = ["\t".join(TSV_COLUMNS)] + ["\t".join(r.tsv_row()) for r in records]
         _atomic_write_bytes(self.tsv_path, ("\n".join(lines) + "\n").encode())
+
+
+def _start_order(record: ExperimentRecord) -> tuple[int, int]:
+    """Experiment ids are numbered as experiments start ('0007'); others keep their place after them."""
+    head = record.exp_id.split(".")[0]
+    return (int(head), 0) if head.isdigit() else (1 << 62, 0)
 
 
 def records_to_table(records: list[ExperimentRecord]) -> pa.Table:
