@@ -53,8 +53,11 @@ class ScriptedCrew:
             return Reply.json({"verdict": "approve", "reasons": ["small and clear"]})
         if request.schema_name == "Analysis":
             return Reply.json({"explanation": "the number moved as expected", "lesson": "noted", "rerun": False})
-        if request.schema_name == "JudgeAnswer":  # the memory's repeat judge (the reviewer's model)
-            return Reply.json({"same_as": None, "reason": "another knob or value"})
+        if request.schema_name == "JudgeAnswer":  # the memory's repeat judge: a past idea with the same title
+            proposed = re.search(r"# Proposed experiment\ntitle: (.*)", request.text).group(1).strip()
+            past = re.findall(r"id: (\S+)\nidea: (.*)", request.text)
+            same = next((pid for pid, title in past if title.strip() == proposed), None)
+            return Reply.json({"same_as": same, "reason": "the same change" if same else "another knob or value"})
         return Reply.error(400, f"unexpected request for {request.schema_name}")
 
 
