@@ -60,6 +60,8 @@ class ExperimentRecord:
     log_path: str = ""
     error: str = ""
     degraded_roles: str = ""
+    node: str = ""  # where it trained: the machine's name
+    gpu: str = ""  # and the device there ("cpu", or the GPU id)
     extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
 
     def tsv_row(self) -> list[str]:
