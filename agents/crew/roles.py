@@ -130,8 +130,11 @@ class ResearchCrew:
         self._agents: dict[tuple[str, int], Agent] = {}
         self._degraded: dict[str, str] = {}
         self._candidates: dict[str, list[_Candidate]] = {}
-        # calls that share an agent must not overlap (the loop may analyse while the next idea is prepared)
-        self._locks = {key: threading.Lock() for key in (*ROLE_NAMES, "single_agent")}
+        # several candidates are prepared at once: calls overlap, at most `max_concurrent_calls` per provider
+        # (the offline policy is one shared, stateful search: it answers one call at a time)
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+        self._agents_lock = threading.Lock()
         for role in ROLE_NAMES:
             if not config.role(role).enabled:
                 continue
@@ -168,8 +171,19 @@ class ResearchCrew:
     def _perform(self, role: str, inputs: Mapping[str, Any]) -> Any:
         full = {"program": self.program, **inputs}
         description = fill_template(role, self.config.role(role).task.description, full)
-        with self._locks["single_agent" if self.config.mode == "single-agent" else role]:
-            return self._try_candidates(role, full, description)
+        return self._try_candidates(role, full, description)
+
+    def _slot(self, llm: BaseLLM) -> threading.BoundedSemaphore:
+        """The semaphore bounding calls in flight to this LLM's provider (or OpenAI-compatible server)."""
+        provider = str(getattr(llm, "provider", "") or "")
+        base_url = getattr(llm, "base_url", None)
+        offline = provider == "offline" or any(llm is self._llms.get(r + OFFLINE) for r in ROLE_NAMES)
+        key = "offline" if offline else (base_url or provider or llm.model)
+        with self._slots_lock:
+            if key not in self._slots:
+                limit = 1 if offline else self.config.concurrent_calls(provider, base_url)
+                self._slots[key] = threading.BoundedSemaphore(limit)
+            return self._slots[key]
 
     def _try_candidates(self, role: str, inputs: dict[str, Any], description: str) -> Any:
         candidates = [c for c in self._candidates[role] if not c.given_up]
@@ -178,7 +192,8 @@ class ResearchCrew:
         errors, over_budget = [], False
         for candidate in candidates:
             try:
-                output = self._kickoff(role, candidate.llm, inputs, description)
+                with self._slot(candidate.llm):
+                    output = self._kickoff(role, candidate.llm, inputs, description)
             except _CallFailed as exc:
                 errors.append(f"{candidate.llm.model}: {exc}")
                 if exc.over_budget:  # the spending limit said no: not the model's fault
@@ -223,10 +238,15 @@ class ResearchCrew:
             raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}") from None
 
     def _agent(self, role: str, llm: BaseLLM) -> Agent:
-        """One agent per (role, model); in single-agent mode one agent for every role on the shared model."""
+        """One agent per (role, model, thread): calls in parallel threads never share a CrewAI agent.
+
+        In single-agent mode one agent plays every role on the shared model.
+        """
         single = self.config.mode == "single-agent" and llm is not self._llms[role + OFFLINE]
-        key = ("single_agent" if single else role, id(llm))
-        if key not in self._agents:
+        key = ("single_agent" if single else role, id(llm), threading.get_ident())
+        with self._agents_lock:
+            if key in self._agents:
+                return self._agents[key]
             persona = self.config.single_agent if single else self.config.role(role)
             self._agents[key] = Agent(
                 role=persona.role, goal=persona.goal, backstory=persona.backstory, llm=llm, tools=[],
