@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import CrewConfig, check_keys, load_config
+from pydantic import ValidationError
+
+from agents.config import ClusterConfig, CrewConfig, check_keys, load_config
 from agents.crew.llm.offline import OfflineLLM
 from agents.crew.llm.usage import UsageLedger
 from agents.crew.policy import OfflinePolicy
@@ -35,6 +37,8 @@ class Overrides:
     memory_path: Path | None = None
     pipelining: bool | None = None
     run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
+    workers: int | str | None = None  # experiments in flight (crew.yaml cluster.workers); "auto": one per GPU
+    address: str | None = None  # a Ray cluster to join (crew.yaml cluster.address)
 
 
 def detect_device() -> str:
@@ -86,8 +90,25 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
                         python=sys.executable, device=detect_device())
 
 
+def parse_workers(text: str) -> int | str:
+    """`--workers` as given on a command line: a whole number >= 1, or 'auto'; SetupError otherwise."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise SetupError(f"--workers must be a whole number of at least 1, or 'auto' (got {text!r})")
+    return int(value)
+
+
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     loop = config.loop.model_copy(update={k: v for k, v in {
         "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,
         "time_budget": o.time_budget, "pipelining": o.pipelining}.items() if v is not None})
-    return config.model_copy(update={"loop": loop})
+    changes = {k: v for k, v in {"workers": o.workers, "address": o.address}.items() if v is not None}
+    try:
+        cluster = ClusterConfig.model_validate({**config.cluster.model_dump(), **changes})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {changes.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
+    return config.model_copy(update={"loop": loop, "cluster": cluster})

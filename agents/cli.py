@@ -64,10 +64,14 @@ def run(
     hours: float = typer.Option(None, help="stop after this many hours"),
     usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
+    workers: str = typer.Option(None, help="experiments in flight: N, or auto (one per GPU); more than 1 uses Ray"),
+    address: str = typer.Option(None, help="join a running Ray cluster: auto or ray://HOST:PORT (default: a local "
+                                "instance for the run)"),
     live: bool = typer.Option(True, help="live view in the terminal"),
 ) -> None:
     """Run the research loop until a stop condition, then print the results table and the plot's path."""
-    from agents.assemble import Overrides, SetupError, build_settings, check_prepared
+    from agents.assemble import Overrides, SetupError, build_settings, check_prepared, parse_workers
+    from agents.bench.cluster import ClusterError
     from agents.config import ConfigError
     from agents.live import LiveView
     from agents.lock import RunLockError
@@ -76,8 +80,9 @@ def run(
     from agents.record.report import plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
-    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget)
     try:
+        overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
+                              workers=parse_workers(workers) if workers is not None else None, address=address)
         check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
                                   config_name=preset or None)
@@ -88,7 +93,7 @@ def run(
     try:
         with view:
             outcome = run_loop(settings)
-    except (GitError, RunLockError, BaselineCrashed) as exc:
+    except (GitError, RunLockError, BaselineCrashed, ClusterError, ConfigError) as exc:
         _fail(str(exc))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:

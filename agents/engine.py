@@ -33,9 +33,9 @@ def open_executor(settings, run_dir: Path, prepare_py: str, on_note: Callable[[s
         return
     from agents.bench.cluster import ClusterError, RayExecutor, connect, disconnect
 
-    fingerprint = data_fingerprint(settings.repo_dir, cluster.cache)
     owned = connect(cluster.address)
     try:
+        fingerprint = data_fingerprint(settings.repo_dir, cluster.cache)
         executor = RayExecutor(cluster.workers, log_dir=run_dir, prepare_py=prepare_py, fingerprint=fingerprint,
                                cache_dir=cluster.cache, on_note=on_note)
         where = "a local Ray instance" if owned else f"the Ray cluster at {cluster.address or 'this process'}"
@@ -65,7 +65,9 @@ def data_fingerprint(repo_dir: Path, cache_dir: str | None) -> dict:
         env = dict(os.environ, AUTORESEARCH_CACHE=cache_dir)
     done = subprocess.run([sys.executable, "prepare.py", "--fingerprint"], cwd=repo_dir, env=env,
                           capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ClusterError(lines[-1] if lines else "prepare.py --fingerprint failed: run `autoresearch prepare`")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise ClusterError(errors[-1] if errors else "prepare.py --fingerprint gave no fingerprint of the data; "
+                           "workers on other machines cannot be checked against it")
+    return json.loads(lines[-1])

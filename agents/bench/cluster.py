@@ -15,7 +15,6 @@ that on (it keeps other users of a machine off the instance's ports). A cluster 
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 import time
@@ -59,8 +58,8 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "local"):
-        # the raylet then kills whatever a dead worker left running (train.py lives in its own session)
-        os.environ.setdefault("RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper", "true")
+        # Not RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper: with it this process reads every
+        # child's exit status as 0 (git's, train.py's). A train.py whose worker was killed ends with its budget.
         try:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # Ray raises many kinds here; the user needs one line either way
