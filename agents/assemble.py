@@ -100,6 +100,18 @@ def parse_workers(text: str) -> int | str:
     return int(value)
 
 
+def engine_options(workers: str, address: str | None) -> dict:
+    """`--workers` and `--address` checked together: {"workers": ..., "address": ...}; SetupError when wrong."""
+    options = {"workers": parse_workers(workers), "address": address}
+    try:
+        ClusterConfig.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {options.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
+    return options
+
+
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     loop = config.loop.model_copy(update={k: v for k, v in {
         "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,

@@ -130,6 +130,22 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
     for d in dirs:
         console.print(f"[bold]{d.name}[/]")
         console.print(results_table(ResultsStore(d).load()))
+        if holder:
+            _print_in_flight(d)
+
+
+def _print_in_flight(run_dir: Path) -> None:
+    """Each worker's experiment and how long it has trained, from the journal the running loop keeps."""
+    import time
+
+    from agents.record.journal import Journal
+
+    for entry in Journal(run_dir).unfinished():
+        if entry.phase == "committed" and entry.started:
+            where = entry.node + (f" ({entry.gpu})" if entry.gpu else "")
+            title = (entry.idea or {}).get("title", entry.kind)
+            console.print(f"  training {entry.exp_id} on {where}: {time.time() - entry.started:.0f} s  {title}",
+                          highlight=False, markup=False)
 
 
 @app.command()
@@ -157,13 +173,16 @@ def compare(
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
     repeats: int = typer.Option(1, help="runs per configuration, with different seeds, to see the spread"),
     name: str = typer.Option(None, help="results go to runs/<name>/ (default: the configurations joined by -vs-)"),
+    workers: str = typer.Option("1", help="experiments in flight within each run: N, or auto (one per GPU)"),
+    address: str = typer.Option(None, help="a Ray cluster to train on: auto or ray://HOST:PORT"),
 ) -> None:
     """Compare crew configurations on equal budgets, each from the same commit in its own worktree and memory.
 
-    Runs go one per GPU in parallel when there are several, else one after another. Interrupted? Run the
+    Runs go one after another, each with the same workers (on Ray when more than one). Interrupted? Run the
     same command again to continue where it stopped.
     """
-    from agents.assemble import SetupError, check_prepared
+    from agents.assemble import SetupError, check_prepared, engine_options
+    from agents.bench.cluster import ClusterError
     from agents.compare import Budget, CompareError, plan_compare, run_compare
     from agents.config import ConfigError
     from agents.record.compare_report import compare_table
@@ -172,6 +191,7 @@ def compare(
     try:
         plan = plan_compare(Path.cwd(), configs or [], Budget(experiments, hours, usd, budget), repeats=repeats,
                             name=name)
+        engine = engine_options(workers, address)
         check_prepared(Path.cwd())
     except (CompareError, ConfigError, SetupError) as exc:
         _fail(str(exc))
@@ -181,8 +201,8 @@ def compare(
             console.print(f"[{event.run or plan.name}] {event.text}", highlight=False, markup=False)
 
     try:
-        outcome = run_compare(plan, on_event=show)
-    except (CompareError, GitError) as exc:
+        outcome = run_compare(plan, on_event=show, **engine)
+    except (CompareError, GitError, ClusterError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")

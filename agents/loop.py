@@ -235,6 +235,7 @@ class _Coordinator:
     def _finished(self, bench: Workbench, done: Finished) -> None:
         fl = self.flight.pop(done.exp_id)
         entry = fl.entry
+        self._event("phase", entry.exp_id, "trained" if not done.lost else "lost", worker=fl.running.worker)
         if done.lost:  # the worker or its machine vanished: the run goes back in the queue, counted once
             self._event("note", entry.exp_id, f"{done.lost}; re-queued")
             entry.pid = 0

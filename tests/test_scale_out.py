@@ -235,3 +235,19 @@ def test_commits_are_made_without_touching_the_working_tree(tmp_path):
     assert repo.read_file_at(sha, "train.py") == before + "# one\n"
     assert [d.a_path for d in commit.diff(head)] == ["train.py"]
     assert not git.Repo(repo_dir).is_dirty()
+
+
+def test_compare_runs_its_configurations_on_the_same_engine(tmp_path, ray_instance):
+    from agents.compare import Budget, plan_compare, run_compare
+    from agents.record.results import ResultsStore
+    from tests.test_compare import assert_worktrees_removed, toy_with_variants
+
+    repo, paths = toy_with_variants(tmp_path, a={}, b={"loop": {"seed": 7}})
+    plan = plan_compare(repo, [str(paths["a"]), str(paths["b"])], Budget(experiments=2))
+    outcome = run_compare(plan, workers=2)
+    assert outcome.workers == 2 and {s["state"] for s in outcome.states.values()} == {"done"}, outcome.states
+    for state in outcome.states.values():
+        records = ResultsStore(repo / "runs" / "a-vs-b" / state["dir"]).load()
+        assert sum(r.status in TRAINED for r in records) == 2
+        assert {r.gpu for r in records} <= {"gpu0", "gpu1"}, "a run did not train on the Ray workers"
+    assert_worktrees_removed(repo)
