@@ -251,3 +251,20 @@ def test_compare_runs_its_configurations_on_the_same_engine(tmp_path, ray_instan
         assert sum(r.status in TRAINED for r in records) == 2
         assert {r.gpu for r in records} <= {"gpu0", "gpu1"}, "a run did not train on the Ray workers"
     assert_worktrees_removed(repo)
+
+
+def test_a_node_without_data_prepares_the_same_data_or_is_left_out(tmp_path, prepared_cache):
+    """The check a Ray task runs on each node, here on this machine: an empty cache is prepared identically."""
+    import json
+
+    from agents.bench.executor import check_node
+
+    prepare_py = (ROOT / "prepare.py").read_text()
+    ours = json.loads(subprocess.run([sys.executable, "prepare.py", "--fingerprint"], cwd=ROOT, capture_output=True,
+                                     text=True, check=True, env={**os.environ, "AUTORESEARCH_CACHE": str(prepared_cache)}
+                                     ).stdout.strip().splitlines()[-1])
+    assert ours["prepare_args"][:2] == ["--source", "builtin"]
+    fresh = check_node(prepare_py, str(tmp_path / "empty-cache"), ours["prepare_args"], str(tmp_path / "scratch"))
+    assert fresh.get("fingerprint", {}).get("data") == ours["data"], fresh
+    unable = check_node(prepare_py, str(tmp_path / "other-cache"), None, str(tmp_path / "scratch"))
+    assert "fingerprint" not in unable and "prepare" in unable["error"], unable
