@@ -578,40 +578,73 @@ def write_val_tokens(dataset: Dataset) -> None:
           f"{time.time() - started:.1f}s", flush=True)
 
 
-def _stored_val_documents(dataset: Dataset, tokenizer: Tokenizer) -> Iterator[tuple[object, int]]:
-    """The validation documents as evaluation reads them, from the tokens prepare stored (verified first).
-
-    The same documents in the same order as `make_dataloader(..., "val")`; past the stored ones (a split
-    larger than VAL_TOKENS_STORED), the rest is tokenised as the loader would.
-    """
+def _val_documents_from(dataset: Dataset, tokenizer: Tokenizer, first: int) -> Iterator[tuple[object, int]]:
+    """Validation documents from index `first` on, as the loader reads them: stored ones, then tokenised text."""
     import numpy as np
 
-    if problem := dataset.val_tokens_problem(full=True):
-        raise _not_prepared(f"The validation tokens in {dataset.dir} are not usable ({problem})")
     entry = dataset.manifest()["val_tokens"]
     tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
     ends = np.load(dataset.val_ends_path).tolist()
     starts = [0, *ends[:-1]]
-    epoch = 1
-    while True:
-        for start, end in zip(starts, ends, strict=True):
-            yield tokens[start:end], epoch
-        if not entry["complete"]:
-            break
-        epoch += 1
+    for start, end in zip(starts[first:], ends[first:], strict=True):
+        yield tokens[start:end], 1
     rest = _token_documents(tokenizer, _texts(dataset.split_paths("val", verify_sha=False), None))
     for index, (ids, epoch) in enumerate(rest):
-        if epoch > 1 or index >= entry["documents"]:
+        if epoch > 1 or index >= max(first, entry["documents"]):
             yield ids, epoch
 
 
 def _val_batches(dataset: Dataset, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Validation (inputs, targets) batches packed exactly as `make_dataloader` packs them."""
+    """Validation (inputs, targets) batches exactly as `make_dataloader` packs them, from the stored tokens.
+
+    Documents lie back to back in the stored array and a row is whole documents plus the start of one cut
+    at the row's end, so every row is one slice of it: the rows are gathered at once. The next row starts
+    at the first document that begins at or after the cut. A split stored whole is cycled, as the loader
+    does; past the stored part of a larger one, the rest is tokenised as the loader would.
+    """
     import numpy as np
 
-    documents = _stored_val_documents(dataset, tokenizer)
-    row_len = seq_len + 1
+    if problem := dataset.val_tokens_problem(full=True):
+        raise _not_prepared(f"The validation tokens in {dataset.dir} are not usable ({problem})")
+    complete = dataset.manifest()["val_tokens"]["complete"]
+    tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
+    ends = np.load(dataset.val_ends_path)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    total, row_len = int(tokens.size), seq_len + 1
+    if complete and total:  # the stream repeats: lay enough copies end to end for a row to run over the seam
+        tokens = np.tile(np.asarray(tokens), 1 + -(-row_len // total))
+    doc = 0
+    while True:
+        row_starts = []
+        for _ in range(batch_size):
+            if doc >= len(starts) or (not complete and starts[doc] + row_len > total):
+                break  # beyond what is stored: continue document by document
+            row_starts.append(int(starts[doc]))
+            cut = int(starts[doc]) + row_len
+            doc = int(np.searchsorted(starts, cut % total if complete else cut))
+            if doc == len(starts) and complete:
+                doc = 0
+        if len(row_starts) < batch_size:
+            break
+        rows = torch.from_numpy(tokens[np.asarray(row_starts)[:, None] + np.arange(row_len)].astype(np.int64))
+        rows = (rows.pin_memory() if device.type == "cuda" else rows).to(device, non_blocking=True)
+        yield rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    # the unusual case: more rows than the stored tokens hold (a split larger than VAL_TOKENS_STORED)
+    documents = _val_documents_from(dataset, tokenizer, doc)
+    for start in reversed(row_starts):  # rows of the unfinished batch, already within the stored part
+        documents = _prepend_row(tokens[start:start + row_len], documents)
+    yield from _pack(documents, batch_size, row_len, device)
+
+
+def _prepend_row(row, documents: Iterator) -> Iterator:
+    yield row, 1
+    yield from documents
+
+
+def _pack(documents: Iterator, batch_size: int, row_len: int, device: torch.device):
+    import numpy as np
+
     while True:
         rows = np.empty((batch_size, row_len), dtype=np.int64)
         for r in range(batch_size):
