@@ -204,7 +204,7 @@ class _Coordinator:
             return min(left, 1 if self.ex.free_slots() > 0 else 0)
         n = self.ex.slots
         prep = statistics.fmean(self._prep_seconds) if self._prep_seconds else 1.0
-        run = statistics.fmean(self._run_seconds) if self._run_seconds else 1.0
+        run = statistics.fmean(self._run_seconds) if self._run_seconds else (self.cfg.time_budget or 300.0)
         return max(0, min(left, n + 1 + math.ceil(n * prep / max(run, 1e-3)), 4 * n + 4))
 
     def _commit(self, c: Candidate) -> JournalEntry:
@@ -244,6 +244,8 @@ class _Coordinator:
             return
         self._run_seconds.append(fl.running.elapsed)
         entry.result, entry.node, entry.gpu = result_dict(done.result), done.node or entry.node, done.gpu
+        if entry.kind == "experiment":
+            entry.runs = [done.result.val_bpb] if done.result.val_bpb is not None else []
         self.journal.advance(entry, "trained")
         self._checkpoint("trained")
         if entry.kind == "baseline":
@@ -251,14 +253,10 @@ class _Coordinator:
             if done.result.val_bpb is None:
                 raise BaselineCrashed(f"the starting train.py crashed ({done.result.error}); see "
                                       f"{done.result.log_path}")
-            if not self._baselines_missing():
-                for parked, candidate in self.deferred:
-                    self._judge(bench, parked, candidate)
-                self.deferred.clear()
+            self._flush_deferred(bench)
         elif entry.kind in ("rerun", "confirm"):
             self._follow_up_done(bench, entry, done.result)
         else:
-            entry.runs = [done.result.val_bpb] if done.result.val_bpb is not None else []
             self._judge(bench, entry, fl.candidate)
 
     # ---------------------------------------------------------------- deciding
@@ -269,6 +267,8 @@ class _Coordinator:
             return
         result = result_from_dict(entry.result)
         base_bpb = self.book.bpb_of(entry.base_commit, default=self.best.bpb)
+        if not entry.runs and result.val_bpb is not None and not entry.first_commit:
+            entry.runs = [result.val_bpb]  # written by an older version that kept only the result
         if not entry.runs:
             decision = Decision("crash", result.error or "crashed", 0.0)
         else:
@@ -289,6 +289,13 @@ class _Coordinator:
                 if decision is None:
                     return
         self._finish(entry, decision, candidate)
+
+    def _flush_deferred(self, bench: Workbench) -> None:
+        """Results that came in before the baselines were all done are judged once they are."""
+        if not self._baselines_missing():
+            parked, self.deferred = self.deferred, []
+            for entry, candidate in parked:
+                self._judge(bench, entry, candidate)
 
     def _reapply(self, bench: Workbench, entry: JournalEntry, candidate: Candidate | None,
                  won: Decision) -> Decision | None:
@@ -500,6 +507,12 @@ class _Coordinator:
             elif entry.phase == "committed":
                 stop_orphan(entry.pid, entry.node)
                 self.queue.append(entry)  # trained again, wherever a worker is free
+            elif entry.phase == "trained" and entry.kind == "baseline":
+                self._finish(entry, _baseline_decision(result_from_dict(entry.result)), None)
+            elif entry.phase == "trained" and entry.first_commit and not entry.runs:
+                # re-applied on a newer best, its confirmation cut short: confirm it again
+                self._follow_up(entry, self._candidate_from_entry(entry), "confirm", "confirming again on the "
+                                f"best it was re-applied on ({entry.base_commit[:7]})")
             elif entry.phase == "trained":
                 self._judge(bench, entry, self._candidate_from_entry(entry))
             elif entry.phase == "decided":
@@ -510,6 +523,7 @@ class _Coordinator:
                     self._analyse(record)
                 else:
                     self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
+        self._flush_deferred(bench)
         self.repo.reset_hard(self.best.commit)
 
     def _queue_baselines(self) -> None:

@@ -6,7 +6,9 @@ measures the engine, not lucky keeps). The crew is the offline policy behind an 
 call after a fixed latency, with calls bounded per provider as configured (`max_concurrent_calls`).
 
 For N = 1, 2, 4, 8, 16: `rounds * N` experiments after one baseline run. Reported per N:
-  - experiments per hour in steady state: from the first experiment's start to the last result;
+  - experiments per hour in steady state: the results after the first N (the first round, whose start
+    depends on when the crew's first candidates are ready) over the time from the N-th result to the last,
+    i.e. (rounds - 1) * N results in that span; the whole window (first start to last result) is shown too;
   - ideal: N * 3600 / (budget + fixed per-run overhead), the overhead being what a run takes beyond its
     budget in the worker (process start, evaluation), measured from the runs themselves;
   - coordinator CPU seconds per experiment (this process, all its threads).
@@ -164,12 +166,16 @@ def one_size(workers: int, budget: float, latency: float, rounds: int, tmp: Path
     cpu = time.process_time() - cpu0
     trained = [r for r in outcome.records if r.status in ("keep", "discard", "crash")]
     window = max(ends.values()) - min(starts[r.exp_id] for r in trained)
+    finished = sorted(ends[r.exp_id] for r in trained)
+    steady = (len(finished) - workers) * 3600 / (finished[-1] - finished[workers - 1]) if len(finished) > workers \
+        else len(finished) * 3600 / window
     overhead = statistics.fmean((r.wall_seconds or budget) - budget for r in outcome.records
                                 if r.wall_seconds is not None)
-    per_hour = len(trained) * 3600 / window
+    per_hour = steady
     ideal = workers * 3600 / (budget + overhead)
     follow_ups = len(list((repo / "runs" / "bench" / "journal").glob("*.[rc]*.json")))
     return {"workers": workers, "experiments": len(trained), "window_s": window, "per_hour": per_hour,
+            "whole_window_per_hour": len(trained) * 3600 / window,
             "ideal": ideal, "efficiency": 100 * per_hour / ideal, "overhead_s": overhead,
             "cpu_per_exp": cpu / max(1, len(outcome.records)), "crashes": sum(r.status == "crash" for r in trained),
             "follow_ups": follow_ups}
@@ -199,7 +205,8 @@ def main() -> None:
             for n in sizes:
                 r = one_size(n, budget, latency, args.rounds, Path(tmp))
                 results.append(r)
-                print(f"N={r['workers']:>2}: {r['experiments']:>3} experiments in {r['window_s']:7.1f} s -> "
+                print(f"N={r['workers']:>2}: {r['experiments']:>3} experiments in {r['window_s']:7.1f} s "
+                      f"({r['whole_window_per_hour']:.1f}/h over the whole window); steady state "
                       f"{r['per_hour']:7.1f}/h, ideal {r['ideal']:7.1f}/h (overhead {r['overhead_s']:.2f} s per run) "
                       f"= {r['efficiency']:5.1f} %; coordinator CPU {r['cpu_per_exp']:.2f} s per experiment; "
                       f"{r['crashes']} crashes, {r['follow_ups']} re-runs/confirmations", flush=True)

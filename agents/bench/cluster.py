@@ -151,7 +151,8 @@ class RayExecutor:
         node = max(self.nodes.values(), key=lambda n: (n.slots - len(n.busy), -len(n.busy)))
         if node.slots - len(node.busy) <= 0:
             raise RuntimeError("submit() with no free slot")
-        resources = {"num_gpus": 1} if self.gpus else {"num_cpus": node.cpus_per_run}
+        # a GPU run also holds its share of the node's cores, so every slot's task fits (Ray's default is 1 CPU)
+        resources = {"num_gpus": 1, "num_cpus": node.cpus_per_run} if self.gpus else {"num_cpus": node.cpus_per_run}
         ref = self._train.options(**resources, scheduling_strategy=self._strategy(node.node_id, soft=False)).remote(
             task, self.scratch_root)
         number = node.take_slot(task.exp_id)
@@ -272,6 +273,7 @@ class RayExecutor:
             total = 0
             for node in self.nodes.values():
                 node.slots = max(0, min(node.gpus, wanted - total))
+                node.cpus_per_run = node.cpus / max(1, node.gpus)
                 total += node.slots
             return
         if self.requested == "auto":
