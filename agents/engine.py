@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agents.bench.executor import Executor, LocalExecutor
+from agents.bench.executor import Executor, LocalExecutor, gpu_label
 
 
 def uses_ray(workers: int | str, address: str | None) -> bool:
@@ -25,7 +25,9 @@ def uses_ray(workers: int | str, address: str | None) -> bool:
 def open_executor(settings, run_dir: Path, prepare_py: str, on_note: Callable[[str], None]) -> Iterator[Executor]:
     cluster = settings.config.cluster
     if not uses_ray(cluster.workers, cluster.address):
-        executor = LocalExecutor(run_dir, settings.python, gpu=None if settings.device == "cuda" else "cpu")
+        visible = gpu_label()  # the GPUs CUDA_VISIBLE_DEVICES names, else "cpu"
+        executor = LocalExecutor(run_dir, settings.python,
+                                 gpu=visible if visible != "cpu" or settings.device != "cuda" else "cuda")
         try:
             yield executor
         finally:

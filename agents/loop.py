@@ -173,6 +173,7 @@ class _Coordinator:
                 self.supply.wait_for_one(0.2)
             for done in self.ex.wait(0.2 if self.flight else 0.0):
                 self._finished(bench, done)
+                self._dispatch(bench, self._stop_reason())  # a freed worker waits for no other result's records
             for run_id, fl in self.flight.items():
                 self._event("progress", run_id, elapsed=fl.running.elapsed, budget=self.cfg.time_budget or 0.0,
                             worker=fl.running.worker)
