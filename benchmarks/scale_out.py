@@ -6,9 +6,10 @@ measures the engine, not lucky keeps). The crew is the offline policy behind an 
 call after a fixed latency, with calls bounded per provider as configured (`max_concurrent_calls`).
 
 For N = 1, 2, 4, 8, 16: `rounds * N` experiments after one baseline run. Reported per N:
-  - experiments per hour in steady state: the results after the first N (the first round, whose start
-    depends on when the crew's first candidates are ready) over the time from the N-th result to the last,
-    i.e. (rounds - 1) * N results in that span; the whole window (first start to last result) is shown too;
+  - experiments per hour in steady state: each worker's rate once it runs (its results after the first, over
+    the time from its first result to its last), summed over the workers; this leaves out the start, when the
+    crew's first candidates are not ready yet, but keeps every gap between one run and the next. The whole
+    window (first start to last result, start-up included) is shown too;
   - ideal: N * 3600 / (budget + fixed per-run overhead), the overhead being what a run takes beyond its
     budget in the worker (process start, evaluation), measured from the runs themselves;
   - coordinator CPU seconds per experiment (this process, all its threads).
@@ -149,11 +150,13 @@ def one_size(workers: int, budget: float, latency: float, rounds: int, tmp: Path
     settings.crew = ResearchCrew(settings.config, settings.program, settings.ledger, llms)
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
+    worker_of: dict[str, str] = {}
 
     def on_event(event) -> None:
         now = time.monotonic()
         if event.kind == "phase" and event.message == "training":
             starts.setdefault(event.exp_id, now)
+            worker_of[event.exp_id] = event.worker
         if event.kind == "record" and event.record is not None and event.record.status in ("keep", "discard", "crash"):
             ends[event.exp_id] = now
 
@@ -166,9 +169,11 @@ def one_size(workers: int, budget: float, latency: float, rounds: int, tmp: Path
     cpu = time.process_time() - cpu0
     trained = [r for r in outcome.records if r.status in ("keep", "discard", "crash")]
     window = max(ends.values()) - min(starts[r.exp_id] for r in trained)
-    finished = sorted(ends[r.exp_id] for r in trained)
-    steady = (len(finished) - workers) * 3600 / (finished[-1] - finished[workers - 1]) if len(finished) > workers \
-        else len(finished) * 3600 / window
+    by_worker: dict[str, list[float]] = {}
+    for r in trained:
+        by_worker.setdefault(worker_of[r.exp_id], []).append(ends[r.exp_id])
+    rates = [(len(t) - 1) * 3600 / (max(t) - min(t)) for t in by_worker.values() if len(t) > 1]
+    steady = sum(rates) if rates else len(trained) * 3600 / window
     overhead = statistics.fmean((r.wall_seconds or budget) - budget for r in outcome.records
                                 if r.wall_seconds is not None)
     per_hour = steady
