@@ -444,7 +444,16 @@ class _Coordinator:
                 return Candidate(c.exp_id, c.idea, c.edit, self.best.commit, self.best.text, merged,
                                  c.review, report.text())
         self._event("note", c.exp_id, "conflict with the new best: re-coding")
-        return recode(bench, c, self.best.commit, self.best.text, self.s.tag, self.s.config_name)
+        self.supply.rework(lambda best=self.best: self._recode(bench, c, best))  # LLM calls: not in this thread
+        return None
+
+    def _recode(self, bench: Workbench, c: Candidate, best) -> Candidate | None:
+        recoded = recode(bench, c, best.commit, best.text, self.s.tag, self.s.config_name)
+        if recoded is None:  # recorded as skipped by the crew's refusal: nothing left to resume
+            self.journal.advance(self._entry_for(c), "done")
+        else:
+            self.journal.write(self._entry_for(recoded))
+        return recoded
 
     def _prepare(self, bench: Workbench) -> Candidate | None:
         """A reviewed candidate on the current best, written ahead so a kill cannot lose it (in a thread)."""

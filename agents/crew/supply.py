@@ -49,6 +49,13 @@ class CandidateSupply:
                 self._preparing.add(future)
                 future.add_done_callback(self._done)
 
+    def rework(self, job: Callable[[], Candidate | None]) -> None:
+        """Run `job` (say, re-coding a candidate whose edit conflicts with a new best) in a preparing thread."""
+        with self._lock:
+            future = self._pool.submit(job)
+            self._preparing.add(future)
+            future.add_done_callback(self._done)
+
     def take(self) -> Candidate | None:
         self._raise_error()
         return self._ready.popleft() if self._ready else None
