@@ -172,11 +172,16 @@ class RayExecutor:
         return {task.exp_id: running for task, running, _ in self._refs.values()}
 
     def close(self) -> None:
-        for ref in list(self._refs):
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already finished or its node is gone: nothing left to stop
-                pass
+        """Cancel what still runs: politely first (the task then stops its train.py), by force after 10 s."""
+        refs = list(self._refs)
+        for force in (False, True):
+            for ref in refs:
+                try:
+                    self.ray.cancel(ref, force=force)
+                except Exception:  # already finished or its node is gone: nothing left to stop
+                    pass
+            if not force and refs:
+                _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=10.0)
         self._refs.clear()
 
     # ------------------------------------------------------------------ results

@@ -192,7 +192,12 @@ def run_on_worker(task: TrainingTask, scratch_root: str) -> tuple[RunResult, str
     root = Path(scratch_root) / task.exp_id
     out = root / "out"
     try:
-        result = start_in_scratch(task, root / "work", out).wait()
+        job = start_in_scratch(task, root / "work", out)
+        try:
+            result = job.wait()
+        except KeyboardInterrupt:  # the task was cancelled (the coordinator stops): take train.py down too
+            job.kill()
+            raise
     except (PrepareMismatch, OSError) as exc:
         result = failed_result(task.exp_id, out, f"could not start on {socket.gethostname()}: {exc}")
     log = read_log(result)
