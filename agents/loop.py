@@ -171,9 +171,14 @@ class _Coordinator:
                 if self.supply.exhausted and not self.supply.ready and not self.supply.preparing:
                     return self.supply.exhausted
                 self.supply.wait_for_one(0.2)
-            for done in self.ex.wait(0.2 if self.flight else 0.0):
+            finished = self.ex.wait(0.2 if self.flight else 0.0)
+            if finished and self.ex.slots > 1:
+                # freed workers start their next run before the results are recorded (with one worker the next
+                # candidate waits for the decision instead, so a keep moves it onto the new best first)
+                self._dispatch(bench, stop)
+            for done in finished:
                 self._finished(bench, done)
-                self._dispatch(bench, self._stop_reason())  # a freed worker waits for no other result's records
+                self._dispatch(bench, self._stop_reason())
             for run_id, fl in self.flight.items():
                 self._event("progress", run_id, elapsed=fl.running.elapsed, budget=self.cfg.time_budget or 0.0,
                             worker=fl.running.worker)
