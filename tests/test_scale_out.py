@@ -120,8 +120,8 @@ def test_a_winner_on_a_stale_base_is_re_applied_and_confirmed(tmp_path, ray_inst
     assert (Journal(repo / "runs" / "t1").dir / f"{second.exp_id}.c1.json").exists()
 
 
-def _kill_one_worker(scratch_marker: str, killed: list, stop: threading.Event) -> None:
-    """Kill -9 the Ray worker running the first experiment (not a baseline) as soon as it trains."""
+def _kill_one_worker(marker: str, killed: list, stop: threading.Event) -> None:
+    """Kill -9 the Ray worker running this test's first experiment (not a baseline) as soon as it trains."""
     while not stop.is_set() and not killed:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -129,10 +129,10 @@ def _kill_one_worker(scratch_marker: str, killed: list, stop: threading.Event) -
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 cwd = os.readlink(f"/proc/{pid}/cwd")
+                environ = Path(f"/proc/{pid}/environ").read_bytes() if b"train.py" in cmdline else b""
             except OSError:
                 continue
-            if b"train.py" in cmdline and scratch_marker in cwd and not cwd.rstrip("/").endswith(("0000/work",
-                                                                                                  "0001/work")):
+            if marker.encode() in environ and not cwd.rstrip("/").endswith(("0000/work", "0001/work")):
                 parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 os.kill(parent, signal.SIGKILL)
                 killed.append(cwd)
@@ -146,11 +146,13 @@ def test_a_worker_killed_mid_run_is_re_queued_and_recorded_once(tmp_path, ray_in
 
     repo, config = _toy(tmp_path, time_budget=3.0)
     settings = build_settings(repo, config, "t1")
+    marker = f"TEST_RUN_MARKER={os.getpid()}-{time.monotonic_ns()}"  # only this test's train.py carries it
+    settings.extra_env = dict([marker.split("=", 1)])
     notes: list[str] = []
     settings.on_event = lambda e: notes.append(f"{e.exp_id} {e.message}") if e.kind == "note" else None
     killed: list = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_one_worker, args=("/autoresearch/", killed, stop), daemon=True)
+    killer = threading.Thread(target=_kill_one_worker, args=(marker, killed, stop), daemon=True)
     killer.start()
     try:
         run_loop(settings)
