@@ -11,8 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from agents.bench.sandbox import SANDBOXES, SandboxUnavailable, select_sandbox
-from agents.config import ROLE_NAMES, CrewConfig, check_keys, load_config, resolve_model
+from agents.config import ROLE_NAMES, ClusterConfig, CrewConfig, check_keys, load_config, resolve_model
 from agents.crew.llm.offline import OfflineLLM
 from agents.crew.llm.usage import UsageLedger
 from agents.crew.policy import OfflinePolicy
@@ -41,6 +43,8 @@ class Overrides:
     sandbox: str | None = None  # auto | bwrap | landlock | none, over crew.yaml's `sandbox`
     tracking_experiment: str | None = None  # the MLflow experiment (default: the tag; a compare passes its name)
     on_model_failure: str | None = None  # "stop" for `run --strict`
+    workers: int | str | None = None  # experiments in flight (crew.yaml cluster.workers); "auto": one per GPU
+    address: str | None = None  # a Ray cluster to join (crew.yaml cluster.address)
 
 
 def detect_device() -> str:
@@ -115,6 +119,28 @@ def build_tracker(repo_dir: Path, config: CrewConfig, tag: str, crew_name: str, 
     return Tracker(resolve_target(repo_dir, config.tracking, env), context)
 
 
+def parse_workers(text: str) -> int | str:
+    """`--workers` as given on a command line: a whole number >= 1, or 'auto'; SetupError otherwise."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise SetupError(f"--workers must be a whole number of at least 1, or 'auto' (got {text!r})")
+    return int(value)
+
+
+def engine_options(workers: str, address: str | None) -> dict:
+    """`--workers` and `--address` checked together: {"workers": ..., "address": ...}; SetupError when wrong."""
+    options = {"workers": parse_workers(workers), "address": address}
+    try:
+        ClusterConfig.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {options.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
+    return options
+
+
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     if o.sandbox is not None and o.sandbox not in SANDBOXES:
         raise SetupError(f"--sandbox {o.sandbox!r} is not a sandbox; choose one of: {', '.join(SANDBOXES)}")
@@ -126,4 +152,11 @@ def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     update: dict = {"loop": loop}
     if o.on_model_failure is not None:
         update["on_model_failure"] = o.on_model_failure
+    changes = {k: v for k, v in {"workers": o.workers, "address": o.address}.items() if v is not None}
+    try:
+        update["cluster"] = ClusterConfig.model_validate({**config.cluster.model_dump(), **changes})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {changes.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
     return config.model_copy(update=update)

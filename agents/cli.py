@@ -113,6 +113,9 @@ def run(
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
     strict: bool = typer.Option(False, "--strict", help="stop the run when a role loses its model, instead of "
                                 "playing it with the offline policy (crew.yaml on_model_failure: stop)"),
+    workers: str = typer.Option(None, help="experiments in flight: N, or auto (one per GPU); more than 1 uses Ray"),
+    address: str = typer.Option(None, help="join a running Ray cluster: auto or ray://HOST:PORT (default: a local "
+                                "instance for the run)"),
     live: bool = typer.Option(True, help="live view in the terminal"),
     sandbox: str = typer.Option(None, help="where train.py runs: auto, bwrap, landlock or none (default: crew.yaml)"),
 ) -> None:
@@ -120,7 +123,8 @@ def run(
     check_numbers(experiments=(experiments, 1, True), hours=(hours, 0, False), usd=(usd, 0, False),
                   budget=(budget, 0, False))
     _require_project()
-    from agents.assemble import Overrides, SetupError, build_settings, check_prepared
+    from agents.assemble import Overrides, SetupError, build_settings, check_prepared, parse_workers
+    from agents.bench.cluster import ClusterError
     from agents.config import ConfigError
     from agents.live import LiveView
     from agents.lock import RunLockError
@@ -129,9 +133,10 @@ def run(
     from agents.record.report import health_lines, plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
-    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
-                          sandbox=sandbox, on_model_failure="stop" if strict else None)
     try:
+        overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
+                              workers=parse_workers(workers) if workers is not None else None, address=address,
+                              sandbox=sandbox, on_model_failure="stop" if strict else None)
         check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
                                   config_name=preset or None)
@@ -145,7 +150,7 @@ def run(
     try:
         with view:
             outcome = run_loop(settings)
-    except (GitError, RunLockError, BaselineCrashed) as exc:
+    except (GitError, RunLockError, BaselineCrashed, ClusterError, ConfigError) as exc:
         _fail(str(exc))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
@@ -206,6 +211,22 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
         console.print(results_table(records))
         for line in health_lines(records):
             console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
+        if holder:
+            _print_in_flight(d)
+
+
+def _print_in_flight(run_dir: Path) -> None:
+    """Each worker's experiment and how long it has trained, from the journal the running loop keeps."""
+    import time
+
+    from agents.record.journal import Journal
+
+    for entry in Journal(run_dir).unfinished():
+        if entry.phase == "committed" and entry.started:
+            where = entry.node + (f" ({entry.gpu})" if entry.gpu else "")
+            title = (entry.idea or {}).get("title", entry.kind)
+            console.print(f"  training {entry.exp_id} on {where}: {time.time() - entry.started:.0f} s  {title}",
+                          highlight=False, markup=False)
 
 
 @app.command()
@@ -234,16 +255,19 @@ def compare(
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
     repeats: int = typer.Option(1, help="runs per configuration, with different seeds, to see the spread"),
     name: str = typer.Option(None, help="results go to runs/<name>/ (default: the configurations joined by -vs-)"),
+    workers: str = typer.Option("1", help="experiments in flight within each run: N, or auto (one per GPU)"),
+    address: str = typer.Option(None, help="a Ray cluster to train on: auto or ray://HOST:PORT"),
 ) -> None:
     """Compare crew configurations on equal budgets, each from the same commit in its own worktree and memory.
 
-    Runs go one per GPU in parallel when there are several, else one after another. Interrupted? Run the
+    Runs go one after another, each with the same workers (on Ray when more than one). Interrupted? Run the
     same command again to continue where it stopped.
     """
     check_numbers(experiments=(experiments, 1, True), hours=(hours, 0, False), usd=(usd, 0, False),
                   budget=(budget, 0, False), repeats=(repeats, 1, True))
     _require_project()
-    from agents.assemble import SetupError, check_prepared
+    from agents.assemble import SetupError, check_prepared, engine_options
+    from agents.bench.cluster import ClusterError
     from agents.compare import Budget, CompareError, plan_compare, run_compare
     from agents.config import ConfigError
     from agents.record.compare_report import compare_table
@@ -252,6 +276,7 @@ def compare(
     try:
         plan = plan_compare(Path.cwd(), configs or [], Budget(experiments, hours, usd, budget), repeats=repeats,
                             name=name)
+        engine = engine_options(workers, address)
         check_prepared(Path.cwd())
     except (CompareError, ConfigError, SetupError) as exc:
         _fail(str(exc))
@@ -261,8 +286,8 @@ def compare(
             console.print(f"[{event.run or plan.name}] {event.text}", highlight=False, markup=False)
 
     try:
-        outcome = run_compare(plan, on_event=show)
-    except (CompareError, GitError) as exc:
+        outcome = run_compare(plan, on_event=show, **engine)
+    except (CompareError, GitError, ClusterError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")

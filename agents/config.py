@@ -219,6 +219,28 @@ class LoopConfig(_Strict):
     seed: int = 42
 
 
+class ClusterConfig(_Strict):
+    """Where training runs: this machine (workers 1, no Ray), or N workers on a Ray cluster."""
+
+    workers: int | Literal["auto"] = 1  # experiments in flight; auto: one per GPU Ray sees
+    address: str | None = None  # None: a local Ray instance for the run; 'auto' or 'ray://HOST:PORT' joins one
+    cache: str | None = None  # a data cache directory every node sees at this path; None: each node's own
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("expected a whole number of workers >= 1, or 'auto'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(auto|local|ray://[^\s/:]+:\d+|[^\s/:]+:\d+)$", value):
+            raise ValueError("expected 'auto', 'ray://HOST:PORT' or HOST:PORT (a Ray head's GCS address)")
+        return value
+
+
 class MemoryConfig(_Strict):
     path: str = ".autoresearch/memory"  # relative to the repository; shared by every run there
     embedding: str = "minilm"
@@ -304,10 +326,14 @@ class CrewConfig(_Strict):
     # when a role has given up every model: `offline` plays it with the offline policy (announced), `stop` ends
     # the run (`autoresearch run --strict`)
     on_model_failure: Literal["stop", "offline"] = "offline"
+    # LLM calls in flight at once, per provider (anthropic, openai, or a base_url server): one number for every
+    # provider, or a mapping {provider or base_url: number}; the offline policy always answers one at a time
+    max_concurrent_calls: int | dict[str, int] = 4
     roles: Roles
     single_agent: SingleAgentConfig = Field(default_factory=SingleAgentConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     # the OS sandbox train.py runs in (agents/bench/sandbox/): auto takes the strongest that starts here
     sandbox: Literal["auto", "bwrap", "landlock", "none"] = "auto"
@@ -321,6 +347,21 @@ class CrewConfig(_Strict):
 
     def role(self, name: str) -> RoleConfig:
         return getattr(self.roles, name)
+
+    @field_validator("max_concurrent_calls")
+    @classmethod
+    def _concurrency(cls, value: int | dict[str, int]) -> int | dict[str, int]:
+        numbers = value.values() if isinstance(value, dict) else [value]
+        if any(isinstance(n, bool) or n < 1 for n in numbers):
+            raise ValueError("expected a number of calls >= 1 (or a mapping of provider or base_url to one)")
+        return value
+
+    def concurrent_calls(self, provider: str, base_url: str | None = None) -> int:
+        """How many calls to one provider (or OpenAI-compatible server) may be in flight at once."""
+        limit = self.max_concurrent_calls
+        if isinstance(limit, int):
+            return limit
+        return limit.get(base_url or "", limit.get(provider, 4))
 
     def llm_settings(self, role: str) -> LLMSettings:
         """The model settings that answer for `role`: its own, or the single agent's."""

@@ -1,4 +1,4 @@
-"""The live terminal view of a run: experiment, phase, progress over the budget, best, recent rows.
+"""The live terminal view of a run: each worker's experiment and progress over the budget, best, recent rows.
 
 Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment. A role
 that gives up its model raises a banner that stays on screen for the rest of the run (printed at once
@@ -31,6 +31,7 @@ class LiveView:
         self.rows: deque = deque(maxlen=8)
         self.banners: dict[str, str] = {}  # role -> what it runs on now and why: shown until the run ends
         self.notes: deque = deque(maxlen=3)
+        self.training: dict[str, tuple[str, float]] = {}  # exp id -> (worker, elapsed seconds), while it trains
         self._live: Live | None = None
 
     def __enter__(self) -> LiveView:
@@ -48,10 +49,16 @@ class LiveView:
             self.best = event.best_bpb
         if event.kind == "phase":
             self.exp_id, self.phase, self.elapsed = event.exp_id, event.message, 0.0
+            if event.message == "training":
+                self.training[event.exp_id] = (event.worker, 0.0)
+            else:
+                self.training.pop(event.exp_id, None)
         elif event.kind == "progress":
             self.elapsed, self.budget = event.elapsed, event.budget or self.budget
+            self.training[event.exp_id] = (event.worker, event.elapsed)
         elif event.kind == "record" and event.record is not None:
             r = event.record
+            self.training.pop(r.exp_id, None)
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
             rule = f" [{r.rule}]" if r.rule else ""
             self.rows.append((r.exp_id, r.status, bpb, r.description, rule))
@@ -75,7 +82,15 @@ class LiveView:
         parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
                        self.banners.values()]
         parts.append(head)
-        if self.phase == "training" and self.budget:
+        if len(self.training) > 1 or any(worker for worker, _ in self.training.values()):
+            workers = Table(box=None, pad_edge=False)
+            for col in ("worker", "training", "progress", ""):
+                workers.add_column(col)
+            for exp_id, (worker, elapsed) in sorted(self.training.items(), key=lambda item: item[1][0]):
+                bar = ProgressBar(total=self.budget or 1.0, completed=min(elapsed, self.budget or 1.0), width=30)
+                workers.add_row(worker or "-", exp_id, bar, f"{elapsed:.0f}s of {self.budget:.0f}s")
+            parts.append(workers)
+        elif self.phase == "training" and self.budget:
             parts.append(ProgressBar(total=self.budget, completed=min(self.elapsed, self.budget), width=60))
             parts.append(Text(f"{self.elapsed:.0f}s of {self.budget:.0f}s training budget", style="dim"))
         table = Table(box=None, pad_edge=False)

@@ -192,9 +192,12 @@ class ResearchCrew:
         self.degradations: dict[str, Degradation] = {}
         self.listeners: list[Callable[[Degradation], None]] = []
         self._candidates: dict[str, list[_Candidate]] = {}
-        # calls that share an agent must not overlap (the loop may analyse while the next idea is prepared)
-        self._locks = {key: threading.Lock() for key in (*ROLE_NAMES, "single_agent")}
         self._state = threading.Lock()
+        # several candidates are prepared at once: calls overlap, at most `max_concurrent_calls` per provider
+        # (the offline policy is one shared, stateful search: it answers one call at a time)
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+        self._agents_lock = threading.Lock()
         for role in ROLE_NAMES:
             if not config.role(role).enabled:
                 continue
@@ -236,8 +239,20 @@ class ResearchCrew:
     def _perform(self, role: str, inputs: Mapping[str, Any]) -> Any:
         full = {"program": self.program, **inputs}
         template = self.config.role(role).task.description
-        with self._locks["single_agent" if self.config.mode == "single-agent" else role], acting_as(role):
+        with acting_as(role):
             return self._try_candidates(role, full, template)
+
+    def _slot(self, llm: BaseLLM) -> threading.BoundedSemaphore:
+        """The semaphore bounding calls in flight to this LLM's provider (or OpenAI-compatible server)."""
+        provider = str(getattr(llm, "provider", "") or "")
+        base_url = getattr(llm, "base_url", None)
+        offline = provider == "offline" or any(llm is self._llms.get(r + OFFLINE) for r in ROLE_NAMES)
+        key = "offline" if offline else (base_url or provider or llm.model)
+        with self._slots_lock:
+            if key not in self._slots:
+                limit = 1 if offline else self.config.concurrent_calls(provider, base_url)
+                self._slots[key] = threading.BoundedSemaphore(limit)
+            return self._slots[key]
 
     def _try_candidates(self, role: str, inputs: dict[str, Any], template: str) -> Any:
         candidates = [c for c in self._candidates[role] if not c.given_up]
@@ -250,7 +265,8 @@ class ResearchCrew:
         errors, kinds, over_budget = [], [], False
         for candidate in candidates:
             try:
-                output = self._kickoff(role, candidate.llm, inputs, template)
+                with self._slot(candidate.llm):
+                    output = self._kickoff(role, candidate.llm, inputs, template)
             except _CallFailed as exc:
                 errors.append(f"{candidate.llm.model}: {exc}")
                 kinds.append(exc.kind)
@@ -332,10 +348,15 @@ class ResearchCrew:
         return count_tokens(text) + CREWAI_FRAMING_TOKENS
 
     def _agent(self, role: str, llm: BaseLLM) -> Agent:
-        """One agent per (role, model); in single-agent mode one agent for every role on the shared model."""
+        """One agent per (role, model, thread): calls in parallel threads never share a CrewAI agent.
+
+        In single-agent mode one agent plays every role on the shared model.
+        """
         single = self.config.mode == "single-agent" and llm is not self._llms[role + OFFLINE]
-        key = ("single_agent" if single else role, id(llm))
-        if key not in self._agents:
+        key = ("single_agent" if single else role, id(llm), threading.get_ident())
+        with self._agents_lock:
+            if key in self._agents:
+                return self._agents[key]
             persona = self.config.single_agent if single else self.config.role(role)
             self._agents[key] = Agent(
                 role=persona.role, goal=persona.goal, backstory=persona.backstory, llm=llm, tools=[],

@@ -68,6 +68,8 @@ class ExperimentRecord:
     eval_seconds: float | None = None  # the evaluator's own duration, from its record
     rule: str = ""  # what refused it before training: guard rules, "reviewer", "novelty-exact" ...
     faults: str = ""  # JSON {role: {kind: n}}: provider faults survived while preparing this experiment
+    node: str = ""  # where it trained: the machine's name
+    gpu: str = ""  # and the device there ("cpu", or the GPU id)
     extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
 
     def tsv_row(self) -> list[str]:
