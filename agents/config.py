@@ -327,8 +327,9 @@ class CrewConfig(_Strict):
     # the run (`autoresearch run --strict`)
     on_model_failure: Literal["stop", "offline"] = "offline"
     # LLM calls in flight at once, per provider (anthropic, openai, or a base_url server): one number for every
-    # provider, or a mapping {provider or base_url: number}; the offline policy always answers one at a time
-    max_concurrent_calls: int | dict[str, int] = 4
+    # provider, or a mapping {provider or base_url: number}; null: 4 per hosted API, 1 per self-hosted server
+    # (base_url). The offline policy always answers one at a time
+    max_concurrent_calls: int | dict[str, int] | None = None
     roles: Roles
     single_agent: SingleAgentConfig = Field(default_factory=SingleAgentConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
@@ -350,18 +351,22 @@ class CrewConfig(_Strict):
 
     @field_validator("max_concurrent_calls")
     @classmethod
-    def _concurrency(cls, value: int | dict[str, int]) -> int | dict[str, int]:
-        numbers = value.values() if isinstance(value, dict) else [value]
+    def _concurrency(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        numbers = [] if value is None else value.values() if isinstance(value, dict) else [value]
         if any(isinstance(n, bool) or n < 1 for n in numbers):
             raise ValueError("expected a number of calls >= 1 (or a mapping of provider or base_url to one)")
         return value
 
     def concurrent_calls(self, provider: str, base_url: str | None = None) -> int:
         """How many calls to one provider (or OpenAI-compatible server) may be in flight at once."""
+        # a self-hosted server often answers one request at a time: more calls would only queue there and time out
+        default = 1 if base_url else 4
         limit = self.max_concurrent_calls
+        if limit is None:
+            return default
         if isinstance(limit, int):
             return limit
-        return limit.get(base_url or "", limit.get(provider, 4))
+        return limit.get(base_url or "", limit.get(provider, default))
 
     def llm_settings(self, role: str) -> LLMSettings:
         """The model settings that answer for `role`: its own, or the single agent's."""

@@ -194,6 +194,19 @@ def test_structured_and_context_settings(tmp_path, base):
     assert "on_model_failure" in _error(_write(tmp_path, base))
 
 
+def test_concurrent_calls_per_provider(tmp_path, base):
+    shipped = load_config(SHIPPED)
+    assert shipped.concurrent_calls("anthropic") == 4  # a hosted API takes several at once
+    assert shipped.concurrent_calls("openai", "http://127.0.0.1:8080/v1") == 1  # a self-hosted server: one
+    base["max_concurrent_calls"] = {"anthropic": 8, "http://127.0.0.1:8080/v1": 2}
+    config = load_config(_write(tmp_path, base))
+    assert config.concurrent_calls("anthropic") == 8 and config.concurrent_calls("openai") == 4
+    assert config.concurrent_calls("openai", "http://127.0.0.1:8080/v1") == 2
+    assert config.concurrent_calls("openai", "http://127.0.0.1:9999/v1") == 1
+    base["max_concurrent_calls"] = 0
+    assert "max_concurrent_calls" in _error(_write(tmp_path, base))
+
+
 def test_empty_and_non_mapping_files(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

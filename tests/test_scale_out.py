@@ -128,14 +128,17 @@ def _kill_one_worker(marker: str, killed: list, stop: threading.Event) -> None:
                 continue
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                cwd = os.readlink(f"/proc/{pid}/cwd")
                 environ = Path(f"/proc/{pid}/environ").read_bytes() if b"train.py" in cmdline else b""
             except OSError:
                 continue
-            if marker.encode() in environ and not cwd.rstrip("/").endswith(("0000/work", "0001/work")):
+            # the experiment's scratch folder, named by its id, from the environment (a sandbox hides its cwd)
+            variables = dict(v.split("=", 1) for v in environ.decode(errors="replace").split("\0") if "=" in v)
+            scratch = Path(variables.get("AUTORESEARCH_RESULT_PATH", "/")).parent.name  # autoresearch-<id>-<random>
+            exp_id = scratch.split("-")[1] if scratch.count("-") >= 2 else ""
+            if marker.encode() in environ and exp_id not in ("0000", "0001", ""):
                 parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 os.kill(parent, signal.SIGKILL)
-                killed.append(cwd)
+                killed.append(exp_id)
                 return
         time.sleep(0.05)
 
@@ -160,7 +163,7 @@ def test_a_worker_killed_mid_run_is_re_queued_and_recorded_once(tmp_path, ray_in
         stop.set()
         settings.memory.close()
     assert killed, "no experiment was caught training"
-    victim = Path(killed[0]).parent.name
+    victim = killed[0]
     records = check_consistency(repo, "t1")
     assert [r.exp_id for r in records].count(victim) == 1
     assert next(r for r in records if r.exp_id == victim).status in TRAINED

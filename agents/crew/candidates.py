@@ -89,21 +89,24 @@ class Workbench:
 def prepare_candidate(bench: Workbench, tag: str, config_name: str, base_commit: str, base_text: str,
                       max_proposals: int = 5) -> Candidate | None:
     """Propose until an idea survives the gates, at most `max_proposals` times; None if none did."""
+    exp_id = ""
     for _ in range(max_proposals):
-        exp_id = bench.new_exp_id()
+        # a proposal that failed leaves no record: its id (and the usage and faults counted under it) carries over
+        exp_id = exp_id or bench.new_exp_id()
         with bench.usage_scope(exp_id):
-            candidate = _gate(bench, exp_id, tag, config_name, base_commit, base_text)
+            idea = _propose(bench, base_text)
+            if idea is None:
+                continue
+            candidate = _gate(bench, exp_id, idea, tag, config_name, base_commit, base_text)
         if candidate is not None:
             bench.feedback.clear()
             return candidate
+        exp_id = ""
     return None
 
 
-def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit: str,
+def _gate(bench: Workbench, exp_id: str, idea: Idea, tag: str, config_name: str, base_commit: str,
           base_text: str) -> Candidate | None:
-    idea = _propose(bench, base_text)
-    if idea is None:
-        return None
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
@@ -140,7 +143,16 @@ def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str,
                               rationale=stale.idea.rationale, expected_effect=stale.idea.expected_effect,
                               parent_commit=base_commit)
     with bench.usage_scope(stale.exp_id):
-        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record)
+        # the idea was gated before the experiments that finished since were in memory: ask again
+        bench.memory.set_context(base_text)
+        verdict = bench.memory.check_idea(stale.idea, threshold=bench.novelty_threshold, train_py=base_text,
+                                          judge=_judge(bench))
+        if not verdict.novel:
+            record.repeat_of = verdict.match.id if verdict.match is not None else ""
+            _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
+            return None
+        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record,
+                                context=verdict.context)
 
 
 def _propose(bench: Workbench, base_text: str) -> Idea | None:

@@ -3,8 +3,8 @@
 results.tsv keeps upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description)
 so its tooling keeps working; a refusal's rule is appended to its description ("... [veto: only-train-py]").
 results.parquet holds every field. The Parquet file is the history everything else (memory, reports,
-comparisons) can be rebuilt from. Rows are kept in the order experiments were started (their ids), so an idea
-refused while a baseline trained still comes after that baseline.
+comparisons) can be rebuilt from. Rows are kept in the order experiments were decided, the baselines first, so an
+idea refused while a baseline trained still comes after the baselines.
 """
 
 from __future__ import annotations
@@ -110,10 +110,18 @@ class ResultsStore:
         return [ExperimentRecord(**{k: v for k, v in row.items() if k in known}) for row in rows]
 
     def append(self, record: ExperimentRecord) -> None:
-        """Add or replace (same exp_id) a record; both files are rewritten atomically."""
-        records = [r for r in self.load() if r.exp_id != record.exp_id]
-        records.append(record)
-        self.write_all(sorted(records, key=_start_order))
+        """Add a record, or replace the one with its exp_id in place; both files are rewritten atomically.
+
+        Rows stand in the order experiments were decided, the baselines first: an idea refused while a baseline
+        still trained is decided only against a known start, so it comes after the baselines.
+        """
+        records = self.load()
+        at = next((i for i, r in enumerate(records) if r.exp_id == record.exp_id), None)
+        if at is None:
+            records.append(record)
+        else:
+            records[at] = record
+        self.write_all(sorted(records, key=lambda r: not _is_baseline(r)))  # stable: decision order otherwise
 
     def write_all(self, records: list[ExperimentRecord]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,10 +133,8 @@ class ResultsStore:
         _atomic_write_bytes(self.tsv_path, ("\n".join(lines) + "\n").encode())
 
 
-def _start_order(record: ExperimentRecord) -> tuple[int, int]:
-    """Experiment ids are numbered as experiments start ('0007'); others keep their place after them."""
-    head = record.exp_id.split(".")[0]
-    return (int(head), 0) if head.isdigit() else (1 << 62, 0)
+def _is_baseline(record: ExperimentRecord) -> bool:
+    return record.status == "baseline" or record.category == "baseline"
 
 
 def records_to_table(records: list[ExperimentRecord]) -> pa.Table:
