@@ -62,6 +62,9 @@ TIME_BUDGET = _env_number("AUTORESEARCH_TIME_BUDGET", "300", float)
 # CPU: 32 rows of 256 tokens keep the final evaluation of the tiny CPU model around a second.
 EVAL_TOKENS = 40 * 2**19 if CUDA else 2**13
 VOCAB_SIZE = 8192
+# Validation tokens written once by prepare, so evaluation never re-tokenises: twice the CUDA evaluation, which
+# covers the documents cut off at the end of each row too. A split with fewer tokens is stored whole.
+VAL_TOKENS_STORED = 2 * 40 * 2**19
 SEED = _env_number("AUTORESEARCH_SEED", "42", int)
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch").expanduser()
 
@@ -152,6 +155,8 @@ class Dataset:
         self.dir = root / source
         self.manifest_path = self.dir / "manifest.json"
         self.tokenizer_path = self.dir / "tokenizer.json"
+        self.val_tokens_path = self.dir / "val_tokens.npy"  # uint16 ids, each document starting with BOS
+        self.val_ends_path = self.dir / "val_doc_ends.npy"  # int64 end offset of each document
 
     def manifest(self) -> dict | None:
         try:
@@ -185,7 +190,25 @@ class Dataset:
         issues = self.shard_problems(full)
         if not issues and not self.tokenizer_valid(self.manifest()):
             issues.append("tokenizer missing or trained on other shards")
+        if not issues and (problem := self.val_tokens_problem(full)):
+            issues.append(f"validation tokens {problem}")
         return issues
+
+    def val_tokens_problem(self, full: bool) -> str | None:
+        """Why the stored validation tokens cannot be used (missing, stale, damaged), or None."""
+        manifest = self.manifest() or {}
+        entry = manifest.get("val_tokens")
+        if not entry:
+            return "not written yet"
+        val = [s for s in manifest["shards"] if s["split"] == "val"]
+        if entry.get("from") != {"val": [s["sha256"] for s in val], "tokenizer": _sha256_file(self.tokenizer_path)}:
+            return "made from another validation shard or tokenizer"
+        for key, path in (("tokens", self.val_tokens_path), ("ends", self.val_ends_path)):
+            if not path.is_file() or path.stat().st_size != entry[key]["bytes"]:
+                return f"file {path.name} missing or truncated"
+            if full and _sha256_file(path) != entry[key]["sha256"]:
+                return f"file {path.name} differs from the manifest"
+        return None
 
     def tokenizer_valid(self, manifest: dict) -> bool:
         try:
@@ -215,6 +238,27 @@ def _active_dataset(root: Path | None = None) -> Dataset:
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         raise _not_prepared("No prepared data") from None
     return Dataset(root, source)
+
+
+def data_fingerprint(cache_dir: str | Path | None = None) -> dict:
+    """What results depend on, hashed: every shard, the tokenizer and the validation tokens of the active dataset.
+
+    Two caches with the same `data` value give comparable val_bpb; `prepare_args` rebuilds this dataset elsewhere
+    (a worker node), except for the `local` source, whose folder exists on this machine only.
+    """
+    dataset = _active_dataset(Path(cache_dir).expanduser() if cache_dir is not None else None)
+    if problems := dataset.problems(full=False):
+        raise _not_prepared(f"The {dataset.source} data in {dataset.dir} is not ready ({'; '.join(problems[:3])})")
+    manifest = dataset.manifest()
+    parts = [s["sha256"] for s in manifest["shards"]] + [_sha256_file(dataset.tokenizer_path),
+                                                         manifest["val_tokens"]["tokens"]["sha256"]]
+    settings = manifest.get("settings", {})
+    args = {"builtin": ["--source", "builtin"] + (["--builtin-mb", str(settings["builtin_mb"])]
+                                                  if settings.get("builtin_mb") else []),
+            "climbmix": ["--source", "climbmix", "--num-shards", str(settings.get("num_shards") or DEFAULT_NUM_SHARDS)],
+            }.get(dataset.source)
+    return {"source": dataset.source, "data": hashlib.sha256("\n".join(parts).encode()).hexdigest(),
+            "prepare_args": args}
 
 
 def ensure_prepared(cache_dir: str | Path | None = None) -> Path:
@@ -501,6 +545,120 @@ def train_tokenizer(dataset: Dataset) -> None:
     print(f"tokenizer: done in {time.time() - started:.1f}s", flush=True)
 
 
+def write_val_tokens(dataset: Dataset) -> None:
+    """Tokenise the validation split once, in the order evaluation reads it, and record it in the manifest."""
+    import numpy as np
+
+    started = time.time()
+    tokenizer = Tokenizer.from_directory(dataset.dir)
+    paths = dataset.split_paths("val", verify_sha=True)
+    ids: list[np.ndarray] = []
+    count, complete = 0, False
+    for document, epoch in _token_documents(tokenizer, _texts(paths, None)):
+        if epoch > 1:
+            complete = True  # the whole split is stored; evaluation cycles through it as the loader does
+            break
+        ids.append(np.asarray(document, dtype=np.uint16))
+        count += len(document)
+        if count >= VAL_TOKENS_STORED:
+            break
+    tokens = np.concatenate(ids) if ids else np.zeros(0, dtype=np.uint16)
+    ends = np.cumsum([len(d) for d in ids], dtype=np.int64)
+    entry = {"documents": len(ids), "count": int(tokens.size), "complete": complete,
+             "from": {"val": [s["sha256"] for s in dataset.manifest()["shards"] if s["split"] == "val"],
+                      "tokenizer": _sha256_file(dataset.tokenizer_path)}}
+    for key, path, array in (("tokens", dataset.val_tokens_path, tokens), ("ends", dataset.val_ends_path, ends)):
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+        entry[key] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+    dataset.write_manifest({**dataset.manifest(), "val_tokens": entry})
+    print(f"validation tokens: {tokens.size:,} in {len(ids):,} documents{' (whole split)' if complete else ''}, "
+          f"{time.time() - started:.1f}s", flush=True)
+
+
+def _val_documents_from(dataset: Dataset, tokenizer: Tokenizer, first: int) -> Iterator[tuple[object, int]]:
+    """Validation documents from index `first` on, as the loader reads them: stored ones, then tokenised text."""
+    import numpy as np
+
+    entry = dataset.manifest()["val_tokens"]
+    tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
+    ends = np.load(dataset.val_ends_path).tolist()
+    starts = [0, *ends[:-1]]
+    for start, end in zip(starts[first:], ends[first:], strict=True):
+        yield tokens[start:end], 1
+    rest = _token_documents(tokenizer, _texts(dataset.split_paths("val", verify_sha=False), None))
+    for index, (ids, epoch) in enumerate(rest):
+        if epoch > 1 or index >= max(first, entry["documents"]):
+            yield ids, epoch
+
+
+def _val_batches(dataset: Dataset, tokenizer: Tokenizer, batch_size: int, seq_len: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validation (inputs, targets) batches exactly as `make_dataloader` packs them, from the stored tokens.
+
+    Documents lie back to back in the stored array and a row is whole documents plus the start of one cut
+    at the row's end, so every row is one slice of it: the rows are gathered at once. The next row starts
+    at the first document that begins at or after the cut. A split stored whole is cycled, as the loader
+    does; past the stored part of a larger one, the rest is tokenised as the loader would.
+    """
+    import numpy as np
+
+    if problem := dataset.val_tokens_problem(full=True):
+        raise _not_prepared(f"The validation tokens in {dataset.dir} are not usable ({problem})")
+    complete = dataset.manifest()["val_tokens"]["complete"]
+    tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
+    ends = np.load(dataset.val_ends_path)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    total, row_len = int(tokens.size), seq_len + 1
+    if complete and total:  # the stream repeats: lay enough copies end to end for a row to run over the seam
+        tokens = np.tile(np.asarray(tokens), 1 + -(-row_len // total))
+    doc = 0
+    while True:
+        row_starts = []
+        for _ in range(batch_size):
+            if doc >= len(starts) or (not complete and starts[doc] + row_len > total):
+                break  # beyond what is stored: continue document by document
+            row_starts.append(int(starts[doc]))
+            cut = int(starts[doc]) + row_len
+            doc = int(np.searchsorted(starts, cut % total if complete else cut))
+            if doc == len(starts) and complete:
+                doc = 0
+        if len(row_starts) < batch_size:
+            break
+        rows = torch.from_numpy(tokens[np.asarray(row_starts)[:, None] + np.arange(row_len)].astype(np.int64))
+        rows = (rows.pin_memory() if device.type == "cuda" else rows).to(device, non_blocking=True)
+        yield rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    # the unusual case: more rows than the stored tokens hold (a split larger than VAL_TOKENS_STORED)
+    documents = _val_documents_from(dataset, tokenizer, doc)
+    for start in reversed(row_starts):  # rows of the unfinished batch, already within the stored part
+        documents = _prepend_row(tokens[start:start + row_len], documents)
+    yield from _pack(documents, batch_size, row_len, device)
+
+
+def _prepend_row(row, documents: Iterator) -> Iterator:
+    yield row, 1
+    yield from documents
+
+
+def _pack(documents: Iterator, batch_size: int, row_len: int, device: torch.device):
+    import numpy as np
+
+    while True:
+        rows = np.empty((batch_size, row_len), dtype=np.int64)
+        for r in range(batch_size):
+            filled = 0
+            while filled < row_len:
+                ids, _ = next(documents)
+                take = min(len(ids), row_len - filled)
+                rows[r, filled:filled + take] = ids[:take]
+                filled += take
+        batch = torch.from_numpy(rows)
+        batch = (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
+        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
 class Tokenizer:
     """A tiktoken.Encoding with a BOS special token, loaded from the prepared cache."""
 
@@ -677,7 +835,7 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int,
         raise EvaluationError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the prepared one {vocab}")
     tokenizer = reference
     token_bytes = torch.tensor(tokenizer.token_bytes, dtype=torch.long, device=device)
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    loader = _val_batches(dataset, tokenizer, batch_size, MAX_SEQ_LEN, device)  # prepare tokenised them once
     steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
     was_training = model.training
     model.eval()  # dropout and the like off: the probe and the score must be deterministic
@@ -685,14 +843,14 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int,
         nats = torch.zeros((), dtype=torch.float64, device=device)
         nbytes = torch.zeros((), dtype=torch.long, device=device)
         ntokens = torch.zeros((), dtype=torch.long, device=device)
-        x, y, _ = next(loader)
+        x, y = next(loader)
         logits = _logits(model, x, vocab)
         if not torch.isfinite(logits).all():
             raise EvaluationError("model produced NaN or infinite logits on validation data")
         probe = _probe_causality(model, x, logits, vocab)
         for step in range(steps):
             if step > 0:
-                x, y, _ = next(loader)
+                x, y = next(loader)
                 logits = _logits(model, x, vocab)
             for rows in range(0, batch_size, 16):  # in slices: float32 log-probabilities of a batch can be huge
                 target = y[rows:rows + 16].reshape(-1)
@@ -832,6 +990,8 @@ def _build(dataset: Dataset, settings: dict, workers: int, force: bool) -> None:
     manifest = dataset.manifest()
     if force or not dataset.tokenizer_valid(manifest):
         train_tokenizer(dataset)
+    if force or dataset.val_tokens_problem(full=True):
+        write_val_tokens(dataset)
     shards = manifest["shards"]
     total = sum(s["bytes"] for s in shards) / 1e6
     print(f"prepare: ready ({dataset.source}): {len(shards) - 1} training shard(s) + 1 validation shard, "
@@ -849,7 +1009,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"size of the builtin corpus in MB (default {DEFAULT_BUILTIN_MB:g})")
     parser.add_argument("--local-dir", type=Path, default=None, help="folder of .txt/.parquet files (--source local)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache looks prepared")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="print the active dataset's fingerprint (JSON) and exit; fails when not prepared")
     args = parser.parse_args(argv)
+    if args.fingerprint:
+        try:
+            print(json.dumps(data_fingerprint()))
+        except (NotPreparedError, PrepareError) as exc:
+            print(f"prepare: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         run_prepare(args.source, num_shards=args.num_shards, local_dir=args.local_dir, builtin_mb=args.builtin_mb,
                     download_workers=args.download_workers, force=args.force)

@@ -11,14 +11,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from agents.bench.sandbox import SANDBOXES, SandboxUnavailable, select_sandbox
-from agents.config import ROLE_NAMES, CrewConfig, check_keys, load_config, resolve_model
+from agents.config import ROLE_NAMES, ClusterConfig, CrewConfig, check_keys, load_config, resolve_model
 from agents.crew.llm.offline import OfflineLLM
 from agents.crew.llm.usage import UsageLedger
 from agents.crew.policy import OfflinePolicy
 from agents.crew.roles import ResearchCrew, build_llms
 from agents.lock import RunLock
-from agents.loop import LoopSettings
+from agents.loop import LoopEvent, LoopSettings
 from agents.record.gitops import ExperimentRepo
 from agents.record.mlflow_runs import RunContext
 from agents.record.tracking import Tracker, project_root, resolve_target
@@ -40,6 +42,9 @@ class Overrides:
     run_dir: Path | None = None  # results somewhere other than runs/<tag> (compare keeps them outside worktrees)
     sandbox: str | None = None  # auto | bwrap | landlock | none, over crew.yaml's `sandbox`
     tracking_experiment: str | None = None  # the MLflow experiment (default: the tag; a compare passes its name)
+    on_model_failure: str | None = None  # "stop" for `run --strict`
+    workers: int | str | None = None  # experiments in flight (crew.yaml cluster.workers); "auto": one per GPU
+    address: str | None = None  # a Ray cluster to join (crew.yaml cluster.address)
 
 
 def detect_device() -> str:
@@ -76,6 +81,9 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     if not program_path.exists():
         raise SetupError(f"{program_path} not found: every role reads the research program from it")
 
+    run_dir = overrides.run_dir if overrides and overrides.run_dir else None
+    # CrewAI keeps a SQLite copy of each task's output (the prompts' answers): inside the run, not in ~/.local
+    os.environ["CREWAI_STORAGE_DIR"] = str((run_dir or repo_dir / "runs" / tag) / "crewai")
     ledger = UsageLedger(max_usd=config.loop.max_usd, max_tokens=config.loop.max_tokens)
     policy = OfflinePolicy(seed=config.loop.seed)
     llms = build_llms(config, ledger, lambda role: OfflineLLM(policy))
@@ -84,18 +92,22 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
 
     memory_path = (overrides.memory_path if overrides and overrides.memory_path else None) or \
         (repo_dir / config.memory.path if not Path(config.memory.path).is_absolute() else Path(config.memory.path))
-    run_dir = overrides.run_dir if overrides and overrides.run_dir else None
     # memory is never the only copy: a missing or corrupted store is rebuilt from these results
     parquets = sorted((repo_dir / "runs").glob("*/results.parquet"))
     if run_dir is not None and (run_dir / "results.parquet").exists():
         parquets.append(run_dir / "results.parquet")
     memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets)
-    return LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
-                        program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
-                        python=sys.executable, device=detect_device(), sandbox=sandbox.name,
-                        sandbox_notice=sandbox.warning,
-                        tracker=build_tracker(repo_dir, config, tag, config_name or config.name,
-                                              (overrides or Overrides()).tracking_experiment, env))
+    settings = LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
+                            program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
+                            python=sys.executable, device=detect_device(), sandbox=sandbox.name,
+                            sandbox_notice=sandbox.warning,
+                            tracker=build_tracker(repo_dir, config, tag, config_name or config.name,
+                                                  (overrides or Overrides()).tracking_experiment, env))
+    # fallbacks nobody asked for go where the user looks: the live view (a banner) or the plain console
+    crew.listeners.append(lambda d: settings.on_event(LoopEvent("degraded", d.from_experiment or "", d.line())))
+    ledger.faults.listeners.append(
+        lambda n: settings.on_event(LoopEvent("note", n.experiment or "", f"{n.role}: {n.message}")))
+    return settings
 
 
 def build_tracker(repo_dir: Path, config: CrewConfig, tag: str, crew_name: str, experiment: str | None,
@@ -107,6 +119,28 @@ def build_tracker(repo_dir: Path, config: CrewConfig, tag: str, crew_name: str, 
     return Tracker(resolve_target(repo_dir, config.tracking, env), context)
 
 
+def parse_workers(text: str) -> int | str:
+    """`--workers` as given on a command line: a whole number >= 1, or 'auto'; SetupError otherwise."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise SetupError(f"--workers must be a whole number of at least 1, or 'auto' (got {text!r})")
+    return int(value)
+
+
+def engine_options(workers: str, address: str | None) -> dict:
+    """`--workers` and `--address` checked together: {"workers": ..., "address": ...}; SetupError when wrong."""
+    options = {"workers": parse_workers(workers), "address": address}
+    try:
+        ClusterConfig.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {options.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
+    return options
+
+
 def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     if o.sandbox is not None and o.sandbox not in SANDBOXES:
         raise SetupError(f"--sandbox {o.sandbox!r} is not a sandbox; choose one of: {', '.join(SANDBOXES)}")
@@ -115,4 +149,14 @@ def _apply(config: CrewConfig, o: Overrides) -> CrewConfig:
     loop = config.loop.model_copy(update={k: v for k, v in {
         "max_experiments": o.max_experiments, "max_hours": o.max_hours, "max_usd": o.max_usd,
         "time_budget": o.time_budget, "pipelining": o.pipelining}.items() if v is not None})
-    return config.model_copy(update={"loop": loop})
+    update: dict = {"loop": loop}
+    if o.on_model_failure is not None:
+        update["on_model_failure"] = o.on_model_failure
+    changes = {k: v for k, v in {"workers": o.workers, "address": o.address}.items() if v is not None}
+    try:
+        update["cluster"] = ClusterConfig.model_validate({**config.cluster.model_dump(), **changes})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SetupError(f"--{first['loc'][0]} {changes.get(first['loc'][0])!r}: "
+                         f"{first.get('ctx', {}).get('error', first['msg'])}") from None
+    return config.model_copy(update=update)

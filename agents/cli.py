@@ -1,4 +1,8 @@
-"""The `autoresearch` command line: prepare, run, status, report, compare, memory."""
+"""The `autoresearch` command line: init, prepare, run, status, report, compare, memory.
+
+Every command but `init` works on the project in the current folder and says so in one line when there is
+none. Bad numbers (`--experiments -1`, `--budget 0`) are one clear error with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agents.crewai_env import quiet_crewai
 
@@ -27,8 +32,33 @@ def _default_tag() -> str:
 
 
 def _fail(message: str, hint: str = "") -> None:
-    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), soft_wrap=True)
+    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), soft_wrap=True,
+              markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+def _require_project() -> None:
+    """One line and exit 2 when the current folder is not a project (instead of an ImportError later)."""
+    from agents.project import is_project, not_a_project_message
+
+    if not is_project(Path.cwd()):
+        err.print(f"error: {not_a_project_message(Path.cwd())}", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(code=2)
+
+
+def check_numbers(**values: tuple[float | None, float, bool]) -> None:
+    """Each option's value must be above its bound (`(value, bound, inclusive)`); None means not given.
+
+    Shared by every command that takes counts or budgets, so `--experiments -1` or `--budget 0` is one clear
+    error (exit 2) instead of a run that does nothing.
+    """
+    for name, (value, bound, inclusive) in values.items():
+        if value is None:
+            continue
+        ok = value >= bound if inclusive else value > bound
+        if not ok or value != value:  # NaN fails too
+            need = f">= {bound:g}" if inclusive else f"> {bound:g}"
+            _fail(f"--{name.replace('_', '-')} must be {need}, got {value:g}")
 
 
 def _config_path(config: Path | None, preset: str | None) -> Path:
@@ -48,10 +78,27 @@ def _config_path(config: Path | None, preset: str | None) -> Path:
 
 
 @app.command()
+def init(directory: Path = typer.Argument(Path("."), help="folder for the new project (created if needed)")) -> None:
+    """Create a ready project: prepare.py, train.py, program.md and crew.yaml, under git with a first commit."""
+    from agents.project import InitError, init_project
+
+    try:
+        made = init_project(directory)
+    except InitError as exc:
+        _fail(str(exc))
+    where = "a new git repository" if made.new_repository else "the existing git repository"
+    console.print(f"created {made.path} in {where} (commit {made.commit}): {', '.join(made.files)}",
+                  highlight=False)
+    if made.identity_note:
+        console.print(made.identity_note, style="dim", highlight=False)
+    console.print(f"next: cd {made.path} && autoresearch prepare && autoresearch run --experiments 4 --budget 20",
+                  highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def prepare(args: list[str] = typer.Argument(None, help="passed to prepare.py, e.g. --source builtin")) -> None:
     """Download (or build offline) the data and train the tokenizer. Idempotent."""
-    if not Path("prepare.py").exists():
-        _fail("prepare.py not found in the current directory", "run from the repository root")
+    _require_project()
     raise typer.Exit(subprocess.call([sys.executable, "prepare.py", *(args or [])]))
 
 
@@ -64,27 +111,38 @@ def run(
     hours: float = typer.Option(None, help="stop after this many hours"),
     usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
+    strict: bool = typer.Option(False, "--strict", help="stop the run when a role loses its model, instead of "
+                                "playing it with the offline policy (crew.yaml on_model_failure: stop)"),
+    workers: str = typer.Option(None, help="experiments in flight: N, or auto (one per GPU); more than 1 uses Ray"),
+    address: str = typer.Option(None, help="join a running Ray cluster: auto or ray://HOST:PORT (default: a local "
+                                "instance for the run)"),
     live: bool = typer.Option(True, help="live view in the terminal"),
     sandbox: str = typer.Option(None, help="where train.py runs: auto, bwrap, landlock or none (default: crew.yaml)"),
 ) -> None:
     """Run the research loop until a stop condition, then print the results table and the plot's path."""
-    from agents.assemble import Overrides, SetupError, build_settings, check_prepared
+    check_numbers(experiments=(experiments, 1, True), hours=(hours, 0, False), usd=(usd, 0, False),
+                  budget=(budget, 0, False))
+    _require_project()
+    from agents.assemble import Overrides, SetupError, build_settings, check_prepared, parse_workers
+    from agents.bench.cluster import ClusterError
     from agents.config import ConfigError
     from agents.live import LiveView
     from agents.lock import RunLockError
     from agents.loop import BaselineCrashed, run_loop
     from agents.record.gitops import GitError
-    from agents.record.report import plot_progress, results_table, summary_markdown
+    from agents.record.report import health_lines, plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
-    overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
-                          sandbox=sandbox)
     try:
+        overrides = Overrides(max_experiments=experiments, max_hours=hours, max_usd=usd, time_budget=budget,
+                              workers=parse_workers(workers) if workers is not None else None, address=address,
+                              sandbox=sandbox, on_model_failure="stop" if strict else None)
         check_prepared(Path.cwd())
         settings = build_settings(Path.cwd(), _config_path(config, preset), tag, overrides,
                                   config_name=preset or None)
     except (ConfigError, SetupError, GitError, RunLockError) as exc:
         _fail(str(exc))
+    _say_model_policy(settings)
     view = LiveView(console, tag, settings.config.loop.time_budget, enabled=live and console.is_terminal)
     if settings.sandbox_notice and view.enabled:  # without the live view the loop's note prints it
         err.print(f"[yellow]warning:[/] {settings.sandbox_notice}", soft_wrap=True, highlight=False)
@@ -92,7 +150,7 @@ def run(
     try:
         with view:
             outcome = run_loop(settings)
-    except (GitError, RunLockError, BaselineCrashed) as exc:
+    except (GitError, RunLockError, BaselineCrashed, ClusterError, ConfigError) as exc:
         _fail(str(exc))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
@@ -108,16 +166,36 @@ def run(
     png = plot_progress(outcome.records, outcome.run_dir / "progress.png", title=f"autoresearch/{tag}")
     (outcome.run_dir / "report.md").write_text(summary_markdown(outcome.records))
     console.print(results_table(outcome.records))
+    for line in health_lines(outcome.records):
+        console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
     best = f"{outcome.best_bpb:.6f}" if outcome.best_bpb is not None else "n/a"
-    console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})")
-    console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}")
+    console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})",
+                  highlight=False, soft_wrap=True)
+    console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}",
+                  highlight=False)
     console.print(settings.tracker.summary(), highlight=False, soft_wrap=True)
+    if settings.config.on_model_failure == "stop" and "on_model_failure: stop" in (outcome.stop_reason or ""):
+        raise typer.Exit(1)
+
+
+def _say_model_policy(settings) -> None:
+    """Say once, before the run, what happens when a role's model keeps failing (the default is a fallback)."""
+    if not settings.crew.model_roles:
+        return
+    cfg = settings.config
+    if cfg.on_model_failure == "stop":
+        what = "the run stops (on_model_failure: stop)"
+    else:
+        what = "the offline policy plays it, with a banner (on_model_failure: offline; --strict stops instead)"
+    console.print(f"model failures: a role whose model fails {cfg.degrade_after} calls in a row gives it up; when "
+                  f"no model is left, {what}", style="dim", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def status(tag: str = typer.Option(None, help="run to show (default: every run)")) -> None:
-    """Show the results of one run or all runs, and whether a run is active."""
-    from agents.record.report import results_table
+    """Show the results of one run or all runs, which roles ran without their model, and whether a run is active."""
+    _require_project()
+    from agents.record.report import health_lines, results_table
     from agents.record.results import ResultsStore
 
     runs = Path("runs")
@@ -129,12 +207,32 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
     console.print(f"active run: {holder}" if holder else "no run active")
     for d in dirs:
         console.print(f"[bold]{d.name}[/]")
-        console.print(results_table(ResultsStore(d).load()))
+        records = ResultsStore(d).load()
+        console.print(results_table(records))
+        for line in health_lines(records):
+            console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
+        if holder:
+            _print_in_flight(d)
+
+
+def _print_in_flight(run_dir: Path) -> None:
+    """Each worker's experiment and how long it has trained, from the journal the running loop keeps."""
+    import time
+
+    from agents.record.journal import Journal
+
+    for entry in Journal(run_dir).unfinished():
+        if entry.phase == "committed" and entry.started:
+            where = entry.node + (f" ({entry.gpu})" if entry.gpu else "")
+            title = (entry.idea or {}).get("title", entry.kind)
+            console.print(f"  training {entry.exp_id} on {where}: {time.time() - entry.started:.0f} s  {title}",
+                          highlight=False, markup=False)
 
 
 @app.command()
 def report(tag: str = typer.Option(None, help="run to report (default: today's tag)")) -> None:
     """Write progress.png and report.md for a run."""
+    _require_project()
     from agents.record.report import plot_progress, summary_markdown
     from agents.record.results import ResultsStore
 
@@ -157,13 +255,19 @@ def compare(
     budget: float = typer.Option(None, help="training seconds per experiment (default: prepare.py's TIME_BUDGET)"),
     repeats: int = typer.Option(1, help="runs per configuration, with different seeds, to see the spread"),
     name: str = typer.Option(None, help="results go to runs/<name>/ (default: the configurations joined by -vs-)"),
+    workers: str = typer.Option("1", help="experiments in flight within each run: N, or auto (one per GPU)"),
+    address: str = typer.Option(None, help="a Ray cluster to train on: auto or ray://HOST:PORT"),
 ) -> None:
     """Compare crew configurations on equal budgets, each from the same commit in its own worktree and memory.
 
-    Runs go one per GPU in parallel when there are several, else one after another. Interrupted? Run the
+    Runs go one after another, each with the same workers (on Ray when more than one). Interrupted? Run the
     same command again to continue where it stopped.
     """
-    from agents.assemble import SetupError, check_prepared
+    check_numbers(experiments=(experiments, 1, True), hours=(hours, 0, False), usd=(usd, 0, False),
+                  budget=(budget, 0, False), repeats=(repeats, 1, True))
+    _require_project()
+    from agents.assemble import SetupError, check_prepared, engine_options
+    from agents.bench.cluster import ClusterError
     from agents.compare import Budget, CompareError, plan_compare, run_compare
     from agents.config import ConfigError
     from agents.record.compare_report import compare_table
@@ -172,6 +276,7 @@ def compare(
     try:
         plan = plan_compare(Path.cwd(), configs or [], Budget(experiments, hours, usd, budget), repeats=repeats,
                             name=name)
+        engine = engine_options(workers, address)
         check_prepared(Path.cwd())
     except (CompareError, ConfigError, SetupError) as exc:
         _fail(str(exc))
@@ -181,8 +286,8 @@ def compare(
             console.print(f"[{event.run or plan.name}] {event.text}", highlight=False, markup=False)
 
     try:
-        outcome = run_compare(plan, on_event=show)
-    except (CompareError, GitError) as exc:
+        outcome = run_compare(plan, on_event=show, **engine)
+    except (CompareError, GitError, ClusterError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
@@ -214,8 +319,13 @@ def _mount_subapps() -> None:
     from agents.tracking_cli import export_app, ui
     from memory.cli import app as memory_app
 
-    app.add_typer(memory_app, name="memory", help="search, inspect and rebuild the experiment memory")
-    app.add_typer(export_app, name="export")
+    def in_a_project() -> None:
+        if not {"--help", "-h"} & set(sys.argv[1:]):
+            _require_project()
+
+    app.add_typer(memory_app, name="memory", help="search, inspect and rebuild the experiment memory",
+                  callback=in_a_project)
+    app.add_typer(export_app, name="export", callback=in_a_project)
     app.command()(ui)
 
 

@@ -3,8 +3,9 @@
 Every configuration (a preset or a crew.yaml variant) runs the ordinary loop from the same start commit, in
 its own git worktree on branch `autoresearch/<compare>-<config>-r<k>`, with its own memory, under the same
 budget. Results are written to `runs/<compare>/<config>-r<k>/` in the main repository, so removing the
-worktrees at the end loses nothing. With two or more GPUs the runs go in parallel, one process per GPU
-(`CUDA_VISIBLE_DEVICES`); otherwise one after another in this process.
+worktrees at the end loses nothing. The runs go one after another in this process, each on the same engine as
+`autoresearch run`: with `workers` above 1 every configuration gets the same N workers (one Ray connection,
+local or a cluster, serves the whole compare), so each is measured with the whole machine or cluster.
 
 `runs/<compare>/manifest.json` holds the start commit, the arguments and each run's state. Running the same
 command again skips finished runs and resumes the others: the loop itself resumes an existing tag.
@@ -19,14 +20,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +41,6 @@ SEED_STRIDE = 10_000
 # Loop limits that must be the same for every configuration, with the option that sets them.
 EQUAL_LIMITS = {"max_experiments": "--experiments", "max_hours": "--hours", "max_usd": "--usd",
                 "max_tokens": None, "time_budget": "--budget"}
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from agents.record.compare_report import CompareReport
@@ -222,7 +218,7 @@ def _never_stops(config: CrewConfig, env: Mapping[str, str]) -> bool:
 
 @dataclass
 class RunJob:
-    """Everything one run needs; written to `<run_dir>/job.json` for a worker process."""
+    """Everything one run needs."""
 
     repo_dir: str  # the run's worktree
     config_path: str  # the run's crew.yaml (run_config_text)
@@ -231,13 +227,8 @@ class RunJob:
     repeat: int
     run_dir: str
     memory_path: str
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> RunJob:
-        return cls(**json.loads(Path(path).read_text()))
+    workers: int | str | None = None  # experiments in flight (None: the configuration's cluster.workers)
+    address: str | None = None
 
 
 def run_one(job: RunJob, on_event: Callable | None = None) -> dict:
@@ -250,7 +241,8 @@ def run_one(job: RunJob, on_event: Callable | None = None) -> dict:
     try:
         settings = build_settings(Path(job.repo_dir), Path(job.config_path), job.tag,
                                   Overrides(memory_path=Path(job.memory_path), run_dir=Path(job.run_dir),
-                                            tracking_experiment=Path(job.run_dir).parent.name),  # the compare's name
+                                            tracking_experiment=Path(job.run_dir).parent.name,  # the compare's name
+                                            workers=job.workers, address=job.address),
                                   config_name=job.config)
         if on_event is not None:
             settings.on_event = on_event
@@ -288,39 +280,6 @@ class Sessions:
         _write_json(self.path, sessions)
 
 
-def _worker_main(argv: list[str]) -> int:
-    """`python -m agents.compare worker JOB.json`: one run in its own process (parallel compares)."""
-    from agents.crewai_env import quiet_crewai
-
-    quiet_crewai()
-    if len(argv) != 2 or argv[0] != "worker":
-        print("usage: python -m agents.compare worker JOB.json", file=sys.stderr)
-        return 2
-    job_path = Path(argv[1])
-    job = RunJob.load(job_path)
-    result_path = job_path.with_name("outcome.json")
-    print(f"[{job.tag}] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
-
-    def log(event) -> None:
-        if event.kind == "record" and event.record is not None:
-            r = event.record
-            bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
-            print(f"[{job.tag}] {r.exp_id} {r.status} {bpb} {r.description}", flush=True)
-        elif event.kind == "note":
-            print(f"[{job.tag}] {event.exp_id} {event.message}", flush=True)
-
-    try:
-        result = run_one(job, log)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        traceback.print_exc()
-        _write_json(result_path, {"error": _one_line(exc)})
-        return 1
-    _write_json(result_path, result)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- the compare
 
 
@@ -338,28 +297,19 @@ class CompareOutcome:
     plan: ComparePlan
     states: dict[str, dict]  # tag -> the manifest's entry for that run
     report: CompareReport | None = None
-    parallel_on: list[str] = field(default_factory=list)  # the GPUs used, when runs went in parallel
+    workers: int | str = 1  # experiments in flight within each run
 
     @property
     def failed(self) -> list[str]:
         return [tag for tag, s in self.states.items() if s["state"] == "failed"]
 
 
-def visible_gpus() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them for a child process."""
-    import torch
-
-    count = torch.cuda.device_count()
-    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:count] if len(listed) >= count else [str(i) for i in range(count)]
-
-
-def run_compare(plan: ComparePlan, devices: list[str] | None = None,
-                on_event: Callable[[CompareEvent], None] = lambda event: None) -> CompareOutcome:
+def run_compare(plan: ComparePlan, on_event: Callable[[CompareEvent], None] = lambda event: None,
+                workers: int | str = 1, address: str | None = None) -> CompareOutcome:
     """Run (or continue) every planned run, clean up the worktrees, write the compare's report.
 
-    `devices`: GPUs to spread runs over, one run per device at a time (default: the visible GPUs). With fewer
-    than two, runs go one after another in this process.
+    `workers` / `address`: the engine every run trains on, as for `autoresearch run` (1: this machine, no Ray;
+    more: one Ray connection, a local instance or the cluster at `address`, shared by all runs).
     """
     plan.compare_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -368,18 +318,26 @@ def run_compare(plan: ComparePlan, devices: list[str] | None = None,
         except RunLockError:
             raise CompareError(f"compare {plan.name!r} is already running (lock in {plan.compare_dir}); "
                                "wait for it to finish") from None
-        return _Compare(plan, on_event).run(visible_gpus() if devices is None else devices)
+        from agents.engine import uses_ray
+
+        if uses_ray(workers, address):
+            from agents.bench.cluster import connect, disconnect
+
+            owned = connect(address)
+            stack.callback(disconnect, owned)
+        return _Compare(plan, on_event, workers, address).run()
 
 
 class _Compare:
-    def __init__(self, plan: ComparePlan, on_event: Callable[[CompareEvent], None]):
-        self.plan, self.on_event = plan, on_event
+    def __init__(self, plan: ComparePlan, on_event: Callable[[CompareEvent], None], workers: int | str,
+                 address: str | None):
+        self.plan, self.on_event, self.workers, self.address = plan, on_event, workers, address
         self.repo = ExperimentRepo(plan.repo_dir)
         self.repo.ensure_git_repo()
         self.manifest_path = plan.compare_dir / MANIFEST
         self.worktrees: dict[str, Path] = {}
 
-    def run(self, devices: list[str]) -> CompareOutcome:
+    def run(self) -> CompareOutcome:
         from agents.record.compare_report import write_compare_report
 
         self.manifest = self._open_manifest()
@@ -387,19 +345,15 @@ class _Compare:
         for run in self.plan.runs:
             if run not in pending:
                 self._say(run.tag, "already finished; kept as it is")
-        parallel = len(devices) >= 2 and len(pending) >= 2
         try:
-            if parallel:
-                self._run_parallel(pending, devices)
-            else:
-                for run in pending:
-                    self._run_here(run)
+            for run in pending:
+                self._run_here(run)
         finally:
             for tag in list(self.worktrees):
                 self._remove_worktree(tag)
             self.repo.prune_worktrees()
         report = write_compare_report(self.plan, self.manifest)
-        return CompareOutcome(self.plan, self.manifest["runs"], report, devices if parallel else [])
+        return CompareOutcome(self.plan, self.manifest["runs"], report, self.workers)
 
     # ------------------------------------------------------------------ manifest
     def _open_manifest(self) -> dict:
@@ -449,7 +403,8 @@ class _Compare:
         worktree = self.repo.add_worktree(directory, branch=None, start_point=self.manifest["start_commit"])
         self.worktrees[run.tag] = directory
         return RunJob(repo_dir=str(worktree), config_path=str(config_path), tag=run.tag, config=run.config,
-                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(run_dir / "memory"))
+                      repeat=run.repeat, run_dir=str(run_dir), memory_path=str(run_dir / "memory"),
+                      workers=self.workers, address=self.address)
 
     def _remove_worktree(self, tag: str) -> None:
         directory = self.worktrees.pop(tag, None)
@@ -467,7 +422,7 @@ class _Compare:
         from agents.loop import LoopEvent
 
         job = self._job(run)
-        self._set_state(run.tag, state="running", device="")
+        self._set_state(run.tag, state="running", workers=self.workers)
         self._say(run.tag, f"starting ({run.config}, repeat {run.repeat})")
 
         def forward(event: LoopEvent) -> None:
@@ -487,71 +442,6 @@ class _Compare:
             self._say(run.tag, f"finished: {result['stop_reason']}")
         finally:
             self._remove_worktree(run.tag)
-
-    # ------------------------------------------------------------------ in parallel, one process per GPU
-    def _run_parallel(self, pending: list[PlannedRun], devices: list[str]) -> None:
-        queue, free = list(pending), list(devices)
-        active: dict[str, tuple[subprocess.Popen, PlannedRun]] = {}
-        try:
-            while queue or active:
-                while queue and free:
-                    run, device = queue.pop(0), free.pop(0)
-                    active[device] = (self._spawn(run, device), run)
-                time.sleep(0.2)
-                for device, (process, run) in list(active.items()):
-                    if process.poll() is not None:
-                        del active[device]
-                        free.append(device)
-                        self._collect(run, process.returncode)
-        except BaseException:
-            self._stop(active)
-            raise
-
-    def _spawn(self, run: PlannedRun, device: str) -> subprocess.Popen:
-        job = self._job(run)
-        job_path = self.plan.run_dir(run) / "job.json"
-        job.save(job_path)
-        (job_path.with_name("outcome.json")).unlink(missing_ok=True)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONUNBUFFERED="1")
-        # -P keeps the worktree's own copy of agents/ off sys.path: every run uses this installation's code
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-        log_path = self.plan.run_dir(run) / "worker.log"
-        self._set_state(run.tag, state="running", device=device)
-        self._say(run.tag, f"starting on GPU {device} ({run.config}, repeat {run.repeat}); log: {log_path}")
-        with open(log_path, "a") as log:  # the child keeps its own copy of the file open
-            # its own session: a Ctrl-C reaches this process only, which then stops each run once, cleanly
-            return subprocess.Popen([sys.executable, "-P", "-m", "agents.compare", "worker", str(job_path)],
-                                    cwd=job.repo_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-
-    def _collect(self, run: PlannedRun, returncode: int) -> None:
-        outcome_path = self.plan.run_dir(run) / "outcome.json"
-        result = json.loads(outcome_path.read_text()) if outcome_path.exists() else {}
-        log = self.plan.run_dir(run) / "worker.log"
-        if returncode == 0 and "stop_reason" in result:
-            self._set_state(run.tag, state="done", error="", **result)
-            self._say(run.tag, f"finished: {result['stop_reason']}")
-        elif returncode == 130:
-            self._set_state(run.tag, state="interrupted")
-            self._say(run.tag, "interrupted; run the same command again to continue it")
-        else:
-            error = result.get("error") or f"the run's process exited with code {returncode}"
-            self._set_state(run.tag, state="failed", error=error)
-            self._say(run.tag, f"failed: {error} (log: {log})")
-        self._remove_worktree(run.tag)
-
-    def _stop(self, active: dict[str, tuple[subprocess.Popen, PlannedRun]]) -> None:
-        """Interrupt each running run as Ctrl-C would, so it stops where it can resume; kill the stubborn."""
-        for process, _ in active.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process, run in active.values():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            self._set_state(run.tag, state="interrupted")
 
     def _say(self, run: str, text: str) -> None:
         self.on_event(CompareEvent(run, text))
@@ -607,6 +497,3 @@ def _write_json(path: Path, data: object) -> None:
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -52,8 +52,10 @@ EMBEDDING_ALLOWED = "expected 'minilm' or 'openai/<model>'"
 _PROVIDER_MODEL = re.compile(r"^(anthropic|openai)/[A-Za-z0-9][\w.:@/+-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PRESETS_DIR = REPO_ROOT / "presets"
+# The project files `autoresearch init` copies, shipped inside the package (links to the repository's own files
+# in a checkout, copies in an installed wheel), and the crew.yaml variants `--preset` names.
+PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parent / "project"
+PRESETS_DIR = PROJECT_TEMPLATE_DIR / "presets"
 PRESETS = ("full", "no-reviewer", "single-agent", "offline")
 
 
@@ -92,8 +94,15 @@ class LLMSettings(_Strict):
     fallback_base_url: str | None = None
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=4096, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    # seconds per request; None: 120 for a hosted API, 900 for a self-hosted server (a CPU can take minutes)
+    timeout_s: float | None = Field(default=None, gt=0)
+    # the SDK's retries of 429s, 5xx, timeouts and dropped connections; None: 3 for a hosted API, 1 for a
+    # self-hosted server (a retried timeout queues a second copy of the prompt behind the first one)
+    max_retries: int | None = Field(default=None, ge=0)
+    # how structured output is asked for: auto picks by provider and, for a base_url server, by what it accepts
+    structured: Literal["auto", "tool", "json_schema", "json_object", "prompt"] = "auto"
+    # the model's context window in tokens; None: what the server reports, else a default per provider
+    context_tokens: int | None = Field(default=None, ge=512)
     usd_per_mtok_in: float | None = Field(default=None, ge=0)
     usd_per_mtok_out: float | None = Field(default=None, ge=0)
 
@@ -122,11 +131,13 @@ class LLMSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _urls_need_openai(self) -> LLMSettings:
-        if self.base_url and provider_of(self.model) != "openai":
-            raise ValueError("base_url: applies only to model 'openai/<model>'")
-        if self.fallback_base_url and provider_of(self.fallback_model or "") != "openai":
-            raise ValueError("fallback_base_url: applies only to fallback_model 'openai/<model>'")
+    def _urls_and_forms_fit_the_provider(self) -> LLMSettings:
+        if self.base_url and provider_of(self.model) not in DEFAULT_KEY_ENV:
+            raise ValueError("base_url: applies only to model 'anthropic/<model>' or 'openai/<model>'")
+        if self.fallback_base_url and provider_of(self.fallback_model or "") not in DEFAULT_KEY_ENV:
+            raise ValueError("fallback_base_url: applies only to fallback_model 'anthropic/<model>' or 'openai/<model>'")
+        if provider_of(self.model) == "anthropic" and self.structured in ("json_schema", "json_object"):
+            raise ValueError(f"structured: anthropic models take auto, tool or prompt, not {self.structured}")
         return self
 
 
@@ -206,6 +217,28 @@ class LoopConfig(_Strict):
     coder_retries: int = Field(default=2, ge=0)
     review_rounds: int = Field(default=2, ge=1)
     seed: int = 42
+
+
+class ClusterConfig(_Strict):
+    """Where training runs: this machine (workers 1, no Ray), or N workers on a Ray cluster."""
+
+    workers: int | Literal["auto"] = 1  # experiments in flight; auto: one per GPU Ray sees
+    address: str | None = None  # None: a local Ray instance for the run; 'auto' or 'ray://HOST:PORT' joins one
+    cache: str | None = None  # a data cache directory every node sees at this path; None: each node's own
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("expected a whole number of workers >= 1, or 'auto'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(auto|local|ray://[^\s/:]+:\d+|[^\s/:]+:\d+)$", value):
+            raise ValueError("expected 'auto', 'ray://HOST:PORT' or HOST:PORT (a Ray head's GCS address)")
+        return value
 
 
 class MemoryConfig(_Strict):
@@ -290,10 +323,18 @@ class CrewConfig(_Strict):
     name: str
     mode: Literal["crew", "single-agent"] = "crew"
     degrade_after: int = Field(default=3, ge=1)  # consecutive failures before a model is given up for the run
+    # when a role has given up every model: `offline` plays it with the offline policy (announced), `stop` ends
+    # the run (`autoresearch run --strict`)
+    on_model_failure: Literal["stop", "offline"] = "offline"
+    # LLM calls in flight at once, per provider (anthropic, openai, or a base_url server): one number for every
+    # provider, or a mapping {provider or base_url: number}; null: 4 per hosted API, 1 per self-hosted server
+    # (base_url). The offline policy always answers one at a time
+    max_concurrent_calls: int | dict[str, int] | None = None
     roles: Roles
     single_agent: SingleAgentConfig = Field(default_factory=SingleAgentConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     # the OS sandbox train.py runs in (agents/bench/sandbox/): auto takes the strongest that starts here
     sandbox: Literal["auto", "bwrap", "landlock", "none"] = "auto"
@@ -307,6 +348,25 @@ class CrewConfig(_Strict):
 
     def role(self, name: str) -> RoleConfig:
         return getattr(self.roles, name)
+
+    @field_validator("max_concurrent_calls")
+    @classmethod
+    def _concurrency(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        numbers = [] if value is None else value.values() if isinstance(value, dict) else [value]
+        if any(isinstance(n, bool) or n < 1 for n in numbers):
+            raise ValueError("expected a number of calls >= 1 (or a mapping of provider or base_url to one)")
+        return value
+
+    def concurrent_calls(self, provider: str, base_url: str | None = None) -> int:
+        """How many calls to one provider (or OpenAI-compatible server) may be in flight at once."""
+        # a self-hosted server often answers one request at a time: more calls would only queue there and time out
+        default = 1 if base_url else 4
+        limit = self.max_concurrent_calls
+        if limit is None:
+            return default
+        if isinstance(limit, int):
+            return limit
+        return limit.get(base_url or "", limit.get(provider, default))
 
     def llm_settings(self, role: str) -> LLMSettings:
         """The model settings that answer for `role`: its own, or the single agent's."""

@@ -1,6 +1,8 @@
-"""The live terminal view of a run: experiment, phase, progress over the budget, best, recent rows.
+"""The live terminal view of a run: each worker's experiment and progress over the budget, best, recent rows.
 
-Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment.
+Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment. A role
+that gives up its model raises a banner that stays on screen for the rest of the run (printed at once
+without a terminal); a refused experiment's line names the rule that refused it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class LiveView:
         self.exp_id, self.phase, self.elapsed = "", "starting", 0.0
         self.best: float | None = None
         self.rows: deque = deque(maxlen=8)
+        self.banners: dict[str, str] = {}  # role -> what it runs on now and why: shown until the run ends
+        self.notes: deque = deque(maxlen=3)
+        self.training: dict[str, tuple[str, float]] = {}  # exp id -> (worker, elapsed seconds), while it trains
         self._live: Live | None = None
 
     def __enter__(self) -> LiveView:
@@ -44,16 +49,29 @@ class LiveView:
             self.best = event.best_bpb
         if event.kind == "phase":
             self.exp_id, self.phase, self.elapsed = event.exp_id, event.message, 0.0
+            if event.message == "training":
+                self.training[event.exp_id] = (event.worker, 0.0)
+            else:
+                self.training.pop(event.exp_id, None)
         elif event.kind == "progress":
             self.elapsed, self.budget = event.elapsed, event.budget or self.budget
+            self.training[event.exp_id] = (event.worker, event.elapsed)
         elif event.kind == "record" and event.record is not None:
             r = event.record
+            self.training.pop(r.exp_id, None)
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
-            self.rows.append((r.exp_id, r.status, bpb, r.description))
+            rule = f" [{r.rule}]" if r.rule else ""
+            self.rows.append((r.exp_id, r.status, bpb, r.description, rule))
             if self._live is None:
-                self.console.print(f"{r.exp_id}  {r.status:<8} {bpb:>9}  {r.description}", highlight=False)
-        elif event.kind == "note" and self._live is None:
-            self.console.print(f"[dim]{event.exp_id} {event.message}[/]", highlight=False)
+                self.console.print(Text(f"{r.exp_id}  {r.status:<8} {bpb:>9}  {r.description}{rule}"), soft_wrap=True)
+        elif event.kind == "degraded":
+            self.banners[event.message.split(":", 1)[0]] = event.message
+            if self._live is None:
+                self.console.print(Text.assemble(("MODEL GIVEN UP ", "bold red"), event.message), soft_wrap=True)
+        elif event.kind == "note":
+            self.notes.append(f"{event.exp_id} {event.message}".strip())
+            if self._live is None:
+                self.console.print(Text(f"{event.exp_id} {event.message}".strip(), style="dim"), soft_wrap=True)
         if self._live is not None:
             self._live.update(self._render())
 
@@ -61,14 +79,25 @@ class LiveView:
         best = f"{self.best:.6f}" if self.best is not None else "-"
         head = Text.assemble(("experiment ", "dim"), (self.exp_id or "-", "bold"), ("   phase ", "dim"),
                              (self.phase, "bold"), ("   best val_bpb ", "dim"), (best, "bold green"))
-        parts: list = [head]
-        if self.phase == "training" and self.budget:
+        parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
+                       self.banners.values()]
+        parts.append(head)
+        if len(self.training) > 1 or any(worker for worker, _ in self.training.values()):
+            workers = Table(box=None, pad_edge=False)
+            for col in ("worker", "training", "progress", ""):
+                workers.add_column(col)
+            for exp_id, (worker, elapsed) in sorted(self.training.items(), key=lambda item: item[1][0]):
+                bar = ProgressBar(total=self.budget or 1.0, completed=min(elapsed, self.budget or 1.0), width=30)
+                workers.add_row(worker or "-", exp_id, bar, f"{elapsed:.0f}s of {self.budget:.0f}s")
+            parts.append(workers)
+        elif self.phase == "training" and self.budget:
             parts.append(ProgressBar(total=self.budget, completed=min(self.elapsed, self.budget), width=60))
             parts.append(Text(f"{self.elapsed:.0f}s of {self.budget:.0f}s training budget", style="dim"))
         table = Table(box=None, pad_edge=False)
         for col in ("exp", "status", "val_bpb", "description"):
             table.add_column(col)
-        for exp_id, status, bpb, desc in self.rows:
-            table.add_row(exp_id, Text(status, style=STATUS_STYLE.get(status, "")), bpb, desc[:70])
+        for exp_id, status, bpb, desc, rule in self.rows:
+            table.add_row(exp_id, Text(status, style=STATUS_STYLE.get(status, "")), bpb, Text(desc[:70] + rule))
         parts.append(table)
+        parts += [Text(note[:160], style="dim") for note in self.notes]
         return Panel(Group(*parts), title=f"autoresearch/{self.tag}")

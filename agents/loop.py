@@ -1,45 +1,54 @@
-"""The research cycle, top to bottom.
+"""The research cycle, top to bottom: one coordinator keeps N workers busy.
 
-setup (lock, branch, memory, crew) → resume whatever a crash interrupted → baseline runs (σ) → until a
-stop condition: prepare a candidate (candidates.py) → commit → train (runner.py) → decide (decide.py:
-numbers decide) → git keep/reset → results + memory → the analyst explains and writes the lesson.
+setup (lock, branch, memory, crew, executor) → resume whatever a crash left in flight → baseline runs (σ),
+in parallel across workers → until a stop condition: keep N + 1 reviewed candidates prepared (the crew works
+in threads, candidates.py) → commit each on its base without touching the working tree → hand it to a worker
+(executor.py: this machine, or a Ray cluster) → judge each result against the base it trained on (decide.py:
+numbers decide) → the branch advances on a keep → results + memory → the analyst explains in a thread.
 
-With pipelining on, the crew prepares the next candidate and analyses the previous experiment while
-the current one trains, so the trainer does not wait for agents. A prepared candidate whose base was
-overtaken by a keep is re-applied on the new best with a three-way merge, or re-coded on conflict.
-Every phase is written ahead to the journal (journal.py) so a kill at any moment loses nothing.
+With one worker (the default) this is the classic loop: one experiment trains while the next is prepared.
+With several, a result whose base is no longer the best is judged against its own base; a winner is then
+re-applied on the new best (three-way merge) and confirmed by a run there before it is kept.
+
+The coordinator is the only writer of git, the results, the journal and the memory. Every phase is written
+ahead to the journal (journal.py) so a kill at any moment loses nothing: the same command resumes, and what
+was in flight is trained again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import statistics
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.bench.decide import Decision, Plausibility, WallTimeLimit, decide, estimate_sigma
+from agents.bench.decide import Decision, Plausibility, WallTimeLimit, decide
+from agents.bench.executor import Finished, Running, TrainingTask
 from agents.bench.guard import check_edit, check_prepare_hash, file_sha256
-from agents.bench.runner import RunResult, start_training
-from agents.bench.sandbox import select_sandbox
 from agents.config import CrewConfig
 from agents.crew.candidates import Candidate, Workbench, prepare_candidate, recode
-from agents.crew.policy import SearchExhausted
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import Analysis, CodeEdit, Idea
+from agents.crew.supply import CandidateSupply
+from agents.engine import open_executor
 from agents.lock import RunLock
 from agents.record.gitops import ExperimentRepo
 from agents.record.journal import Journal, JournalEntry
-from agents.record.results import ExperimentRecord, ResultsStore
+from agents.record.results import ExperimentRecord
+from agents.record.runbook import RunBook, result_dict, result_from_dict, stop_orphan
 from agents.record.tracking import Tracker
 
 TRAINED = ("keep", "discard", "crash")
+MAX_REAPPLY = 2  # a winner re-applied this many times while the best kept moving is not chased further
 
 
 class BaselineCrashed(RuntimeError):
@@ -57,6 +66,7 @@ class LoopEvent:
     budget: float = 0.0
     record: ExperimentRecord | None = None
     best_bpb: float | None = None
+    worker: str = ""  # where a run trains ("host #2"), for progress and "training" phase events
 
 
 @dataclass
@@ -74,6 +84,7 @@ class LoopSettings:
     device: str = "cpu"
     on_event: Callable[[LoopEvent], None] = lambda event: None
     extra_env: dict = field(default_factory=dict)
+    runner_options: dict = field(default_factory=dict)  # keyword arguments for the runner, on every worker
     sandbox: str = "auto"  # auto | bwrap | landlock | none: where train.py runs (agents/bench/sandbox/)
     sandbox_notice: str = ""  # said once at the start of the run (e.g. "no sandbox works here ...")
     tracker: Tracker = field(default_factory=Tracker.off)  # MLflow: fed after results are written
@@ -89,250 +100,342 @@ class LoopOutcome:
 
 
 @dataclass
-class Best:
-    commit: str
-    text: str
-    bpb: float | None = None
-    sigma: float = 0.0
+class _InFlight:
+    entry: JournalEntry
+    candidate: Candidate | None
+    running: Running
 
 
 def run_loop(s: LoopSettings) -> LoopOutcome:
     repo = ExperimentRepo(s.repo_dir)
     repo.ensure_git_repo()
-    run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
-    _undo_own_uncommitted_edit(repo, Journal(run_dir), s.repo_dir)
     repo.ensure_clean(["train.py", "prepare.py"])
     with RunLock(s.repo_dir) as lock:
         if lock.took_over_from:
             s.on_event(LoopEvent("note", message=f"took over a stale lock left by {lock.took_over_from}"))
-        s.tracker.start(run_dir, warn=lambda message: s.on_event(LoopEvent("note", message=message)))
-        cycle = _Cycle(s, repo)
+        s.tracker.start(s.run_dir or s.repo_dir / "runs" / s.tag,
+                        warn=lambda message: s.on_event(LoopEvent("note", message=message)))
+        coordinator = _Coordinator(s, repo)
         try:
-            return cycle.run()
+            return coordinator.run()
         finally:  # the parent run gets the plot and report; a failing store never holds the run for long
-            s.tracker.finish(cycle.records, interrupted=sys.exc_info()[0] is not None)
+            s.tracker.finish(coordinator.book.records, interrupted=sys.exc_info()[0] is not None)
 
 
-class _Cycle:
-    """One run of the loop; holds the per-run objects so the steps below stay short."""
+class _Coordinator:
+    """One run of the loop: hands runs to the executor and decides on what comes back."""
 
     def __init__(self, s: LoopSettings, repo: ExperimentRepo):
         self.s, self.repo, self.cfg = s, repo, s.config.loop
         self.run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
-        self.results = ResultsStore(self.run_dir)
         self.journal = Journal(self.run_dir)
-        self.records = self.results.load()
+        self.book = RunBook(self.run_dir, s.tag, s.config_name, s.crew, s.ledger, s.memory, self._event,
+                            self._checkpoint, tracker=s.tracker)
         self.started = time.monotonic()
         self.budget_stop: str | None = None
         self._checkpoints_seen: dict[str, int] = {}
+        self.prepare_py = (s.repo_dir / "prepare.py").read_text(encoding="utf-8")
         self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
         self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
                                          max_gain=self.cfg.plausibility.max_gain)
         self.wall_limit = WallTimeLimit(tolerance=self.cfg.plausibility.wall_time_tolerance,
                                         slack_s=self.cfg.plausibility.wall_time_slack_s)
-        selection = select_sandbox(s.sandbox, s.python)  # SandboxUnavailable: an explicit choice that cannot start
-        self.sandbox = selection.name
-        self.sandbox_notice = s.sandbox_notice or selection.warning
+        # every run goes through the sandbox chosen at setup; `auto` is probed again on each worker node
+        self.runner_options = {"sandbox": s.sandbox, **s.runner_options}
+        self.queue: deque[JournalEntry] = deque()  # runs to hand out before new candidates (re-queued, re-runs)
+        self.flight: dict[str, _InFlight] = {}  # run id -> what trains there
+        self.waiting: dict[str, tuple[JournalEntry, Candidate | None]] = {}  # experiments awaiting a re-run
+        self.deferred: list[tuple[JournalEntry, Candidate | None]] = []  # results waiting for the baselines
+        self.analyses: dict[Future, ExperimentRecord] = {}
+        self._prep_seconds: deque[float] = deque(maxlen=8)
+        self._run_seconds: deque[float] = deque(maxlen=8)
 
     # ---------------------------------------------------------------- the cycle
     def run(self) -> LoopOutcome:
-        if self.sandbox_notice:
-            self.s.on_event(LoopEvent("note", message=f"warning: {self.sandbox_notice}"))
+        if self.s.sandbox_notice:
+            self._event("note", message=f"warning: {self.s.sandbox_notice}")
         self.repo.start_branch(self.s.tag)
-        self.best = self._best_from_records()
-        self.earlier = self._earlier_runs()
+        self.best = self.book.best(self.repo)
+        self.earlier = self.book.earlier_runs()
         bench = self._workbench()
-        candidate = self._resume(bench)
-
-        while len(self._baselines()) < self.cfg.noise.baseline_repeats and self._stop_reason() is None:
-            last = len(self._baselines()) + 1 == self.cfg.noise.baseline_repeats
-            overlap = last and self.cfg.pipelining and candidate is None
-            record, prepared = self._run_baseline(self.cfg.seed + len(self._baselines()), bench if overlap else None)
-            candidate = candidate or prepared
-            if record.status == "crash":
-                raise BaselineCrashed(f"the starting train.py crashed ({record.error}); see {record.log_path}")
-
-        pending_analysis: ExperimentRecord | None = None
-        analyst = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyst")
-        stop = self._stop_reason()
-        while stop is None:
-            if candidate is None:
-                try:
-                    candidate = self._prepare(bench)
-                except SearchExhausted as exc:
-                    stop = str(exc)
-                    break
-                if candidate is None:
-                    stop = self._stop_reason()
-                    continue
-            entry = self._commit(candidate)
-            job = self._start(entry)
-            explaining = None
-            if pending_analysis is not None:  # explain the previous experiment while this one trains
-                self._begin_analysis(pending_analysis)
-                explaining = analyst.submit(self._explain, pending_analysis, list(self.records))
-            upcoming = None
-            if self.cfg.pipelining and self._stop_reason(upcoming=True) is None:
-                try:
-                    upcoming = self._prepare(bench)
-                except SearchExhausted:
-                    upcoming = None  # asked again after this experiment, which may open new moves
-            record = self._finish(entry, self._wait(job, entry), candidate)
-            if explaining is not None:
-                self._record_lesson(pending_analysis, explaining.result())
-                pending_analysis = None
-            if self.cfg.pipelining and record.status in TRAINED:
-                pending_analysis = record
-            else:
-                self._analyse(record)
-            candidate = self._rebase(bench, upcoming) if upcoming is not None else None
-            stop = self._stop_reason()
-
-        analyst.shutdown()
-        if pending_analysis is not None:
-            self._analyse(pending_analysis)
-        if candidate is not None:
-            # prepared but never trained: the journal keeps it, the next run starts with it
-            self.s.on_event(LoopEvent("note", exp_id=candidate.exp_id, message="prepared candidate kept for the next run"))
-        self.repo.reset_hard(self.best.commit)
-        return LoopOutcome(stop, self.records, self.best.bpb, self.best.commit, self.run_dir)
-
-    # ---------------------------------------------------------------- baseline
-    def _run_baseline(self, seed: int, bench: Workbench | None) -> tuple[ExperimentRecord, Candidate | None]:
-        """One run of the starting code; with a workbench, the first candidate is prepared meanwhile."""
-        exp_id = self._new_exp_id()
-        commit = self.best.commit
-        entry = JournalEntry(exp_id=exp_id, phase="committed", kind="baseline", base_commit=commit,
-                             commit=commit, seed=seed, new_text=self.best.text)
-        self.journal.write(entry)
-        job = self._start(entry)
-        prepared = None
-        if bench is not None:
+        with open_executor(self.s, self.run_dir, self.prepare_py, lambda text: self._event("note", message=text)) \
+                as self.ex:
+            self.supply = CandidateSupply(lambda: self._prepare(bench), max_parallel=4 * self.ex.slots + 4)
+            analyst = ThreadPoolExecutor(max_workers=max(1, self.ex.slots), thread_name_prefix="analyst")
+            self.analyst = analyst
             try:
-                prepared = self._prepare(bench)
-            except SearchExhausted:
-                prepared = None
-        return self._finish(entry, self._wait(job, entry), None), prepared
+                self._resume(bench)
+                self._queue_baselines()
+                stop = self._cycle(bench)
+            finally:
+                self.supply.close()
+                analyst.shutdown(wait=True)
+                self._collect_analyses()
+        for c in self.supply.leftovers():  # prepared but never trained: the journal keeps them for the next run
+            self._event("note", c.exp_id, "prepared candidate kept for the next run")
+        self.repo.reset_hard(self.best.commit)
+        return LoopOutcome(stop, self.book.records, self.best.bpb, self.best.commit, self.run_dir)
 
-    # ---------------------------------------------------------------- one experiment
+    def _cycle(self, bench: Workbench) -> str:
+        while True:
+            self._collect_analyses()
+            stop = self._stop_reason()
+            self._dispatch(bench, stop)
+            if not self.flight and not self.queue and not self.waiting:
+                if stop is not None:
+                    return stop
+                if self.supply.exhausted and not self.supply.ready and not self.supply.preparing:
+                    return self.supply.exhausted
+                self.supply.wait_for_one(0.2)
+            finished = self.ex.wait(0.2 if self.flight else 0.0)
+            if finished and self.ex.slots > 1:
+                # freed workers start their next run before the results are recorded (with one worker the next
+                # candidate waits for the decision instead, so a keep moves it onto the new best first)
+                self._dispatch(bench, stop)
+            for done in finished:
+                self._finished(bench, done)
+                self._dispatch(bench, self._stop_reason())
+            for run_id, fl in self.flight.items():
+                self._event("progress", run_id, elapsed=fl.running.elapsed, budget=self.cfg.time_budget or 0.0,
+                            worker=fl.running.worker)
+
+    # ---------------------------------------------------------------- handing out runs
+    def _dispatch(self, bench: Workbench, stop: str | None) -> None:
+        """Fill free workers: queued runs first, then new candidates (none once a stop condition holds)."""
+        while self.ex.free_slots() > 0:
+            if self.queue:
+                entry = self.queue.popleft()
+                self._submit(entry, self._candidate_from_entry(entry))
+                continue
+            if stop is not None or self._underway() >= self._remaining():
+                break
+            candidate = self.supply.take()
+            if candidate is None:
+                break
+            candidate = self._rebase(bench, candidate)
+            if candidate is not None:
+                self._submit(self._commit(candidate), candidate)
+        self.supply.top_up(self._wanted_ahead(stop))
+
+    def _wanted_ahead(self, stop: str | None) -> int:
+        """Candidates to hold (ready + preparing): N + 1, plus what the workers use up while one is prepared."""
+        if stop is not None:
+            return 0
+        left = self._remaining() - self._underway()
+        if not self.cfg.pipelining:  # one at a time, prepared only when a worker is free for it
+            return min(left, 1 if self.ex.free_slots() > 0 else 0)
+        n = self.ex.slots
+        prep = statistics.fmean(self._prep_seconds) if self._prep_seconds else 1.0
+        run = statistics.fmean(self._run_seconds) if self._run_seconds else (self.cfg.time_budget or 300.0)
+        return max(0, min(left, n + 1 + math.ceil(n * prep / max(run, 1e-3)), 4 * n + 4))
+
     def _commit(self, c: Candidate) -> JournalEntry:
         entry = self._entry_for(c)  # re-written: a rebase may have changed the text and base
         self.journal.write(entry)
         self._checkpoint("commit")
-        (self.s.repo_dir / "train.py").write_text(c.new_text)
-        entry.commit = self.repo.commit_file("train.py", f"{c.exp_id}: {c.idea.title}")
+        entry.commit = self.repo.commit_text("train.py", c.new_text, c.base_commit, f"{c.exp_id}: {c.idea.title}")
         self.repo.keep_ref(self.s.tag, c.exp_id, entry.commit)
         self.journal.advance(entry, "committed")
         return entry
 
-    def _start(self, entry: JournalEntry):
-        self._event("phase", entry.exp_id, "training")
+    def _submit(self, entry: JournalEntry, candidate: Candidate | None) -> None:
         self._checkpoint("train")
         violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
         if violation is not None:
             raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
-        job = start_training(self.s.repo_dir, self.run_dir, entry.exp_id, time_budget=self.cfg.time_budget,
-                             seed=entry.seed, hard_timeout_s=self.cfg.hard_timeout_s, python=self.s.python,
-                             extra_env=self.s.extra_env, sandbox=self.sandbox)
-        entry.pid = job.pid
+        cluster = self.s.config.cluster
+        task = TrainingTask(entry.exp_id, entry.new_text, self.prepare_py, self.prepare_sha, entry.seed,
+                            self.cfg.time_budget, self.cfg.hard_timeout_s, dict(self.s.extra_env),
+                            dict(self.runner_options), cluster.cache)
+        running = self.ex.submit(task)
+        entry.pid, entry.node, entry.started = running.pid, running.node, running.started
         self.journal.write(entry)
+        self.flight[entry.exp_id] = _InFlight(entry, candidate, running)
+        self._event("phase", entry.exp_id, "training", worker=running.worker)
         self._checkpoint("training")
-        return job
 
-    def _wait(self, job, entry: JournalEntry) -> RunResult:
-        budget = self.cfg.time_budget or 0.0
-        while job.poll() is None:
-            self._event("progress", entry.exp_id, elapsed=job.elapsed, budget=budget)
-            time.sleep(0.2)
-        result = job.wait()
-        violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
-        if violation is not None:  # the run itself changed the locked file: never trust its number
-            result.status, result.val_bpb = "crash", None
-            result.error = f"prepare.py changed during the run ({violation.rule})"
-            self.repo.restore_file("prepare.py")
-        entry.result = _result_dict(result)
+    def _finished(self, bench: Workbench, done: Finished) -> None:
+        fl = self.flight.pop(done.exp_id)
+        entry = fl.entry
+        self._event("phase", entry.exp_id, "trained" if not done.lost else "lost", worker=fl.running.worker)
+        if done.lost:  # the worker or its machine vanished: the run goes back in the queue, counted once
+            self._event("note", entry.exp_id, f"{done.lost}; re-queued")
+            entry.pid = 0
+            self.journal.write(entry)
+            self.queue.appendleft(entry)
+            return
+        self._run_seconds.append(fl.running.elapsed)
+        entry.result, entry.node, entry.gpu = result_dict(done.result), done.node or entry.node, done.gpu
         self.journal.advance(entry, "trained")
         self._checkpoint("trained")
-        return result
-
-    def _finish(self, entry: JournalEntry, result: RunResult, candidate: Candidate | None) -> ExperimentRecord:
-        """Decide, move git, write results and memory. Idempotent: resume may call it again."""
-        record = self._record_for(entry, result, candidate)
         if entry.kind == "baseline":
-            ok = result.val_bpb is not None
-            decision = Decision("baseline" if ok else "crash", "baseline run" if ok else (result.error or "crashed"), 0.0)
+            self._finish(entry, _baseline_decision(done.result), None)
+            if done.result.val_bpb is None:
+                raise BaselineCrashed(f"the starting train.py crashed ({done.result.error}); see "
+                                      f"{done.result.log_path}")
+            self._flush_deferred(bench)
+        elif entry.kind in ("rerun", "confirm"):
+            self._follow_up_done(bench, entry, done.result)
         else:
-            decision = self._decide(entry, result, record)
+            self._judge(bench, entry, fl.candidate)
+
+    # ---------------------------------------------------------------- deciding
+    def _judge(self, bench: Workbench, entry: JournalEntry, candidate: Candidate | None) -> None:
+        """Numbers decide, against the base this experiment trained on; a winner on an old base is re-applied."""
+        if self._baselines_missing():
+            self.deferred.append((entry, candidate))  # σ and the start's val_bpb are not known yet
+            return
+        result = result_from_dict(entry.result)
+        base_bpb = self.book.bpb_of(entry.base_commit, default=self.best.bpb)
+        if not entry.runs and not entry.stretch and result.val_bpb is not None and not entry.first_commit:
+            # its first run counts only if it kept to the budget: the harness's clock against the baselines'
+            entry.stretch = self._stretch(result) or ""
+            entry.runs = [] if entry.stretch else [result.val_bpb]
+        if entry.stretch:  # the latest run trained past its budget: its val_bpb never counts
+            decision = decide(result.val_bpb, base_bpb, sigma=self.best.sigma, min_delta=self.cfg.noise.min_delta,
+                              sigma_k=self.cfg.noise.sigma_k, plausibility=self.plausibility,
+                              confirmed=bool(self._follow_up_ids(entry, "rerun")), stretch=entry.stretch)
+            if decision.action == "rerun":
+                self._follow_up(entry, candidate, "rerun", f"re-running with another seed: {decision.reason}")
+                return
+        elif not entry.runs:
+            decision = Decision("crash", result.error or "crashed", 0.0)
+        else:
+            lines = candidate.lines if candidate is not None else (0, 0)
+            many = len(entry.runs) > 1
+            decision = decide(statistics.fmean(entry.runs), base_bpb, sigma=self.best.sigma,
+                              min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
+                              lines_delta=lines[0] - lines[1], plausibility=self.plausibility, confirmed=many,
+                              runs=entry.runs if many else ())
+            if decision.action == "rerun" and len(entry.runs) <= self.cfg.noise.max_reruns:
+                # borderline or implausible: the same commit with another seed, the mean decides
+                self._follow_up(entry, candidate, "rerun", f"re-running with another seed: {decision.reason}")
+                return
+            if decision.action == "rerun":
+                decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
+            if decision.action == "keep" and entry.base_commit != self.best.commit:
+                decision = self._reapply(bench, entry, candidate, decision)
+                if decision is None:
+                    return
+        self._finish(entry, decision, candidate)
+
+    def _flush_deferred(self, bench: Workbench) -> None:
+        """Results that came in before the baselines were all done are judged once they are."""
+        if not self._baselines_missing():
+            parked, self.deferred = self.deferred, []
+            for entry, candidate in parked:
+                self._judge(bench, entry, candidate)
+
+    def _reapply(self, bench: Workbench, entry: JournalEntry, candidate: Candidate | None,
+                 won: Decision) -> Decision | None:
+        """A winner over its own base while the best moved: merge it onto the new best and confirm it there."""
+        attempts = len(self._follow_up_ids(entry, "confirm")) if entry.first_commit else 0
+        if attempts >= MAX_REAPPLY:
+            return Decision("discard", f"beat its own base, but the best moved {attempts + 1} times while it was "
+                            f"being confirmed; not chased further ({won.reason})", won.threshold)
+        base_text = self.repo.read_file_at(entry.base_commit, "train.py")
+        merged = self.repo.merge_file(base=base_text, ours=self.best.text, theirs=entry.new_text)
+        problem = None
+        if merged is None:
+            problem = "its edit conflicts with the new best"
+        elif merged == self.best.text:
+            problem = "the new best already holds its change"
+        elif not (report := check_edit(self.best.text, merged, ["train.py"], rules=bench.guard_rules)).ok:
+            problem = f"re-applied on the new best it breaks a guard rule ({report.text()})"
+        if problem is not None:
+            bench.feedback.append(f"{entry.exp_id} '{(entry.idea or {}).get('title', '')}' beat its own base, but "
+                                  f"{problem}; propose it again on the new best if it still applies")
+            return Decision("discard", f"beat its own base, but {problem}; not kept ({won.reason})", won.threshold)
+        entry.first_commit = entry.first_commit or entry.commit
+        entry.first_base = entry.first_base or entry.base_commit
+        entry.base_commit, entry.new_text, entry.runs = self.best.commit, merged, []
+        entry.commit = self.repo.commit_text("train.py", merged, self.best.commit,
+                                             f"{entry.exp_id}: {(entry.idea or {}).get('title', '')} (re-applied)")
+        self.repo.keep_ref(self.s.tag, entry.exp_id, entry.commit)
+        self.repo.keep_ref(self.s.tag, f"{entry.exp_id}.first", entry.first_commit)
+        self.journal.write(entry)
+        self._follow_up(entry, candidate, "confirm", f"beat its own base while the best moved ({won.reason}); "
+                        f"re-applied on the new best {self.best.commit[:7]}, confirming there")
+        return None
+
+    def _follow_up_ids(self, entry: JournalEntry, kind: str) -> list[str]:
+        mark = "c" if kind == "confirm" else "r"
+        return [p.stem for p in self.journal.dir.glob(f"{entry.exp_id}.{mark}*.json")]
+
+    def _follow_up(self, entry: JournalEntry, candidate: Candidate | None, kind: str, note: str) -> None:
+        """A re-run (same commit, another seed) or a confirmation (on the new best) decides `entry` later."""
+        number = len(self._follow_up_ids(entry, kind)) + 1
+        seed = entry.seed + 1000 * number if kind == "rerun" else entry.seed
+        child = JournalEntry(exp_id=f"{entry.exp_id}.{kind[0]}{number}", phase="committed", kind=kind,
+                             base_commit=entry.base_commit, commit=entry.commit, new_text=entry.new_text, seed=seed,
+                             parent=entry.exp_id)
+        self.journal.write(child)
+        self.waiting[entry.exp_id] = (entry, candidate)
+        self._event("note", entry.exp_id, note)
+        self.queue.appendleft(child)
+
+    def _follow_up_done(self, bench: Workbench, child: JournalEntry, result) -> None:
+        entry, candidate = self.waiting.pop(child.parent)
+        self.journal.advance(child, "done")
+        if result.val_bpb is None:
+            what = "re-run" if child.kind == "rerun" else "confirmation run on the new best"
+            self._finish(entry, Decision("discard", f"{what} crashed ({result.error}); not confirmed", 0.0), candidate)
+            return
+        if child.kind == "confirm":  # the run on the new base is the one the record shows
+            entry.result, entry.node, entry.gpu = child.result, child.node, child.gpu
+        entry.stretch = self._stretch(result) or ""
+        if not entry.stretch:  # a run past its budget never counts
+            entry.runs = [*entry.runs, result.val_bpb]
+        self.journal.write(entry)
+        self._judge(bench, entry, candidate)
+
+    def _finish(self, entry: JournalEntry, decision: Decision, candidate: Candidate | None) -> ExperimentRecord:
+        """Move git, write results and memory. Idempotent: resume may call it again with the journalled decision."""
+        result = result_from_dict(entry.result)
+        base_bpb = None if entry.kind == "baseline" else self.book.bpb_of(entry.base_commit, default=self.best.bpb)
+        base_text = self.repo.read_file_at(entry.base_commit, "train.py") if entry.kind != "baseline" else ""
+        record = self.book.record_for(entry, result, candidate, base_bpb, base_text)
+        if len(entry.runs) > 1 or (entry.runs and entry.runs[0] != result.val_bpb):  # re-runs, or one past its budget
+            record.val_bpb = statistics.fmean(entry.runs)
+            record.delta = record.val_bpb - base_bpb if base_bpb is not None else None
+            decision = Decision(decision.action, f"{decision.reason} (mean of {len(entry.runs)} runs: "
+                                f"{', '.join(f'{r:.6f}' for r in entry.runs)})", decision.threshold)
+        if entry.first_commit:
+            decision = Decision(decision.action, f"{decision.reason}; first trained on {entry.first_base[:7]}, "
+                                f"re-applied on {entry.base_commit[:7]}", decision.threshold)
         record.status, record.decision_reason = decision.action, decision.reason
-        entry.decision = {"action": record.status, "reason": decision.reason, "val_bpb": record.val_bpb}
+        entry.decision = {"action": decision.action, "reason": decision.reason, "threshold": decision.threshold}
         self.journal.advance(entry, "decided")
         self._checkpoint("decide")
-
         if record.status == "keep":
-            self.best = Best(entry.commit, entry.new_text, record.val_bpb, self.best.sigma)
-        self.repo.reset_hard(self.best.commit)
-        self.records_append(record)
+            self.best = self.book.new_best(entry.commit, entry.new_text, record.val_bpb, self.best.sigma)
+            self.repo.reset_hard(self.best.commit)  # the branch advances; the working tree shows the best
+        self.book.append(record)
         if entry.kind == "baseline":
-            self.best = self._best_from_records()  # the baseline mean and sigma change with every repeat
+            self.best = self.book.best(self.repo)  # the baseline mean and sigma change with every repeat
         self.journal.advance(entry, "recorded" if record.status in TRAINED else "done")
         self._checkpoint("record")
         self._event("record", entry.exp_id, record.status, record=record)
+        if record.status in TRAINED:
+            self._analyse(record)
         return record
 
-    def _decide(self, entry: JournalEntry, result: RunResult, record: ExperimentRecord) -> Decision:
-        lines_delta = record.lines_added - record.lines_removed
-        stretch = self._stretch(result)
-        decision = decide(result.val_bpb, self.best.bpb, sigma=self.best.sigma, min_delta=self.cfg.noise.min_delta,
-                          sigma_k=self.cfg.noise.sigma_k, lines_delta=lines_delta, plausibility=self.plausibility,
-                          stretch=stretch)
-        runs = [] if stretch else [result.val_bpb]  # a stretched run's val_bpb never counts
-        for attempt in range(self.cfg.noise.max_reruns):
-            if decision.action != "rerun":
-                break
-            # borderline, implausible or over time: the same commit with another seed, the mean decides
-            self._event("note", entry.exp_id, f"re-running with another seed: {decision.reason}")
-            rerun = JournalEntry(exp_id=f"{entry.exp_id}.r{attempt + 1}", phase="committed", kind="rerun",
-                                 base_commit=entry.base_commit, commit=entry.commit, new_text=entry.new_text,
-                                 seed=entry.seed + 1000 * (attempt + 1))
-            self.repo.reset_hard(entry.commit)
-            again = self._wait(self._start(rerun), rerun)
-            self.journal.advance(rerun, "done")
-            if again.val_bpb is None:
-                return Decision("discard", f"re-run crashed ({again.error}); not confirmed", 0.0)
-            again_stretch = self._stretch(again)
-            if again_stretch is None:
-                runs.append(again.val_bpb)
-            decision = decide(statistics.fmean(runs) if runs else again.val_bpb, self.best.bpb, sigma=self.best.sigma,
-                              min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
-                              lines_delta=lines_delta, confirmed=True, plausibility=self.plausibility, runs=runs,
-                              stretch=again_stretch)
-        if decision.action == "rerun":
-            decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
-        if runs != [result.val_bpb] and runs:
-            record.val_bpb = statistics.fmean(runs)
-            record.delta = record.val_bpb - self.best.bpb if self.best.bpb is not None else None
-            decision = Decision(decision.action, f"{decision.reason} (mean of {len(runs)} run(s) within the budget: "
-                                f"{', '.join(f'{r:.6f}' for r in runs)})", decision.threshold)
-        return decision
-
-    def _stretch(self, result: RunResult) -> str | None:
-        """Why a run looks like it trained past its budget (harness clock vs the baselines'), or None."""
-        walls = [r.wall_seconds - (r.eval_seconds or 0.0) for r in self._baselines() if r.wall_seconds]
-        return self.wall_limit.problem(result.train_wall_seconds, walls,
-                                       reported_training_s=(result.summary or {}).get("training_seconds"),
-                                       time_budget=self.cfg.time_budget)
-
+    # ---------------------------------------------------------------- the analyst
     def _analyse(self, record: ExperimentRecord) -> None:
-        if record.status in TRAINED:
-            self._begin_analysis(record)
-            self._record_lesson(record, self._explain(record, list(self.records)))
-
-    def _begin_analysis(self, record: ExperimentRecord) -> None:
         self._event("phase", record.exp_id, "analysing")
         self._checkpoint("analyse")
+        history = list(self.book.records)
+        if self.cfg.pipelining:  # explained in a thread while the workers go on
+            self.analyses[self.analyst.submit(self._explain, record, history)] = record
+        else:
+            self._record_lesson(record, self._explain(record, history))
+
+    def _collect_analyses(self) -> None:
+        for future in [f for f in self.analyses if f.done()]:
+            self._record_lesson(self.analyses.pop(future), future.result())
 
     def _explain(self, record: ExperimentRecord, history: list[ExperimentRecord]) -> Analysis | RoleError:
-        """The analyst's reading; only the LLM call, so it may run in a thread while the next one trains."""
+        """The analyst's reading; only the LLM call, so it may run in a thread while the workers train."""
         log_tail = ""
         if record.log_path and Path(record.log_path).exists():
             log_tail = "\n".join(Path(record.log_path).read_text(errors="replace").splitlines()[-40:])
@@ -352,13 +455,13 @@ class _Cycle:
             record.lesson = record.lesson or f"(analyst unavailable: {outcome}) {record.decision_reason}"
         else:
             record.explanation, record.lesson = outcome.explanation, outcome.lesson
-        self.records_append(record)
+        self.book.append(record)
         entry_path = self.journal.dir / f"{record.exp_id}.json"
         if entry_path.exists():
             entry = JournalEntry(**json.loads(entry_path.read_text()))
             self.journal.advance(entry, "done")
 
-    # ---------------------------------------------------------------- pipelining
+    # ---------------------------------------------------------------- candidates
     def _rebase(self, bench: Workbench, c: Candidate) -> Candidate | None:
         """A candidate prepared against an older best: three-way merge, else re-code."""
         if c.base_commit == self.best.commit:
@@ -371,160 +474,23 @@ class _Cycle:
                 return Candidate(c.exp_id, c.idea, c.edit, self.best.commit, self.best.text, merged,
                                  c.review, report.text())
         self._event("note", c.exp_id, "conflict with the new best: re-coding")
-        return recode(bench, c, self.best.commit, self.best.text, self.s.tag, self.s.config_name)
+        self.supply.rework(lambda best=self.best: self._recode(bench, c, best))  # LLM calls: not in this thread
+        return None
 
-    # ---------------------------------------------------------------- resume
-    def _resume(self, bench: Workbench) -> Candidate | None:
-        """Complete, re-run or re-queue whatever the last run left half-done."""
-        candidate = None
-        for entry in self.journal.unfinished():
-            self._event("note", entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
-            if entry.kind == "rerun":
-                self.journal.advance(entry, "done")  # its parent re-decides from scratch
-            elif entry.phase in ("proposed", "coded", "reviewed"):
-                # no GPU time spent yet: the idea is queued again on the current best
-                stale = Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit,
-                                  self.repo.read_file_at(entry.base_commit, "train.py"), entry.new_text)
-                self.journal.advance(entry, "done")
-                candidate = self._rebase(bench, stale) if candidate is None else candidate
-            elif entry.phase == "committed":
-                _stop_orphan(entry.pid)
-                self.repo.reset_hard(entry.commit)
-                result = self._wait(self._start(entry), entry)
-                self._analyse(self._finish(entry, result, self._candidate_from_entry(entry)))
-            elif entry.phase in ("trained", "decided"):
-                record = self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
-                self._analyse(record)
-            elif entry.phase == "recorded":
-                record = next((r for r in self.records if r.exp_id == entry.exp_id), None)
-                if record is not None:
-                    self._analyse(record)
-                else:
-                    self._finish(entry, _result_from_dict(entry.result), self._candidate_from_entry(entry))
-            self.records = self.results.load()
-            self.best = self._best_from_records()
-        self.repo.reset_hard(self.best.commit)
-        return candidate
-
-    def _candidate_from_entry(self, entry: JournalEntry) -> Candidate | None:
-        if entry.kind == "baseline" or not entry.idea:
-            return None
-        base_text = self.repo.read_file_at(entry.base_commit, "train.py")
-        return Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit, base_text,
-                         entry.new_text)
-
-    # ---------------------------------------------------------------- bookkeeping
-    def _record_for(self, entry: JournalEntry, result: RunResult, c: Candidate | None) -> ExperimentRecord:
-        existing = next((r for r in self.records if r.exp_id == entry.exp_id), None)
-        summary = result.summary or {}
-        record = existing or ExperimentRecord(exp_id=entry.exp_id, tag=self.s.tag, status="discard",
-                                              description="", config=self.s.config_name)
-        record.commit, record.parent_commit, record.seed = entry.commit, entry.base_commit, entry.seed
-        if entry.kind == "baseline":
-            record.description = f"baseline (seed {entry.seed})"
-            record.category = "baseline"
-        elif c is not None:
-            record.description, record.category = c.idea.title, c.idea.category
-            record.rationale, record.expected_effect = c.idea.rationale, c.idea.expected_effect
-            record.diff, record.diff_hash, record.fingerprint = c.diff, c.diff_hash, c.fingerprint
-            record.lines_added, record.lines_removed = c.lines
-            if c.review is not None:
-                record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)
-            record.guard_violations = ""
-        record.val_bpb = result.val_bpb
-        record.best_bpb_before = self.best.bpb
-        record.delta = (result.val_bpb - self.best.bpb) if (result.val_bpb is not None and self.best.bpb) else None
-        record.memory_gb = round(float(summary.get("peak_vram_mb") or 0.0) / 1024, 1)
-        record.training_seconds = summary.get("training_seconds")
-        record.wall_seconds = result.wall_seconds
-        record.eval_seconds = result.eval_seconds
-        record.sandbox = result.sandbox
-        record.num_steps = _maybe_int(summary.get("num_steps"))
-        record.num_params_M = summary.get("num_params_M")
-        record.mfu_percent = summary.get("mfu_percent")
-        record.total_tokens_M = summary.get("total_tokens_M")
-        record.log_path = str(result.log_path or "")
-        record.error = result.error or ""
-        record.finished_at = _now()
-        record.started_at = record.started_at or _now(seconds_ago=result.wall_seconds or 0.0)
-        record.degraded_roles = "; ".join(self.s.crew.degraded_roles)
-        return record
-
-    def records_append(self, record: ExperimentRecord) -> None:
-        """Results first (the history everything is rebuilt from), then memory."""
-        self._usage_into(record)
-        if record.diff:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
-        self.results.append(record)
-        self.s.tracker.log(record)  # after the record of truth is written; never blocks
-        self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
-        self._checkpoint("memory")
-        try:
-            self.s.memory.add(record)
-        except Exception as exc:  # memory is rebuildable from results: never stop the loop for it
-            self._event("note", record.exp_id, f"memory write failed ({type(exc).__name__}: {exc}); "
-                        "run `autoresearch memory rebuild` later")
-
-    def _refuse(self, record: ExperimentRecord) -> None:
-        record.finished_at = _now()
-        record.started_at = record.started_at or record.finished_at  # refused before any GPU time
-        self.records_append(record)
-        self._event("record", record.exp_id, record.status, record=record)
-
-    def _baselines(self) -> list[ExperimentRecord]:
-        return [r for r in self.records if r.status == "baseline"]
-
-    def _best_from_records(self) -> Best:
-        baselines = self._baselines()
-        kept = [r for r in self.records if r.status == "keep"]
-        sigma = estimate_sigma([r.val_bpb for r in baselines if r.val_bpb is not None]) if baselines else 0.0
-        if kept:
-            last = kept[-1]
-            return Best(last.commit, self.repo.read_file_at(last.commit, "train.py"), last.val_bpb, sigma)
-        start = baselines[0].commit if baselines else self.repo.head()
-        bpbs = [r.val_bpb for r in baselines if r.val_bpb is not None]
-        return Best(start, self.repo.read_file_at(start, "train.py"), statistics.fmean(bpbs) if bpbs else None, sigma)
-
-    def _earlier_runs(self, limit: int = 2000) -> list[ExperimentRecord]:
-        """What earlier runs sharing this memory tried, so the crew does not walk the same path again."""
-        try:
-            hits = self.s.memory.where({"tag": {"$ne": self.s.tag}}, limit=limit)
-        except Exception as exc:  # memory is an aid: a run goes on without it
-            self._event("note", message=f"earlier runs unavailable from memory ({type(exc).__name__})")
-            return []
-        return [ExperimentRecord(exp_id=f"{h.tag}/{h.exp_id}", tag=h.tag, status=h.status, description=h.title,
-                                 category=h.category, val_bpb=h.val_bpb, delta=h.delta, lesson=h.lesson,
-                                 config=h.config) for h in hits]
-
-    def _new_exp_id(self) -> str:
-        """One past every id in the results and the journal (re-runs are named '<id>.r1', '<id>.r2')."""
-        taken = {r.exp_id for r in self.records}
-        if self.journal.dir.exists():
-            taken |= {p.stem for p in self.journal.dir.glob("*.json")}
-        numbers = [int(head) for head in (t.split(".")[0] for t in taken) if head.isdigit()]
-        return f"{max(numbers, default=-1) + 1:04d}"
-
-    def _workbench(self) -> Workbench:
-        return Workbench(
-            crew=self.s.crew, memory=self.s.memory, program=self.s.program, device=self.s.device,
-            novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
-            review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
-            new_exp_id=self._reserve_exp_id, refuse=self._refuse, history=lambda: self.earlier + list(self.records),
-            usage_scope=self.s.ledger.experiment, on_role_error=self._note_budget,
-            recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
-            best_summary=self._best_summary,
-        )
-
-    def _reserve_exp_id(self) -> str:
-        exp_id = self._new_exp_id()
-        self._event("phase", exp_id, "proposing")
-        self._checkpoint("propose")
-        return exp_id
+    def _recode(self, bench: Workbench, c: Candidate, best) -> Candidate | None:
+        recoded = recode(bench, c, best.commit, best.text, self.s.tag, self.s.config_name)
+        if recoded is None:  # recorded as skipped by the crew's refusal: nothing left to resume
+            self.journal.advance(self._entry_for(c), "done")
+        else:
+            self.journal.write(self._entry_for(recoded))
+        return recoded
 
     def _prepare(self, bench: Workbench) -> Candidate | None:
-        """A reviewed candidate on the current best, written ahead so a kill cannot lose it."""
-        c = prepare_candidate(bench, self.s.tag, self.s.config_name, self.best.commit, self.best.text)
+        """A reviewed candidate on the current best, written ahead so a kill cannot lose it (in a thread)."""
+        started = time.monotonic()
+        best = self.best
+        c = prepare_candidate(bench, self.s.tag, self.s.config_name, best.commit, best.text)
+        self._prep_seconds.append(time.monotonic() - started)
         if c is not None:
             self.journal.write(self._entry_for(c))
             self._checkpoint("reviewed")
@@ -534,19 +500,99 @@ class _Cycle:
         return JournalEntry(exp_id=c.exp_id, phase="reviewed", idea=c.idea.model_dump(), edit=c.edit.model_dump(),
                             new_text=c.new_text, base_commit=c.base_commit, seed=self.cfg.seed)
 
-    def _best_summary(self) -> str:
-        if self.best.bpb is None:
-            return "no result yet"
-        kept = [r for r in self.records if r.status == "keep"]
-        chain = "; ".join(f"{r.description} ({r.delta:+.4f})" for r in kept[-10:] if r.delta is not None)
-        return (f"best val_bpb {self.best.bpb:.6f} at commit {self.best.commit[:7]}, noise sigma {self.best.sigma:.5f}"
-                + (f"; kept so far: {chain}" if chain else ""))
+    def _candidate_from_entry(self, entry: JournalEntry) -> Candidate | None:
+        if entry.kind != "experiment" or not entry.idea:
+            return None
+        base_text = self.repo.read_file_at(entry.base_commit, "train.py")
+        return Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit, base_text,
+                         entry.new_text)
 
-    def _stop_reason(self, upcoming: bool = False) -> str | None:
-        trained = [r for r in self.records if r.status in TRAINED]
-        # while one trains, preparing the next only makes sense if it may still run
-        pending = 1 if upcoming else 0
-        if self.cfg.max_experiments is not None and len(trained) + pending >= self.cfg.max_experiments:
+    def _workbench(self) -> Workbench:
+        return Workbench(
+            crew=self.s.crew, memory=self.s.memory, program=self.s.program, device=self.s.device,
+            novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
+            review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
+            new_exp_id=self._reserve_exp_id, refuse=self.book.refuse,
+            history=lambda: self.earlier + self.book.snapshot() + self._in_flight_records(),
+            usage_scope=self.s.ledger.experiment, on_role_error=self._note_budget,
+            recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
+            best_summary=lambda: self.book.best_summary(self.best),
+        )
+
+    def _in_flight_records(self) -> list[ExperimentRecord]:
+        """Experiments training now, so the crew does not propose them again while they run."""
+        entries = [fl.entry for fl in list(self.flight.values()) if fl.entry.kind == "experiment"]
+        entries += [e for e, _ in list(self.waiting.values())]
+        return [ExperimentRecord(exp_id=e.exp_id, tag=self.s.tag, status="training", description=e.idea["title"],
+                                 category=e.idea.get("category", "")) for e in entries if e.idea]
+
+    def _reserve_exp_id(self) -> str:
+        exp_id = self.book.reserve_id(self.journal)
+        self._event("phase", exp_id, "proposing")
+        self._checkpoint("propose")
+        return exp_id
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self, bench: Workbench) -> None:
+        """Complete, re-decide or re-queue whatever the last run left half-done."""
+        for entry in self.journal.unfinished():
+            self._event("note", entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
+            if entry.kind in ("rerun", "confirm"):
+                self.journal.advance(entry, "done")  # its parent decides again from its own result
+            elif entry.phase in ("proposed", "coded", "reviewed"):
+                # no GPU time spent yet: the idea is queued again (re-applied on the best when it is handed out)
+                self.supply.add(Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit),
+                                          entry.base_commit, self.repo.read_file_at(entry.base_commit, "train.py"),
+                                          entry.new_text))
+            elif entry.phase == "committed":
+                stop_orphan(entry.pid, entry.node)
+                self.queue.append(entry)  # trained again, wherever a worker is free
+            elif entry.phase == "trained" and entry.kind == "baseline":
+                self._finish(entry, _baseline_decision(result_from_dict(entry.result)), None)
+            elif entry.phase == "trained" and entry.first_commit and not entry.runs:
+                # re-applied on a newer best, its confirmation cut short: confirm it again
+                self._follow_up(entry, self._candidate_from_entry(entry), "confirm", "confirming again on the "
+                                f"best it was re-applied on ({entry.base_commit[:7]})")
+            elif entry.phase == "trained":
+                self._judge(bench, entry, self._candidate_from_entry(entry))
+            elif entry.phase == "decided":
+                self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
+            elif entry.phase == "recorded":
+                record = self.book.find(entry.exp_id)
+                if record is not None:
+                    self._analyse(record)
+                else:
+                    self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
+        self._flush_deferred(bench)
+        self.repo.reset_hard(self.best.commit)
+
+    def _queue_baselines(self) -> None:
+        queued = sum(e.kind == "baseline" for e in self.queue)
+        for i in range(self.cfg.noise.baseline_repeats - len(self.book.baselines()) - queued):
+            seed = self.cfg.seed + len(self.book.baselines()) + queued + i
+            entry = JournalEntry(exp_id=self.book.reserve_id(self.journal), phase="committed", kind="baseline",
+                                 base_commit=self.best.commit, commit=self.best.commit, seed=seed,
+                                 new_text=self.best.text)
+            self.journal.write(entry)
+            self.queue.append(entry)
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _baselines_missing(self) -> bool:
+        return len(self.book.baselines()) < self.cfg.noise.baseline_repeats
+
+    def _underway(self) -> int:
+        """Experiments handed out and not yet recorded (re-runs and confirmations belong to their experiment)."""
+        running = sum(fl.entry.kind == "experiment" for fl in self.flight.values())
+        queued = sum(e.kind == "experiment" for e in self.queue)
+        return running + queued + len(self.waiting) + len(self.deferred)
+
+    def _remaining(self) -> int:
+        if self.cfg.max_experiments is None:
+            return 1 << 30
+        return self.cfg.max_experiments - len(self.book.trained())
+
+    def _stop_reason(self) -> str | None:
+        if self.cfg.max_experiments is not None and len(self.book.trained()) >= self.cfg.max_experiments:
             return f"reached max_experiments ({self.cfg.max_experiments})"
         if self.cfg.max_hours is not None and (time.monotonic() - self.started) / 3600 >= self.cfg.max_hours:
             return f"reached max_hours ({self.cfg.max_hours})"
@@ -557,25 +603,23 @@ class _Cycle:
             return f"reached max_usd ({self.cfg.max_usd})"
         if self.cfg.max_tokens is not None and totals.tokens >= self.cfg.max_tokens:
             return f"reached max_tokens ({self.cfg.max_tokens})"
-        streak = 0
-        for r in reversed(self.records):
-            if r.status in TRAINED or r.status == "baseline":
-                break
-            streak += 1
+        streak = self.book.refusal_streak()
         if streak >= self.cfg.max_refusals_in_a_row:
             return f"{streak} proposals in a row were refused; the crew seems stuck (see results.tsv)"
+        if self.supply.exhausted and not self.supply.ready and not self.supply.preparing:
+            return self.supply.exhausted
         return None
 
-    def _usage_into(self, record: ExperimentRecord) -> None:
-        """Tokens and USD of every call made for this experiment (this process's share after a resume)."""
-        spent = self.s.ledger.totals(experiment=record.exp_id)
-        record.tokens_in = max(record.tokens_in, spent.input_tokens)
-        record.tokens_out = max(record.tokens_out, spent.output_tokens)
-        record.usd = max(record.usd, spent.usd)
-
     def _note_budget(self, exc: RoleError) -> None:
-        if exc.budget_exceeded:
-            self.budget_stop = f"the LLM budget refused a call: {exc.reason}"
+        if exc.stop_reason:  # the budget refused a call, or a role lost its model with on_model_failure: stop
+            self.budget_stop = exc.stop_reason
+
+    def _stretch(self, result) -> str | None:
+        """Why a run looks like it trained past its budget (harness clock vs the baselines'), or None."""
+        walls = [r.wall_seconds - (r.eval_seconds or 0.0) for r in self.book.baselines() if r.wall_seconds]
+        return self.wall_limit.problem(result.train_wall_seconds, walls,
+                                       reported_training_s=(result.summary or {}).get("training_seconds"),
+                                       time_budget=self.cfg.time_budget)
 
     def _event(self, kind: str, exp_id: str = "", message: str = "", **kw) -> None:
         self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=self.best.bpb if hasattr(self, "best") else None,
@@ -587,49 +631,15 @@ class _Cycle:
         name, _, nth = target.partition("@")
         if name != phase:
             return
-        self._checkpoints_seen[phase] = self._checkpoints_seen.get(phase, 0) + 1
-        if self._checkpoints_seen[phase] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        with _CHECKPOINT_LOCK:
+            self._checkpoints_seen[phase] = self._checkpoints_seen.get(phase, 0) + 1
+            if self._checkpoints_seen[phase] == int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _undo_own_uncommitted_edit(repo: ExperimentRepo, journal: Journal, repo_dir: Path) -> None:
-    """A kill between writing train.py and committing it leaves our own edit behind: undo only that."""
-    train_py = repo_dir / "train.py"
-    if not train_py.exists():
-        return
-    text = train_py.read_text()
-    if any(e.new_text == text and e.phase in ("reviewed",) for e in journal.unfinished()):
-        repo.restore_file("train.py")
+_CHECKPOINT_LOCK = threading.Lock()
 
 
-def _stop_orphan(pid: int) -> None:
-    """A training process whose loop was killed keeps running in its own session: stop it before re-running."""
-    if pid <= 0:
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return  # gone already
-    if b"train.py" in cmdline:
-        try:
-            os.killpg(pid, signal.SIGKILL)  # the runner made it a process-group leader
-        except ProcessLookupError:
-            pass
-
-
-def _result_dict(result: RunResult) -> dict:
-    keep = ("status", "val_bpb", "record", "summary", "returncode", "wall_seconds", "log_path", "log_tail",
-            "error", "warnings", "sandbox")
-    return {k: (str(v) if k == "log_path" and v is not None else v) for k, v in vars(result).items() if k in keep}
-
-
-def _result_from_dict(d: dict) -> RunResult:
-    return RunResult(**{**d, "log_path": Path(d["log_path"]) if d.get("log_path") else None})
-
-
-def _maybe_int(value) -> int | None:
-    return int(value) if value is not None else None
-
-
-def _now(seconds_ago: float = 0.0) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds")
+def _baseline_decision(result) -> Decision:
+    ok = result.val_bpb is not None
+    return Decision("baseline" if ok else "crash", "baseline run" if ok else (result.error or "crashed"), 0.0)

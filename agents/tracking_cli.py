@@ -83,6 +83,7 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
     for sig in (signal.SIGTERM, signal.SIGHUP):  # a kill or a closed terminal stops the server too, like Ctrl-C
         signal.signal(sig, _interrupt)
     url = f"http://127.0.0.1:{port}"
+    console.print(f"starting the MLflow UI on {url} ...", highlight=False, soft_wrap=True)  # before any signal can end it
     try:
         if not wait_until_up(process, url + "/health"):
             lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]

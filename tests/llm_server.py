@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -112,6 +113,7 @@ class Reply:
     truncated: bool = False  # report stop_reason max_tokens / finish_reason length
     input_tokens: int | None = None  # usage overrides; default: counted from the text
     output_tokens: int | None = None
+    body: Any = None  # an error's exact JSON body (a real server's shape), instead of the provider's usual one
 
     @classmethod
     def json(cls, value: Any, **options: Any) -> Reply:
@@ -130,6 +132,11 @@ class Reply:
         """An HTTP error in the provider's error shape (429, 500, 529, 400 ...)."""
         message = message or f"scripted error {status}"
         return cls(status=status, error_message=message, retry_after=retry_after, should_retry=should_retry)
+
+    @classmethod
+    def error_body(cls, status: int, body: Any) -> Reply:
+        """An HTTP error with exactly this JSON body (as a given real server words it)."""
+        return cls(status=status, body=body, should_retry=None)
 
     @classmethod
     def garbage(cls, data: bytes = b"\x00\xffnot json at all{{") -> Reply:
@@ -189,8 +196,11 @@ class ScriptedLLMServer:
         *,
         lifetime_s: float = 120.0,
         max_requests: int = 500,
+        behaviour: Any = None,
     ) -> None:
         self.responder: Responder = responder if callable(responder) else ReplyQueue(responder)
+        # a kind of real server (tests/model_servers.py): its other endpoints, its refusals, its limits
+        self.behaviour = behaviour
         self.lifetime_s = lifetime_s
         self.max_requests = max_requests
         self.requests: list[ParsedRequest] = []
@@ -261,6 +271,11 @@ class ScriptedLLMServer:
 
     def _reply_for(self, request: ParsedRequest) -> Reply:
         try:
+            if self.behaviour is not None:
+                refused = self.behaviour.before(request)
+                if refused is not None:
+                    return refused
+                return self.behaviour.after(request, self.responder(request))
             return self.responder(request)
         except Exception as exc:  # surfaced to the test through .errors
             with self._lock:
@@ -279,13 +294,33 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read .requests instead
         pass
 
+    def do_GET(self) -> None:
+        self._other_endpoint("GET", None)
+
+    def _other_endpoint(self, method: str, body: Any) -> None:
+        """An endpoint other than chat (a model list, a server's properties), answered by the behaviour."""
+        behaviour = self.server_state.behaviour
+        answer = behaviour.route(method, self.path.split("?", 1)[0], body) if behaviour is not None else None
+        if answer is None:
+            self._send_json(404, {"error": {"message": f"scripted server: unknown path {self.path}"}})
+            return
+        status, payload = answer
+        if isinstance(payload, bytes | str):
+            self._send_bytes(status, payload.encode() if isinstance(payload, str) else payload, "text/plain")
+        else:
+            self._send_json(status, payload)
+
     def do_POST(self) -> None:
         state = self.server_state
         protocol = _protocol_for(self.path)
         length = int(self.headers.get("content-length") or 0)
         raw_body = self.rfile.read(length) if length else b""
         if protocol is None:
-            self._send_json(404, {"error": {"message": f"scripted server: unknown path {self.path}"}})
+            try:
+                other = json.loads(raw_body or b"{}")
+            except json.JSONDecodeError:
+                other = None
+            self._other_endpoint("POST", other)
             return
         try:
             body = json.loads(raw_body or b"{}")
@@ -320,7 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers["retry-after-ms"] = str(max(1, round(reply.retry_after * 1000)))
         if reply.should_retry is not None:
             headers["x-should-retry"] = "true" if reply.should_retry else "false"
-        if protocol == "anthropic":
+        if reply.body is not None:
+            body = reply.body
+        elif protocol == "anthropic":
             kind = _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error")
             body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": reply.error_message}}
         else:
@@ -363,6 +400,9 @@ def _protocol_for(path: str) -> Protocol | None:
 
 
 # -- request parsing -------------------------------------------------------------------------------------
+
+
+_SCHEMA_TITLE = re.compile(r'"title":\s*"([A-Z]\w*)",\s*"type":\s*"object"')
 
 
 def _block_text(content: Any) -> str:
@@ -410,7 +450,16 @@ def _parse_request(protocol: Protocol, path: str, headers: dict[str, str], body:
         if response_format.get("type") == "json_schema":
             schema = response_format.get("json_schema", {}).get("schema")
             schema_name = response_format.get("json_schema", {}).get("name")
+        elif response_format.get("type") == "json_object" and isinstance(response_format.get("schema"), dict):
+            schema = response_format["schema"]
+            schema_name = schema.get("title")
+        elif body.get("tools"):
+            function = body["tools"][0].get("function", {})
+            schema, schema_name = function.get("parameters"), function.get("name")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if schema_name is None:  # asked in the prompt only: the last top-level schema title written there
+        titles = _SCHEMA_TITLE.findall("\n".join([system, *(text for _, text in messages)]))
+        schema_name = titles[-1] if titles else None
     return ParsedRequest(
         protocol=protocol,
         path=path,
@@ -477,6 +526,14 @@ def _anthropic_body(request: ParsedRequest, reply: Reply, serial: int) -> dict[s
 def _openai_body(request: ParsedRequest, reply: Reply, serial: int) -> dict[str, Any]:
     output_text = _reply_text(reply)
     input_tokens, output_tokens = _usage_counts(request, reply, output_text)
+    message: dict[str, Any] = {"role": "assistant", "content": output_text, "refusal": None}
+    finish = "length" if reply.truncated else "stop"
+    if request.body.get("tools") and reply.text is None and reply.structured is not None:
+        name = request.body["tools"][0].get("function", {}).get("name")
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+            {"id": f"call_scripted_{serial}", "type": "function",
+             "function": {"name": name, "arguments": output_text}}]}
+        finish = "length" if reply.truncated else "tool_calls"
     return {
         "id": f"chatcmpl-scripted-{serial}",
         "object": "chat.completion",
@@ -485,8 +542,8 @@ def _openai_body(request: ParsedRequest, reply: Reply, serial: int) -> dict[str,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": output_text, "refusal": None},
-                "finish_reason": "length" if reply.truncated else "stop",
+                "message": message,
+                "finish_reason": finish,
                 "logprobs": None,
             }
         ],

@@ -29,7 +29,8 @@ def toy(tmp_path, monkeypatch):
 
 def test_not_a_git_repository(tmp_path, monkeypatch):
     (tmp_path / "crew.yaml").write_text((make_toy_repo(tmp_path / "src")).read_text())
-    (tmp_path / "prepare.py").write_text((tmp_path / "src" / "prepare.py").read_text())
+    for name in ("prepare.py", "train.py"):
+        (tmp_path / name).write_text((tmp_path / "src" / name).read_text())
     monkeypatch.chdir(tmp_path)
     result = _run(["run", "--tag", "x", "--no-live"])
     assert result.exit_code == 2
@@ -118,3 +119,51 @@ def test_no_working_sandbox_is_one_warning_and_recorded_as_none(toy, monkeypatch
 
     columns = pq.read_table(ResultsStore(toy / "runs" / "nosb").parquet_path).column_names
     assert {"sandbox", "eval_seconds"} <= set(columns)
+# -- a new project, and commands outside one -------------------------------------------------------------------
+
+
+def test_init_creates_a_ready_project_from_the_package(tmp_path, monkeypatch):
+    from agents.config import PROJECT_TEMPLATE_DIR
+
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-gitconfig"))  # a machine where git knows nobody
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    result = _run(["init", str(tmp_path / "lab")])
+    assert result.exit_code == 0, result.output
+    lab = tmp_path / "lab"
+    for name in ("prepare.py", "train.py", "program.md", "crew.yaml"):
+        assert (lab / name).read_bytes() == (PROJECT_TEMPLATE_DIR / name).read_bytes()
+        assert not (lab / name).is_symlink()
+    assert "runs/" in (lab / ".gitignore").read_text()
+    log = subprocess.run(["git", "log", "--format=%an %s", "--name-only"], cwd=lab, capture_output=True, text=True)
+    assert "autoresearch autoresearch project" in log.stdout and "train.py" in log.stdout
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=lab, capture_output=True, text=True).stdout == ""
+    assert "no user configured" in result.output and "autoresearch prepare" in result.output
+
+    again = _run(["init", str(lab)])  # never overwrites a project
+    assert again.exit_code == 2 and "already has prepare.py" in again.output and "nothing was changed" in again.output
+
+
+@pytest.mark.parametrize("args", [["run", "--no-live"], ["prepare"], ["status"], ["report"], ["compare", "offline"],
+                                  ["memory", "stats"]])
+def test_every_command_outside_a_project_says_so_and_suggests_init(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    result = _run(args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not an autoresearch project" in lines[0] and "autoresearch init" in lines[0], lines
+
+
+@pytest.mark.parametrize("args, named", [
+    (["run", "--experiments", "-1"], "--experiments must be >= 1"),
+    (["run", "--budget", "0"], "--budget must be > 0"),
+    (["run", "--hours", "-2"], "--hours must be > 0"),
+    (["run", "--usd", "0"], "--usd must be > 0"),
+    (["compare", "offline", "--repeats", "0"], "--repeats must be >= 1"),
+    (["compare", "offline", "--experiments", "0"], "--experiments must be >= 1"),
+])
+def test_bad_numbers_are_one_clear_error(toy, args, named):
+    result = _run(args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], lines
+    assert not (toy / "runs").exists()  # nothing started

@@ -167,10 +167,44 @@ def test_only_the_reviewer_may_be_disabled(tmp_path, base):
     assert "roles.coder.enabled" in _error(_write(tmp_path, base))
 
 
-def test_base_url_only_with_openai(tmp_path, base):
-    base["roles"]["coder"].update(model="anthropic/claude-x", base_url="http://127.0.0.1:8000/v1")
+def test_base_url_only_with_a_provider_model(tmp_path, base):
+    base["roles"]["coder"].update(model="offline", base_url="http://127.0.0.1:8000/v1")
     message = _error(_write(tmp_path, base))
-    assert "roles.coder.base_url" in message and "openai/<model>" in message
+    assert "roles.coder.base_url" in message and "openai/<model>" in message and "anthropic/<model>" in message
+    base["roles"]["coder"].update(model="anthropic/claude-x")  # an Anthropic endpoint of one's own is fine
+    assert load_config(_write(tmp_path, base)).roles.coder.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_structured_and_context_settings(tmp_path, base):
+    base["roles"]["coder"].update(model="openai/local", base_url="http://127.0.0.1:8000/v1", structured="json_object",
+                                  context_tokens=8192)
+    base["on_model_failure"] = "stop"
+    config = load_config(_write(tmp_path, base))
+    assert config.roles.coder.structured == "json_object" and config.roles.coder.context_tokens == 8192
+    assert config.roles.coder.timeout_s is None  # resolved per kind of server: 900 s for a base_url
+    assert config.on_model_failure == "stop" and load_config(SHIPPED).on_model_failure == "offline"
+    base["roles"]["coder"].update(structured="grammar")
+    assert "roles.coder.structured" in _error(_write(tmp_path, base))
+    base["roles"]["coder"].update(structured="json_schema", model="anthropic/claude-x")
+    assert "anthropic models take auto, tool or prompt" in _error(_write(tmp_path, base))
+    base["roles"]["coder"].update(structured="auto", context_tokens=100)
+    assert "roles.coder.context_tokens" in _error(_write(tmp_path, base))
+    base["roles"]["coder"]["context_tokens"] = 4096
+    base["on_model_failure"] = "retry"
+    assert "on_model_failure" in _error(_write(tmp_path, base))
+
+
+def test_concurrent_calls_per_provider(tmp_path, base):
+    shipped = load_config(SHIPPED)
+    assert shipped.concurrent_calls("anthropic") == 4  # a hosted API takes several at once
+    assert shipped.concurrent_calls("openai", "http://127.0.0.1:8080/v1") == 1  # a self-hosted server: one
+    base["max_concurrent_calls"] = {"anthropic": 8, "http://127.0.0.1:8080/v1": 2}
+    config = load_config(_write(tmp_path, base))
+    assert config.concurrent_calls("anthropic") == 8 and config.concurrent_calls("openai") == 4
+    assert config.concurrent_calls("openai", "http://127.0.0.1:8080/v1") == 2
+    assert config.concurrent_calls("openai", "http://127.0.0.1:9999/v1") == 1
+    base["max_concurrent_calls"] = 0
+    assert "max_concurrent_calls" in _error(_write(tmp_path, base))
 
 
 def test_empty_and_non_mapping_files(tmp_path):

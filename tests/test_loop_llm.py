@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -52,8 +53,11 @@ class ScriptedCrew:
             return Reply.json({"verdict": "approve", "reasons": ["small and clear"]})
         if request.schema_name == "Analysis":
             return Reply.json({"explanation": "the number moved as expected", "lesson": "noted", "rerun": False})
-        if request.schema_name == "JudgeAnswer":  # the memory's repeat judge (the reviewer's model)
-            return Reply.json({"same_as": None, "reason": "another knob or value"})
+        if request.schema_name == "JudgeAnswer":  # the memory's repeat judge: a past idea with the same title
+            proposed = re.search(r"# Proposed experiment\ntitle: (.*)", request.text).group(1).strip()
+            past = re.findall(r"id: (\S+)\nidea: (.*)", request.text)
+            same = next((pid for pid, title in past if title.strip() == proposed), None)
+            return Reply.json({"same_as": same, "reason": "the same change" if same else "another knob or value"})
         return Reply.error(400, f"unexpected request for {request.schema_name}")
 
 
@@ -82,6 +86,9 @@ def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):
         assert {r.protocol for r in server.requests} == {"anthropic"}
         roles = {"Idea", "CodeEdit", "Review", "Analysis"}
         assert roles <= {r.schema_name for r in server.requests} <= roles | {"JudgeAnswer"}
+        # program.md starts with the heading the templates already give: it appears once per prompt
+        assert all(r.text.count("# Research program") <= 1 for r in server.requests)
+        assert all(r.text.count("# Research program") == 1 for r in server.requests if r.schema_name != "JudgeAnswer")
     records = check_consistency(repo, "llm")
     by_title = {r.description: r for r in records}
     assert by_title["MATRIX_LR 0.01 -> 0.04"].status == "keep"
@@ -106,14 +113,17 @@ def assert_no_secret_written(repo: Path, secret: str) -> None:
 
 
 def test_openai_compatible_base_url(tmp_path):
-    crew = ScriptedCrew(["DEPTH 2 -> 4"])
+    # the third idea repeats the first, which memory knows by then
+    crew = ScriptedCrew(["DEPTH 2 -> 4", "MATRIX_LR 0.01 -> 0.04", "DEPTH 2 -> 4", "EMBEDDING_LR 0.6 -> 0.5"])
     with ScriptedLLMServer(crew) as server:
         repo, config = _llm_repo(tmp_path, "openai/local-model", base_url=server.base_url_openai,
-                                 loop={"max_experiments": 1})
+                                 loop={"max_experiments": 3})
         _run(repo, config)
         assert {r.protocol for r in server.requests} == {"openai"}
     records = check_consistency(repo, "llm")
-    assert [r.status for r in records if r.status not in ("baseline",)] == ["keep"]
+    assert sum(r.status in ("keep", "discard") for r in records) == 3
+    (repeat,) = [r for r in records if r.status == "repeat"]
+    assert repeat.rule.startswith("novelty-")  # the gate that refused it is named
 
 
 def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path, anthropic_env):
@@ -132,13 +142,23 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
         _run(repo, config)
         coder_calls = [r for r in server.requests if r.schema_name == "CodeEdit"]
     records = check_consistency(repo, "llm")
+    # ideas refused while the last baseline trained come after it; then rows follow the order of decisions
+    assert [r.status for r in records[:2]] == ["baseline", "baseline"]
+    assert records[-1].description == "DEPTH 2 -> 4" and records[-1].status == "keep"  # decided last
     skipped = {r.description: r.decision_reason for r in records if r.status == "skipped"}
-    assert set(skipped) == set(bad), skipped
+    assert set(skipped) == set(bad) - {"DEPTH 2 -> 8"}, skipped
     assert "not found" in skipped["DEPTH 2 -> 9"]
-    assert "prepare.py" in skipped["DEPTH 2 -> 8"]
     assert "line" in skipped["DEPTH 2 -> 7"].lower()
     assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
-    assert len(coder_calls) >= 3 * len(bad)  # each bad idea had the allowed retries
+    for title in set(bad) - {"DEPTH 2 -> 8"}:  # each bad edit had the allowed retries
+        assert sum(f"Title: {title}" in r.text for r in coder_calls) >= 3, title
+    # an edit of another file is the guard's veto, by its rule, at once: not retried, not coached into train.py
+    (scope,) = [r for r in records if r.description == "DEPTH 2 -> 8"]
+    assert scope.status == "veto" and scope.rule == "only-train-py" and "prepare.py" in scope.decision_reason
+    assert sum("Title: DEPTH 2 -> 8" in r.text for r in coder_calls) == 1
+    assert not any("only train.py" in r.text.lower() for r in coder_calls)
+    tsv = (repo / "runs" / "llm" / "results.tsv").read_text()
+    assert "DEPTH 2 -> 8 [veto: only-train-py]" in tsv and len(tsv.splitlines()[1].split("\t")) == 5
 
 
 def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anthropic_env):
@@ -154,6 +174,17 @@ def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anth
     records = check_consistency(repo, "llm")
     assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
     assert not any(r.degraded_roles for r in records)
+    # survived, and counted: each fault once, under the role whose call met it
+    faults: dict[str, int] = {}
+    for r in records:
+        for counts in json.loads(r.faults or "{}").values():
+            for kind, n in counts.items():
+                faults[kind] = faults.get(kind, 0) + n
+    assert faults["rate_limited"] == 1 and faults["server_error"] == 2 and faults["connection"] == 1
+    assert faults["malformed"] == 1 and faults["retries"] >= 4
+    from agents.record.report import summary_markdown
+
+    assert "## Provider faults survived" in summary_markdown(records)
 
 
 def test_a_slow_reply_past_the_timeout_does_not_hang_the_loop(tmp_path, anthropic_env):

@@ -420,3 +420,22 @@ class socket_closed:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def test_validation_tokens_are_stored_once_and_a_changed_file_is_refused(prepared_cache, tmp_path):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(prepared_cache, copy)
+    dataset = prepare.Dataset(copy, "builtin")
+    entry = dataset.manifest()["val_tokens"]
+    assert entry["count"] > 0 and entry["tokens"]["sha256"] and dataset.val_tokens_problem(full=True) is None
+    data = bytearray(dataset.val_tokens_path.read_bytes())
+    data[-1] ^= 0xFF  # one token changed, same size
+    dataset.val_tokens_path.write_bytes(bytes(data))
+    assert "differs from the manifest" in dataset.val_tokens_problem(full=True)
+    tokenizer = prepare.Tokenizer.from_directory(copy / "builtin")
+    with pytest.raises(prepare.NotPreparedError, match="validation tokens"):
+        next(prepare._val_batches(dataset, tokenizer, 2, 16, torch.device("cpu")))
+    prepare.run_prepare("builtin", cache_dir=copy)  # prepare repairs it, and only it
+    assert dataset.val_tokens_problem(full=True) is None

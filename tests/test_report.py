@@ -76,3 +76,40 @@ def test_results_table_renders_every_record():
         assert r.exp_id in text
     assert "[bf16] autocast everywhere" in text  # brackets are not taken as markup
     assert "0.987000" in text and "-0.008000" in text
+
+
+def test_model_health_tops_the_report_and_refusals_name_their_rule():
+    import json
+
+    degraded = ("coder: openai/local -> offline policy after 3 failures in a row of openai/local, from experiment "
+                "0004 (last: LLMCallError)")
+    records = [
+        rec(1, "baseline", 1.01, "baseline"),
+        rec(2, "veto", None, "edit prepare.py", rule="only-train-py", decision_reason="the edit touches prepare.py"),
+        rec(3, "discard", 1.02, "DEPTH 2 -> 3", faults=json.dumps({"coder": {"server_error": 2, "retries": 2}})),
+        rec(4, "discard", 1.03, "offline idea", degraded_roles=degraded,
+            faults=json.dumps({"coder": {"server_error": 1, "timeout": 1}, "hypothesis": {"malformed": 1}})),
+    ]
+    md = summary_markdown(records)
+    warning = md.index("## Warning: roles that ran without their model")
+    assert warning < md.index("## What worked") and "from experiment 0004" in md[warning:]
+    faults = md[md.index("## Provider faults survived"):]
+    assert "| coder | 0 | 3 | 1 | 0 | 0 | 0 | 2 |" in faults and "| hypothesis | 0 | 0 | 0 | 0 | 1 | 0 | 0 |" in faults
+    assert "| exp002 | veto | only-train-py |" in md
+    assert "**exp002** veto by `only-train-py`: edit prepare.py: the edit touches prepare.py" in md
+    assert "Warning" not in summary_markdown(RECORDS)  # nothing degraded, nothing said
+
+
+def test_the_console_line_of_a_refusal_names_the_rule_and_a_lost_model_is_a_banner():
+    from agents.live import LiveView
+    from agents.loop import LoopEvent
+
+    console = Console(record=True, width=200)
+    view = LiveView(console, "t", 10.0, enabled=False)
+    view.handle(LoopEvent("record", "0002", "veto", record=rec(2, "veto", None, "edit prepare.py",
+                                                                rule="only-train-py")))
+    view.handle(LoopEvent("degraded", "0004", "coder: openai/local -> offline policy after 3 failures"))
+    text = console.export_text()
+    assert "exp002  veto" in text and "edit prepare.py [only-train-py]" in text
+    assert "MODEL GIVEN UP coder: openai/local -> offline policy" in text
+    assert view.banners == {"coder": "coder: openai/local -> offline policy after 3 failures"}

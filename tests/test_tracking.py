@@ -219,7 +219,7 @@ def test_a_compare_groups_its_runs_under_its_name(tmp_path, monkeypatch):
     variant = tmp_path / "solo.yaml"
     variant.write_text(yaml.safe_dump(base, sort_keys=False))
     monkeypatch.chdir(repo)
-    run_compare(plan_compare(repo, [str(variant)], Budget(experiments=1), name="night"), devices=[])
+    run_compare(plan_compare(repo, [str(variant)], Budget(experiments=1), name="night"))
     logged = _snapshot(_store_uri(repo), "night")  # in the main checkout's store, not the removed worktree's
     records = ResultsStore(repo / "runs" / "night" / "solo-r1").load()
     assert sorted(logged) == sorted(r.exp_id for r in records)

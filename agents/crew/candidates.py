@@ -2,7 +2,13 @@
 
 propose → novelty gate (semantic) → code (bounded retries fed the error) → novelty gate (exact diff)
 → guard (deterministic rules) → reviewer (bounded revise rounds). Each refusal becomes an experiment
-record of its own (status `repeat`, `skipped` or `veto`) so the morning report shows it too.
+record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so the
+morning report shows it too.
+
+The guard owns the scope of an edit: an edit addressed to any file but train.py is vetoed by its
+`only-train-py` rule at once, not retried and not explained to the coder (coaching would only teach it to
+move the same change into train.py). Feedback that goes back into a prompt never quotes a provider's error:
+a failed call reads "the provider failed: <class>" (`RoleError`'s text).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from agents.bench.guard import check_edit
+from agents.bench.guard import GuardReport, check_edit
 from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
@@ -22,6 +28,8 @@ from agents.record.results import ExperimentRecord
 from memory.fingerprint import fingerprint_or_none
 from memory.judge import judge_for_crew
 from memory.novelty import normalised_diff_hash
+
+SCOPE_RULE = "only-train-py"  # the guard's rule for edits of any other file
 
 
 @dataclass
@@ -81,21 +89,24 @@ class Workbench:
 def prepare_candidate(bench: Workbench, tag: str, config_name: str, base_commit: str, base_text: str,
                       max_proposals: int = 5) -> Candidate | None:
     """Propose until an idea survives the gates, at most `max_proposals` times; None if none did."""
+    exp_id = ""
     for _ in range(max_proposals):
-        exp_id = bench.new_exp_id()
+        # a proposal that failed leaves no record: its id (and the usage and faults counted under it) carries over
+        exp_id = exp_id or bench.new_exp_id()
         with bench.usage_scope(exp_id):
-            candidate = _gate(bench, exp_id, tag, config_name, base_commit, base_text)
+            idea = _propose(bench, base_text)
+            if idea is None:
+                continue
+            candidate = _gate(bench, exp_id, idea, tag, config_name, base_commit, base_text)
         if candidate is not None:
             bench.feedback.clear()
             return candidate
+        exp_id = ""
     return None
 
 
-def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit: str,
+def _gate(bench: Workbench, exp_id: str, idea: Idea, tag: str, config_name: str, base_commit: str,
           base_text: str) -> Candidate | None:
-    idea = _propose(bench, base_text)
-    if idea is None:
-        return None
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
@@ -104,7 +115,7 @@ def _gate(bench: Workbench, exp_id: str, tag: str, config_name: str, base_commit
                                       judge=_judge(bench))
     if not verdict.novel:
         record.repeat_of = verdict.match.id if verdict.match is not None else ""
-        _refused(bench, record, "repeat", verdict.message)
+        _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
         return None
     return _code_and_review(bench, exp_id, idea, base_commit, base_text, record, context=verdict.context)
 
@@ -132,7 +143,16 @@ def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str,
                               rationale=stale.idea.rationale, expected_effect=stale.idea.expected_effect,
                               parent_commit=base_commit)
     with bench.usage_scope(stale.exp_id):
-        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record)
+        # the idea was gated before the experiments that finished since were in memory: ask again
+        bench.memory.set_context(base_text)
+        verdict = bench.memory.check_idea(stale.idea, threshold=bench.novelty_threshold, train_py=base_text,
+                                          judge=_judge(bench))
+        if not verdict.novel:
+            record.repeat_of = verdict.match.id if verdict.match is not None else ""
+            _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
+            return None
+        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record,
+                                context=verdict.context)
 
 
 def _propose(bench: Workbench, base_text: str) -> Idea | None:
@@ -158,6 +178,10 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
     feedback = context  # similar past experiments the gate found (not repeats): what the coder should know
     for _ in range(max(1, bench.review_rounds)):
         coded = _code(bench, idea, base_text, feedback)
+        if isinstance(coded, GuardReport):
+            record.guard_violations = coded.text()
+            _refused(bench, record, "veto", coded.text(), rule=_rules(coded))
+            return None
         if isinstance(coded, str):
             _refused(bench, record, "skipped", f"no edit that applies and compiles: {coded}")
             return None
@@ -170,14 +194,14 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
         if not verdict.novel:
             record.repeat_of = verdict.match.id if verdict.match is not None else ""
-            _refused(bench, record, "repeat", verdict.message)
+            _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
             return None
 
         report = check_edit(base_text, new_text, [edit.path], rules=bench.guard_rules)
         candidate.guard_text = report.text()
         if not report.ok:
             record.guard_violations = candidate.guard_text
-            _refused(bench, record, "veto", candidate.guard_text)
+            _refused(bench, record, "veto", candidate.guard_text, rule=_rules(report))
             return None
 
         review = _review(bench, candidate)
@@ -186,23 +210,34 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
             return candidate
         record.review_verdict, record.review_reasons = review.verdict, json.dumps(review.reasons)
         if review.verdict == "reject":
-            _refused(bench, record, "veto", "reviewer rejected: " + "; ".join(review.reasons))
+            _refused(bench, record, "veto", "reviewer rejected: " + "; ".join(review.reasons), rule="reviewer")
             return None
         feedback = "\n".join(x for x in (context, "The reviewer asked for a revision: " + "; ".join(review.reasons)) if x)
-    _refused(bench, record, "veto", "still not approved after the allowed revise rounds: " + feedback)
+    _refused(bench, record, "veto", "still not approved after the allowed revise rounds: " + feedback,
+             rule="reviewer-revise-rounds")
     return None
 
 
-def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[CodeEdit, str] | str:
-    """The coder's edit applied and compiled, or the last error after the allowed retries."""
+def _rules(report: GuardReport) -> str:
+    return ", ".join(sorted(report.rules_violated))
+
+
+def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[CodeEdit, str] | GuardReport | str:
+    """The coder's edit applied and compiled; the guard's veto of an edit aimed outside train.py (final, not
+    retried); or the last error after the allowed retries."""
     error = ""
     for _ in range(1 + bench.coder_retries):
         inputs = {"program": bench.program, "idea": idea, "train_py": base_text,
                   "feedback": "\n".join(x for x in (feedback, error) if x)}
         try:
             edit = bench.crew.code(inputs)
-            if edit.path != "train.py":
-                raise EditError(f"only train.py may be edited, not {edit.path!r}")
+            if edit.path.strip() != "train.py":
+                # only the scope question: train.py itself is unchanged here, which other rules would flag
+                report = check_edit(base_text, base_text, [edit.path], rules=bench.guard_rules)
+                scope = GuardReport([v for v in report.violations if v.rule == SCOPE_RULE], report.rules)
+                if not scope.ok:
+                    return scope
+                # with the scope rule switched off the blocks still only ever apply to train.py
             new_text = apply_edit(base_text, edit)
             check_compiles(new_text)
             if new_text == base_text:
@@ -210,7 +245,7 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[
             return edit, new_text
         except RoleError as exc:
             bench.on_role_error(exc)
-            if exc.budget_exceeded:
+            if exc.stop_reason:  # the budget, or a role with no model left under on_model_failure: stop
                 return str(exc)
             error = f"Your previous edit failed: {exc}"
         except EditError as exc:
@@ -230,8 +265,9 @@ def _review(bench: Workbench, candidate: Candidate) -> Review | None:
         return Review(verdict="approve", reasons=[f"reviewer unavailable ({exc}); guard passed"])
 
 
-def _refused(bench: Workbench, record: ExperimentRecord, status: str, reason: str) -> None:
+def _refused(bench: Workbench, record: ExperimentRecord, status: str, reason: str, rule: str = "") -> None:
     record.status = status
+    record.rule = rule
     record.decision_reason = reason
     record.lesson = reason
     bench.feedback.append(f"{record.exp_id} '{record.description}' was refused ({status}): {reason}")

@@ -2,15 +2,20 @@
 
 `ResearchCrew.propose / code / review / analyse` take the input dicts of docs/ARCHITECTURE.md ("Roles")
 and return the role's schema. The task description is the role's template from crew.yaml filled with
-those inputs as text; the same inputs go, as Python objects, to an LLM that has `set_context`.
+those inputs as text and fitted to the model's context window (`prompts.py`); the same inputs go, as
+Python objects, to an LLM that has `set_context`. A context overflow shortens the prompt and asks again.
 
 Reliability: a failed call is tried again with the role's `fallback_model`; a model that fails
 `degrade_after` calls in a row is given up for the run, and once none is left the role is played by the
-offline policy. A call that fails anyway raises `RoleError`; the loop records it and carries on.
+offline policy (`on_model_failure: offline`, announced to every listener) or the run stops
+(`on_model_failure: stop`). A coder that falls back to the offline policy takes the hypothesis role with it:
+the offline coder implements only the offline policy's own ideas. A call that fails anyway raises
+`RoleError`, whose text names only the failure's class: provider error text never reaches a prompt.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,12 +25,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agents.config import ROLE_NAMES, CrewConfig, key_env_for, resolve_model, template_fields
-from agents.crew.llm.errors import BudgetExceeded
+from agents.config import ROLE_NAMES, CrewConfig, key_env_for, provider_of, resolve_model
+from agents.crew.llm.errors import BudgetExceeded, ContextOverflow
+from agents.crew.llm.faults import acting_as
+from agents.crew.llm.servers import ServerRegistry
+from agents.crew.llm.tokens import count_tokens
 from agents.crew.policy import SearchExhausted
+from agents.crew.prompts import PromptTooLarge, fill_template, fit_template
 from agents.crew.schemas import Analysis, CodeEdit, Idea, Review
 from agents.crewai_env import quiet_crewai
-from agents.record.results import ExperimentRecord
 
 quiet_crewai()
 from crewai import Agent, BaseLLM, Crew, Process, Task  # noqa: E402  (must follow quiet_crewai)
@@ -34,6 +42,8 @@ from crewai.utilities.converter import ConverterError  # noqa: E402
 # CrewAI logs every failed LLM call itself; we re-raise it as RoleError, so that line is only noise
 # on the terminal (and would break the live view).
 logging.getLogger("crewai.flow.runtime").setLevel(logging.CRITICAL)
+
+__all__ = ["FALLBACK", "OFFLINE", "Degradation", "ResearchCrew", "RoleError", "build_llms", "fill_template"]
 
 ROLE_SCHEMAS: dict[str, type[BaseModel]] = {
     "hypothesis": Idea,
@@ -46,20 +56,59 @@ ROLE_SCHEMAS: dict[str, type[BaseModel]] = {
 # "<role>.offline" the offline policy it degrades to.
 FALLBACK, OFFLINE = ".fallback", ".offline"
 
-HISTORY_LINES = 20  # experiments shown in {history}; memory recall covers the older ones
-DIFF_LINES = 80  # lines of an experiment's diff shown to the analyst
+OVERFLOW_RETRIES = 3  # prompt shortenings after a context overflow, before the call counts as failed
+CREWAI_FRAMING_TOKENS = 150  # what CrewAI wraps around a task (headings, instructions), besides the schema
 
 
 class RoleError(RuntimeError):
     """A role could not produce its output this time (every model it has failed).
 
-    `budget_exceeded` is set when the run's spending limit refused the call: no model is to blame, and
-    the loop should stop rather than ask again.
+    `str()` names only the class of the failure ("the provider failed: LLMCallError"): it is what feedback,
+    lessons and memory may carry into later prompts. `reason` has the details for the console and logs.
+    `budget_exceeded`: the run's spending limit refused the call (no model is to blame); `stop_run`: the role
+    has no model left and crew.yaml says `on_model_failure: stop`. Either way the loop should stop.
     """
 
-    def __init__(self, role: str, reason: str, budget_exceeded: bool = False):
+    def __init__(self, role: str, reason: str, budget_exceeded: bool = False, kind: str = "",
+                 stop_run: bool = False):
         self.role, self.reason, self.budget_exceeded = role, reason, budget_exceeded
-        super().__init__(f"{role} failed: {reason}")
+        self.kind, self.stop_run = kind or "error", stop_run
+        if budget_exceeded:
+            text = f"{role}: the LLM budget refused the call ({reason})"
+        else:
+            text = f"{role}: the provider failed: {self.kind}"
+        super().__init__(text)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run must stop because of this error, or None."""
+        if self.budget_exceeded:
+            return f"the LLM budget refused a call: {self.reason}"
+        if self.stop_run:
+            return f"the {self.role} role has no working model left (on_model_failure: stop): {self.reason}"
+        return None
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A role gave up a model: what it was configured with, what plays it now, from which experiment, why."""
+
+    role: str
+    configured: str
+    now: str
+    model: str  # the model given up
+    failures: int
+    from_experiment: str | None
+    reason: str
+
+    @property
+    def offline(self) -> bool:
+        return self.now == "offline policy"
+
+    def line(self) -> str:
+        since = f", from experiment {self.from_experiment}" if self.from_experiment else ""
+        return (f"{self.role}: {self.configured} -> {self.now} after {self.failures} failures in a row of "
+                f"{self.model}{since} (last: {self.reason})")
 
 
 # ---------------------------------------------------------------------------------------------- LLMs
@@ -72,11 +121,15 @@ def build_llms(config: CrewConfig, ledger: Any, offline_llm_factory: Callable[[s
 
     Provider adapters come from `make_llm` (default `agents.crew.llm.make_llm`); `offline_llm_factory(role)`
     makes the offline policy's LLM. In single-agent mode every role shares one primary (and one
-    fallback) instance. `env` (default os.environ) decides what `model: auto` becomes.
+    fallback) instance. `env` (default os.environ) decides what `model: auto` becomes. All adapters share
+    one `ServerRegistry`, so what one role learns about a server (its structured-output form, its context
+    window) the others know too. `structured` and `context_tokens` apply to the fallback when it is the same
+    provider at the same address.
     """
     env = os.environ if env is None else env
     if make_llm is None:
         make_llm = _default_make_llm
+    servers = ServerRegistry()
     llms: dict[str, BaseLLM] = {}
     shared: dict[tuple[str, str], BaseLLM] = {}  # single-agent mode: one instance per (slot, model)
     for role in ROLE_NAMES:
@@ -84,7 +137,8 @@ def build_llms(config: CrewConfig, ledger: Any, offline_llm_factory: Callable[[s
             continue
         settings = config.llm_settings(role)
         offline = llms[role + OFFLINE] = offline_llm_factory(role)
-        for key, model, base_url in ((role, resolve_model(settings, env), settings.base_url),
+        primary = resolve_model(settings, env)
+        for key, model, base_url in ((role, primary, settings.base_url),
                                      (role + FALLBACK, settings.fallback_model, settings.fallback_base_url)):
             if not model:
                 continue
@@ -95,11 +149,14 @@ def build_llms(config: CrewConfig, ledger: Any, offline_llm_factory: Callable[[s
             if config.mode == "single-agent" and slot in shared:
                 llms[key] = shared[slot]
                 continue
+            same_server = key == role or (provider_of(model) == provider_of(primary) and base_url == settings.base_url)
             llms[key] = shared[slot] = make_llm(
                 model, role=role if config.mode == "crew" else "single_agent", ledger=ledger, base_url=base_url,
                 api_key_env=key_env_for(model, settings, base_url), temperature=settings.temperature,
                 max_tokens=settings.max_tokens, timeout_s=settings.timeout_s, max_retries=settings.max_retries,
-                usd_per_mtok_in=settings.usd_per_mtok_in, usd_per_mtok_out=settings.usd_per_mtok_out)
+                usd_per_mtok_in=settings.usd_per_mtok_in, usd_per_mtok_out=settings.usd_per_mtok_out,
+                structured=settings.structured if same_server else "auto",
+                context_tokens=settings.context_tokens if same_server else None, servers=servers)
     return llms
 
 
@@ -122,16 +179,25 @@ class _Candidate:
 
 
 class ResearchCrew:
-    """The roles of crew.yaml, callable one task at a time by the loop."""
+    """The roles of crew.yaml, callable one task at a time by the loop.
+
+    `listeners` are called with each `Degradation` the moment a role gives up a model (the live view shows a
+    banner); `degradations` keeps the latest per role.
+    """
 
     def __init__(self, config: CrewConfig, program: str, ledger: Any, llms: Mapping[str, BaseLLM]):
         self.config, self.program, self.ledger = config, program, ledger
         self._llms = dict(llms)
         self._agents: dict[tuple[str, int], Agent] = {}
-        self._degraded: dict[str, str] = {}
+        self.degradations: dict[str, Degradation] = {}
+        self.listeners: list[Callable[[Degradation], None]] = []
         self._candidates: dict[str, list[_Candidate]] = {}
-        # calls that share an agent must not overlap (the loop may analyse while the next idea is prepared)
-        self._locks = {key: threading.Lock() for key in (*ROLE_NAMES, "single_agent")}
+        self._state = threading.Lock()
+        # several candidates are prepared at once: calls overlap, at most `max_concurrent_calls` per provider
+        # (the offline policy is one shared, stateful search: it answers one call at a time)
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+        self._agents_lock = threading.Lock()
         for role in ROLE_NAMES:
             if not config.role(role).enabled:
                 continue
@@ -159,28 +225,51 @@ class ResearchCrew:
         return self._perform("analyst", inputs)
 
     @property
+    def model_roles(self) -> list[str]:
+        """The roles configured with a model (not the offline policy) that they may lose."""
+        return [role for role, chain in self._candidates.items() if chain[0].llm is not self._llms[role + OFFLINE]]
+
+    @property
     def degraded_roles(self) -> list[str]:
         """One line per role running on less than its configured model, with the reason."""
-        return list(self._degraded.values())
+        return [d.line() for d in self.degradations.values()]
 
     # ------------------------------------------------------------------ one call
 
     def _perform(self, role: str, inputs: Mapping[str, Any]) -> Any:
         full = {"program": self.program, **inputs}
-        description = fill_template(role, self.config.role(role).task.description, full)
-        with self._locks["single_agent" if self.config.mode == "single-agent" else role]:
-            return self._try_candidates(role, full, description)
+        template = self.config.role(role).task.description
+        with acting_as(role):
+            return self._try_candidates(role, full, template)
 
-    def _try_candidates(self, role: str, inputs: dict[str, Any], description: str) -> Any:
+    def _slot(self, llm: BaseLLM) -> threading.BoundedSemaphore:
+        """The semaphore bounding calls in flight to this LLM's provider (or OpenAI-compatible server)."""
+        provider = str(getattr(llm, "provider", "") or "")
+        base_url = getattr(llm, "base_url", None)
+        offline = provider == "offline" or any(llm is self._llms.get(r + OFFLINE) for r in ROLE_NAMES)
+        key = "offline" if offline else (base_url or provider or llm.model)
+        with self._slots_lock:
+            if key not in self._slots:
+                limit = 1 if offline else self.config.concurrent_calls(provider, base_url)
+                self._slots[key] = threading.BoundedSemaphore(limit)
+            return self._slots[key]
+
+    def _try_candidates(self, role: str, inputs: dict[str, Any], template: str) -> Any:
         candidates = [c for c in self._candidates[role] if not c.given_up]
         if not candidates:
+            if self.config.on_model_failure == "stop":
+                last = self.degradations.get(role)
+                raise RoleError(role, last.line() if last else "every model was given up", kind="no model left",
+                                stop_run=True)
             candidates = [_Candidate(self._llms[role + OFFLINE])]  # failures here only raise
-        errors, over_budget = [], False
+        errors, kinds, over_budget = [], [], False
         for candidate in candidates:
             try:
-                output = self._kickoff(role, candidate.llm, inputs, description)
+                with self._slot(candidate.llm):
+                    output = self._kickoff(role, candidate.llm, inputs, template)
             except _CallFailed as exc:
                 errors.append(f"{candidate.llm.model}: {exc}")
+                kinds.append(exc.kind)
                 if exc.over_budget:  # the spending limit said no: not the model's fault
                     over_budget = True
                     continue
@@ -190,9 +279,33 @@ class ResearchCrew:
                 continue
             candidate.failures = 0
             return output
-        raise RoleError(role, "; ".join(errors), budget_exceeded=over_budget)
+        stop = self.config.on_model_failure == "stop" and not any(not c.given_up for c in self._candidates[role])
+        raise RoleError(role, "; ".join(errors), budget_exceeded=over_budget, kind=", ".join(dict.fromkeys(kinds)),
+                        stop_run=stop and not over_budget)
 
-    def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
+    def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], template: str) -> BaseModel:
+        """One task on one model; a context overflow shortens the prompt and asks again (never a failure of
+        the model until the shortenings are used up)."""
+        schema = ROLE_SCHEMAS[role]
+        budget_of = getattr(llm, "prompt_budget", None)
+        shrink, overflow = 1.0, None
+        for _ in range(OVERFLOW_RETRIES + 1):
+            if callable(budget_of):
+                budget = int(budget_of(schema) * shrink) - self._framing_tokens(role, llm, schema)
+                try:
+                    description = fit_template(role, template, inputs, budget, count_tokens).text
+                except PromptTooLarge as exc:
+                    raise _CallFailed(str(exc), kind="PromptTooLarge") from exc
+            else:
+                description = fill_template(role, template, inputs)
+            try:
+                return self._run_task(role, llm, inputs, description)
+            except ContextOverflow as exc:
+                overflow = exc
+                shrink *= 0.7 if exc.reply_cut else 0.85  # the window it reported is already learned
+        raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
+
+    def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
         schema = ROLE_SCHEMAS[role]
         set_context = getattr(llm, "set_context", None)
         if callable(set_context):
@@ -204,29 +317,46 @@ class ResearchCrew:
         crew = Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
         try:
             result = crew.kickoff()
+        except ContextOverflow:
+            raise  # `_kickoff` shortens the prompt
         except BudgetExceeded as exc:
-            raise _CallFailed(_one_line(exc), over_budget=True) from exc
+            raise _CallFailed(_one_line(exc), over_budget=True, kind=type(exc).__name__) from exc
         except (ValidationError, ConverterError) as exc:
-            raise _CallFailed(f"the answer is not a valid {schema.__name__} ({_schema_problem(exc)})") from exc
+            raise _CallFailed(f"the answer is not a valid {schema.__name__} ({_schema_problem(exc)})",
+                              kind=type(exc).__name__) from exc
         except SearchExhausted:
             raise  # not a failure: the offline policy has nothing new left, the loop ends the run
         except Exception as exc:
-            raise _CallFailed(_one_line(exc)) from exc
+            raise _CallFailed(_one_line(exc), kind=type(exc).__name__) from exc
         except SystemExit as exc:  # CrewAI's answer to a context-length error: must not end the loop
-            raise _CallFailed(f"context window exceeded ({_one_line(exc)})") from exc
+            raise _CallFailed(f"context window exceeded ({_one_line(exc)})", kind="ContextOverflow") from exc
         output = result.pydantic
         if isinstance(output, schema):
             return output
         try:  # some backends hand back the raw JSON text
             return schema.model_validate_json(result.raw)
         except ValueError:
-            raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}") from None
+            raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}",
+                              kind="ValidationError") from None
+
+    def _framing_tokens(self, role: str, llm: BaseLLM, schema: type[BaseModel]) -> int:
+        """Tokens of what CrewAI adds around the task text: the persona, the expected output, the schema."""
+        single = self.config.mode == "single-agent" and llm is not self._llms[role + OFFLINE]
+        persona = self.config.single_agent if single else self.config.role(role)
+        text = " ".join((persona.role, persona.goal, persona.backstory, self.config.role(role).task.expected_output,
+                         json.dumps(schema.model_json_schema(), indent=2)))
+        return count_tokens(text) + CREWAI_FRAMING_TOKENS
 
     def _agent(self, role: str, llm: BaseLLM) -> Agent:
-        """One agent per (role, model); in single-agent mode one agent for every role on the shared model."""
+        """One agent per (role, model, thread): calls in parallel threads never share a CrewAI agent.
+
+        In single-agent mode one agent plays every role on the shared model.
+        """
         single = self.config.mode == "single-agent" and llm is not self._llms[role + OFFLINE]
-        key = ("single_agent" if single else role, id(llm))
-        if key not in self._agents:
+        key = ("single_agent" if single else role, id(llm), threading.get_ident())
+        with self._agents_lock:
+            if key in self._agents:
+                return self._agents[key]
             persona = self.config.single_agent if single else self.config.role(role)
             self._agents[key] = Agent(
                 role=persona.role, goal=persona.goal, backstory=persona.backstory, llm=llm, tools=[],
@@ -239,18 +369,37 @@ class ResearchCrew:
     def _give_up(self, role: str, candidate: _Candidate, reason: str) -> None:
         candidate.given_up = True
         remaining = [c for c in self._candidates[role] if not c.given_up]
-        now = remaining[0].llm.model if remaining else "offline policy"
+        stop = self.config.on_model_failure == "stop"
+        now = remaining[0].llm.model if remaining else ("nothing (the run stops)" if stop else "offline policy")
         configured = self._candidates[role][0].llm.model
-        self._degraded[role] = (f"{role}: {configured} -> {now} after {candidate.failures} failures in a row "
-                                f"of {candidate.llm.model} (last: {reason})")
+        experiment = self.ledger.current_experiment() if hasattr(self.ledger, "current_experiment") else None
+        self._announce(Degradation(role, configured, now, candidate.llm.model, candidate.failures, experiment,
+                                   reason))
+        if role == "coder" and not remaining and not stop:
+            # the offline coder implements only the offline policy's ideas: an LLM idea would be skipped unbuilt
+            for other in self._candidates.get("hypothesis", []):
+                if not other.given_up:
+                    other.given_up = True
+                    self._announce(Degradation(
+                        "hypothesis", self._candidates["hypothesis"][0].llm.model, "offline policy",
+                        other.llm.model, 0, experiment,
+                        "the coder runs the offline policy, which implements only the offline policy's own ideas"))
+
+    def _announce(self, degradation: Degradation) -> None:
+        with self._state:
+            self.degradations[degradation.role] = degradation
+            listeners = list(self.listeners)
+        for listener in listeners:
+            listener(degradation)
 
 
 class _CallFailed(Exception):
     """One model's attempt at a task failed (provider error, output not matching the schema, or budget)."""
 
-    def __init__(self, message: str, over_budget: bool = False):
+    def __init__(self, message: str, over_budget: bool = False, kind: str = ""):
         super().__init__(message)
         self.over_budget = over_budget
+        self.kind = kind or "error"
 
 
 def _schema_problem(exc: Exception) -> str:
@@ -267,77 +416,3 @@ def _one_line(value: object, limit: int = 300) -> str:
     if isinstance(value, BaseException):
         text = f"{type(value).__name__}: {text}" if text else type(value).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------- task text
-
-
-def fill_template(role: str, template: str, inputs: Mapping[str, Any]) -> str:
-    """The role's task description: each {placeholder} replaced by its input rendered as text."""
-    names = template_fields(template, f"{role} task template")
-    missing = [name for name in names if name not in inputs]
-    if missing:
-        raise ValueError(f"{role}: inputs lack {', '.join(missing)} (the task template uses them)")
-    return template.format_map({name: as_text(inputs[name]) for name in names})
-
-
-def as_text(value: Any) -> str:
-    """How an input reads inside a prompt."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, Idea):
-        return describe_idea(value)
-    if isinstance(value, ExperimentRecord):
-        return describe_record(value)
-    if isinstance(value, list | tuple) and all(isinstance(v, ExperimentRecord) for v in value):
-        return describe_history(value)
-    if isinstance(value, BaseModel):
-        return value.model_dump_json(indent=2)
-    return str(value)
-
-
-def describe_idea(idea: Idea) -> str:
-    lines = [f"Title: {idea.title}", f"Category: {idea.category}", f"Rationale: {idea.rationale}",
-             f"Expected effect: {idea.expected_effect}"]
-    if idea.retry_of:
-        lines.append(f"Retries experiment: {idea.retry_of}")
-    return "\n".join(lines)
-
-
-def describe_record(r: ExperimentRecord) -> str:
-    def num(value: float | None, fmt: str) -> str:
-        return "n/a" if value is None else format(value, fmt)
-
-    lines = [
-        f"Experiment {r.exp_id}: {r.description}",
-        f"Status: {r.status} ({r.decision_reason})" if r.decision_reason else f"Status: {r.status}",
-        f"val_bpb: {num(r.val_bpb, '.6f')} (best before: {num(r.best_bpb_before, '.6f')}, "
-        f"delta: {num(r.delta, '+.6f')})",
-        f"Training: {num(r.training_seconds, '.1f')} s, {r.num_steps if r.num_steps is not None else 'n/a'} steps, "
-        f"{num(r.total_tokens_M, '.2f')} M tokens, {num(r.num_params_M, '.2f')} M params, "
-        f"MFU {num(r.mfu_percent, '.1f')} %, peak memory {r.memory_gb:.1f} GB",
-        f"Lines changed: +{r.lines_added} -{r.lines_removed}, seed {r.seed}",
-    ]
-    if r.error:
-        lines.append(f"Error: {r.error}")
-    if r.diff:
-        diff = r.diff.splitlines()
-        shown = diff[:DIFF_LINES] + ([f"... ({len(diff) - DIFF_LINES} more lines)"] if len(diff) > DIFF_LINES else [])
-        lines += ["Diff:", *shown]
-    return "\n".join(lines)
-
-
-def describe_history(records: list[ExperimentRecord] | tuple[ExperimentRecord, ...]) -> str:
-    if not records:
-        return "(no experiments yet)"
-    shown = list(records)[-HISTORY_LINES:]
-    lines = [f"({len(records) - len(shown)} earlier experiments not shown)"] if len(records) > len(shown) else []
-    for r in shown:
-        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
-        delta = f" ({r.delta:+.4f})" if r.delta is not None else ""
-        lesson = f" | lesson: {_one_line(r.lesson, 160)}" if r.lesson else ""
-        lines.append(f"{r.exp_id} {r.status:<8} {bpb}{delta} [{r.category or '-'}] {_one_line(r.description, 120)}"
-                     f"{lesson}")
-    return "\n".join(lines)

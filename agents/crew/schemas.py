@@ -6,9 +6,10 @@ never needs to know which one produced them.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 CATEGORIES = (
     "architecture",
@@ -21,6 +22,8 @@ CATEGORIES = (
     "simplification",
     "other",
 )
+Category = Literal[CATEGORIES]  # type: ignore[valid-type]  # a closed set: an enum in every schema sent
+_NO_VALUE = re.compile(r"^\s*(|none|null|nil|n/?a|no|false|-+|0)\s*$", re.IGNORECASE)
 
 
 class Idea(BaseModel):
@@ -29,11 +32,29 @@ class Idea(BaseModel):
     title: str = Field(description="One line naming the change, e.g. 'MATRIX_LR 0.04 -> 0.03'.")
     rationale: str = Field(description="Why this should lower val_bpb within the fixed budget.")
     expected_effect: str = Field(description="What result would confirm or refute it.")
-    category: str = Field(description=f"One of: {', '.join(CATEGORIES)}.")
+    category: Category = Field(description="The kind of change.")
     retry_of: str | None = Field(
         default=None,
-        description="Id of an earlier experiment this deliberately retries, with the reason in the rationale.",
+        description="Only when deliberately retrying an earlier experiment: its id (the reason goes in the "
+        "rationale). Otherwise null.",
     )
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _known_category(cls, value: object) -> object:
+        """'Learning rate' -> 'learning_rate'; a kind outside the set is 'other' (free-text replies, old records)."""
+        if not isinstance(value, str):
+            return value
+        key = re.sub(r"[\s-]+", "_", value.strip().lower())
+        return key if key in CATEGORIES else "other"
+
+    @field_validator("retry_of", mode="before")
+    @classmethod
+    def _no_placeholder(cls, value: object) -> object:
+        """A model made to fill the field writes 'none', 'N/A' or ''; that means no retry."""
+        if isinstance(value, str) and _NO_VALUE.match(value):
+            return None
+        return value.strip() if isinstance(value, str) else value
 
 
 class EditBlock(BaseModel):

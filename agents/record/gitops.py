@@ -117,6 +117,28 @@ class ExperimentRepo:
         self._git("commit", "--only", "--no-verify", "--no-gpg-sign", "-m", message, "--", rel)
         return self.head()
 
+    def commit_text(self, path: str, text: str, parent: str, message: str) -> str:
+        """A commit of `parent` with `path` replaced by `text`, made without touching the index or working tree.
+
+        Several experiments can be committed on different bases while the checked-out branch stays where it
+        is; the new commit is reachable from no branch until a ref points at it (see `keep_ref`).
+        """
+        self.ensure_identity()
+        rel = self._rel(path)
+        parent = self._resolve(parent)
+        entry = self._git("ls-tree", parent, "--", rel)
+        mode = entry.split(" ", 1)[0] if entry else "100644"
+        with tempfile.TemporaryDirectory(prefix="autoresearch-commit-") as tmp:
+            source = Path(tmp) / "file"
+            source.write_text(text, encoding="utf-8", newline="")
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}  # a private index: the user's stays as it is
+            self._git("read-tree", parent, env=env)
+            blob = self._git("hash-object", "-w", "--", str(source))
+            self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{rel}", env=env)
+            tree = self._git("write-tree", env=env)
+        # no hooks or signing prompts in an unattended loop
+        return self._git("commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message)
+
     def reset_hard(self, sha: str) -> None:
         """Move the branch to `sha` and make the managed files (train.py) match it.
 

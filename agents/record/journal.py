@@ -20,7 +20,7 @@ PHASES = ("proposed", "coded", "reviewed", "committed", "trained", "decided", "r
 class JournalEntry:
     exp_id: str
     phase: str
-    kind: str = "experiment"  # "experiment" | "baseline" | "rerun"
+    kind: str = "experiment"  # "experiment" | "baseline" | "rerun" | "confirm"
     idea: dict = field(default_factory=dict)
     edit: dict = field(default_factory=dict)
     new_text: str = ""
@@ -28,6 +28,14 @@ class JournalEntry:
     commit: str = ""
     seed: int = 42
     pid: int = 0  # of the training process, so a resumed run can stop an orphan left by a kill
+    node: str = ""  # the machine (and below, the GPU) the run was placed on
+    gpu: str = ""
+    started: float = 0.0  # time.time() when the run was handed to a worker
+    parent: str = ""  # a re-run or confirmation run: the experiment it decides
+    runs: list = field(default_factory=list)  # val_bpb of every run that decides this experiment so far
+    stretch: str = ""  # why its latest run looks past the budget (harness clock); that run's val_bpb never counts
+    first_commit: str = ""  # the commit as trained first, when it was later re-applied on a newer best
+    first_base: str = ""
     result: dict = field(default_factory=dict)  # RunResult fields once trained
     decision: dict = field(default_factory=dict)
 

@@ -98,9 +98,17 @@ def changed_constants(record: ExperimentRecord) -> dict[str, tuple[str, str]]:
     """
     fingerprint = getattr(record, "fingerprint", None)
     if isinstance(fingerprint, str) and fingerprint.startswith("{"):
-        try:
+        try:  # {NAME: {profile: [old, new]}}: one pair when every device profile agrees, else one per profile
             constants = json.loads(fingerprint).get("constants") or {}
-            return {str(k): (str(v[0]), str(v[1])) for k, v in constants.items() if len(v) == 2}
+            out = {}
+            for name, per_profile in constants.items():
+                pairs = {(_shown(o), _shown(n)) for o, n in per_profile.values() if o != n}
+                if len(pairs) == 1:
+                    out[str(name)] = next(iter(pairs))
+                elif pairs:
+                    out[str(name)] = (", ".join(f"{_shown(o)} ({p})" for p, (o, n) in per_profile.items() if o != n),
+                                      ", ".join(f"{_shown(n)} ({p})" for p, (o, n) in per_profile.items() if o != n))
+            return out
         except (ValueError, TypeError, AttributeError):
             pass
     old: dict[str, str] = {}
@@ -116,9 +124,13 @@ def changed_constants(record: ExperimentRecord) -> dict[str, tuple[str, str]]:
     return {n: (old.get(n, ""), new.get(n, "")) for n in names}
 
 
+def _shown(value: object) -> str:
+    return "" if value is None else str(value)
+
+
 def veto_rule(record: ExperimentRecord) -> str:
     """Which rule refused the edit: the guard's rule names, "reviewer", "novelty" or "" when none did."""
-    rule = getattr(record, "veto_rule", "")
+    rule = getattr(record, "rule", "")
     if rule:
         return str(rule)
     if record.status == "veto":

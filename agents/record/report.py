@@ -5,6 +5,7 @@ All three read only `ExperimentRecord`s, so they can be rebuilt from results.par
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from rich.text import Text
 
+from agents.crew.llm.faults import FAULT_KINDS, FAULT_LABELS
 from agents.record.results import STATUSES, ExperimentRecord
 
 NOT_TRAINED = ("veto", "repeat", "skipped")  # refused before any training: never have a val_bpb
@@ -147,6 +149,58 @@ def _count(records: list[ExperimentRecord], statuses: tuple[str, ...], scored: b
     return sum(r.status in statuses and (not scored or r.val_bpb is not None) for r in records)
 
 
+# --- model health: degraded roles and faults survived ---------------------------------------------
+
+
+def degraded_lines(records: list[ExperimentRecord]) -> list[str]:
+    """Which roles gave up their configured model, since which experiment and why (latest state of the run)."""
+    latest = next((r.degraded_roles for r in reversed(records) if r.degraded_roles), "")
+    return [line.strip() for line in latest.split("; ") if line.strip()] if latest else []
+
+
+def faults_by_role(records: list[ExperimentRecord]) -> dict[str, Counter]:
+    """Provider faults survived, summed over the run's experiments, per role."""
+    totals: dict[str, Counter] = {}
+    for r in records:
+        if not r.faults:
+            continue
+        try:
+            data = json.loads(r.faults)
+        except ValueError:
+            continue
+        for role, counts in data.items():
+            totals.setdefault(role, Counter()).update({k: int(v) for k, v in counts.items() if k in FAULT_KINDS})
+    return {role: counts for role, counts in sorted(totals.items()) if sum(counts.values())}
+
+
+def health_lines(records: list[ExperimentRecord]) -> list[str]:
+    """Plain lines for the terminal: degraded roles first, then the faults each role survived."""
+    lines = [f"DEGRADED {line}" for line in degraded_lines(records)]
+    for role, counts in faults_by_role(records).items():
+        lines.append(f"faults survived by {role}: "
+                     + ", ".join(f"{counts[k]} {FAULT_LABELS[k]}" for k in FAULT_KINDS if counts[k]))
+    return lines
+
+
+def _health_markdown(records: list[ExperimentRecord]) -> list[str]:
+    degraded = degraded_lines(records)
+    faults = faults_by_role(records)
+    out: list[str] = []
+    if degraded:
+        out += ["## Warning: roles that ran without their model", "",
+                "These roles gave up their configured model during the run; from the experiment named on, "
+                "the model after the arrow played them (the offline policy when no model was left).", ""]
+        out += [f"- {_cell(line, 400)}" for line in degraded]
+        out.append("")
+    if faults:
+        out += ["## Provider faults survived", "", "| role | " + " | ".join(FAULT_LABELS[k] for k in FAULT_KINDS)
+                + " |", "|---|" + "---|" * len(FAULT_KINDS)]
+        out += [f"| {role} | " + " | ".join(str(counts[k]) for k in FAULT_KINDS) + " |"
+                for role, counts in faults.items()]
+        out.append("")
+    return out
+
+
 # --- markdown ------------------------------------------------------------------------------------
 
 
@@ -171,6 +225,7 @@ def summary_markdown(records: list[ExperimentRecord], title: str = "Research sum
 
     head = f"**{len(records)} experiments**: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
     out += [head, ""]
+    out += _health_markdown(records)
     if plot:
         out += [f"![progress: val_bpb per experiment, best so far]({plot})", ""]
     if baselines:
@@ -207,12 +262,20 @@ def summary_markdown(records: list[ExperimentRecord], title: str = "Research sum
 
     out += _by_category(records)
 
-    out += ["## What was tried", "", "| id | status | category | val_bpb | delta | description |",
-            "|---|---|---|---|---|---|"]
+    out += ["## What was tried", "", "| id | status | rule | category | val_bpb | delta | description |",
+            "|---|---|---|---|---|---|---|"]
     for r in records:
-        out.append(f"| {r.exp_id} | {r.status} | {r.category or '–'} | {_fmt(r.val_bpb)} | "
-                   f"{_fmt(r.delta, signed=True)} | {_cell(r.description)} |")
+        out.append(f"| {r.exp_id} | {r.status} | {_cell(r.rule or '–', 40)} | {r.category or '–'} | "
+                   f"{_fmt(r.val_bpb)} | {_fmt(r.delta, signed=True)} | {_cell(r.description)} |")
     out.append("")
+
+    refused = [r for r in records if r.status in NOT_TRAINED]
+    if refused:
+        out += ["## Refused before training", ""]
+        out += [f"- **{r.exp_id}** {r.status}" + (f" by `{r.rule}`" if r.rule else "")
+                + f": {_short(r.description, 60)}: {_short(r.decision_reason or 'no reason recorded', 200)}"
+                for r in refused]
+        out.append("")
 
     crashes = [r for r in records if r.status == "crash"]
     if crashes:

@@ -1,8 +1,10 @@
 """Results of a run: one `ExperimentRecord` per experiment, in results.tsv and results.parquet.
 
 results.tsv keeps upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description)
-so its tooling keeps working; results.parquet holds every field. The Parquet file is the history
-everything else (memory, reports, comparisons) can be rebuilt from.
+so its tooling keeps working; a refusal's rule is appended to its description ("... [veto: only-train-py]").
+results.parquet holds every field. The Parquet file is the history everything else (memory, reports,
+comparisons) can be rebuilt from. Rows are kept in the order experiments were decided, the baselines first, so an
+idea refused while a baseline trained still comes after the baselines.
 """
 
 from __future__ import annotations
@@ -61,15 +63,21 @@ class ExperimentRecord:
     finished_at: str = ""
     log_path: str = ""
     error: str = ""
-    degraded_roles: str = ""
+    degraded_roles: str = ""  # "; "-joined: which roles run on less than their model, since when, why
     sandbox: str = ""  # the sandbox train.py ran in (bwrap | landlock | none); empty when it never ran
     eval_seconds: float | None = None  # the evaluator's own duration, from its record
+    rule: str = ""  # what refused it before training: guard rules, "reviewer", "novelty-exact" ...
+    faults: str = ""  # JSON {role: {kind: n}}: provider faults survived while preparing this experiment
+    node: str = ""  # where it trained: the machine's name
+    gpu: str = ""  # and the device there ("cpu", or the GPU id)
     extra: dict = field(default_factory=dict)  # not persisted; scratch space for the loop
 
     def tsv_row(self) -> list[str]:
         bpb = f"{self.val_bpb:.6f}" if self.val_bpb is not None else "0.000000"
         # one line per experiment: tabs/newlines in free text would break the TSV
         desc = " ".join(self.description.split())
+        if self.rule:
+            desc += f" [{self.status}: {self.rule}]"
         return [self.commit[:7], bpb, f"{self.memory_gb:.1f}", self.status, desc]
 
 
@@ -102,10 +110,18 @@ class ResultsStore:
         return [ExperimentRecord(**{k: v for k, v in row.items() if k in known}) for row in rows]
 
     def append(self, record: ExperimentRecord) -> None:
-        """Add or replace (same exp_id) a record; both files are rewritten atomically."""
-        records = [r for r in self.load() if r.exp_id != record.exp_id]
-        records.append(record)
-        self.write_all(records)
+        """Add a record, or replace the one with its exp_id in place; both files are rewritten atomically.
+
+        Rows stand in the order experiments were decided, the baselines first: an idea refused while a baseline
+        still trained is decided only against a known start, so it comes after the baselines.
+        """
+        records = self.load()
+        at = next((i for i, r in enumerate(records) if r.exp_id == record.exp_id), None)
+        if at is None:
+            records.append(record)
+        else:
+            records[at] = record
+        self.write_all(sorted(records, key=lambda r: not _is_baseline(r)))  # stable: decision order otherwise
 
     def write_all(self, records: list[ExperimentRecord]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +131,10 @@ class ResultsStore:
         _atomic_write_bytes(self.parquet_path, sink.getvalue().to_pybytes())
         lines = ["\t".join(TSV_COLUMNS)] + ["\t".join(r.tsv_row()) for r in records]
         _atomic_write_bytes(self.tsv_path, ("\n".join(lines) + "\n").encode())
+
+
+def _is_baseline(record: ExperimentRecord) -> bool:
+    return record.status == "baseline" or record.category == "baseline"
 
 
 def records_to_table(records: list[ExperimentRecord]) -> pa.Table:

@@ -47,3 +47,14 @@ def evaluate_bpb(model, tokenizer, batch_size):
                   "prepare_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
         Path(path).write_text(json.dumps(record))
     return val_bpb
+
+
+def data_fingerprint():
+    return {"source": "toy", "data": "toy-data-v1", "prepare_args": None}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--fingerprint" in sys.argv:
+        print(json.dumps(data_fingerprint()))

@@ -1,23 +1,30 @@
 """Anthropic Messages API adapter (official `anthropic` SDK) for CrewAI.
 
-Structured output uses forced tool use: the response model's JSON schema is offered as the only tool and
-`tool_choice` names it, so the reply is a `tool_use` block whose `input` is the object. A retry after
-unusable output answers that block with an error `tool_result`, the protocol's own way to say "try again".
+Structured output uses forced tool use (`structured: tool`, what `auto` picks): the response model's JSON schema
+is offered as the only tool and `tool_choice` names it, so the reply is a `tool_use` block whose `input` is the
+object. `structured: prompt` writes the schema into the system prompt and reads the JSON from the text, for an
+Anthropic-compatible endpoint (`base_url`) without tool use; with `auto` such an endpoint falls back to it when
+it refuses tools.
 
 No `temperature` is sent: the SDK (1.0+) dropped the argument and current Claude models accept only the
-default, so a role's temperature applies to OpenAI models only.
+default, so a role's temperature applies to OpenAI models only. The SDK's OpenTelemetry spans and trace-context
+propagation are switched off: CrewAI keeps crew ids in the OpenTelemetry baggage, which would travel along.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 import anthropic
 from pydantic import BaseModel
 
-from agents.crew.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
-from agents.crew.llm.structured import feedback_text, tool_name
+from agents.crew.llm.faults import http_client_for
+from agents.crew.llm.provider import HTTPFailure, ProviderLLM, Turn, UnreadableResponse
+from agents.crew.llm.structured import schema_instruction, tool_name
+
+_TAKES_OPEN_TELEMETRY = "open_telemetry" in inspect.signature(anthropic.Anthropic.__init__).parameters
 
 
 class AnthropicLLM(ProviderLLM):
@@ -25,69 +32,52 @@ class AnthropicLLM(ProviderLLM):
     provider: str = "anthropic"
 
     def _make_client(self, api_key: str) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            api_key=api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout_s
-        )
+        options: dict[str, Any] = {"open_telemetry": {"traces": False, "propagation": False}} \
+            if _TAKES_OPEN_TELEMETRY else {}
+        return anthropic.Anthropic(api_key=api_key, base_url=self.base_url, max_retries=self.max_retries,
+                                   timeout=self.timeout_s, http_client=http_client_for(anthropic, timeout=self.timeout_s),
+                                   **options)
 
-    def _send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
+    def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
+                 max_out: int, *, retries: bool) -> Turn:
         system, turns = to_anthropic_messages(messages)
-        params: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": int(self.max_tokens or 4096),
-            "messages": turns,
-        }
-        if system:
-            params["system"] = system
-        if response_model is not None:
+        params: dict[str, Any] = {"model": self.model, "max_tokens": max_out, "messages": turns}
+        if response_model is not None and mode == "tool":
             name = tool_name(response_model)
-            params["tools"] = [
-                {
-                    "name": name,
-                    "description": (response_model.__doc__ or f"Return a {name} object.").strip(),
-                    "input_schema": response_model.model_json_schema(),
-                }
-            ]
+            params["tools"] = [{"name": name, "input_schema": response_model.model_json_schema(),
+                                "description": (response_model.__doc__ or f"Return a {name} object.").strip()}]
             params["tool_choice"] = {"type": "tool", "name": name, "disable_parallel_tool_use": True}
+        elif response_model is not None:
+            shown = "\n".join([system, *(json.dumps(t["content"], default=str) for t in turns)])
+            system = "\n\n".join(p for p in (system, schema_instruction(response_model, shown)) if p)
         else:
             stops = [s for s in self.stop_sequences if s.strip()]  # the API refuses whitespace-only stops
             if stops:
                 params["stop_sequences"] = stops
-
+        if system:
+            params["system"] = system
+        client = self._client if retries else self._client.with_options(max_retries=0)
         try:
-            response = self._client.messages.create(**params)
+            response = client.messages.create(**params)
         except anthropic.APITimeoutError:
             raise self._call_error(f"no reply within timeout_s={self.timeout_s}") from None
         except anthropic.APIConnectionError as exc:
             raise self._call_error(f"connection failed ({type(exc.__cause__ or exc).__name__})") from None
         except anthropic.APIStatusError as exc:
-            detail = error_detail(exc.body, exc.message)
-            raise self._call_error(
-                f"HTTP {exc.status_code} {detail}", exc.status_code, retried=is_retried_status(exc.status_code)
-            ) from None
+            raise HTTPFailure(exc.status_code, exc.body, exc.message) from None
         except (json.JSONDecodeError, UnicodeDecodeError, anthropic.APIResponseValidationError) as exc:
             raise UnreadableResponse(f"the response body could not be read ({type(exc).__name__})") from exc
         return _turn_from(response)
 
-    def _feedback(self, turn: Turn, problem: str, response_model: type[BaseModel]) -> list[dict[str, Any]]:
-        text = feedback_text(response_model, problem)
-        tool_use = next((b for m in turn.assistant for b in m["content"] if b["type"] == "tool_use"), None)
-        if tool_use is None:
-            return [*turn.assistant, {"role": "user", "content": text}]
-        result = {"type": "tool_result", "tool_use_id": tool_use["id"], "is_error": True, "content": text}
-        return [*turn.assistant, {"role": "user", "content": [result]}]
-
 
 def _turn_from(response: Any) -> Turn:
-    blocks: list[dict[str, Any]] = []
     texts: list[str] = []
     data = None
     for block in response.content or []:
         if block.type == "text" and block.text:
             texts.append(block.text)
-            blocks.append({"type": "text", "text": block.text})
-        elif block.type == "tool_use":
-            data = block.input if data is None else data
-            blocks.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+        elif block.type == "tool_use" and data is None:
+            data = block.input
     usage = response.usage
     input_tokens = (
         (usage.input_tokens or 0)
@@ -100,7 +90,6 @@ def _turn_from(response: Any) -> Turn:
         truncated=response.stop_reason == "max_tokens",
         input_tokens=input_tokens,
         output_tokens=usage.output_tokens or 0,
-        assistant=[{"role": "assistant", "content": blocks}] if blocks else [],
     )
 
 

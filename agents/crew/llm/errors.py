@@ -39,3 +39,22 @@ class LLMOutputError(LLMError):
 
 class BudgetExceeded(LLMError):
     """A call was refused before it was sent: its worst-case cost would pass the run's budget."""
+
+
+class ContextOverflow(LLMError):
+    """The prompt and the room for the reply do not fit the model's context window.
+
+    Raised before sending when the estimate already shows it, or when the server refuses the request as too long
+    (or stops the reply because its context filled up). The caller shortens the prompt and asks again; it is never
+    a reason to change how structured output is requested. The message avoids the phrases CrewAI treats as its
+    own context-length signal, so CrewAI passes this exception through unchanged.
+    """
+
+    def __init__(self, message: str, *, provider: str, model: str, limit: int | None, prompt_tokens: int | None,
+                 reply_cut: bool = False) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.limit = limit  # the context window in the server's tokens, when known
+        self.prompt_tokens = prompt_tokens  # the prompt as the server (or the estimate) counted it
+        self.reply_cut = reply_cut  # the reply, not the prompt, ran out of room

@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from agents.crew.llm.errors import LLMConfigError
+from agents.crew.llm.servers import STRUCTURED_MODES, ServerRegistry
 from agents.crew.llm.usage import UsageLedger
 
 if TYPE_CHECKING:
@@ -20,6 +21,22 @@ if TYPE_CHECKING:
 ALLOWED_FORMS = "anthropic/<model>, openai/<model> (optionally with base_url for an OpenAI-compatible server)"
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 COMPATIBLE_SERVER_PLACEHOLDER_KEY = "not-needed"
+# Seconds one request may take. A hosted API answers in seconds; a model on a CPU can take minutes for an 8k
+# prompt (SmolLM2-135M on two cores: 228 s on a quiet machine, 788 s on a busy one), so a self-hosted server
+# gets fifteen minutes. It also gets one retry, not three: most serve one request at a time and keep working on
+# one the client gave up on, so each retried timeout queues another copy of the same prompt.
+DEFAULT_TIMEOUT_S = {"hosted": 120.0, "self-hosted": 900.0}
+DEFAULT_MAX_RETRIES = {"hosted": 3, "self-hosted": 1}
+
+
+def default_timeout(base_url: str | None) -> float:
+    """The request timeout when crew.yaml sets none: longer for a self-hosted server (any base_url)."""
+    return DEFAULT_TIMEOUT_S["self-hosted" if base_url else "hosted"]
+
+
+def default_max_retries(base_url: str | None) -> int:
+    """The SDK's retries when crew.yaml sets none: fewer for a self-hosted server (any base_url)."""
+    return DEFAULT_MAX_RETRIES["self-hosted" if base_url else "hosted"]
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -32,7 +49,7 @@ def split_model(model: str) -> tuple[str, str]:
 
 def resolve_api_key(provider: str, *, role: str, model: str, base_url: str | None, api_key_env: str | None) -> str:
     """The key for this role, from the environment only; LLMConfigError (naming the variable) when missing."""
-    if provider == "openai" and base_url and not api_key_env:
+    if base_url and not api_key_env and (provider == "openai" or not os.environ.get(DEFAULT_KEY_ENV[provider])):
         return COMPATIBLE_SERVER_PLACEHOLDER_KEY
     env_name = api_key_env or DEFAULT_KEY_ENV[provider]
     key = os.environ.get(env_name, "").strip()
@@ -53,19 +70,32 @@ def make_llm(
     api_key_env: str | None = None,
     temperature: float = 0.7,
     max_tokens: int = 4096,
-    timeout_s: float = 120,
-    max_retries: int = 4,
+    timeout_s: float | None = None,
+    max_retries: int | None = None,
     usd_per_mtok_in: float | None = None,
     usd_per_mtok_out: float | None = None,
     output_retries: int = 2,
+    structured: str = "auto",
+    context_tokens: int | None = None,
+    servers: ServerRegistry | None = None,
 ) -> BaseLLM:
     """A CrewAI LLM for `role` over the provider's SDK, metered by `ledger`.
 
-    `max_retries` and `timeout_s` go to the SDK (exponential backoff on 429/5xx/timeouts/connection errors);
-    `output_retries` bounds the re-asks after malformed structured output. Prices default to the table in
-    `pricing.py` (for an OpenAI-compatible server: free unless overridden).
+    `max_retries` and `timeout_s` go to the SDK (exponential backoff on 429/5xx/timeouts/connection errors;
+    None: `default_max_retries` / `default_timeout`); `output_retries` bounds the re-asks after malformed structured output.
+    `structured` is the structured-output form (`servers.STRUCTURED_MODES`), `context_tokens` the context window
+    when the server does not report one; `servers` shares what is learned about each server between the roles
+    of a run. Prices default to the table in `pricing.py` (for an OpenAI-compatible server: free unless
+    overridden).
     """
     provider, name = split_model(model)
+    timeout_s = default_timeout(base_url) if timeout_s is None else timeout_s
+    max_retries = default_max_retries(base_url) if max_retries is None else max_retries
+    if structured not in STRUCTURED_MODES:
+        raise LLMConfigError(f"role {role!r}: structured must be one of {', '.join(STRUCTURED_MODES)}, "
+                             f"got {structured!r}")
+    if context_tokens is not None and context_tokens < 512:
+        raise LLMConfigError(f"role {role!r}: context_tokens must be >= 512, got {context_tokens}")
     for field, value, low in (
         ("max_tokens", max_tokens, 1),
         ("max_retries", max_retries, 0),
@@ -91,14 +121,16 @@ def make_llm(
         output_retries=output_retries,
         usd_per_mtok_in=usd_per_mtok_in,
         usd_per_mtok_out=usd_per_mtok_out,
+        structured=structured,
+        context_tokens=context_tokens,
     )
     try:
         if provider == "anthropic":
             from agents.crew.llm.anthropic_llm import AnthropicLLM
 
-            return AnthropicLLM(ledger=ledger, api_key=key, **fields)
+            return AnthropicLLM(ledger=ledger, api_key=key, servers=servers, **fields)
         from agents.crew.llm.openai_llm import OpenAILLM
 
-        return OpenAILLM(ledger=ledger, api_key=key, **fields)
+        return OpenAILLM(ledger=ledger, api_key=key, servers=servers, **fields)
     except ValueError as exc:  # pydantic validation of the fields: report it as configuration, without the key
         raise LLMConfigError(f"role {role!r}: invalid settings for {model}: {exc}") from None

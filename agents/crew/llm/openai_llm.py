@@ -1,30 +1,32 @@
 """OpenAI Chat Completions adapter (official `openai` SDK) for CrewAI, also for OpenAI-compatible servers.
 
-Structured output asks for `response_format: json_schema` with the strict schema the SDK derives from the
-pydantic model (`openai.pydantic_function_tool`). An OpenAI-compatible server (vLLM, Ollama, llama.cpp) that
-rejects json_schema is asked again with the schema written into the system prompt, and this adapter keeps
-using that form; the JSON is then taken from the text (bare, fenced or embedded) and validated the same way.
+Structured-output forms (`structured` in crew.yaml, or found by `auto`, see `servers.py`):
+- `json_schema`: `response_format: json_schema`. api.openai.com gets the strict schema the SDK derives from the
+  pydantic model (every field required, optional ones nullable); a compatible server gets the model's own
+  schema, where optional fields are nullable and not required, so a grammar never forces a model to invent
+  a value for them.
+- `json_object`: `response_format: {"type": "json_object", "schema": ...}` (llama-cpp-python and llama-server
+  constrain to the schema; servers that only know JSON mode ignore the key) plus the schema in the prompt.
+- `tool`: one forced function call whose arguments are the object.
+- `prompt`: no response_format; the schema is in the prompt and the JSON is read from the text.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 from typing import Any
 
 import openai
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
-from agents.crew.llm.provider import ProviderLLM, Turn, UnreadableResponse, error_detail, is_retried_status
-from agents.crew.llm.structured import estimate_tokens, feedback_text, schema_instruction, tool_name
-
-log = logging.getLogger(__name__)
+from agents.crew.llm.faults import http_client_for
+from agents.crew.llm.provider import HTTPFailure, ProviderLLM, Turn, UnreadableResponse
+from agents.crew.llm.structured import schema_for, schema_instruction, tool_name
+from agents.crew.llm.tokens import count_tokens
 
 # Reasoning models on api.openai.com refuse `temperature` and `stop`.
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
-# Statuses with which compatible servers say "I don't do json_schema".
-_UNSUPPORTED_FEATURE_STATUSES = (400, 404, 422, 501)
 _MAX_STOPS = 4  # the API's limit
 
 
@@ -32,110 +34,87 @@ class OpenAILLM(ProviderLLM):
     llm_type: str = "openai"
     provider: str = "openai"
 
-    _schema_in_prompt: bool = PrivateAttr(default=False)
-
     def _make_client(self, api_key: str) -> openai.OpenAI:
-        return openai.OpenAI(
-            api_key=api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout_s
-        )
+        return openai.OpenAI(api_key=api_key, base_url=self.base_url, max_retries=self.max_retries,
+                             timeout=self.timeout_s, http_client=http_client_for(openai, timeout=self.timeout_s))
 
-    @property
-    def compatible_server(self) -> bool:
-        """True for a self-hosted OpenAI-compatible server (any `base_url`), False for api.openai.com."""
-        return self.base_url is not None
-
-    def _send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
+    def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
+                 max_out: int, *, retries: bool) -> Turn:
+        params = self._params(messages, response_model, mode, max_out)
+        client = self._client if retries else self._client.with_options(max_retries=0)
         try:
-            return self._request(messages, response_model)
-        except openai.APIStatusError as exc:
-            if not (
-                response_model is not None
-                and self.compatible_server
-                and not self._schema_in_prompt
-                and exc.status_code in _UNSUPPORTED_FEATURE_STATUSES
-            ):
-                raise self._status_error(exc) from None
-            log.warning(
-                "%s at %s refused response_format json_schema (HTTP %s); writing the schema into the prompt instead",
-                self.model,
-                self.base_url,
-                exc.status_code,
-            )
-            self._schema_in_prompt = True
-            return self._request(messages, response_model)
-
-    def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
-        """One SDK request; LLMCallError when the SDK gives up (APIStatusError passes through for `_send`)."""
-        params = self._params(messages, response_model)
-        try:
-            response = self._client.chat.completions.create(**params)
+            response = client.chat.completions.create(**params)
         except openai.APITimeoutError:
             raise self._call_error(f"no reply within timeout_s={self.timeout_s}") from None
         except openai.APIConnectionError as exc:
             raise self._call_error(f"connection failed ({type(exc.__cause__ or exc).__name__})") from None
         except openai.APIStatusError as exc:
-            if response_model is not None and self.compatible_server and not self._schema_in_prompt:
-                raise  # `_send` decides whether this means "no json_schema here"
-            raise self._status_error(exc) from None
+            raise HTTPFailure(exc.status_code, exc.body, exc.message) from None
         except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as exc:
             raise UnreadableResponse(f"the response body could not be read ({type(exc).__name__})") from exc
-        return self._turn_from(response, params["messages"])
+        return self._turn_from(response)
 
-    def _status_error(self, exc: openai.APIStatusError) -> Exception:
-        detail = error_detail(exc.body, exc.message)
-        return self._call_error(
-            f"HTTP {exc.status_code} {detail}", exc.status_code, retried=is_retried_status(exc.status_code)
-        )
-
-    def _params(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> dict[str, Any]:
+    def _params(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
+                max_out: int) -> dict[str, Any]:
         chat = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
         reasoning = not self.compatible_server and bool(_REASONING_MODEL.match(self.model))
         # api.openai.com has moved to max_completion_tokens; many compatible servers only know max_tokens.
         max_key = "max_tokens" if self.compatible_server else "max_completion_tokens"
-        params: dict[str, Any] = {"model": self.model, max_key: int(self.max_tokens or 4096)}
+        params: dict[str, Any] = {"model": self.model, max_key: max_out}
         if self.temperature is not None and not reasoning:
             params["temperature"] = self.temperature
         if response_model is None:
             stops = self.stop_sequences[:_MAX_STOPS]
             if stops and not reasoning:
                 params["stop"] = stops
-        elif self._schema_in_prompt:
-            chat = _with_system_note(chat, schema_instruction(response_model))
         else:
-            params["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": tool_name(response_model),
-                    "schema": openai.pydantic_function_tool(response_model)["function"]["parameters"],
-                    "strict": True,
-                },
-            }
+            strict = not self.compatible_server
+            schema = schema_for(response_model, strict=strict)
+            name = tool_name(response_model)
+            if mode == "json_schema":
+                params["response_format"] = {"type": "json_schema",
+                                             "json_schema": {"name": name, "schema": schema, "strict": strict}}
+            elif mode == "json_object":
+                params["response_format"] = {"type": "json_object", "schema": schema} if self.compatible_server \
+                    else {"type": "json_object"}
+                chat = _with_system_note(chat, schema_instruction(response_model, _shown(chat)))
+            elif mode == "tool":
+                function = {"name": name, "description": (response_model.__doc__ or name).strip(), "parameters": schema}
+                if strict:
+                    function["strict"] = True
+                params["tools"] = [{"type": "function", "function": function}]
+                params["tool_choice"] = {"type": "function", "function": {"name": name}}
+            else:  # prompt
+                chat = _with_system_note(chat, schema_instruction(response_model, _shown(chat)))
         params["messages"] = chat
         return params
 
-    def _turn_from(self, response: Any, sent: list[dict[str, Any]]) -> Turn:
+    def _turn_from(self, response: Any) -> Turn:
         choices = getattr(response, "choices", None)
         if not choices or getattr(choices[0], "message", None) is None:
             raise UnreadableResponse("the response has no choices")
         choice = choices[0]
-        text = choice.message.content or ""
-        refusal = getattr(choice.message, "refusal", None)
+        message = choice.message
+        text = message.content or ""
+        refusal = getattr(message, "refusal", None)
+        data = None
+        calls = getattr(message, "tool_calls", None) or []
+        if calls and getattr(calls[0], "function", None) is not None:
+            text = calls[0].function.arguments or ""  # validated like any JSON text (it may be cut short)
         usage = getattr(response, "usage", None)
-        if usage is not None:
-            input_tokens, output_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
-        else:  # some compatible servers omit usage: count an estimate rather than nothing
-            input_tokens = estimate_tokens(json.dumps([m["content"] for m in sent], default=str))
-            output_tokens = estimate_tokens(text)
+        reported = usage is not None and usage.prompt_tokens is not None
         return Turn(
             text=text if not refusal else f"(refused) {refusal}",
+            data=data,
             truncated=choice.finish_reason == "length",
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            assistant=[{"role": "assistant", "content": text or refusal}] if (text or refusal) else [],
+            input_tokens=(usage.prompt_tokens or 0) if reported else 0,
+            output_tokens=(usage.completion_tokens or 0) if reported else count_tokens(text),
+            usage_reported=reported,
         )
 
-    def _feedback(self, turn: Turn, problem: str, response_model: type[BaseModel]) -> list[dict[str, Any]]:
-        return [*turn.assistant, {"role": "user", "content": feedback_text(response_model, problem)}]
+
+def _shown(chat: list[dict[str, Any]]) -> str:
+    return "\n".join(str(m["content"]) for m in chat)
 
 
 def _with_system_note(chat: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:

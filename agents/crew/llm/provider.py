@@ -1,10 +1,19 @@
-"""What the Anthropic and OpenAI adapters share: the CrewAI `BaseLLM` surface, budgets, accounting, output retries.
+"""What the Anthropic and OpenAI adapters share: the CrewAI `BaseLLM` surface, budgets, context, output retries.
 
-A subclass only knows its wire protocol: `_send()` makes one SDK request and returns a `Turn`;
-`_feedback()` words a retry after malformed output. Transport failures (429, 5xx, timeouts, dropped
-connections) are retried by the SDK itself (`max_retries`, exponential backoff honouring `retry-after`);
-this class retries only output that arrived but cannot be used, feeding the problem back, at most
-`output_retries` times.
+A subclass only knows its wire protocol: `_request()` makes one SDK request in a given structured-output form
+and returns a `Turn` (or raises `HTTPFailure` with the server's status and body). Here:
+
+- the form: `structured` from crew.yaml, or with `auto` the strongest form the server accepts, found on the
+  first call, remembered per server for the run, and announced when a form is given up (`servers.py`);
+- the context: the prompt is counted before sending, `max_tokens` is lowered to what the window leaves, and a
+  prompt that cannot fit, a server's overflow error and a reply cut off by a full window all raise
+  `ContextOverflow`, so the caller shortens the prompt (never a change of form);
+- the faults: every HTTP attempt the SDK retried, malformed replies and overflows are counted per role;
+- output retries: a reply that arrived but cannot be used is asked for again, at most `output_retries` times;
+  each retry is the original conversation plus a note on what was wrong, never a pile of failed replies.
+
+Transport failures (429, 5xx, timeouts, dropped connections) are retried by the SDK itself (`max_retries`,
+exponential backoff honouring `retry-after`).
 """
 
 from __future__ import annotations
@@ -12,15 +21,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, PrivateAttr
 
-from agents.crew.llm.errors import LLMCallError, LLMOutputError
+from agents.crew.llm.errors import ContextOverflow, LLMCallError, LLMConfigError, LLMOutputError
+from agents.crew.llm.faults import count_attempts, recording_attempts
 from agents.crew.llm.pricing import Price, context_window, price_for
-from agents.crew.llm.structured import estimate_tokens, validate_output
+from agents.crew.llm.servers import (
+    DEFAULT_CONTEXT,
+    LADDERS,
+    PRIOR_TOKEN_RATIO,
+    Refusal,
+    ServerFacts,
+    ServerRegistry,
+    classify_error,
+    probe_context,
+)
+from agents.crew.llm.structured import extract_json, feedback_text, validate_output
+from agents.crew.llm.tokens import MESSAGE_OVERHEAD, count_messages, count_tokens
 from agents.crew.llm.usage import UsageLedger
 from agents.crewai_env import quiet_crewai
 
@@ -31,8 +53,13 @@ from crewai.llms.base_llm import llm_call_context  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_CONTEXT_TOKENS = 32_000  # for models we know nothing about (local servers): a common size
-_CONTEXT_HEADROOM = 0.85  # CrewAI compacts history past this share of the window
+MIN_REPLY_TOKENS = 256  # a structured reply needs at least this much room
+# The prompt budget keeps 1/REPLY_SHARE of the window (at least REPLY_FLOOR, at most max_tokens) for the reply:
+# the roles' replies are short (an idea, a few search/replace blocks), and an 8k window must still hold a 4k
+# train.py whole.
+REPLY_SHARE = 8
+REPLY_FLOOR = 512
+SAFETY = 0.97  # share of the window a prompt may be planned to fill: estimates are estimates
 
 
 @dataclass
@@ -40,15 +67,24 @@ class Turn:
     """One provider reply, reduced to what the retry loop needs."""
 
     text: str  # all text blocks, joined
-    data: Any = None  # structured input of a tool_use block, when there was one
-    truncated: bool = False  # the provider stopped at max_tokens
+    data: Any = None  # structured input of a tool call, when there was one
+    truncated: bool = False  # the provider stopped at a length limit
     input_tokens: int = 0
     output_tokens: int = 0
-    assistant: list[dict[str, Any]] = field(default_factory=list)  # messages that replay this reply in a retry
+    usage_reported: bool = True  # False: the counts are our estimates (the server sent no usage)
+    max_out: int = 0  # the max_tokens this request was sent with
 
 
 class UnreadableResponse(Exception):
     """The provider answered 200 but the body could not be parsed (not JSON, wrong shape)."""
+
+
+class HTTPFailure(Exception):
+    """The SDK gave up on an HTTP error status; the body decides what it means (`servers.classify_error`)."""
+
+    def __init__(self, status: int, body: object, message: str) -> None:
+        super().__init__(message)
+        self.status, self.body, self.message = status, body, message
 
 
 class ProviderLLM(BaseLLM):
@@ -62,19 +98,28 @@ class ProviderLLM(BaseLLM):
     usd_per_mtok_in: float | None = None
     usd_per_mtok_out: float | None = None
     api_key_env: str | None = None  # the variable's name, for messages; the key itself lives only in the client
+    structured: str = "auto"
+    context_tokens: int | None = None  # crew.yaml's context window for this role, if set
 
     _ledger: UsageLedger = PrivateAttr()
     _client: Any = PrivateAttr(default=None)
     _secret: str = PrivateAttr(default="")
     _price: Price = PrivateAttr()
+    _facts: ServerFacts = PrivateAttr()
 
-    def __init__(self, *, ledger: UsageLedger, api_key: str, **fields: Any) -> None:
+    def __init__(self, *, ledger: UsageLedger, api_key: str, servers: ServerRegistry | None = None,
+                 **fields: Any) -> None:
         # BaseLLM guesses `provider` from the model name ("openai" without a prefix): keep the class's own.
         fields.setdefault("provider", type(self).model_fields["provider"].default)
         super().__init__(**fields)
         self._ledger = ledger
         self._secret = api_key
         self._price = self._make_price()
+        kind = "compatible" if self.compatible_server else self.provider
+        self._facts = (servers or ServerRegistry()).facts(self.endpoint, self.model, PRIOR_TOKEN_RATIO[kind])
+        if self.structured != "auto" and self.structured not in self.ladder + ("tool", "prompt"):
+            raise LLMConfigError(f"role {self.role!r}: {self.provider} models take structured: "
+                                 f"{', '.join(('auto', *self.ladder, 'prompt'))}, not {self.structured!r}")
         self._client = self._make_client(api_key)
 
     @classmethod
@@ -85,15 +130,27 @@ class ProviderLLM(BaseLLM):
 
     # -- provider-specific ---------------------------------------------------------------------------
 
+    @property
+    def compatible_server(self) -> bool:
+        """True for a self-hosted or third-party endpoint (any `base_url`), False for the provider's own API."""
+        return self.base_url is not None
+
+    @property
+    def ladder(self) -> tuple[str, ...]:
+        """The structured-output forms `auto` tries, strongest first."""
+        return LADDERS[f"{self.provider}-compatible" if self.compatible_server else self.provider]
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or self.provider
+
     def _make_client(self, api_key: str) -> Any:
         raise NotImplementedError
 
-    def _send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
-        """One request through the SDK. Raises LLMCallError when the SDK gives up, UnreadableResponse on junk."""
-        raise NotImplementedError
-
-    def _feedback(self, turn: Turn, problem: str, response_model: type[BaseModel]) -> list[dict[str, Any]]:
-        """Messages to append after a reply that could not be used (the reply itself, then the problem)."""
+    def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
+                 max_out: int, *, retries: bool) -> Turn:
+        """One request through the SDK in form `mode` (None: plain text). Raises HTTPFailure on an error status,
+        LLMCallError on timeouts and connection failures, UnreadableResponse on a body that cannot be read."""
         raise NotImplementedError
 
     def _make_price(self) -> Price:
@@ -153,13 +210,60 @@ class ProviderLLM(BaseLLM):
         return False
 
     def get_context_window_size(self) -> int:
-        return int(context_window(self.model, _DEFAULT_CONTEXT_TOKENS) * _CONTEXT_HEADROOM)
+        return int(self.context_window() * 0.85)
 
     def get_input_tokens_count(
         self, messages: Any, tools: Any = None, response_model: type[BaseModel] | None = None
     ) -> int:
         formatted = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
-        return self._estimate_input_tokens(formatted, response_model)
+        return math.ceil(count_messages(self._prompt_texts(formatted, response_model)) * self._facts.token_ratio)
+
+    # -- context ---------------------------------------------------------------------------------------
+
+    def context_window(self) -> int:
+        """This role's context window in the server's tokens: what the server reports (capped by crew.yaml's
+        `context_tokens`), else crew.yaml's value, else the model table or the provider's default."""
+        if self.compatible_server and not self._facts.probed:
+            with self._facts.lock:
+                probe = not self._facts.probed
+                self._facts.probed = True
+            if probe:
+                found = probe_context(self.base_url or "", self.model, self._probe_headers())
+                if found:
+                    self._facts.learn_context(*found)
+        reported = self._facts.context_tokens
+        if reported and self.context_tokens:
+            return min(reported, self.context_tokens)
+        if reported or self.context_tokens:
+            return int(reported or self.context_tokens)  # type: ignore[arg-type]
+        if self.compatible_server:
+            return DEFAULT_CONTEXT["compatible"]
+        return context_window(self.model, DEFAULT_CONTEXT[self.provider])
+
+    def context_source(self) -> str:
+        """Where `context_window()` comes from, for messages."""
+        if self._facts.context_tokens and not (self.context_tokens and self.context_tokens < self._facts.context_tokens):
+            return self._facts.context_source
+        if self.context_tokens:
+            return "crew.yaml context_tokens"
+        return "the default for this kind of server" if self.compatible_server else "the model table"
+
+    def prompt_budget(self, response_model: type[BaseModel] | None) -> int:
+        """Local tokens (`tokens.count_tokens`) the messages may take, leaving the reply its share of the window."""
+        window = self.context_window()
+        reply = min(int(self.max_tokens or 4096), max(REPLY_FLOOR, window // REPLY_SHARE))
+        schema = count_tokens(json.dumps(response_model.model_json_schema())) if response_model else 0
+        return int((window * SAFETY - reply) / self._facts.token_ratio) - schema - 2 * MESSAGE_OVERHEAD
+
+    def _probe_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+
+    def _prompt_texts(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> list[str]:
+        texts = [m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content"), default=str)
+                 for m in messages]
+        if response_model is not None:  # tool / json_schema forms send it too, and it counts as input
+            texts.append(json.dumps(response_model.model_json_schema()))
+        return [t or "" for t in texts]
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -172,25 +276,24 @@ class ProviderLLM(BaseLLM):
                 turn = self._metered_send(conversation, response_model)
             except UnreadableResponse as exc:
                 problem = str(exc)
-                continue
-            if response_model is None:
-                return self._apply_stop_words(turn.text)
-            if turn.truncated:
-                problem = f"the reply was cut off at max_tokens={self.max_tokens} before the JSON was complete"
+                self._ledger.faults.count("malformed", self.role)
             else:
-                value, problem = validate_output(response_model, data=turn.data, text=turn.text)
-                if value is not None:
-                    return value
-            log.warning(
-                "%s/%s (%s): unusable output, attempt %d of %d: %s",
-                self.provider,
-                self.model,
-                self.role,
-                attempt,
-                attempts,
-                problem,
-            )
-            conversation += self._feedback(turn, problem, response_model)
+                if response_model is None:
+                    return self._apply_stop_words(turn.text)
+                if turn.truncated:
+                    self._check_cut_by_context(turn)
+                    problem = f"the reply was cut off at max_tokens={turn.max_out} before the JSON was complete"
+                else:
+                    value, problem = validate_output(response_model, data=turn.data, text=turn.text)
+                    if value is not None:
+                        return value
+                self._ledger.faults.count("malformed", self.role)
+            log.info("%s/%s (%s): unusable output, attempt %d of %d: %s",  # counted as a fault, shown at the end
+                        self.provider, self.model, self.role, attempt, attempts, problem)
+            if attempt < attempts:
+                self._ledger.faults.count("retries", self.role)
+            # the retry replaces the failed reply: the original conversation and one note on what was wrong
+            conversation = list(messages) + self._feedback(problem, response_model)
         schema = response_model.__name__ if response_model else "text"
         raise LLMOutputError(
             f"{self.provider}/{self.model} (role {self.role!r}) gave no usable {schema} after {attempts} attempts; "
@@ -201,38 +304,173 @@ class ProviderLLM(BaseLLM):
             last_problem=problem,
         )
 
+    def _feedback(self, problem: str, response_model: type[BaseModel] | None) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": feedback_text(response_model, problem)}] if response_model else []
+
+    def _check_cut_by_context(self, turn: Turn) -> None:
+        """A reply that stopped short of its max_tokens, or whose max_tokens the window had lowered, ran out of
+        context, not of max_tokens: the prompt must shrink (ContextOverflow), asking again would not help."""
+        window = self.context_window()
+        lowered = turn.max_out < int(self.max_tokens or 0)
+        # hosted APIs refuse an over-long request instead; self-hosted servers fill the window and stop
+        stopped_early = self.compatible_server and turn.usage_reported and 0 < turn.output_tokens < turn.max_out - 8
+        if not (lowered or stopped_early):
+            return
+        used = turn.input_tokens + turn.output_tokens
+        if stopped_early:
+            self._facts.learn_context(used, "a reply cut off when the context filled")
+        self._ledger.faults.count("overflow", self.role)
+        raise ContextOverflow(
+            f"{self.provider}/{self.model} (role {self.role!r}): the reply was cut off by the context window "
+            f"({window} tokens, from {self.context_source()}; prompt {turn.input_tokens} + reply "
+            f"{turn.output_tokens} tokens) before the JSON was complete, not by max_tokens={self.max_tokens}",
+            provider=self.provider, model=self.model, limit=window, prompt_tokens=turn.input_tokens, reply_cut=True)
+
     def _metered_send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
-        """`_send` between a budget reservation (worst case) and the ledger entry (what was really used)."""
-        max_out = int(self.max_tokens or 0)
-        estimate = self._estimate_input_tokens(messages, response_model)
-        reservation = self._ledger.reserve(
-            role=self.role,
-            model=self.model,
-            input_tokens=estimate,
-            output_tokens=max_out,
-            usd=self._price.cost(estimate, max_out),
-        )
+        """Fit check, then `_send` between a budget reservation (worst case) and the ledger entry (real use)."""
+        local = count_messages(self._prompt_texts(messages, response_model))
+        estimate = math.ceil(local * self._facts.token_ratio)
+        window = self.context_window()
+        room = int(window * SAFETY) - estimate
+        wanted = int(self.max_tokens or 4096)
+        if room < min(wanted, MIN_REPLY_TOKENS):
+            self._ledger.faults.count("overflow", self.role)
+            raise ContextOverflow(
+                f"{self.provider}/{self.model} (role {self.role!r}): the prompt (about {estimate} tokens) leaves "
+                f"{max(room, 0)} of the {window}-token context window ({self.context_source()}) for the reply; "
+                f"it needs at least {min(wanted, MIN_REPLY_TOKENS)}",
+                provider=self.provider, model=self.model, limit=window, prompt_tokens=estimate)
+        max_out = min(wanted, room)
+        reservation = self._ledger.reserve(role=self.role, model=self.model, input_tokens=estimate,
+                                           output_tokens=max_out, usd=self._price.cost(estimate, max_out))
         try:
-            turn = self._send(messages, response_model)
+            turn = self._send(messages, response_model, max_out)
         except BaseException:
             self._ledger.release(reservation)
             raise
-        self._ledger.settle(
-            reservation,
-            input_tokens=turn.input_tokens,
-            output_tokens=turn.output_tokens,
-            usd=self._price.cost(turn.input_tokens, turn.output_tokens),
-        )
+        if not turn.usage_reported:
+            turn.input_tokens = estimate
+        turn.max_out = max_out
+        self._ledger.settle(reservation, input_tokens=turn.input_tokens, output_tokens=turn.output_tokens,
+                            usd=self._price.cost(turn.input_tokens, turn.output_tokens))
         self._track_token_usage_internal({"prompt_tokens": turn.input_tokens, "completion_tokens": turn.output_tokens})
+        if turn.usage_reported:
+            self._learn_from_usage(local, estimate, turn)
         return turn
 
-    def _estimate_input_tokens(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> int:
-        text = json.dumps([m.get("content") for m in messages], default=str)
-        if response_model is not None:
-            text += json.dumps(response_model.model_json_schema())
-        return estimate_tokens(text)
+    def _learn_from_usage(self, local: int, estimate: int, turn: Turn) -> None:
+        """Calibrate the token count; notice a server that silently cut the prompt to its window (Ollama does)."""
+        if local > 500 and turn.input_tokens < 0.6 * local:
+            seen = turn.input_tokens + turn.output_tokens
+            self._facts.learn_context(seen, "a prompt the server cut short")
+            self._ledger.faults.announce(
+                self.role, f"{self.endpoint} counted only {turn.input_tokens} prompt tokens of about {estimate} "
+                f"sent: it probably cut the prompt to its context window. Prompts are now fitted to {seen} tokens; "
+                "set context_tokens for this role to the server's real window (Ollama: num_ctx).")
+            return
+        self._facts.learn_ratio(local, turn.input_tokens)
+
+    # -- one request, in the right form --------------------------------------------------------------------
+
+    def current_mode(self) -> str:
+        """The structured-output form the next structured request uses."""
+        if self.structured != "auto":
+            return self.structured
+        if self._facts.mode:
+            return self._facts.mode
+        return next((m for m in self.ladder if m not in self._facts.refused), self.ladder[-1])
+
+    def _send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, max_out: int) -> Turn:
+        structured = response_model is not None
+        # On a self-hosted server the first structured request goes out without the SDK's retries: some refuse a
+        # form with a 5xx (llama-cpp-python), which the SDK would retry max_retries times before we could read it.
+        probing = (structured and self.compatible_server and self.structured == "auto" and self._facts.mode is None
+                   and len(self.ladder) > 1)
+        while True:
+            mode = self.current_mode() if structured else None
+            try:
+                turn = self._attempt(messages, response_model, mode, max_out, retries=not probing)
+            except HTTPFailure as failure:
+                refusal = classify_error(failure.status, failure.body, failure.message, mode=mode)
+                if refusal.kind == "context":
+                    raise self._overflow(refusal, messages, response_model) from None
+                if refusal.kind == "format" and mode and self._give_up_mode(mode, f"HTTP {failure.status}: "
+                                                                                 f"{refusal.detail}"):
+                    continue
+                if probing:  # an ordinary failure while finding the form: ask again with the SDK's retries
+                    probing = False
+                    continue
+                self._count_final(failure.status)
+                raise self._status_error(failure, refusal) from None
+            if probing and mode not in (None, "prompt") and not turn.truncated and not _bare_json(turn):
+                # a server that honours the form answers with the JSON alone; text around it means it was ignored
+                moved = self._give_up_mode(mode, "it answered with text around the JSON, so it ignores this form")
+                if moved and not _has_json(turn):
+                    continue  # nothing usable in this reply: ask again in the next form
+                return turn
+            if mode is not None and self.structured == "auto" and self._facts.mode is None:
+                self._facts.mode = mode
+            return turn
+
+    def _attempt(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
+                 max_out: int, *, retries: bool) -> Turn:
+        """`_request` with every HTTP attempt the SDK made counted as a fault of this role."""
+        with recording_attempts() as outcomes:
+            try:
+                turn = self._request(messages, response_model, mode, max_out, retries=retries)
+            except (HTTPFailure, UnreadableResponse):
+                count_attempts(self._ledger.faults, self.role, outcomes, last_was_answer=True)
+                raise
+            except Exception:
+                count_attempts(self._ledger.faults, self.role, outcomes, last_was_answer=False)
+                raise
+        count_attempts(self._ledger.faults, self.role, outcomes, last_was_answer=True)
+        return turn
+
+    def _count_final(self, status: int) -> None:
+        if status == 429:
+            self._ledger.faults.count("rate_limited", self.role)
+        elif status >= 500:
+            self._ledger.faults.count("server_error", self.role)
+
+    def _give_up_mode(self, mode: str, why: str) -> bool:
+        """With `auto`, stop using `mode` on this server for the run and announce it; False if nothing is left."""
+        if self.structured != "auto":
+            return False
+        with self._facts.lock:
+            if self._facts.mode == mode:
+                self._facts.mode = None
+            self._facts.refused.setdefault(mode, why)
+            left = [m for m in self.ladder if m not in self._facts.refused]
+        if not left:
+            return False
+        self._ledger.faults.announce(
+            self.role, f"{self.endpoint} ({self.model}) refused structured output as {mode} ({why}); using "
+            f"{left[0]} for the rest of the run")
+        return True
+
+    def _overflow(self, refusal: Refusal, messages: list[dict[str, Any]],
+                  response_model: type[BaseModel] | None) -> ContextOverflow:
+        self._facts.learn_context(refusal.limit, "the server's overflow error")
+        if refusal.prompt_tokens:
+            self._facts.learn_ratio(count_messages(self._prompt_texts(messages, response_model)),
+                                    refusal.prompt_tokens)
+        self._ledger.faults.count("overflow", self.role)
+        window = self.context_window()
+        counted = f"{refusal.prompt_tokens} prompt tokens" if refusal.prompt_tokens else "the prompt"
+        return ContextOverflow(
+            f"{self.provider}/{self.model} (role {self.role!r}): the server refused {counted} as longer than its "
+            f"context window ({window} tokens, from {self.context_source()})",
+            provider=self.provider, model=self.model, limit=window, prompt_tokens=refusal.prompt_tokens)
 
     # -- errors --------------------------------------------------------------------------------------------
+
+    def _status_error(self, failure: HTTPFailure, refusal: Refusal) -> LLMCallError:
+        retried = failure.status in (408, 409, 429) or failure.status >= 500
+        what = f"HTTP {failure.status} {refusal.detail}"
+        if refusal.kind == "format":
+            what += f" (structured: {self.structured} was refused; try structured: auto)"
+        return self._call_error(what, failure.status, retried=retried)
 
     def _call_error(self, what: str, status: int | None = None, *, retried: bool = True) -> LLMCallError:
         """An LLMCallError naming provider, model, role and endpoint; any trace of the key is masked.
@@ -253,16 +491,21 @@ class ProviderLLM(BaseLLM):
         return LLMCallError(message, provider=self.provider, model=self.model, status=status)
 
 
-def is_retried_status(status: int) -> bool:
-    """Statuses the SDKs retry on their own (request timeout, lock conflict, rate limit, server errors)."""
-    return status in (408, 409, 429) or status >= 500
+def _bare_json(turn: Turn) -> bool:
+    if turn.data is not None:
+        return True
+    try:
+        json.loads(turn.text.strip())
+    except ValueError:
+        return False
+    return True
 
 
-def error_detail(body: object, fallback: str) -> str:
-    """`type: message` from a provider error body (Anthropic's {"error": {...}} or OpenAI's inner object)."""
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            kind = inner.get("type") or inner.get("code")
-            return f"{kind}: {inner['message']}" if kind else str(inner["message"])
-    return fallback
+def _has_json(turn: Turn) -> bool:
+    if turn.data is not None:
+        return True
+    try:
+        extract_json(turn.text)
+    except ValueError:
+        return False
+    return True

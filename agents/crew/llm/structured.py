@@ -7,10 +7,10 @@ helpers check what came back and word the feedback sent with a retry.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
+import openai
 from pydantic import BaseModel, ValidationError
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -18,22 +18,36 @@ _TOOL_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _MAX_PROBLEM_CHARS = 1500
 
 
-def estimate_tokens(text: str) -> int:
-    """A quick upper-leaning token estimate (about four characters per token) for budgets before a call."""
-    return math.ceil(len(text) / 4)
-
-
 def tool_name(model: type[BaseModel]) -> str:
     """A tool / schema name the providers accept (letters, digits, _ and -, at most 64 characters)."""
     return _TOOL_NAME_CHARS.sub("_", model.__name__)[:64] or "output"
 
 
-def schema_instruction(model: type[BaseModel]) -> str:
-    """Plain-text instructions for servers that cannot constrain the output to a schema themselves."""
-    schema = json.dumps(model.model_json_schema(), separators=(",", ":"))
+def schema_for(model: type[BaseModel], *, strict: bool) -> dict[str, Any]:
+    """The JSON schema sent with a request.
+
+    `strict` (api.openai.com's strict mode): the SDK's transformation, where every property is required and
+    optional ones are nullable. Otherwise the model's own schema: optional fields are nullable and not required,
+    so a server that constrains output with a grammar never forces a model to invent a value for them.
+    """
+    if strict:
+        return openai.pydantic_function_tool(model)["function"]["parameters"]
+    return model.model_json_schema()
+
+
+def schema_instruction(model: type[BaseModel], shown: str = "") -> str:
+    """Plain-text instructions for servers that do not constrain the output to a schema themselves.
+
+    `shown`: the prompt so far; when it already carries the schema (CrewAI writes it into the task), only the
+    instruction is added, not the schema a second time.
+    """
+    schema = model.model_json_schema()
+    if shown and '"properties"' in shown and all(f'"{name}"' in shown for name in schema.get("properties", {})):
+        return ("Reply with a single JSON object that validates against the schema given above, and nothing else "
+                "(no prose, no code fences).")
     return (
         "Reply with a single JSON object and nothing else (no prose, no code fences). "
-        f"It must validate against this JSON schema:\n{schema}"
+        f"It must validate against this JSON schema:\n{json.dumps(schema, separators=(',', ':'))}"
     )
 
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from agents.crew.llm.errors import BudgetExceeded
+from agents.crew.llm.faults import FaultLog
 
 __all__ = ["BudgetExceeded", "Reservation", "UsageLedger", "UsageRecord", "UsageTotals"]
 
@@ -82,7 +83,9 @@ class Reservation:
 
 
 class UsageLedger:
-    """Tokens and USD per role, per experiment and per run; optional `max_usd` / `max_tokens` budgets."""
+    """Tokens and USD per role, per experiment and per run; optional `max_usd` / `max_tokens` budgets.
+
+    `faults` counts what the adapters survived (retried 429s and 5xx, timeouts, malformed replies ...)."""
 
     def __init__(self, *, max_usd: float | None = None, max_tokens: int | None = None) -> None:
         if max_usd is not None and max_usd < 0:
@@ -95,6 +98,7 @@ class UsageLedger:
         self._records: list[UsageRecord] = []
         self._pending: dict[int, Reservation] = {}
         self._tickets = itertools.count(1)
+        self.faults = FaultLog()  # faults survived and fallbacks announced, per role (faults.py)
 
     # -- experiment tagging --------------------------------------------------------------------------
 
