@@ -40,7 +40,10 @@ from memory.vocabulary import learn_vocabulary  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 TRAIN = (REPO / "train.py").read_text()
-PAIR_FILES = ("judgement_pairs_tune.jsonl", "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl",
+# tune: tuned on; blind and final: each written before a revision of the reader, measured once, then tuned on;
+# final2: written last, measured once on the reader as it is (the estimate for unseen wording); the rest are older
+PAIR_FILES = ("judgement_pairs_tune.jsonl", "judgement_pairs_blind.jsonl", "judgement_pairs_final.jsonl",
+              "judgement_pairs_final2.jsonl", "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl",
               "idea_pairs_holdout.jsonl")
 NOISE = 0.15  # per-dimension noise on the labelled ideas' vectors: neighbours, not copies
 STATUSES = ["discard"] * 10 + ["keep"] * 4 + ["crash", "veto", "skipped", "repeat"]
@@ -53,7 +56,8 @@ def ms(values: list[float]) -> str:
 
 
 def load_pairs(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+    path = DATA / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _score(rows: list[dict], refused: list[bool]) -> str:
@@ -69,12 +73,15 @@ def _score(rows: list[dict], refused: list[bool]) -> str:
             f"(tp {tp}, fp {fp}, fn {fn})")
 
 
-def gate_quality(end_to_end: bool) -> None:
+def gate_quality(end_to_end: bool, names: tuple[str, ...] = PAIR_FILES) -> None:
     """The offline judgement on each labelled set: by readings alone, and (end_to_end) through the store the way
     the loop calls it: the earlier idea stored alone (crashed when labelled so), the later one checked."""
     vocab = learn_vocabulary(TRAIN)
-    for name in PAIR_FILES:
+    for name in names:
         rows = load_pairs(name)
+        if not rows:
+            print(f"  {name:34s} (not found)")
+            continue
         refused = [compare(read_idea(r["b"]["title"], r["b"]["rationale"], vocab),
                            read_idea(r["a"]["title"], r["a"]["rationale"], vocab),
                            old_crashed=r["a"].get("status") == "crash").same is True for r in rows]
@@ -259,14 +266,16 @@ def main() -> None:
                         help="also compare HNSW settings on N random unit vectors (the hardest case)")
     parser.add_argument("--quality-only", action="store_true", help="only the judgement on the labelled pairs")
     parser.add_argument("--no-end-to-end", action="store_true", help="judgement by readings only (fast)")
+    parser.add_argument("--pairs", nargs="+", default=list(PAIR_FILES), metavar="FILE",
+                        help="labelled pair files in tests/data to judge (default: all)")
     args = parser.parse_args()
     sizes = args.sizes + ([100_000] if args.with_100k else [])
 
     if args.quality_only:
         print("idea gate quality (offline judgement):")
-        gate_quality(end_to_end=not args.no_end_to_end)
+        gate_quality(not args.no_end_to_end, tuple(args.pairs))
         return
-    rows = [r for name in PAIR_FILES[:1] + PAIR_FILES[2:3] for r in load_pairs(name)]
+    rows = [r for name in ("judgement_pairs_tune.jsonl", "idea_pairs.jsonl") for r in load_pairs(name)]
     ideas = {(r[s]["title"], r[s]["rationale"]) for r in rows for s in ("a", "b")}
     titles = sorted(t for t, _ in ideas)
     texts = [idea_text(t, r) for t, r in sorted(ideas)]
@@ -277,7 +286,7 @@ def main() -> None:
     embedding_cost(texts)
     fingerprint_cost()
     print("idea gate quality (offline judgement):")
-    gate_quality(end_to_end=not args.no_end_to_end)
+    gate_quality(not args.no_end_to_end, tuple(args.pairs))
     bases = embed_texts([idea_text(t, "") for t in titles])
     probes = [Idea(title=t, rationale=r, expected_effect="", category="other") for t, r in sorted(ideas)[:20]]
     for n in sizes:

@@ -23,12 +23,19 @@ _COMPARATIVE_DOWN = frozenset(stem(w) for w in ("less", "fewer", "smaller", "low
 _TO = frozenset({"to", "->", "=", ":", "at", "of", "becom", "into"})
 _FROM = frozenset({"from", "was", "current", "currently"})
 _INSTEAD = ("instead", "rather")
+_DIVIDE = frozenset(stem(w) for w in ("divided", "divide", "dividing", "divides"))
+_MULTIPLY = frozenset(stem(w) for w in ("multiply", "multiplied", "multiplying", "multiplies", "scale", "scaled"))
 _PERCENT = frozenset({"%", "percent", "pct"})
 _TIMES = frozenset({"x", "time", "fold", "*"})
 _RUN = frozenset(stem(w) for w in ("training", "run", "budget", "time", "peak", "schedule", "steps"))
 _PHASE_START = frozenset(stem(w) for w in ("first", "start", "begin", "after", "into", "until", "hold", "flat",
                                             "constant", "stable", "keep", "stay", "peak"))
 _WIDTH_WORDS = frozenset({"d", "dim", "width", "the", "a", "model", "hidden", "d_model", "embd"})
+# "X is too small" asks for a larger X
+_TOO_UP = frozenset(stem(w) for w in ("small", "low", "short", "few", "little", "weak", "slow", "tight", "narrow",
+                                      "shallow", "smaller", "lower", "conservative", "timid"))
+_TOO_DOWN = frozenset(stem(w) for w in ("big", "large", "high", "long", "many", "much", "strong", "fast", "loose",
+                                        "wide", "deep", "aggressive", "bigger", "larger", "higher", "hot"))
 _PHASE_END = frozenset(stem(w) for w in ("last", "final", "end", "over", "remaining"))
 
 
@@ -41,9 +48,15 @@ class Amount:
 
 
 def direction_of(tokens: list[Token]) -> int:
-    """+1 / -1 from the direction words among `tokens` (0 when none or both)."""
-    up = any(t.kind == "word" and t.text in _UP for t in tokens)
-    down = any(t.kind == "word" and t.text in _DOWN for t in tokens)
+    """+1 / -1 from the direction words among `tokens` (0 when none or both). "Too small" asks for more."""
+    up = down = False
+    for k, t in enumerate(tokens):
+        if t.kind != "word":
+            continue
+        if _word(tokens, k - 1) == "too" and t.text in _TOO_UP | _TOO_DOWN:
+            up, down = up or t.text in _TOO_UP, down or t.text in _TOO_DOWN
+        elif _word(tokens, k - 1) != "too":
+            up, down = up or t.text in _UP, down or t.text in _DOWN
     factor = [_MULTIPLIERS[t.text] for t in tokens if t.kind == "word" and t.text in _MULTIPLIERS]
     if factor:
         up, down = factor[0] > 1, factor[0] < 1
@@ -68,10 +81,13 @@ def _tuple_at(tokens: list[Token], i: int) -> tuple[tuple[float, ...], int] | No
     return (tuple(values), j + 1) if len(values) >= 2 and j < len(tokens) else None
 
 
-def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: bool, is_tuple: bool) -> Amount | None:
-    """The amount stated among a mention's tokens, or None when only a direction (or nothing) is said."""
+def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: bool, is_tuple: bool,
+                multiple: bool = False) -> Amount | None:
+    """The amount stated among a mention's tokens, or None when only a direction (or nothing) is said. A knob that
+    is itself a multiple (an expansion ratio) or a fraction reads "5.5x" as its value, not as a factor."""
     tokens = [Token("0", "number", 0.0, "0") if t.text == "zero" and _word(tokens, k - 1) in _TO else t
               for k, t in enumerate(tokens)]
+    tokens = _first_branch(tokens)
     direction = direction_of(tokens)
     tuples = []
     i = 0
@@ -118,12 +134,23 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
         return None
     i, t = candidates[-1]
     value = float(t.value)
+    verbs = {x.text for x in tokens[:i]}
+    if value and _word(tokens, i - 1) == "by" and (_word(tokens, i - 2) in _DIVIDE or verbs & _DIVIDE):
+        return Amount("factor", 1 / value)  # "lr /2", "divide the head LR by 3"
+    if value and _word(tokens, i - 1) == "by" and verbs & _MULTIPLY:
+        return Amount("factor", value)  # "multiply it by 4"
     after, after2 = _word(tokens, i + 1), _word(tokens, i + 2)
     before = _word(tokens, i - 1)
     percent = after in _PERCENT
     if percent:
         after, after2 = after2, _word(tokens, i + 3)
     names_width = after2 in _WIDTH_WORDS
+    if after == "x" and not names_width and not multiple and not fraction_like \
+            and _word(tokens, i + 2) not in _NUMBERS_AHEAD(tokens, i + 2):
+        factor = value  # "2x Muon LR", "head lr 2x"
+        if direction < 0 or after2 in _COMPARATIVE_DOWN:
+            factor = 1 / value if value > 1 else value
+        return Amount("factor", factor)
     if before == "x" or (after in _TIMES and not names_width and (
             after2 in _COMPARATIVE_UP | _COMPARATIVE_DOWN | {"as", "it", "current"} or direction)):
         factor = value
@@ -150,8 +177,9 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("factor", 1 + (direction or 1) * value)
         if direction:
             return Amount("delta", direction * value)
-    if t.text.count("/") and value < 1 and after in ("of", "the") and not fraction_like:
-        return Amount("factor", value)
+    if t.text.count("/") and value < 1 and not fraction_like and t.text.startswith("1/") and (
+            after in ("of", "the") or before in ("to", "by")):
+        return Amount("factor", value)  # "a third of the current", "cut it to a third"
     if t.text.count("/") and fraction_like:
         window = {x.text for x in tokens[max(0, i - 8) : i]}
         if terminal_phase and window & _PHASE_START and not window & _PHASE_END:
@@ -166,6 +194,21 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("absolute", p, old)
         return Amount("factor", 1 + (direction or 1) * p)
     return Amount("absolute", _scaled(t, tokens, i, fraction_like), old, _approx(t))
+
+
+def _NUMBERS_AHEAD(tokens: list[Token], i: int) -> set[str]:
+    """The text at i when it is a number ("2 x 3" multiplies), else nothing."""
+    return {tokens[i].text} if 0 <= i < len(tokens) and tokens[i].kind == "number" else set()
+
+
+def _first_branch(tokens: list[Token]) -> list[Token]:
+    """`30.0 if CUDA else 0.0` (a constant written per device): the first branch is the setting meant."""
+    for k, t in enumerate(tokens[:-3]):
+        if t.kind == "number" and tokens[k + 1].text == "if":
+            end = next((j for j in range(k + 2, min(len(tokens), k + 6)) if tokens[j].text == stem("else")), None)
+            if end is not None and end + 1 < len(tokens) and tokens[end + 1].kind == "number":
+                return tokens[: k + 1] + tokens[end + 2 :]
+    return tokens
 
 
 def _inside_tuple(i: int, tuples: list[tuple[int, tuple]]) -> bool:

@@ -45,6 +45,7 @@ class Reading:
     changes: tuple[Change, ...] = ()
     topic: frozenset[str] = frozenset()
     extras: frozenset[float] = frozenset()  # whole numbers in the title that no change explains (300 steps)
+    unread: frozenset[str] = frozenset()  # words of a title clause that asks for a change the reading did not get
 
     @property
     def targets(self) -> frozenset[str]:
@@ -60,14 +61,16 @@ class Reading:
 
     def to_json(self) -> str:
         return json.dumps({"c": [[c.target, [_plain(v) for v in c.values], c.direction] for c in self.changes],
-                           "t": sorted(self.topic), "x": sorted(self.extras)}, separators=(",", ":"))
+                           "t": sorted(self.topic), "x": sorted(self.extras), "u": sorted(self.unread)},
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Reading:
         try:
             data = json.loads(text) if text else {}
             changes = tuple(Change(t, tuple(_unplain(v) for v in vals), int(d)) for t, vals, d in data.get("c", []))
-            return cls(changes, frozenset(data.get("t", [])), frozenset(data.get("x", [])))
+            return cls(changes, frozenset(data.get("t", [])), frozenset(data.get("x", [])),
+                       frozenset(data.get("u", [])))
         except (ValueError, TypeError):
             return cls()
 
@@ -116,6 +119,8 @@ def compare(new: Reading, old: Reading, *, old_crashed: bool = False) -> Compari
                                      f"{other.describe()})")
         elif change.direction != other.direction:
             return Comparison(False, f"{change.target}: opposite directions")
+    if new.unread != old.unread and not old_crashed:  # "tie the embeddings and scale the logits by 1/sqrt(d)": a change not understood
+        return Comparison(None, "a change the reading did not understand: " + " ".join(sorted(new.unread ^ old.unread)))
     return Comparison(True, "same change: " + new.describe())
 
 

@@ -11,274 +11,47 @@ decides nothing.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from memory.amounts import Amount, direction_of, read_amount, resolve, values_match
 from memory.comparison import Change, Reading, show_value
-from memory.lexicon import (
-    COMPOUNDS,
+from memory.lexicon import FILLERS, GENERIC, SAME_PLACE
+from memory.mentions import (
+    OFF,
+    ON,
+    QUANTITY,
+    REPLACE,
+    SEPARATORS,
+    WITHIN_ATTENTION,
+    Mention,
+    clauses,
+    find_mentions,
+    governed_by,
+    masked,
+    nearest_verb,
+    spans_of,
+    switched_off_after,
+)
+from memory.techniques import (
     DEFAULT_SCOPES,
-    FILLERS,
+    DETAIL_SWITCHES,
     FRACTION_SWITCHES,
-    GENERIC,
+    GATED,
     INTRINSIC_PARTS,
+    MEMBER_UNITS,
     NONE_MEMBERS,
-    OFF_WORDS,
-    ON_WORDS,
-    PARTS,
-    QUANTITIES,
-    REPLACE_WORDS,
-    SAME_PLACE,
-    WEAK_WORDS,
+    NUMBERED_MEMBERS,
+    PART_ALIASES,
+    SWITCH_SETTINGS,
+    SWITCH_UNITS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
 
-_OFF = frozenset(stem(w) for w in OFF_WORDS if " " not in w) | {"rid"}
-_ON = frozenset(stem(w) for w in ON_WORDS if " " not in w) | {stem("use"), stem("try"), stem("switch")}
-_REPLACE = frozenset(stem(w) for w in REPLACE_WORDS if " " not in w) | {"instead", "rather"}
-_SEPARATORS = frozenset({",", ";", "and", "plus", "also", "+", "while", "together", "along", "then", "but", "with"})
 _NEW_MARKERS = frozenset({"with", "by", "for", "to", "->", "into"})
 _BEFORE_OLD = frozenset({"instead", "rather", "over"})
-_QUANTITY = frozenset(QUANTITIES)
-_WEAK = frozenset(stem(w) for w in WEAK_WORDS)
-_PREPOSITIONS = frozenset({"on", "to", "for", "in", "of", "at", "into", "onto", "across", "insid"})
-_WITHIN_ATTENTION = {"query": "attention", "key": "attention", "value": "attention"}
-
-
-# ------------------------------------------------------------------------------------------------ mentions
-
-
-@dataclass
-class _Mention:
-    kind: str  # "knob" | "derived" | "family" | "switch" | "words"
-    name: str
-    start: int
-    parts: set[str] = field(default_factory=set)
-    members: list[tuple[str, bool, int]] = field(default_factory=list)  # family: (member, off, position)
-    element: int | None = None
-    knob: Knob | None = None
-    explicit: bool = False  # the clause is about this mention alone or it has its own verb / value
-    weak: bool = False  # named only by a vague word ("decay", "base"): a continuation of a neighbouring clause
-    before: tuple[str, ...] = ()  # the words just before it ("at depth 8")
-
-
-def _spans(tokens: tuple[Token, ...], vocab: Vocabulary) -> list[tuple[int, int, frozenset[str]]]:
-    return vocab.matcher.match(tokens)
-
-
-def _clauses(tokens: tuple[Token, ...], spans: list[tuple[int, int, frozenset[str]]]) -> list[tuple[int, int]]:
-    inside = {i for s, e, _ in spans for i in range(s, e) if e - s > 1}
-    bounds, depth, start = [], 0, 0
-    for i, t in enumerate(tokens):
-        if t.text == "(":
-            depth += 1
-        elif t.text == ")":
-            depth = max(0, depth - 1)
-        elif depth == 0 and i not in inside and t.text in _SEPARATORS:
-            bounds.append((start, i))
-            start = i + 1
-    bounds.append((start, len(tokens)))
-    return [(s, e) for s, e in bounds if e > s]
-
-
-def _match_knobs(pool: dict[str, int], vocab: Vocabulary, technique: bool) -> list[tuple[Knob, frozenset[str]]]:
-    """Knobs whose aliases the concepts in `pool` name, most specific first, each using its own concepts. Beside a
-    technique, a knob named only by a part ("the MLP") is where the technique goes, unless more of its name is
-    there ("MLP ratio")."""
-    chosen: list[tuple[Knob, frozenset[str]]] = []
-    available = set(pool)
-    while True:
-        best: dict[str, tuple[int, Knob, frozenset[str]]] = {}
-        for knob in vocab.knobs.values():
-            if any(k is knob for k, _ in chosen):
-                continue
-            for alias in knob.aliases:
-                if not alias <= available:
-                    continue
-                if alias <= PART_CONCEPTS and technique and not (knob.concepts - alias) & available:
-                    continue
-                if knob.name not in best or len(alias) > best[knob.name][0]:
-                    best[knob.name] = (len(alias), knob, alias)
-        if not best:
-            return chosen
-        size = max(b[0] for b in best.values())
-        top = [b for b in best.values() if b[0] == size]
-        first = top[0]
-        rivals = [b for b in top[1:] if b[2] & first[2]]
-        if rivals:  # the same words name several knobs: the one whose own concepts explain most of the pool
-            ranked = sorted([first, *rivals], key=lambda b: -len(b[1].concepts & available))
-            if len(ranked[0][1].concepts & available) == len(ranked[1][1].concepts & available):
-                available -= first[2]  # ambiguous: name none of them
-                continue
-            first = ranked[0]
-        chosen.append((first[1], first[2]))
-        available -= first[2]
-
-
-def _mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab: Vocabulary) -> list[_Mention]:
-    local = [(s, e, c) for s, e, c in spans if start <= s < end]
-    has_number = any(t.kind == "number" for t in _masked(tokens, spans, start, end))
-    local = _compounds(local, {c for _, _, cs in local for c in cs})
-    depth = _paren_depth(tokens, start, end)
-    members: dict[str, set[str]] = {}
-    switches = 0
-    for s, _, concepts in local:
-        for c in concepts:
-            if ":" in c and not c.startswith("switch:"):
-                members.setdefault(c.split(":")[0], set()).add(c)
-            elif c.startswith("switch:") and not depth.get(s):
-                switches += 1
-    mentions: list[_Mention] = []
-    pool: dict[str, int] = {}
-    parts_at: dict[str, int] = {}
-    dual: dict[str, tuple[str, bool, int]] = {}  # quantity concept -> the family member the same words name
-    weak: set[str] = set()
-    part_switch: dict[str, tuple[int, frozenset[str]]] = {}  # "x0 lambdas": a technique, or the scalars of a knob
-    technique = switches > 0
-    for s, e, concepts in local:
-        off = _governed_by(tokens, s, _OFF)
-        fam = [c for c in concepts if ":" in c and not c.startswith("switch:")]
-        quantity = {c for c in concepts if c in _QUANTITY or c in PARTS}
-        if fam and (not quantity or len(members[fam[0].split(":")[0]]) > 1
-                    or ((off or _governed_by(tokens, s, _REPLACE | _ON)) and not has_number)):
-            technique = True
-            _add_member(mentions, fam[0], off, s)
-            continue
-        if fam:
-            for concept in quantity:
-                dual[concept] = (fam[0], off, s)
-        switch = [c for c in concepts if c.startswith("switch:")]
-        if switch and quantity and switches > 1:
-            switch = []  # "tie the value embedding to ...": the words name a part beside another technique
-        for concept in switch:
-            if depth.get(s) and len(local) > 1:
-                continue  # "(resid/x0 lambdas)": an aside naming what the main words mean
-            if quantity:
-                part_switch[concept] = (s, frozenset(quantity))  # decided once the knobs are known
-                continue
-            mentions.append(_Mention("switch", concept, s))
-        for concept in quantity:
-            if concept in PARTS or concept in PART_CONCEPTS:
-                parts_at.setdefault(concept, s)
-                pool.setdefault(concept, s)
-            elif not (e - s == 1 and tokens[s].text in _WEAK and technique):
-                pool.setdefault(concept, s)  # (a lone "decay" beside a technique is the technique's own)
-                if e - s == 1 and tokens[s].text in _WEAK:
-                    weak.add(concept)
-    for knob, alias in _match_knobs(pool, vocab, technique or bool(mentions)):
-        at = min(pool[c] for c in alias)
-        for part, where in list(parts_at.items()):  # "the attention head dimension": a part naming the knob
-            if where < at and at - where <= 2 and part not in alias \
-                    and not any(tokens[i].text in _PREPOSITIONS for i in range(where, at)):
-                parts_at.pop(part)
-        element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
-        mentions.append(_Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak))
-        for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
-            pool.pop(concept, None)
-            parts_at.pop(concept, None)
-    for concept, (at, parts) in part_switch.items():
-        if parts <= set(pool):  # no knob took its words: the technique itself
-            mentions.append(_Mention("switch", concept, at))
-    knobs = [m for m in mentions if m.kind == "knob"]
-    phases = [m for m in knobs if "warmup" in m.knob.concepts]
-    others = [m for m in knobs if m not in phases and "lr" not in m.knob.concepts]
-    if len(knobs) == 2 and len(phases) == 1 and others:  # "warm up the Muon momentum": a schedule of another knob
-        other = others[0]
-        phases[0].parts.add(other.name.lower())
-        mentions.remove(other)
-    if any(m.kind == "switch" for m in mentions):  # "gains on the RMSNorms", "Nesterov in Muon": where it goes
-        present = {c for c in vocab.present}
-        for m in [m for m in mentions if m.kind == "family"]:
-            if len(m.members) == 1 and f"{m.name}:{m.members[0][0]}" in present and not m.members[0][1]:
-                mentions.remove(m)
-    for formula in vocab.derived:
-        if formula.concepts <= set(pool) and not any(m.name == formula.solve_for for m in mentions):
-            mentions.append(_Mention("derived", formula.solve_for, min(pool[c] for c in formula.concepts),
-                                     knob=vocab.knobs.get(formula.solve_for)))
-            for concept in formula.concepts:
-                pool.pop(concept, None)
-    knobbed = any(m.kind in ("knob", "derived", "switch") for m in mentions)
-    present = {c.split(":", 1)[1] for c in vocab.present}
-    for concept, (member, off, at) in dual.items():  # no knob took the words: they name the technique
-        if concept not in pool and member.split(":", 1)[1] not in present and not has_number:
-            _add_member(mentions, member, off, at)  # "cosine decay": a new schedule, and the decay's knob
-        elif concept in pool and not knobbed:
-            _add_member(mentions, member, off, at)
-            pool.pop(concept)
-            parts_at.pop(concept, None)
-    leftover = {c for c in pool if c in _QUANTITY and c not in GENERIC and c not in PARTS}
-    if leftover and not mentions:
-        mentions.append(_Mention("words", "q:" + "+".join(sorted(leftover)), min(pool[c] for c in leftover)))
-    mentions.sort(key=lambda m: m.start)
-    for part, at in parts_at.items():
-        if part not in pool or depth.get(at) and any(m.kind in ("family", "switch") for m in mentions):
-            continue  # a part named in an aside ("(v = lambda*v ...)") is not where a technique goes
-        owner = max((m for m in mentions if m.start <= at), key=lambda m: m.start, default=None) or \
-            (mentions[0] if mentions else None)
-        if owner is not None:
-            owner.parts.add(part)
-    return mentions
-
-
-def _add_member(mentions: list[_Mention], concept: str, off: bool, at: int) -> None:
-    family, member = concept.split(":", 1)
-    mention = next((m for m in mentions if m.kind == "family" and m.name == family), None)
-    if mention is None:
-        mention = _Mention("family", family, at)
-        mentions.append(mention)
-    mention.members.append((member, off, at))
-
-
-def _paren_depth(tokens: tuple[Token, ...], start: int, end: int) -> dict[int, int]:
-    depth, out = 0, {}
-    for i in range(start, end):
-        if tokens[i].text == "(":
-            depth += 1
-        elif tokens[i].text == ")":
-            depth = max(0, depth - 1)
-        out[i] = depth
-    return out
-
-
-def _compounds(local: list, concepts: set[str]) -> list:
-    """Concepts that together name a technique become that technique (queries + keys + norm = QK-norm)."""
-    for name, alternatives in COMPOUNDS.items():
-        for needed in alternatives:
-            present = {c for c in concepts if c in needed or c.split(":")[0] == "norm_type" and "norm" in needed}
-            if needed <= {("norm" if c.startswith("norm_type:") else c) for c in present}:
-                first = min(s for s, _, cs in local if cs & present)
-                kept = [(s, e, cs - present) for s, e, cs in local if cs - present or not cs & present]
-                return sorted(kept + [(first, first + 1, frozenset({name}))], key=lambda x: x[0])
-    return local
-
-
-def _masked(tokens: tuple[Token, ...], spans, start: int, end: int) -> list[Token]:
-    """Tokens of a range with those inside a recognised phrase blanked (the 2 of "relu^2" is no value), and
-    formulas in parentheses too ("(v = lambda*v + (1-lambda)*v_first)" states no setting)."""
-    hidden = {i for s, e, cs in spans for i in range(s, e) if e - s > 1 or tokens[s].kind != "number"}
-    hidden |= _formula_asides(tokens)
-    return [Token("_", "word") if i in hidden and tokens[i].kind != "word" else tokens[i] for i in range(start, end)]
-
-
-def _formula_asides(tokens: tuple[Token, ...]) -> set[int]:
-    out, stack = set(), []
-    for i, t in enumerate(tokens):
-        if t.text == "(":
-            stack.append(i)
-        elif t.text == ")" and stack:
-            opened = stack.pop()
-            inner = tokens[opened + 1 : i]
-            if not stack and any(x.text in ("=", "*") for x in inner) and any(x.kind == "word" for x in inner):
-                out.update(range(opened, i + 1))
-    return out
-
-
-def _governed_by(tokens: tuple[Token, ...], at: int, words: frozenset[str], reach: int = 3) -> bool:
-    return any(tokens[i].kind == "word" and tokens[i].text in words for i in range(max(0, at - reach), at))
-
 
 # ------------------------------------------------------------------------------------------------- reading
 
@@ -289,34 +62,113 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
     changes = _read(title, vocab)
     if rationale:
         extra = _read(rationale, vocab)
-        title_tokens = tokenize(normalise(title))
-        if not changes and not any(cs for _, _, cs in vocab.matcher.match(title_tokens)):
-            # a title naming nothing known ("second attempt"): the rationale says what changes; a title that
-            # names things but no change stays unread (the rationale's "sharing" must not decide)
-            changes = [c for c in extra if c.values or c.direction]
+        named = {c for _, _, cs in spans_of(tokenize(normalise(title)), vocab) for c in cs}
+        if not any(c.target.split("@")[0][:2] != "q:" for c in changes):
+            # a title naming nothing known ("second attempt"): the rationale says what changes; a title that names
+            # things but no change takes only what the rationale says of those things (its "sharing" must not
+            # decide "tie the ...")
+            related = [c for c in extra if (c.values or c.direction) and (not named or _related(c, named, vocab))]
+            if not related and named and len(title.split()) <= 6 and _POSSESSIVE.search(rationale):
+                # "Scalar parameters" + "... we propose halving their learning rate"
+                said = [s for s in re.split(r"[.;!?]\s+", rationale) if _POSSESSIVE.search(s)]
+                related = [c for s in said for c in _read(_POSSESSIVE.sub(title, s), vocab)
+                           if (c.values or c.direction) and _related(c, named, vocab)]
+            changes = related or changes
         else:
-            by_target = {c.target: c for c in extra if c.values}
-            changes = [by_target.get(c.target, c) if not c.values else c for c in changes]
+            by_target = {c.target: c for c in extra if _numeric(c)}
+            if any(not _numeric(c) for c in changes):  # "EMA of the weights" + "decay 0.995": the EMA's decay
+                stated = [t.value for t in tokenize(normalise(rationale)) if t.kind == "number"]
+                own = {c.target: c for c in changes}
+                by_target.update({c.target: c for c in _read(f"{title} where {rationale}", vocab)
+                                  if _numeric(c) and c.target in own and c.target not in by_target
+                                  and _fits(c, own[c.target], stated, vocab)})
+            by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
+            changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
-    return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab))
+    return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab), _unread(title, vocab))
+
+
+_PRONOUN = re.compile(r"\b(it|this|that|them|its value)\b(?=(?:\s+\w+){0,3}?\s+(?:to\s+|at\s+|=\s*)?[\d.]+)",
+                      re.IGNORECASE)
+
+
+_POSSESSIVE = re.compile(r"\b(?:their|its)\b", re.IGNORECASE)
+
+
+def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Change],
+                    vocab: Vocabulary) -> dict[str, Change]:
+    """"The rotary base is too small ... we put it 50k": a number the rationale gives "it", when the title names
+    one knob without a value and the rationale does not name the knob again."""
+    open_knobs = [c for c in changes if not c.values and c.target in vocab.knobs and c.target not in known]
+    if len(open_knobs) != 1 or len(changes) != 1 or not _PRONOUN.search(rationale):
+        return {}
+    target = open_knobs[0].target
+    found = [c for c in _read(_PRONOUN.sub(target, rationale, count=1), vocab) if c.target == target and c.values]
+    if not found or open_knobs[0].direction and found[0].direction and found[0].direction != open_knobs[0].direction:
+        return {}
+    return {target: found[0]}
+
+
+def _numbers_in(value: object) -> tuple[float, ...]:
+    """The numbers inside a member's value ("gqa:2", "normal:0.02")."""
+    out = []
+    for part in str(value).split(":")[1:]:
+        try:
+            out.append(float(part))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _fits(found: Change, said: Change, stated: list[float], vocab: Vocabulary) -> bool:
+    """May a value read from title and rationale together complete the title's change? Only a number the
+    rationale states, not the knob's current value, and in the direction the title says."""
+    value = found.values[0]
+    if isinstance(value, tuple) or not any(values_match(value, s) for s in stated):
+        return False
+    knob = vocab.knobs.get(found.target.split("@")[0])
+    if knob is None:
+        return True
+    current = [v for v in knob.values.values() if not isinstance(v, tuple)]
+    if any(values_match(value, c) for c in current):
+        return False
+    return not said.direction or all((value > c) == (said.direction > 0) for c in current)
+
+
+def _numeric(change: Change) -> bool:
+    return bool(change.values) and isinstance(change.values[0], float | tuple)
+
+
+def _related(change: Change, named: set[str], vocab: Vocabulary) -> bool:
+    """Does a change concern what a title names? A knob by a word of its name, a technique by itself or the part
+    it works in (a title on "the sub-layer outputs" and a rationale adding dropout there)."""
+    base = change.target.split("@")[0]
+    knob = vocab.knobs.get(base)
+    if knob is not None:
+        return bool(named & (knob.concepts - GENERIC - {"optimizer", "parameters"}))
+    family = base.split(":")[0] if not base.startswith("switch:") else base
+    own = {c for c in named if c == family or c.startswith(family + ":")}
+    return bool(own or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
 
 
 def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
     tokens = tokenize(normalise(title))
-    masked = _masked(tokens, vocab.matcher.match(tokens), 0, len(tokens))
+    hidden = masked(tokens, spans_of(tokens, vocab), 0, len(tokens))
     explained: set[float] = set()
     for change in changes:
         for value in change.values:
-            explained.update(value if isinstance(value, tuple) else (value,) if isinstance(value, float) else ())
+            explained.update(value if isinstance(value, tuple) else (value,) if isinstance(value, float) else
+                             _numbers_in(value))
         knob = vocab.knobs.get(change.target.split("@")[0])
         if knob is not None:
             for current in knob.values.values():
                 explained.update(current if isinstance(current, tuple) else (current,))
     out = set()
-    for k, t in enumerate(masked):
-        if t.kind != "number" or t.value < 2 or t.value != int(t.value) or "/" in t.text:
-            continue
-        near = {masked[j].text for j in (k - 1, k + 1) if 0 <= j < len(masked)}
+    for k, t in enumerate(hidden):
+        aside = 0 < k < len(hidden) - 1 and hidden[k - 1].text == "(" and hidden[k + 1].text == ")"
+        if t.kind != "number" or (t.value < 2 or t.value != int(t.value) or "/" in t.text) and not aside:
+            continue  # (a value in parentheses is a setting: "the Muon learning rate (0.04) for the embeddings")
+        near = {hidden[j].text for j in (k - 1, k + 1) if 0 <= j < len(hidden)}
         if near & {"x", "time", "%", "percent", "fold"} or any(values_match(t.value, e) for e in explained):
             continue
         out.add(float(t.value))
@@ -324,11 +176,33 @@ def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[f
 
 
 _FILLER_STEMS = frozenset(stem(w) for w in FILLERS)
+_ACTIONS = frozenset(stem(w) for w in ("scale", "multiply", "divide", "set", "make", "raise", "lower", "increase",
+                                       "decrease", "reduce", "double", "halve", "add", "remove", "use", "replace",
+                                       "change", "tie", "share", "clip", "cap", "normalize", "init", "initialize"))
+
+
+def _unread(title: str, vocab: Vocabulary) -> frozenset[str]:
+    """Words of a later title clause that asks for something (a verb, and something the lexicon knows) but gave no
+    change of its own: the idea does more than its reading says."""
+    tokens = tokenize(normalise(title))
+    spans = spans_of(tokens, vocab)
+    out: set[str] = set()
+    for k, (start, end) in enumerate(clauses(tokens, spans)):
+        words = {t.text for t in tokens[start:end] if t.kind == "word"}
+        known = any(cs & QUANTITY and start <= s < end for s, _, cs in spans)  # a quantity, not just a part
+        if k == 0 or not words & _ACTIONS or not known:
+            continue
+        if not _substantive(find_mentions(tokens, spans, start, end, vocab), tokens, start, end, vocab.present):
+            out |= words - _FILLER_STEMS
+    return frozenset(out)
 
 
 def _topic(text: str) -> frozenset[str]:
-    return frozenset(t.text for t in tokenize(normalise(text))
-                     if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1)
+    """The title's content words and their order (pairs of neighbours): "local in even layers, full in odd" and
+    "full in even layers, local in odd" use the same words for different experiments."""
+    words = [t.text if t.kind == "word" else f"#{t.value:g}" for t in tokenize(normalise(text))
+             if t.kind == "word" and t.text not in _FILLER_STEMS and len(t.text) > 1 or t.kind == "number"]
+    return frozenset(words) | frozenset(f"{a}>{b}" for a, b in zip(words, words[1:], strict=False))
 
 
 def _merge(changes: Iterable[Change]) -> list[Change]:
@@ -342,12 +216,17 @@ def _merge(changes: Iterable[Change]) -> list[Change]:
     return list(out.values())
 
 
-def _substantive(mentions: list[_Mention], tokens: tuple[Token, ...], start: int, end: int) -> bool:
+def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int, end: int,
+                 vocab_present: frozenset[str] = frozenset()) -> bool:
     """Does a clause say something of its own? One naming only a part or a bare word ("MLP", "init") is a
     continuation of its neighbour ("attention and MLP", "c_q, c_k and c_v")."""
     numbers = any(t.kind == "number" for t in tokens[start:end])
     said = direction_of(list(tokens[start:end]))
     for m in mentions:
+        if m.kind == "family" and m.name == "optimizer" and len(m.members) == 1 and len(mentions) == 1 \
+                and start < m.start and tokens[start].text in ("in", "for", "insid", "within") \
+                and f"optimizer:{m.members[0][0]}" in vocab_present:
+            continue  # "..., in Muon": where the change before it acts
         if m.kind in ("family", "switch", "derived"):
             return True
         if m.kind == "knob" and not m.weak and (numbers or said or not set(m.knob.aliases[0]) <= PART_CONCEPTS):
@@ -357,22 +236,27 @@ def _substantive(mentions: list[_Mention], tokens: tuple[Token, ...], start: int
     return False
 
 
-_REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli"})  # stems: what follows is why, not what
+# stems: what follows is why, or what follows from it, not what changes
+_REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli", "which", "yield", "thus", "henc", "therebi"})
 
 
 def _read(text: str, vocab: Vocabulary) -> list[Change]:
     tokens = tokenize(normalise(text))
     cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and t.text in _REASONS), len(tokens))
     tokens = tokens[:cut]
-    spans = _spans(tokens, vocab)
-    ranges = _clauses(tokens, spans)
+    spans = spans_of(tokens, vocab)
+    ranges = clauses(tokens, spans)
     merged: list[tuple[int, int]] = []
     pending_start: int | None = None
     for start, end in ranges:
         s = start if pending_start is None else pending_start
-        if _substantive(_mentions(tokens, spans, s, end, vocab), tokens, s, end):
+        if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end, vocab.present):
             merged.append((s, end))
             pending_start = None
+        elif merged and any(t.kind == "number" for t in tokens[start:end]) and any(
+                cs & QUANTITY and start <= i < end for i, _, cs in spans) and any(
+                t.text in _ACTIONS for t in tokens[start:end]):
+            pending_start = None  # "and set the Adam epsilon to 1e-8": its number is no other knob's (unread)
         else:
             pending_start = s  # joins the next clause, or the last one at the end
     if pending_start is not None:
@@ -382,19 +266,19 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
             merged.append((pending_start, len(tokens)))
     stated: dict[str, Any] = {}
     changes: list[Change] = []
-    families: dict[str, _Mention] = {}
-    later: list[tuple[_Mention, list[Token]]] = []
-    verbs = _OFF | _ON | _REPLACE
+    families: dict[str, Mention] = {}
+    later: list[tuple[Mention, list[Token]]] = []
+    verbs = OFF | ON | REPLACE
     inherited_off = False
     for start, end in merged:
-        mentions = _mentions(tokens, spans, start, end, vocab)
+        mentions = find_mentions(tokens, spans, start, end, vocab)
         own_verbs = {t.text for t in tokens[start:end] if t.kind == "word"} & verbs
         if own_verbs:  # "remove A and B": the verb of a list goes on to the items that have none
-            inherited_off = bool(own_verbs & _OFF)
+            inherited_off = bool(own_verbs & OFF)
         for k, mention in enumerate(mentions):
             own_start = start if k == 0 else mention.start
             own_end = mentions[k + 1].start if k + 1 < len(mentions) else end
-            owned = _masked(tokens, spans, own_start, own_end)
+            owned = masked(tokens, spans, own_start, own_end)
             mention.before = tuple(t.text for t in tokens[max(start, own_start - 2):own_start])
             mention.explicit = len(mentions) == 1
             if mention.kind == "family":
@@ -421,6 +305,11 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     changes = [c for c in changes if c is not None]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
+    if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(
+            DETAIL_SWITCHES) for c in changes):  # "smear ... with a learned gate": the gate is how, not what
+        changes = [c for c in changes if not c.target.startswith(DETAIL_SWITCHES)] or changes
+    if len(changes) > 1:  # "quarter the micro-batch and accumulate 4x as many": what train.py does anyway
+        changes = [c for c in changes if not (c.values == ("on",) and c.target.split("@")[0] in vocab.present)]
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
@@ -429,7 +318,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
 def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
     """Canonical place of a change: queries/keys/values are attention; an optimizer named beside a part only
     says which group the part is in; parts intrinsic to the technique say nothing."""
-    parts = {_WITHIN_ATTENTION.get(p, p) for p in parts} - INTRINSIC_PARTS.get(owner, set())
+    parts = {PART_ALIASES.get(owner, {}).get(p, p) for p in parts}  # "tie wte to the output projection"
+    if "mlp" in parts:  # the MLP's c_proj is part of the MLP
+        parts.discard("out_proj")
+    parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - INTRINSIC_PARTS.get(owner, set())
     if parts - {"adamw", "muon"}:
         parts -= {"adamw", "muon"}
     if "everything" in parts:
@@ -439,7 +331,7 @@ def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
     return "+".join(sorted(parts))
 
 
-def _knob_change(mention: _Mention, owned: list[Token], vocab: Vocabulary, stated: dict[str, Any]) -> Change | None:
+def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated: dict[str, Any]) -> Change | None:
     knob = mention.knob
     if knob is None:
         return None
@@ -447,15 +339,21 @@ def _knob_change(mention: _Mention, owned: list[Token], vocab: Vocabulary, state
     fraction_like = bool(knob.concepts & {"ratio", "frac"}) and all(
         not isinstance(v, tuple) and 0 <= v <= 1 for v in knob.values.values())
     amount = read_amount(owned, fraction_like=fraction_like, terminal_phase="warmdown" in knob.concepts,
-                         is_tuple=is_tuple and mention.element is None)
+                         is_tuple=is_tuple and mention.element is None, multiple="ratio" in knob.concepts)
     direction = direction_of(owned)
-    off = any(t.kind == "word" and t.text in _OFF for t in owned)
-    on = any(t.kind == "word" and t.text in _ON for t in owned)
-    extra = {_WITHIN_ATTENTION.get(p, p) for p in mention.parts} - knob.concepts - knob.scope
+    off = any(t.kind == "word" and t.text in OFF for t in owned)
+    on = any(t.kind == "word" and t.text in ON for t in owned)
+    extra = {WITHIN_ATTENTION.get(p, p) for p in mention.parts} - knob.concepts - knob.scope
     extra -= {p for c in knob.concepts for p in SAME_PLACE.get(c, ())} | {"loss"}
     target = knob.name + (f"@{_scope(extra)}" if extra - {"everything"} else "")
     if amount is None and off and not direction:
         return Change(target, (knob.off_value,), -1)
+    if "warmup" in knob.concepts and any(p.upper() in vocab.knobs for p in mention.parts):
+        numbers = tuple(sorted(float(t.value) for t in owned if t.kind == "number"))  # warm Muon's momentum
+        return Change(target, (numbers,) if numbers else (), 1)  # from 0.85 to 0.95 over 300 steps
+    if amount is not None and amount.kind == "absolute" and amount.old is None and (on or off) and _counts(knob) \
+            and _verb_before_number(owned):  # "remove one transformer block", "add two layers"
+        amount = Amount("delta", (-1 if _verb_before_number(owned) in _REMOVES else 1) * amount.value)
     if amount is None:
         if on and all(v == 0 for v in knob.values.values() if not isinstance(v, tuple)):
             direction = direction or 1
@@ -480,6 +378,22 @@ def _knob_change(mention: _Mention, owned: list[Token], vocab: Vocabulary, state
             direction = 1 if all(v > c for v in values for c in current) else \
                 -1 if all(v < c for v in values for c in current) else 0
     return Change(target, tuple(_rounded(v) for v in values), direction)
+
+
+def _counts(knob: Knob) -> bool:
+    """A knob that counts things (layers, iterations, steps): whole numbers above one."""
+    return all(isinstance(v, int) and v > 1 for v in knob.values.values())
+
+
+_ADDS = frozenset(stem(w) for w in ("add", "adding", "insert", "append", "stack", "extra"))
+_REMOVES = frozenset(stem(w) for w in ("remove", "removing", "drop", "dropping", "delete", "strip", "take"))
+
+
+def _verb_before_number(owned: list[Token]) -> str:
+    """"add" / "remove" just before the first number ("remove one block"), else ""."""
+    first = next((k for k, t in enumerate(owned) if t.kind == "number"), None)
+    found = [t.text for t in owned[max(0, first - 2) : first] if t.text in _ADDS | _REMOVES] if first else []
+    return found[-1] if found else ""
 
 
 def _rounded(value: Any) -> Any:
@@ -511,40 +425,55 @@ def _eval(node: ast.expr, env: dict[str, Any]) -> float:
     return float(eval(compile(ast.Expression(node), "<formula>", "eval"), {"__builtins__": {}}, dict(env)))  # noqa: S307
 
 
-def _family_change(mention: _Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
+def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
     tokens, start, end = where
     family = mention.name
-    if family == "init" and not any(t.text.startswith("init") for t in tokens[start:end]) \
+    if family == "init" and not any(t.text.startswith("init") or t.text == "start" for t in tokens[start:end]) \
             and all(m in ("zero", "normal", "uniform") for m, _, _ in mention.members):
         return None  # "decay to zero", "a uniform batch": not an initialisation
     on = [(m, at) for m, off, at in mention.members if not off]
+    gated = {GATED[m] for m, _ in on if m in GATED}
+    if family == "activation" and len(gated) == 1 and any(m == "glu" for m, _ in on):
+        on = [(next(iter(gated)), at) if m == "glu" or m in GATED else (m, at) for m, at in on]  # gated SiLU: SwiGLU
     off = [m for m, was_off, _ in mention.members if was_off]
     present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}
     distinct = list(dict.fromkeys(m for m, _ in on))
     if not distinct:
-        new = NONE_MEMBERS.get(family, "none") if off else None
+        fallback = NONE_MEMBERS.get(f"{family}:{off[0]}", NONE_MEMBERS.get(family, "none")) if off else None
+        new = fallback
     elif len(distinct) == 1:
         new = distinct[0]
-        verb = any(tokens[i].text in _ON | _REPLACE for i in range(start, end) if tokens[i].kind == "word")
+        verb = any(tokens[i].text in ON | REPLACE for i in range(start, end) if tokens[i].kind == "word")
         if new in present and not off and not verb and len(mention.members) == 1 and not mention.parts:
             return None  # "then decay linearly": the schedule train.py already has, named in passing
     else:
         new = _new_member(on, tokens, start, end, present)
+    if new is None and {"gqa", "mqa"} <= set(distinct):
+        new = "gqa"  # (resolved below by the number of key/value heads)
     if new is None:
         return None
     value: Any = new
-    numbers = [t.value for t in tokens[start:end] if t.kind == "number" and t.value > 1]
-    if numbers and family in ("attention_kind", "init"):
-        value = f"{new}:{show_value(float(numbers[-1]))}"
+    shown = masked(tokens, spans_of(tokens, vocab), start, end)
+    numbers = [t.value for k, t in enumerate(shown) if t.kind == "number"
+               and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})
+               and not {x.text for x in shown[max(0, k - 3) : k]} & {"instead", "rather", "from"}]
+    if numbers and new in NUMBERED_MEMBERS.get(family, ()):
+        units = {stem(u) for u in MEMBER_UNITS.get(new, ())}
+        counted = [t.value for k, t in enumerate(shown) if t.kind == "number"
+                   and units & {x.text for x in shown[k + 1 : k + 4]}]
+        value = f"{new}:{show_value(float((counted or numbers)[-1 if not counted else 0]))}"
+    if value == "gqa:1" or new is not None and new == "gqa" and "mqa" in distinct and any(
+            t.kind == "number" and t.value == 1 for t in shown):
+        value = "mqa"  # one key/value head for all queries
     named = _arrow_word(tokens, start, end, vocab)
     if named:
         value = f"{value}:{named}"
     parts = set(mention.parts)
     if family == "optimizer":  # "replace AdamW with Lion": where AdamW acts (learned from train.py's knobs)
         replaced = [m for m, _, _ in mention.members if m != new and m in vocab.optimizer_parts]
-        if not parts - {"everything"} and replaced:
+        if not parts and replaced:
             parts = set(vocab.optimizer_parts[replaced[0]])
-        parts = {_WITHIN_ATTENTION.get(p, p) for p in parts} - {"adamw", "muon"}
+        parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - {"adamw", "muon"}
     scope = _scope(parts, DEFAULT_SCOPES.get(family, "*"), family)
     return Change(f"{family}@{scope}", (value,), 0)
 
@@ -565,7 +494,7 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
     for member, at in on:
         if any(tokens[i].text in _BEFORE_OLD for i in range(at + 1, min(end, at + 8))):
             return member
-    chosen = [m for m, at in on if m in absent and _governed_by(tokens, at, _ON)]
+    chosen = [m for m, at in on if m in absent and governed_by(tokens, at, ON)]
     if len(set(chosen)) == 1:  # "use a trapezoidal schedule: constant LR then linear decay"
         return chosen[0]
     return None
@@ -573,18 +502,19 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
 
 def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabulary) -> str:
     """A setting named by an unknown word after an arrow ("window pattern SSSL -> SSLL"): kept as the value."""
-    known = {i for s, e, _ in vocab.matcher.match(tokens) for i in range(s, e)}
+    known = {i for s, e, _ in spans_of(tokens, vocab) for i in range(s, e)}
     for i in range(end - 2, start - 1, -1):
         if tokens[i].text == "->" and tokens[i + 1].kind == "word" and i + 1 not in known:
             return tokens[i + 1].raw
     return ""
 
 
-def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool,
+def _switch_change(mention: Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool,
                    others: bool = False, vocab_present: frozenset[str] = frozenset()) -> Change | None:
     name = mention.name
-    off = inherited_off or _governed_by(tokens, mention.start, _OFF, reach=5)
-    on = _governed_by(tokens, mention.start, _ON, reach=5)
+    verb = nearest_verb(tokens, mention.start)
+    off = inherited_off or verb == "off" or switched_off_after(tokens, mention.start)
+    on = verb == "on"
     numbers = [t for t in owned if t.kind == "number"]
     if name == "switch:tying" and (any(t.text in (stem("untie"), stem("untied"), "untying") for t in owned)):
         off = True
@@ -592,22 +522,32 @@ def _switch_change(mention: _Mention, owned: list[Token], tokens: tuple[Token, .
     target = f"{name}@{scope}"
     if others and name in vocab_present and not numbers and not off:
         return None  # "accumulate over more micro-steps: device batch 32": train.py's own technique, as context
-    if numbers and not off:
+    if numbers and not off and name in SWITCH_UNITS:
+        units = {stem(u) for u in SWITCH_UNITS[name]}
+        near = range(max(0, mention.start - 6), min(len(tokens) - 1, mention.start + 8))
+        counted = [tokens[k] for k in near if tokens[k].kind == "number"
+                   and units & {t.text for t in tokens[k + 1 : k + 4]}]  # "4 learned sink tokens"
+        numbers = counted
+        owned = counted
+    if numbers and not off and name in SWITCH_SETTINGS:
         amount = read_amount(owned, fraction_like=name in FRACTION_SWITCHES, terminal_phase=False, is_tuple=False)
-        if amount is not None and amount.kind == "absolute":
+        low, high = SWITCH_SETTINGS[name]
+        if amount is not None and amount.kind == "absolute" and low <= amount.value <= high:
             return Change(target, (_rounded(amount.value),), 1)
     if off:
         return Change(target, ("off",), -1)
-    clause_start = not owned or mention.start == 0 or tokens[mention.start - 1].text in _SEPARATORS
+    clause_start = not owned or mention.start == 0 or tokens[mention.start - 1].text in SEPARATORS
     if on or mention.explicit or clause_start:  # "Tie the value embeddings ...": the technique is the verb
         return Change(target, ("on",), 1)
     return None
 
 
-def _words_change(mention: _Mention, owned: list[Token]) -> Change | None:
+def _words_change(mention: Mention, owned: list[Token]) -> Change | None:
     amount = read_amount(owned, fraction_like=False, terminal_phase=False, is_tuple=False)
     direction = direction_of(owned)
     target = mention.name + (f"@{_scope(mention.parts)}" if mention.parts else "")
+    if mention.name == "q:init" and amount is not None and amount.kind == "absolute":  # "init with std 0.02"
+        return Change(f"init@{_scope(mention.parts, owner='init')}", (f"normal:{show_value(_rounded(amount.value))}",))
     if amount is not None and amount.kind == "absolute":
         return Change(target, (_rounded(amount.value),), direction)
     if amount is not None and amount.kind == "factor":

@@ -19,16 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from memory.fingerprint import module_constants
-from memory.lexicon import (
-    FAMILIES,
-    FILLER_PHRASES,
-    GENERIC,
-    MULTI_PARTS,
-    PARTS,
-    QUANTITIES,
-    RESTRICTIVE,
-    SWITCHES,
-)
+from memory.lexicon import FILLER_PHRASES, GENERIC, MULTI_PARTS, PARTS, QUANTITIES, RESTRICTIVE
+from memory.techniques import FAMILIES, SWITCHES
 from memory.wording import PhraseMatcher, normalise, phrase_table, tokenize
 
 PART_CONCEPTS = frozenset(PARTS) | {"adamw", "muon"}  # where a change applies: a part, or an optimizer's group
@@ -230,7 +222,17 @@ def _class_parts(tree: ast.Module, matcher: PhraseMatcher) -> dict[str, frozense
 
 
 def _present_features(source: str, matcher: PhraseMatcher) -> frozenset[str]:
-    return frozenset(c for cs in concepts_of(source, matcher) for c in cs if ":" in c)
+    """Family members and techniques train.py has: named in its code or comments, and not switched off there
+    (`bias=False`, "untied from wte")."""
+    found: set[str] = set()
+    for line in source.splitlines():
+        tokens = tokenize(normalise(line))
+        for s, e, concepts in matcher.match(tokens):
+            after = [t.text for t in tokens[e : e + 2]]
+            if after == ["=", "fals"] or s and tokens[s - 1].text in ("not", "no", "without"):
+                continue
+            found.update(c for c in concepts if ":" in c)
+    return frozenset(found)
 
 
 def _derived(comment: str, owner: str, names: set[str], matcher: PhraseMatcher) -> Derived | None:

@@ -21,13 +21,25 @@ _STEMMER = snowballstemmer.stemmer("english")
 _SYMBOLS = {
     "→": " -> ", "⟶": " -> ", "⇒": " -> ", "=>": " -> ", "➝": " -> ", "×": " x ", "·": " * ", "²": "^2", "³": "^3",
     "–": "-", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
-    "λ": "lambda", "…": " ",
+    "λ": "lambda", "…": " ", "μ": " mu ", "µ": " mu ",
 }
 _BRITISH = re.compile(r"\b(\w{3,}?)is(e|es|ed|ing|ation|ations|er|ers)\b")
 _WORD_NUMBER_FRACTION = re.compile(
     r"\b(a|an|one|two|three|four|five|six|seven|eight|nine|last|first|final|\d+)\s+(" + "|".join(FRACTIONS) + r")\b")
 _SMALL = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
           "nine": 9}
+_NEGATED = {"can": "can", "won": "will", "don": "do", "doesn": "does", "didn": "did", "isn": "is", "aren": "are",
+            "wasn": "was", "shouldn": "should", "wouldn": "would", "haven": "have", "hasn": "has"}
+_MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|deepseek|phi|t5|bert|falcon|pythia)"
+                         r"\s*-?\s*(\d+(?:\.\d+)?)\b")
+_RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
+_DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
+_HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |dimensionality |width |dim )?(\d+) ?"
+                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b")
+_NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
+                               r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
+_CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
+_UNDONE = re.compile(r"\bun(normali[sz]ed|capped|clipped|regulari[sz]ed|scaled|gated|biased|shared|tied)\b")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
 _NUMBER_RE = (
     r"(?P<pow>\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*-?\d+)"
@@ -54,10 +66,21 @@ def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     for symbol, replacement in _SYMBOLS.items():
         text = text.replace(symbol, replacement)
-    text = text.lower().replace("_", " ")
+    text = text.lower()
+    text = re.sub(r"\bnormal\s*\(\s*0(?:\.0)?\s*,\s*(\d*\.?\d+(?:e-?\d+)?)\s*\)", r"normal init std \1", text)
+    while (unwrapped := _CALL.sub(r" \1 ", text)) != text:  # code: "zeros_(self.wte.weight)" is no aside
+        text = unwrapped
+    text = text.replace("_", " ")
+    text = re.sub(r"\b(can|won|don|doesn|didn|isn|aren|wasn|shouldn|wouldn|haven|hasn)'t\b",
+                  lambda m: _NEGATED.get(m.group(1), m.group(1)) + " not", text)
+    text = _MODEL_NAME.sub(r"\1\2", text)  # "Gemma 2 style", "GPT-2 init": a name, not a value
+    text = _RETRY_COUNT.sub(" ", text)  # "take two", "attempt 2": which try this is, not a setting
+    text = re.sub(r"\bhalf an? dozen\b", "6", text)
+    text = re.sub(r"\b(?:a|one) dozen\b", "12", text)
     text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
     text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
+    text = _DIVIDED.sub(_divided, text)  # "lr /2" (but not the x / 15 of a formula)
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
     text = re.sub(r"\b([a-z]+)fold\b", r"\1 fold", text)  # tenfold, twofold
     text = _HYPHENATED_NUMBER_WORDS.sub(r"\1 ", text)  # one-million-token, SiLU-gated, feed-forward
@@ -66,13 +89,40 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(decay\w*|anneal\w*|cool\w*|warmdown)\s+(?:all the way\s+)?to\s+(?:zero|0)\b", r"\1", text)
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
-    text = re.sub(r"\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 0"
+    text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
+    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = _UNDONE.sub(r"not \1", text)  # "unnormalised", "uncapped": the technique without
+    text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
+    text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
+    text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
+    text = re.sub(r"\b(?:a|one) single\b", "1", text)
+    text = re.sub(r"\bhalf an? (million|thousand|billion)\b",
+                  lambda m: {"million": "500000", "thousand": "500", "billion": "500000000"}[m.group(1)], text)
+    text = re.sub(r"\b(?:end|finish|stop)(?:s|ing)? (?:the )?(?:warmdown|decay|cooldown|schedule|anneal\w*) at\b",
+                  "final lr at", text)  # where the schedule ends is its floor
+    text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
+    text = re.sub(r"\b(?:is|are|was|has|have|'s) (?:currently |now )?(zero|\d[\d.,]*)"
+                  r"(?: right now| now| currently| at the moment| today)\b",
+                  lambda m: f"currently {'0' if m.group(1) == 'zero' else m.group(1)}", text)
+    text = re.sub(r"\bnow (?:it|this|that|we) (?:is|has|have|use) (zero|\d[\d.,]*)\b",
+                  lambda m: f"currently {'0' if m.group(1) == 'zero' else m.group(1)}", text)
+    # "the head" alone, or beside the embeddings, is the output head ("the head dimension" is not)
+    text = re.sub(r"\b(embeddings?|wte|embedding table),?\s+(?:and\s+)?(?:the\s+)?head\b", r"\1 and lm head", text)
+    text = re.sub(r"\bthe head\b(?!\s*(?:dim|size|count|width|of\b))", "the lm head", text)
     try:
         text = alpha2digit(text, "en", threshold=1)
     except Exception:  # the converter is an aid: a text it cannot handle is read as written
         pass
     text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1\2", text)
+    text = re.sub(r"\b(\d+) dozens?\b", lambda m: str(12 * int(m.group(1))), text)
     return " ".join(text.split())
+
+
+def _divided(match: re.Match) -> str:
+    before = match.group(1) or ""
+    if len(before) < 2 or not before.isalnum():  # "x / 15", "(s / 50": a formula's division
+        return match.group(0)
+    return f"{before} divided by "
 
 
 def _fraction(match: re.Match) -> str:
@@ -129,7 +179,19 @@ def tokenize(text: str) -> tuple[Token, ...]:
             tokens.append(Token(stem(word), "word", raw=word))
         else:
             tokens.append(Token(raw, "symbol", raw=raw))
-    return tuple(tokens)
+    return tuple(_products(tokens))
+
+
+def _products(tokens: list[Token]) -> list[Token]:
+    """`3 * 2**18` is one number (786432)."""
+    out: list[Token] = []
+    for t in tokens:
+        if t.kind == "number" and len(out) >= 2 and out[-1].text == "*" and out[-2].kind == "number":
+            a = out[-2]
+            out[-2:] = [Token(f"{a.text}*{t.text}", "number", a.value * t.value, f"{a.raw} * {t.raw}")]
+        else:
+            out.append(t)
+    return out
 
 
 def phrase_tokens(phrase: str) -> tuple[str, ...]:
