@@ -225,7 +225,10 @@ class _Coordinator:
         if not self.cfg.pipelining:  # one at a time, prepared only when a worker is free for it
             return min(left, 1 if self.ex.free_slots() > 0 else 0)
         n = self.ex.slots
-        prep = statistics.fmean(self._prep_seconds) if self._prep_seconds else 1.0
+        # until preparations finish, the oldest one still running says how long they take at least (with slow
+        # LLM calls the first ones take minutes, and the workers would wait a whole round for the next ones)
+        measured = statistics.fmean(self._prep_seconds) if self._prep_seconds else 1.0
+        prep = max(measured, self.supply.oldest_age())
         run = statistics.fmean(self._run_seconds) if self._run_seconds else (self.cfg.time_budget or 300.0)
         return max(0, min(left, n + 1 + math.ceil(n * prep / max(run, 1e-3)), 4 * n + 4))
 

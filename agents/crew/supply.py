@@ -9,6 +9,7 @@ bound how many LLM calls those threads really make at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ class CandidateSupply:
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="prepare")
         self._lock = threading.Lock()
         self._ready: deque[Candidate] = deque()
-        self._preparing: set[Future] = set()
+        self._preparing: dict[Future, float] = {}  # preparation -> when it started
         self._error: BaseException | None = None
         self.exhausted: str | None = None  # why the crew has nothing new left to propose
 
@@ -36,6 +37,13 @@ class CandidateSupply:
         with self._lock:
             return len(self._preparing)
 
+    def oldest_age(self) -> float:
+        """Seconds the longest-running preparation has taken so far (0 when none runs): a lower bound on how
+        long preparing takes, known before any preparation has finished."""
+        with self._lock:
+            started = min(self._preparing.values(), default=None)
+        return 0.0 if started is None else time.monotonic() - started
+
     def add(self, candidate: Candidate) -> None:
         """A candidate from elsewhere (resumed from the journal) goes first."""
         self._ready.appendleft(candidate)
@@ -46,14 +54,14 @@ class CandidateSupply:
         with self._lock:
             while self.exhausted is None and len(self._ready) + len(self._preparing) < wanted:
                 future = self._pool.submit(self._prepare)
-                self._preparing.add(future)
+                self._preparing[future] = time.monotonic()
                 future.add_done_callback(self._done)
 
     def rework(self, job: Callable[[], Candidate | None]) -> None:
         """Run `job` (say, re-coding a candidate whose edit conflicts with a new best) in a preparing thread."""
         with self._lock:
             future = self._pool.submit(job)
-            self._preparing.add(future)
+            self._preparing[future] = time.monotonic()
             future.add_done_callback(self._done)
 
     def take(self) -> Candidate | None:
@@ -79,7 +87,7 @@ class CandidateSupply:
 
     def _done(self, future: Future) -> None:
         with self._lock:
-            self._preparing.discard(future)
+            self._preparing.pop(future, None)
             if future.cancelled():
                 return
             exc = future.exception()
