@@ -23,8 +23,9 @@ quiet_crewai()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A crew of agents that runs ML experiments on train.py and reports what it learned.")
-console = Console()
-err = Console(stderr=True)
+# no markup: messages carry user text, paths and hints such as '.[dev]' that markup would eat
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 def _default_tag() -> str:
@@ -32,8 +33,8 @@ def _default_tag() -> str:
 
 
 def _fail(message: str, hint: str = "") -> None:
-    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), soft_wrap=True,
-              markup=True, highlight=False)
+    text = Text.assemble(("error:", "bold red"), f" {message}", (f"\nhint: {hint}" if hint else "", "dim"))
+    err.print(text, soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -145,7 +146,7 @@ def run(
     _say_model_policy(settings)
     view = LiveView(console, tag, settings.config.loop.time_budget, enabled=live and console.is_terminal)
     if settings.sandbox_notice and view.enabled:  # without the live view the loop's note prints it
-        err.print(f"[yellow]warning:[/] {settings.sandbox_notice}", soft_wrap=True, highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), f" {settings.sandbox_notice}"), soft_wrap=True)
     settings.on_event = view.handle
     try:
         with view:
@@ -158,7 +159,7 @@ def run(
         _fail(f"disk full while writing results ({exc.filename or exc.strerror})",
               "free some space and run the same command again: the journal resumes the interrupted experiment")
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: run the same command again to resume where it stopped")
+        err.print(Text.assemble(("interrupted", "yellow"), ": run the same command again to resume where it stopped"))
         raise typer.Exit(130) from None
     finally:
         settings.memory.close()
@@ -206,7 +207,7 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
     holder = lock.read_text().strip() if lock.exists() else ""
     console.print(f"active run: {holder}" if holder else "no run active")
     for d in dirs:
-        console.print(f"[bold]{d.name}[/]")
+        console.print(d.name, style="bold")
         records = ResultsStore(d).load()
         console.print(results_table(records))
         for line in health_lines(records):
@@ -290,7 +291,7 @@ def compare(
     except (CompareError, GitError, ClusterError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
+        err.print(Text.assemble(("interrupted", "yellow"), ": run the same command again to continue where it stopped"))
         raise typer.Exit(130) from None
 
     report = outcome.report
@@ -299,8 +300,8 @@ def compare(
                   f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
     _tracking_line(plan.configs[0].path, plan.name)
     if outcome.failed:
-        err.print(f"[bold red]{len(outcome.failed)} run(s) failed[/]: {', '.join(outcome.failed)} "
-                  "(see their error in runs/<name>/manifest.json; run the same command again to retry them)")
+        err.print(Text.assemble((f"{len(outcome.failed)} run(s) failed", "bold red"), f": {', '.join(outcome.failed)} "
+                                "(see their error in runs/<name>/manifest.json; run the same command again to retry them)"))
         raise typer.Exit(1)
 
 

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agents.record.tracking import TrackingTarget, shown
 
 export_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="rebuild records elsewhere from results.parquet (export mlflow)")
-console = Console()
-err = Console(stderr=True)
+# no markup: messages carry user text, paths and hints such as '.[dev]' that markup would eat
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 def _fail(message: str, hint: str = "") -> None:
-    err.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), soft_wrap=True,
-              markup=True, highlight=False)
+    text = Text.assemble(("error:", "bold red"), f" {message}", (f"\nhint: {hint}" if hint else "", "dim"))
+    err.print(text, soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 

@@ -249,6 +249,19 @@ def test_tracking_off_and_without_mlflow_the_summary_says_how(tmp_path, monkeypa
         load_config(config)
 
 
+def test_without_mlflow_the_ui_names_the_extra_to_install(tmp_path, monkeypatch):
+    from agents.record import tracking
+
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo)
+    config.write_text(config.read_text().replace("tracking: false", "tracking: true"))
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(tracking, "mlflow_installed", lambda: False)
+    result = CliRunner().invoke(app, ["ui"])
+    # printed as written: the brackets of the extra are not taken for console markup
+    assert result.exit_code == 2 and "pip install 'autoresearch-crew[tracking]'" in result.output, result.output
+
+
 def test_changed_constants_come_from_the_diff():
     from agents.record.mlflow_runs import changed_constants
     from agents.record.results import ExperimentRecord
