@@ -58,6 +58,7 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
        config: Path = typer.Option(None, help="crew.yaml whose `tracking:` names the store (default: ./crew.yaml)"),
        ) -> None:
     """Start the MLflow web UI on 127.0.0.1 against the project's tracking store; Ctrl-C stops it."""
+    from agents.project import is_project, not_a_project_message
     from agents.record.tracking import (
         PortInUse,
         check_port_free,
@@ -68,6 +69,8 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1"),
         wait_until_up,
     )
 
+    if not is_project(Path.cwd()):  # the store lives in the project: elsewhere there is nothing to show
+        _fail(not_a_project_message(Path.cwd()))
     target = project_target(config)
     _usable(target)
     if target.is_server:

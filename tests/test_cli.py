@@ -144,7 +144,7 @@ def test_init_creates_a_ready_project_from_the_package(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [["run", "--no-live"], ["prepare"], ["status"], ["report"], ["compare", "offline"],
-                                  ["memory", "stats"]])
+                                  ["memory", "stats"], ["ui"], ["export", "mlflow"]])
 def test_every_command_outside_a_project_says_so_and_suggests_init(tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     result = _run(args)
