@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from memory.cues import apply_cues, compile_cues
 from memory.lexicon import GENERIC, HOMES, OFF_WORDS, ON_WORDS, PARTS, QUANTITIES, REPLACE_WORDS, WEAK_WORDS
-from memory.techniques import COMPOUNDS, CUES
+from memory.techniques import COMPOUNDS, CUES, INTRINSIC_PARTS
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import PhraseMatcher, Token, stem
 
@@ -215,6 +215,9 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
                     parts_at.setdefault(member, at)
                     pool.setdefault(member, at)
     leftover = {c for c in pool if c in QUANTITY and c not in GENERIC and c not in PARTS}
+    if leftover:
+        _own_parameters(mentions, pool, leftover, vocab)
+        leftover &= set(pool)
     if leftover and not mentions:
         mentions.append(Mention("words", "q:" + "+".join(sorted(leftover)), min(pool[c] for c in leftover)))
     mentions.sort(key=lambda m: m.start)
@@ -226,6 +229,23 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
         if owner is not None:
             owner.parts.add(part)
     return mentions
+
+
+def _own_parameters(mentions: list[Mention], pool: dict[str, int], leftover: set[str], vocab: Vocabulary) -> None:
+    """"Make the learned residual scalars learn faster: lr 1.0": a quantity no knob took, beside a technique
+    train.py already has, is the knob of that technique's own parameters (its scalars' learning rate)."""
+    for m in [m for m in mentions if m.kind == "switch" and m.name in vocab.present]:
+        for part in sorted(INTRINSIC_PARTS.get(m.name, set()) & PART_CONCEPTS):
+            found = [(k, a) for k, a in _match_knobs({**{c: pool[c] for c in leftover}, part: m.start}, vocab, False)
+                     if part in a and a & leftover]
+            if len(found) == 1:
+                knob, alias = found[0]
+                mentions.remove(m)
+                mentions.append(Mention("knob", knob.name, min(m.start, *(pool[c] for c in alias & leftover)),
+                                        knob=knob))
+                for concept in alias:
+                    pool.pop(concept, None)
+                break
 
 
 def _add_member(mentions: list[Mention], concept: str, off: bool, at: int) -> None:

@@ -83,6 +83,7 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
                                   if _numeric(c) and c.target in own and c.target not in by_target
                                   and _fits(c, own[c.target], stated, vocab)})
             by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
+            by_target.update(_member_numbers(changes, title, rationale, vocab))
             changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
     return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab), _unread(title, vocab))
@@ -107,6 +108,17 @@ def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Chan
     if not found or open_knobs[0].direction and found[0].direction and found[0].direction != open_knobs[0].direction:
         return {}
     return {target: found[0]}
+
+
+def _member_numbers(changes: list[Change], title: str, rationale: str, vocab: Vocabulary) -> dict[str, Change]:
+    """"Grouped-query attention" + "n_kv_head = 2": the number a rationale gives a member the title names without
+    one (its KV heads, its window)."""
+    bare = {c.target: c.values[0] for c in changes if len(c.values) == 1 and isinstance(c.values[0], str)
+            and c.values[0] in NUMBERED_MEMBERS.get(c.target.split("@")[0], ())}
+    if not bare:
+        return {}
+    return {c.target: c for c in _read(f"{title} where {rationale}", vocab) if c.target in bare and len(c.values) == 1
+            and str(c.values[0]).startswith(bare[c.target] + ":")}
 
 
 def _numbers_in(value: object) -> tuple[float, ...]:
@@ -276,8 +288,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
         if own_verbs:  # "remove A and B": the verb of a list goes on to the items that have none
             inherited_off = bool(own_verbs & OFF)
         for k, mention in enumerate(mentions):
-            own_start = start if k == 0 else mention.start
-            own_end = mentions[k + 1].start if k + 1 < len(mentions) else end
+            own_start = start if k == 0 else _postposed(tokens, mention.start, start)
+            own_end = _postposed(tokens, mentions[k + 1].start, start) if k + 1 < len(mentions) else end
             owned = masked(tokens, spans, own_start, own_end)
             mention.before = tuple(t.text for t in tokens[max(start, own_start - 2):own_start])
             mention.explicit = len(mentions) == 1
@@ -303,6 +315,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     for mention in families.values():
         changes.append(_family_change(mention, (tokens, 0, len(tokens)), vocab))
     changes = [c for c in changes if c is not None]
+    if any(c.values and "final" in _concepts(c, vocab) for c in changes):  # "anneal down to 10 % of its peak":
+        changes = [c for c in changes if c.values or "warmdown" not in _concepts(c, vocab)]  # the decay's floor
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
     if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(
@@ -313,6 +327,22 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
+
+
+def _concepts(change: Change, vocab: Vocabulary) -> frozenset[str]:
+    knob = vocab.knobs.get(change.target.split("@")[0])
+    return frozenset(knob.concepts) if knob is not None else frozenset()
+
+
+def _postposed(tokens: tuple[Token, ...], at: int, floor: int) -> int:
+    """Where a mention's own words begin: a name after its number ("anneal to 10 % of its peak", "2 of the KV
+    heads") owns the number before it, not the mention before."""
+    if tokens[at].text != "of":
+        return at
+    i = at - 1
+    while i > floor and tokens[i].text in ("%", "percent", "x", "time"):
+        i -= 1
+    return i if i >= floor and tokens[i].kind == "number" else at
 
 
 def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:

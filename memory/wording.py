@@ -100,6 +100,8 @@ def normalise(text: str) -> str:
                   lambda m: {"million": "500000", "thousand": "500", "billion": "500000000"}[m.group(1)], text)
     text = re.sub(r"\b(?:end|finish|stop)(?:s|ing)? (?:the )?(?:warmdown|decay|cooldown|schedule|anneal\w*) at\b",
                   "final lr at", text)  # where the schedule ends is its floor
+    text = re.sub(r"\b(?:warmdown|decay|cooldown|schedule|anneal\w*) (?:should |will |would |must |can )?"
+                  r"(?:end|finish|stop)(?:s|ed|ped|ing)? at\b", "final lr at", text)  # (the other order)
     text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
     text = re.sub(r"\b(?:is|are|was|has|have|'s) (?:currently |now )?(zero|\d[\d.,]*)"
                   r"(?: right now| now| currently| at the moment| today)\b",

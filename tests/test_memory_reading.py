@@ -198,3 +198,29 @@ def test_judgement_on_the_blind_pairs():
 def test_judgement_on_the_older_pairs():
     precision, recall, _ = score("idea_pairs.jsonl")
     assert precision >= 0.95 and recall >= 0.75
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("cool the learning rate down to 20 percent of its peak", "FINAL_LR_FRAC", 0.2),  # the decay is how, the floor what
+    ("the decay should stop at 3% of the peak LR", "FINAL_LR_FRAC", 0.03),
+    ("two thirds of the current embedding LR", "EMBEDDING_LR", 0.4),  # a fraction "of the current": a factor
+    ("80% of the current Muon momentum", "MUON_MOMENTUM", 0.76),
+    ("let the per-block residual scalars learn faster, LR 0.8", "SCALAR_LR", 0.8),  # the technique's own knob
+])
+def test_floors_fractions_of_the_current_value_and_a_techniques_own_knob(title, target, value):
+    name, values = only(title)
+    assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_a_decay_floor_keeps_a_warmdown_stated_beside_it():
+    r = reading("shorten the cooldown to 30% and end it at 10% of the peak")
+    assert {c.target for c in r.changes} == {"WARMDOWN_RATIO", "FINAL_LR_FRAC"}, r.describe()
+
+
+@pytest.mark.parametrize("a, ar, b", [
+    ("Grouped-query attention", "n_kv_head = 4", "GQA with 4 KV heads"),  # a member's number from the rationale
+    ("Local attention", "each token sees a window of 128 tokens", "sliding window attention, window 128"),
+])
+def test_a_members_number_given_in_the_rationale(a, ar, b):
+    assert compare(reading(a, ar), reading(b)).same is True, (reading(a, ar).describe(), reading(b).describe())
+    assert compare(reading(a, ar), reading(b.replace("4", "2").replace("128", "64"))).same is False
