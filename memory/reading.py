@@ -283,7 +283,7 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     verbs = OFF | ON | REPLACE
     inherited_off = False
     for start, end in merged:
-        mentions = find_mentions(tokens, spans, start, end, vocab)
+        mentions = _mlp_width(find_mentions(tokens, spans, start, end, vocab), tokens, end)
         own_verbs = {t.text for t in tokens[start:end] if t.kind == "word"} & verbs
         if own_verbs:  # "remove A and B": the verb of a list goes on to the items that have none
             inherited_off = bool(own_verbs & OFF)
@@ -312,8 +312,9 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
                 changes.append(_words_change(mention, owned))
     for mention, owned in later:  # solved after the knobs they depend on ("width 1024 at depth 8")
         changes.append(_knob_change(mention, owned, vocab, stated))
+    alone = len(families) == 1 and not any(c is not None for c in changes)
     for mention in families.values():
-        changes.append(_family_change(mention, (tokens, 0, len(tokens)), vocab))
+        changes.append(_family_change(mention, (tokens, 0, len(tokens)), vocab, alone))
     changes = [c for c in changes if c is not None]
     if any(c.values and "final" in _concepts(c, vocab) for c in changes):  # "anneal down to 10 % of its peak":
         changes = [c for c in changes if c.values or "warmdown" not in _concepts(c, vocab)]  # the decay's floor
@@ -327,6 +328,19 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
+
+
+def _mlp_width(mentions: list[Mention], tokens: tuple[Token, ...], end: int) -> list[Mention]:
+    """"Make the MLP hidden layer 50 % wider": a width said of the MLP is its expansion ratio, not the model's."""
+    if not any(m.kind == "knob" and m.knob is not None and "mlp" in m.knob.concepts for m in mentions):
+        return mentions
+    out = []
+    for k, m in enumerate(mentions):
+        stop = mentions[k + 1].start if k + 1 < len(mentions) else end
+        if m.kind == "derived" and not any(t.kind == "number" for t in tokens[m.start:stop]):
+            continue
+        out.append(m)
+    return out
 
 
 def _concepts(change: Change, vocab: Vocabulary) -> frozenset[str]:
@@ -455,7 +469,8 @@ def _eval(node: ast.expr, env: dict[str, Any]) -> float:
     return float(eval(compile(ast.Expression(node), "<formula>", "eval"), {"__builtins__": {}}, dict(env)))  # noqa: S307
 
 
-def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
+def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary,
+                   alone: bool = False) -> Change | None:
     tokens, start, end = where
     family = mention.name
     if family == "init" and not any(t.text.startswith("init") or t.text == "start" for t in tokens[start:end]) \
@@ -474,7 +489,7 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
     elif len(distinct) == 1:
         new = distinct[0]
         verb = any(tokens[i].text in ON | REPLACE for i in range(start, end) if tokens[i].kind == "word")
-        if new in present and not off and not verb and len(mention.members) == 1 and not mention.parts:
+        if new in present and not off and not verb and len(mention.members) == 1 and not mention.parts and not alone:
             return None  # "then decay linearly": the schedule train.py already has, named in passing
     else:
         new = _new_member(on, tokens, start, end, present)

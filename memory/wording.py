@@ -90,7 +90,8 @@ def normalise(text: str) -> str:
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
     text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
-    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b|%|percent\b|x\b|times\b))", "somewhere",
+                  text)  # "before block 3"
     text = _UNDONE.sub(r"not \1", text)  # "unnormalised", "uncapped": the technique without
     text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero

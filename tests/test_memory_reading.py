@@ -224,3 +224,24 @@ def test_a_decay_floor_keeps_a_warmdown_stated_beside_it():
 def test_a_members_number_given_in_the_rationale(a, ar, b):
     assert compare(reading(a, ar), reading(b)).same is True, (reading(a, ar).describe(), reading(b).describe())
     assert compare(reading(a, ar), reading(b.replace("4", "2").replace("128", "64"))).same is False
+
+
+@pytest.mark.parametrize("title, value", [
+    ("make the MLP hidden layer 25% wider", 5.0),  # a width said of the MLP is its ratio; "layer 25 %" no index
+    ("narrow the feed-forward by 50%", 2.0),
+])
+def test_a_width_said_of_the_mlp_is_its_ratio(title, value):
+    name, values = only(title)
+    assert name == "MLP_RATIO" and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_the_schedule_shape_is_learned_from_the_code():
+    assert {"schedule:wsd", "schedule:linear"} <= VOCAB.present  # warmup and warmdown ratios; a linear ramp down
+    cosine = (Path(__file__).resolve().parents[1] / "train.py").read_text().replace(
+        "    cooldown = (1.0 - progress) / WARMDOWN_RATIO",
+        "    cooldown = 0.5 * (1 + math.cos(math.pi * (1 - (1.0 - progress) / WARMDOWN_RATIO)))")
+    assert "schedule:linear" not in learn_vocabulary(cosine).present
+    # the schedule train.py has, named in passing, adds nothing to the warmdown
+    assert only("hold the LR at its peak for the first 60% of training, then decay linearly") == (
+        "WARMDOWN_RATIO", (0.4,))
+    assert only("a warmup-stable-decay schedule") == ("schedule@*", ("wsd",))  # but proposed alone, it is the idea
