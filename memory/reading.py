@@ -249,12 +249,14 @@ def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int,
 
 
 # stems: what follows is why, or what follows from it, not what changes
+_CONSEQUENCE = frozenset({"we", "that", "it", "the", "each", "there", "they"})  # "..., so we get twice the heads"
 _REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli", "which", "yield", "thus", "henc", "therebi"})
 
 
 def _read(text: str, vocab: Vocabulary) -> list[Change]:
     tokens = tokenize(normalise(text))
-    cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and t.text in _REASONS), len(tokens))
+    cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and (t.text in _REASONS or t.text == "so"
+                and i + 1 < len(tokens) and tokens[i + 1].text in _CONSEQUENCE)), len(tokens))
     tokens = tokens[:cut]
     spans = spans_of(tokens, vocab)
     ranges = clauses(tokens, spans)
@@ -302,6 +304,8 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
             elif mention.kind == "derived":
                 later.append((mention, owned))
             elif mention.kind == "knob":
+                foreign = _foreign_asides(tokens, spans, mention, own_start, own_end)
+                owned = [Token("_", "word") if own_start + i in foreign else t for i, t in enumerate(owned)]
                 changes.append(_knob_change(mention, owned, vocab, stated))
             elif mention.kind == "switch":
                 changes.append(_switch_change(mention, owned, tokens, inherited_off and not own_verbs,
@@ -340,6 +344,24 @@ def _mlp_width(mentions: list[Mention], tokens: tuple[Token, ...], end: int) -> 
         if m.kind == "derived" and not any(t.kind == "number" for t in tokens[m.start:stop]):
             continue
         out.append(m)
+    return out
+
+
+def _foreign_asides(tokens: tuple[Token, ...], spans, mention: Mention, start: int, end: int) -> set[int]:
+    """Numbers in parentheses that count something else: "head_dim 64 (8 heads)" sets no head size to 8."""
+    if mention.knob is None:
+        return set()
+    own = set(mention.knob.concepts)
+    out: set[int] = set()
+    opened = None
+    for i in range(start, end):
+        if tokens[i].text == "(":
+            opened = i
+        elif tokens[i].text == ")" and opened is not None:
+            named = {c for s, _, cs in spans if opened < s < i for c in cs if c in QUANTITY and c not in GENERIC}
+            if named and not named & own:
+                out.update(k for k in range(opened, i) if tokens[k].kind == "number")
+            opened = None
     return out
 
 

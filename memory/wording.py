@@ -35,7 +35,8 @@ _MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|dee
 _RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
 _DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
 _HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |dimensionality |width |dim )?(\d+) ?"
-                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b")
+                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b"
+                       r"|\bheads? (?:each )?(\d+) (?:wide|dims? wide|channels wide)\b")  # "every head 64 wide"
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
 _CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
@@ -93,7 +94,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b|%|percent\b|x\b|times\b))", "somewhere",
                   text)  # "before block 3"
     text = _UNDONE.sub(r"not \1", text)  # "unnormalised", "uncapped": the technique without
-    text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
+    text = _HEADS_OF.sub(lambda m: f"head dim {m.group(1) or m.group(2)}", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
     text = re.sub(r"\b(?:a|one) single\b", "1", text)
