@@ -127,7 +127,8 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
         before, before2 = _word(tokens, i - 1), _word(tokens, i - 2)
         if before == "^" or (before == "*" and before2 == "*"):
             continue  # an exponent in a formula ("logsumexp(logits)**2")
-        if before in _FROM or before in _INSTEAD or (before in ("of", "than") and before2 in _INSTEAD):
+        if before in _FROM or before in _INSTEAD or (before in ("of", "than") and before2 in _INSTEAD) or (
+                before == "now" and before2 == "("):  # "(now 128)": the value it has
             old = _scaled(t, tokens, i, fraction_like)
             continue
         candidates.append((i, t))

@@ -354,13 +354,13 @@ def _foreign_asides(tokens: tuple[Token, ...], spans, mention: Mention, start: i
     own = set(mention.knob.concepts)
     out: set[int] = set()
     opened = None
-    for i in range(start, end):
+    for i in range(len(tokens)):
         if tokens[i].text == "(":
             opened = i
         elif tokens[i].text == ")" and opened is not None:
             named = {c for s, _, cs in spans if opened < s < i for c in cs if c in QUANTITY and c not in GENERIC}
             if named and not named & own:
-                out.update(k for k in range(opened, i) if tokens[k].kind == "number")
+                out.update(k for k in range(max(opened, start), min(i, end)) if tokens[k].kind == "number")
             opened = None
     return out
 

@@ -75,11 +75,13 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(can|won|don|doesn|didn|isn|aren|wasn|shouldn|wouldn|haven|hasn)'t\b",
                   lambda m: _NEGATED.get(m.group(1), m.group(1)) + " not", text)
     text = _MODEL_NAME.sub(r"\1\2", text)  # "Gemma 2 style", "GPT-2 init": a name, not a value
-    text = _RETRY_COUNT.sub(" ", text)  # "take two", "attempt 2": which try this is, not a setting
+    text = _RETRY_COUNT.sub(" ", text)
+    text = re.sub(r"\b(?:once more|one more time|once again)\b", "again", text)  # a retry, not "more"  # "take two", "attempt 2": which try this is, not a setting
     text = re.sub(r"\bhalf an? dozen\b", "6", text)
     text = re.sub(r"\b(?:a|one) dozen\b", "12", text)
     text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
-    text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
+    text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)
+    text = re.sub(r"(?<=\b[a-z]) ?\* ?(?=[a-z])", " times ", text)  # "x * sigmoid(x)": a product of names  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
     text = _DIVIDED.sub(_divided, text)  # "lr /2" (but not the x / 15 of a formula)
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
