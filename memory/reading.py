@@ -284,8 +284,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     later: list[tuple[Mention, list[Token]]] = []
     verbs = OFF | ON | REPLACE
     inherited_off = False
+    switched: set[str] = set()
     for start, end in merged:
         mentions = _mlp_width(find_mentions(tokens, spans, start, end, vocab), tokens, end)
+        switched.update(m.name for m in mentions if m.kind == "switch")
         own_verbs = {t.text for t in tokens[start:end] if t.kind == "word"} & verbs
         if own_verbs:  # "remove A and B": the verb of a list goes on to the items that have none
             inherited_off = bool(own_verbs & OFF)
@@ -322,6 +324,11 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     changes = [c for c in changes if c is not None]
     if any(c.values and "final" in _concepts(c, vocab) for c in changes):  # "anneal down to 10 % of its peak":
         changes = [c for c in changes if c.values or "warmdown" not in _concepts(c, vocab)]  # the decay's floor
+    if any(c.target.startswith("switch:norm_gains") for c in changes) and "switch:qknorm" in switched and not any(
+            c.target.startswith("switch:qknorm") and c.values != ("on",) for c in changes):  # "QK-norm gains"
+        where = _scope({"query", "key"}, owner="switch:norm_gains")
+        changes = [Change(f"switch:norm_gains@{where}", c.values, c.direction) if c.target.startswith(
+            "switch:norm_gains") else c for c in changes if not c.target.startswith("switch:qknorm")]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
     if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(

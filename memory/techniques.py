@@ -217,7 +217,7 @@ CUES: dict[str, tuple[str, ...]] = {
     "switch:temperature": (
         "learn|learnable|learned|trainable|train|parametrize|parameterize|per head + scale|scalar|multiplier|"
         "temperature|gain|factor|coefficient + attention logit|attention logits|attention score|attention scores|"
-        "attention softmax|softmax|score|scores|q k|qk|dot product|@query",),
+        "attention softmax|softmax|score|scores|q k|qk|dot product|@query + !norm|norms|normalization|rmsnorm|layernorm",),
     "switch:label_smoothing": (
         "soft|soften|softened|smooth|smoothed|smoothing + target|targets|label|labels|one hot|onehot|ground truth",
         "spread|distribute|redistribute|reserve|move + mass|probability + uniform|uniformly|vocabulary|other tokens",),
@@ -253,7 +253,7 @@ CUES: dict[str, tuple[str, ...]] = {
     "switch:layerscale": ("per channel|channelwise|diagonal|vector + gain|scale|scaling|multiplier + branch|"
                           "branches|sublayer|block output|residual branch|@attention|@mlp",),
     "switch:norm_gains": ("learn|learnable|learned|trainable|affine|elementwise|per channel + weight|weights|gain|"
-                          "gains|scale|parameter|parameters + @norm|rmsnorm|rms|layernorm|norm|norms",),
+                          "gains|scale|parameter|parameters + @norm|@switch:qknorm|rmsnorm|rms|layernorm|norm|norms",),
     "switch:embed_scale": ("scale|scaled|multiply|multiplied|multiplier|times + @embedding + sqrt|square root",),
     "switch:seq_warmup": ("short|shorter|small + sequence|sequences|context|seq len + grow|increase|ramp|"
                           "progressive|lengthen|longer|then|first",),

@@ -256,3 +256,18 @@ def test_the_schedule_shape_is_learned_from_the_code():
 def test_old_values_consequences_and_asides_give_no_value(title, target, value):
     name, values = only(title)
     assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_retry_wording_and_formulas_of_names():
+    assert only("Muon learning rate 0.06 once more") == ("MATRIX_LR", (0.06,))  # a retry, not "more"
+    assert only("feed-forward nonlinearity: relu(x)^2 -> x * sigmoid(x)") == ("activation@mlp", ("silu",))
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Add gains to QK-norm", "give the q/k normalisation learnable per-channel weights"),  # which norm they are on
+    ("Learnable weights for the QK RMSNorm", "Add elementwise affine gains to the query/key norm"),
+])
+def test_gains_on_the_qk_norm_are_placed_there(a, b):
+    ra, rb = reading(a), reading(b)
+    assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
+    assert compare(ra, reading("Learnable gains on the norms before each sub-layer")).same is False
