@@ -556,6 +556,10 @@ def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int
                 present: set[str]) -> str | None:
     """Of several members named, the one the idea moves to: the one train.py does not have yet, else the one
     after "with / to / ->" or before "instead of"."""
+    colon = next((i for i in range(start, end) if tokens[i].text == ":"), None)
+    headline = {m for m, at in on if colon is not None and at < colon}
+    if len(headline) == 1 and any(at > colon for _, at in on):  # "a trapezoidal schedule: constant, then linear"
+        return headline.pop()  # (what follows the colon spells out the member named before it)
     absent = [m for m, _ in on if m not in present]
     if len(set(absent)) == 1 and len({m for m, _ in on}) > 1:
         return absent[0]

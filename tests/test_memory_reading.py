@@ -245,6 +245,7 @@ def test_the_schedule_shape_is_learned_from_the_code():
     assert only("hold the LR at its peak for the first 60% of training, then decay linearly") == (
         "WARMDOWN_RATIO", (0.4,))
     assert only("a warmup-stable-decay schedule") == ("schedule@*", ("wsd",))  # but proposed alone, it is the idea
+    assert only("WSD: a constant learning rate, then a linear decay") == ("schedule@*", ("wsd",))  # (colon: spelled out)
 
 
 @pytest.mark.parametrize("title, target, value", [
