@@ -326,8 +326,7 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
         changes = [c for c in changes if c.values or "warmdown" not in _concepts(c, vocab)]  # the decay's floor
     if any(c.target.startswith("switch:norm_gains") for c in changes) and "switch:qknorm" in switched and not any(
             c.target.startswith("switch:qknorm") and c.values != ("on",) for c in changes):  # "QK-norm gains"
-        where = _scope({"query", "key"}, owner="switch:norm_gains")
-        changes = [Change(f"switch:norm_gains@{where}", c.values, c.direction) if c.target.startswith(
+        changes = [Change("switch:norm_gains@query+key", c.values, c.direction) if c.target.startswith(
             "switch:norm_gains") else c for c in changes if not c.target.startswith("switch:qknorm")]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
