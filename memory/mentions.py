@@ -214,6 +214,11 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
                 if m.name == "optimizer":  # the optimizer's group is where it acts
                     parts_at.setdefault(member, at)
                     pool.setdefault(member, at)
+    if not mentions and "norm" in parts_at and nearest_verb(tokens, parts_at["norm"], reach=4) == "off":
+        present_norm = sorted(c for c in vocab.present if c.startswith("norm_type:"))  # "drop the last norm layer":
+        if present_norm:  # the normalisation train.py has, removed
+            _add_member(mentions, present_norm[0], True, parts_at.pop("norm"))
+            pool.pop("norm", None)
     leftover = {c for c in pool if c in QUANTITY and c not in GENERIC and c not in PARTS}
     if leftover:
         _own_parameters(mentions, pool, leftover, vocab)

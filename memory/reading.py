@@ -509,6 +509,8 @@ def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], 
     if family == "activation" and len(gated) == 1 and any(m == "glu" for m, _ in on):
         on = [(next(iter(gated)), at) if m == "glu" or m in GATED else (m, at) for m, at in on]  # gated SiLU: SwiGLU
     off = [m for m, was_off, _ in mention.members if was_off]
+    if family == "norm_position" and off and not on:  # "remove the pre-norm on the attention input": no norm there
+        family, on, off = "norm_type", [], ["norm"]
     present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}
     distinct = list(dict.fromkeys(m for m, _ in on))
     if not distinct:

@@ -273,3 +273,13 @@ def test_gains_on_the_qk_norm_are_placed_there(a, b):
     assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
     for elsewhere in ("trainable gains on the final norm", "learnable gains on the attention-input norms"):
         assert compare(ra, reading(elsewhere)).same is False, (ra.describe(), reading(elsewhere).describe())
+
+
+@pytest.mark.parametrize("a, b", [
+    ("delete the last normalisation layer ahead of the unembedding", "Remove the final RMSNorm before lm_head"),
+    ("remove the pre-norm in front of the MLP", "no normalisation before the feed-forward sub-layer"),
+])
+def test_a_norm_removed_reads_the_same_however_it_is_named(a, b):
+    ra, rb = reading(a), reading(b)
+    assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
+    assert compare(ra, reading("Remove the norm before the attention")).same is False
