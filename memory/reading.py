@@ -46,6 +46,8 @@ from memory.techniques import (
     PART_ALIASES,
     SWITCH_SETTINGS,
     SWITCH_UNITS,
+    UNIT_OFFSETS,
+    USUAL_SETTINGS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
@@ -604,14 +606,18 @@ def _switch_change(mention: Mention, owned: list[Token], tokens: tuple[Token, ..
     if numbers and not off and name in SWITCH_UNITS:
         units = {stem(u) for u in SWITCH_UNITS[name]}
         near = range(max(0, mention.start - 6), min(len(tokens) - 1, mention.start + 8))
-        counted = [tokens[k] for k in near if tokens[k].kind == "number"
+        counted = [k for k in near if tokens[k].kind == "number"
                    and units & {t.text for t in tokens[k + 1 : k + 4]}]  # "4 learned sink tokens"
-        numbers = counted
-        owned = counted
+        offsets = {stem(u): v for u, v in UNIT_OFFSETS.get(name, {}).items()}
+        offset = next((offsets[t.text] for t in tokens[counted[0] + 1 : counted[0] + 4] if t.text in offsets), 0.0) \
+            if counted else 0.0  # "predict the next 2 tokens": one head beyond the usual next-token one
+        numbers = owned = [Token(tokens[k].text, "number", tokens[k].value + offset, tokens[k].raw) for k in counted]
     if numbers and not off and name in SWITCH_SETTINGS:
         amount = read_amount(owned, fraction_like=name in FRACTION_SWITCHES, terminal_phase=False, is_tuple=False)
         low, high = SWITCH_SETTINGS[name]
         if amount is not None and amount.kind == "absolute" and low <= amount.value <= high:
+            if amount.value == USUAL_SETTINGS.get(name):
+                return Change(target, ("on",), 1)  # "one extra prediction head": what the technique is anyway
             return Change(target, (_rounded(amount.value),), 1)
     if off:
         return Change(target, ("off",), -1)

@@ -309,6 +309,10 @@ MEMBER_UNITS = {"gqa": ("kv", "key", "group", "groups"),
 # the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
 SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
                 "switch:mtp": ("token", "tokens", "head", "heads")}
+# what a technique's number means in another unit: n tokens predicted are n - 1 heads beyond the next-token one
+UNIT_OFFSETS = {"switch:mtp": {"token": -1.0, "tokens": -1.0}}
+# the setting a technique has when named alone ("an MTP head" is one extra head): stated, it says nothing more
+USUAL_SETTINGS = {"switch:mtp": 1.0}
 # members whose number is part of the choice ("a 256-token window", "2 KV groups", "std 0.02")
 NUMBERED_MEMBERS = {"attention_kind": ("sliding_window", "gqa"),
                     "init": ("zero", "normal", "trunc_normal", "uniform", "orthogonal", "xavier", "kaiming", "lecun",

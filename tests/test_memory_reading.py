@@ -283,3 +283,10 @@ def test_a_norm_removed_reads_the_same_however_it_is_named(a, b):
     ra, rb = reading(a), reading(b)
     assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
     assert compare(ra, reading("Remove the norm before the attention")).same is False
+
+
+def test_multi_token_prediction_counts_heads_beyond_the_next_token():
+    three_tokens = reading("multi-token prediction of the next three tokens")
+    assert compare(three_tokens, reading("MTP with 2 extra heads")).same is True, three_tokens.describe()
+    assert compare(three_tokens, reading("MTP with 3 extra heads")).same is False
+    assert compare(reading("add an MTP head"), reading("multi-token prediction with a single extra head")).same is True
