@@ -39,6 +39,22 @@ _HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |dimensionality |width |
                        r"|\bheads? (?:each )?(\d+) (?:wide|dims? wide|channels wide)\b")  # "every head 64 wide"
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
+_TAKEN_BACK = r"\s*(?:\.\.\.|…)\s*(?:actually|no|i mean|or rather|rather|sorry|wait)\b[,:]?\s*"
+_CORRECTED_NUMBER = re.compile(r"\d[\d.,]*(?<!\.)" + _TAKEN_BACK + r"(?=\d)", re.IGNORECASE)  # "0.2... no, 0.1"
+_CORRECTED = re.compile(r"(?:^|(?<=[,;:!?(])|(?<=\.\s)|(?<=\band\s))((?:(?!\band\b|\.\.\.|…|\.\s)[^,;:!?(])*?)"
+                        + _TAKEN_BACK, re.IGNORECASE)
+
+
+def _taken_back(match: re.Match) -> str:
+    """What a correction replaces: from the word it repeats ("until halfway... actually until 65%"), else all of
+    the phrase before it ("untie... actually tie")."""
+    said = match.group(1)
+    following = re.match(r"\s*(\w+)", match.string[match.end():])
+    if following:
+        repeated = [m.start() for m in re.finditer(rf"\b{re.escape(following.group(1))}\b", said, re.IGNORECASE)]
+        if repeated:
+            return said[: repeated[-1]]
+    return ""
 _CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
 _UNDONE = re.compile(r"\bun(normali[sz]ed|capped|clipped|regulari[sz]ed|scaled|gated|biased|shared|tied)\b")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
@@ -65,6 +81,7 @@ def stem(word: str) -> str:
 def normalise(text: str) -> str:
     """Lower case, one spelling (American), arrows and symbols spelled one way, numbers as digits."""
     text = unicodedata.normalize("NFKC", text)
+    text = _CORRECTED.sub(_taken_back, _CORRECTED_NUMBER.sub("", text))  # "untie... actually tie": taken back, not the idea
     for symbol, replacement in _SYMBOLS.items():
         text = text.replace(symbol, replacement)
     text = text.lower()

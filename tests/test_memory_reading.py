@@ -290,3 +290,13 @@ def test_multi_token_prediction_counts_heads_beyond_the_next_token():
     assert compare(three_tokens, reading("MTP with 2 extra heads")).same is True, three_tokens.describe()
     assert compare(three_tokens, reading("MTP with 3 extra heads")).same is False
     assert compare(reading("add an MTP head"), reading("multi-token prediction with a single extra head")).same is True
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("Untie... actually, tie wte and lm_head", "switch:tying@embedding+unembedding", "on"),  # what was taken back
+    ("label smoothing 0.2... sorry, 0.05", "switch:label_smoothing@loss", 0.05),
+    ("keep the LR flat until 40%... no, until 70%", "WARMDOWN_RATIO", 0.3),  # from the word the correction repeats
+])
+def test_a_correction_replaces_what_it_takes_back(title, target, value):
+    name, values = only(title)
+    assert name == target and values == (value,), reading(title).describe()
