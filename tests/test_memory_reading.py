@@ -300,3 +300,11 @@ def test_multi_token_prediction_counts_heads_beyond_the_next_token():
 def test_a_correction_replaces_what_it_takes_back(title, target, value):
     name, values = only(title)
     assert name == target and values == (value,), reading(title).describe()
+
+
+def test_a_crashed_idea_again_without_its_place_is_the_same():
+    crashed = reading("Dropout 0.1 on the MLP output")
+    again = reading("dropout 0.1 again, with the mask cast to bf16")
+    assert compare(again, crashed, old_crashed=True).same is True, (again.describe(), crashed.describe())
+    assert compare(again, crashed).same is not True  # (an idea that ran: the place may matter)
+    assert compare(reading("dropout 0.2 again"), crashed, old_crashed=True).same is False
