@@ -45,6 +45,7 @@ class Mention:
     explicit: bool = False  # the clause is about this mention alone or it has its own verb / value
     weak: bool = False  # named only by a vague word ("decay", "base"): a continuation of a neighbouring clause
     before: tuple[str, ...] = ()  # the words just before it ("at depth 8")
+    alias: frozenset[str] = frozenset()  # the concepts that named a knob ("mlp" alone, or "mlp" + "ratio")
 
 
 _CUES = compile_cues(CUES)
@@ -173,7 +174,8 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
                     tokens[i].text in PREPOSITIONS for i in range(where, at))):
                 parts_at.pop(part)  # ("the residual mixing scalars' learning rate": the scalars live there)
         element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
-        mentions.append(Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak))
+        mentions.append(Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak,
+                                alias=alias))
         for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
             pool.pop(concept, None)
             parts_at.pop(concept, None)

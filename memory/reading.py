@@ -35,6 +35,7 @@ from memory.techniques import (
     DETAIL_SWITCHES,
     INTRINSIC_PARTS,
     NUMBERED_MEMBERS,
+    SWITCH_SETTINGS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
@@ -146,7 +147,8 @@ def _related(change: Change, named: set[str], vocab: Vocabulary) -> bool:
         return bool(named & (knob.concepts - GENERIC - {"optimizer", "parameters"}))
     family = base.split(":")[0] if not base.startswith("switch:") else base
     own = {c for c in named if c == family or c.startswith(family + ":")}
-    return bool(own or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
+    placed = set(change.target.partition("@")[2].split("+")) & named & PART_CONCEPTS  # where it acts, named
+    return bool(own or placed or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
 
 
 def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
@@ -250,7 +252,12 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     pending_start: int | None = None
     for start, end in ranges:
         s = start if pending_start is None else pending_start
-        if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end, vocab.present):
+        found = find_mentions(tokens, spans, s, end, vocab)
+        if merged and pending_start is None and any(t.kind == "number" for t in tokens[start:end]) and all(
+                m.kind == "knob" and m.alias <= PART_CONCEPTS for m in found) and _awaits_setting(
+                merged[-1], tokens, spans, vocab):
+            merged[-1] = (merged[-1][0], end)  # "dropout, with probability 0.1 on the MLP": the setting it awaits
+        elif _substantive(found, tokens, s, end, vocab.present):
             merged.append((s, end))
             pending_start = None
         elif merged and any(t.kind == "number" for t in tokens[start:end]) and any(
@@ -324,6 +331,13 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
+
+
+def _awaits_setting(clause: tuple[int, int], tokens: tuple[Token, ...], spans, vocab: Vocabulary) -> bool:
+    """Does a clause name a technique that takes a number ("applying dropout") and give it none?"""
+    start, end = clause
+    return not any(t.kind == "number" for t in tokens[start:end]) and any(
+        m.kind == "switch" and m.name in SWITCH_SETTINGS for m in find_mentions(tokens, spans, start, end, vocab))
 
 
 def _mlp_width(mentions: list[Mention], tokens: tuple[Token, ...], end: int) -> list[Mention]:

@@ -308,3 +308,12 @@ def test_a_crashed_idea_again_without_its_place_is_the_same():
     assert compare(again, crashed, old_crashed=True).same is True, (again.describe(), crashed.describe())
     assert compare(again, crashed).same is not True  # (an idea that ran: the place may matter)
     assert compare(reading("dropout 0.2 again"), crashed, old_crashed=True).same is False
+
+
+def test_a_technique_takes_the_setting_said_after_a_break():
+    # "with probability p" split off by a comma or "with": the technique awaiting a number takes it
+    assert only("we would apply dropout, with a rate of 0.2, on the attention output") == (
+        "switch:dropout@attention", (0.2,))
+    # a title naming only where it acts: the rationale's technique there is the idea
+    r = reading("Regularise the feed-forward outputs", "We propose dropout with probability 0.15 on the MLP output.")
+    assert r.describe() == "switch:dropout@mlp = 0.15"
