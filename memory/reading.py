@@ -257,6 +257,10 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
                 m.kind == "knob" and m.alias <= PART_CONCEPTS for m in found) and _awaits_setting(
                 merged[-1], tokens, spans, vocab):
             merged[-1] = (merged[-1][0], end)  # "dropout, with probability 0.1 on the MLP": the setting it awaits
+        elif merged and pending_start is None and found and all(m.kind == "switch" and m.parts for m in found) \
+                and not {t.text for t in tokens[start:end]} & (OFF | ON | REPLACE) \
+                and _lists_parts_of(merged[-1], found, tokens, spans, vocab):
+            merged[-1] = (merged[-1][0], end)  # "the LR of the resid lambdas and the x0 lambdas: 0.3"
         elif _substantive(found, tokens, s, end, vocab.present):
             merged.append((s, end))
             pending_start = None
@@ -331,6 +335,15 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     if any(c.target.startswith("attention_kind@") for c in changes):  # "share one KV head": MQA, not tying
         changes = [c for c in changes if not c.target.startswith("switch:tying@")]
     return changes
+
+
+def _lists_parts_of(clause: tuple[int, int], found: list[Mention], tokens: tuple[Token, ...], spans,
+                    vocab: Vocabulary) -> bool:
+    """Does a clause only go on listing the parameters of the knob the clause before names without a value?"""
+    start, end = clause
+    knobs = [m for m in find_mentions(tokens, spans, start, end, vocab) if m.kind == "knob"]
+    return len(knobs) == 1 and not any(t.kind == "number" for t in tokens[start:end]) and all(
+        m.parts <= set(knobs[0].alias) for m in found)
 
 
 def _awaits_setting(clause: tuple[int, int], tokens: tuple[Token, ...], spans, vocab: Vocabulary) -> bool:

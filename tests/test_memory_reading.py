@@ -317,3 +317,9 @@ def test_a_technique_takes_the_setting_said_after_a_break():
     # a title naming only where it acts: the rationale's technique there is the idea
     r = reading("Regularise the feed-forward outputs", "We propose dropout with probability 0.15 on the MLP output.")
     assert r.describe() == "switch:dropout@mlp = 0.15"
+
+
+def test_a_list_of_a_knobs_parameters_stays_with_the_knob():
+    assert only("learning rate of the x0 lambdas and the resid lambdas = 0.25") == ("SCALAR_LR", (0.25,))
+    both = reading("remove the resid lambdas and the x0 lambdas")  # a list under a verb: each technique removed
+    assert {c.describe() for c in both.changes} == {"switch:resid_lambdas@* = off", "switch:x0skip@* = off"}
