@@ -40,11 +40,12 @@ from memory.vocabulary import learn_vocabulary  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 TRAIN = (REPO / "train.py").read_text()
-# tune: tuned on; blind and final: each written before a revision of the reader, measured once, then tuned on;
-# final2: written last, measured once on the reader as it is (the estimate for unseen wording); the rest are older
+# tune: tuned on; blind, final and final2: each written before a revision of the reader, measured once, then tuned
+# on; final3: written (and committed) before the last revision, measured once on the revised reader and never tuned
+# on (the estimate for unseen wording); the rest are older
 PAIR_FILES = ("judgement_pairs_tune.jsonl", "judgement_pairs_blind.jsonl", "judgement_pairs_final.jsonl",
-              "judgement_pairs_final2.jsonl", "judgement_pairs_holdout.jsonl", "idea_pairs.jsonl",
-              "idea_pairs_holdout.jsonl")
+              "judgement_pairs_final2.jsonl", "judgement_pairs_final3.jsonl", "judgement_pairs_holdout.jsonl",
+              "idea_pairs.jsonl", "idea_pairs_holdout.jsonl")
 NOISE = 0.15  # per-dimension noise on the labelled ideas' vectors: neighbours, not copies
 STATUSES = ["discard"] * 10 + ["keep"] * 4 + ["crash", "veto", "skipped", "repeat"]
 PER_NIGHT = 100

@@ -36,6 +36,7 @@ _TOO_UP = frozenset(stem(w) for w in ("small", "low", "short", "few", "little", 
                                       "shallow", "smaller", "lower", "conservative", "timid"))
 _TOO_DOWN = frozenset(stem(w) for w in ("big", "large", "high", "long", "many", "much", "strong", "fast", "loose",
                                         "wide", "deep", "aggressive", "bigger", "larger", "higher", "hot"))
+_OF_CURRENT = frozenset({"the", "it", "current", "what", "today"})  # "3/4 of the current / of its / of what it is"
 _PHASE_END = frozenset(stem(w) for w in ("last", "final", "end", "over", "remaining"))
 
 
@@ -126,7 +127,8 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
         before, before2 = _word(tokens, i - 1), _word(tokens, i - 2)
         if before == "^" or (before == "*" and before2 == "*"):
             continue  # an exponent in a formula ("logsumexp(logits)**2")
-        if before in _FROM or (before == "of" and before2 in _INSTEAD):
+        if before in _FROM or before in _INSTEAD or (before in ("of", "than") and before2 in _INSTEAD) or (
+                before == "now" and before2 == "("):  # "(now 128)": the value it has
             old = _scaled(t, tokens, i, fraction_like)
             continue
         candidates.append((i, t))
@@ -177,9 +179,12 @@ def read_amount(tokens: list[Token], *, fraction_like: bool, terminal_phase: boo
             return Amount("factor", 1 + (direction or 1) * value)
         if direction:
             return Amount("delta", direction * value)
-    if t.text.count("/") and value < 1 and not fraction_like and t.text.startswith("1/") and (
-            after in ("of", "the") or before in ("to", "by")):
-        return Amount("factor", value)  # "a third of the current", "cut it to a third"
+    of_current = after == "of" and after2 in _OF_CURRENT and not fraction_like
+    if t.text.count("/") and value < 1 and not fraction_like and (t.text.startswith("1/") and (
+            after in ("of", "the") or before in ("to", "by")) or of_current):
+        return Amount("factor", value)  # "a third of the current", "cut it to a third", "three quarters of its"
+    if percent and of_current:
+        return Amount("factor", value / 100)  # "75 % of the current Muon LR"
     if t.text.count("/") and fraction_like:
         window = {x.text for x in tokens[max(0, i - 8) : i]}
         if terminal_phase and window & _PHASE_START and not window & _PHASE_END:

@@ -94,6 +94,8 @@ class Comparison:
 
 def compare(new: Reading, old: Reading, *, old_crashed: bool = False) -> Comparison:
     """Is `new` the experiment `old` was? A crashed `old` also matches a new idea that adds a fix to it."""
+    if old_crashed:
+        new = _placed_as(new, old)
     if not new.changes or not old.changes:
         if new.topic and new.topic == old.topic:
             return Comparison(True, "the same words")
@@ -122,6 +124,21 @@ def compare(new: Reading, old: Reading, *, old_crashed: bool = False) -> Compari
     if new.unread != old.unread and not old_crashed:  # "tie the embeddings and scale the logits by 1/sqrt(d)": a change not understood
         return Comparison(None, "a change the reading did not understand: " + " ".join(sorted(new.unread ^ old.unread)))
     return Comparison(True, "same change: " + new.describe())
+
+
+def _placed_as(new: Reading, old: Reading) -> Reading:
+    """A crashed idea proposed again names its technique without repeating where it acts ("Lion again, with ..."):
+    the place is the crashed one's."""
+    bases: dict[str, list[str]] = {}
+    for change in old.changes:
+        bases.setdefault(change.target.split("@")[0], []).append(change.target)
+    changes = []
+    for change in new.changes:
+        base, _, place = change.target.partition("@")
+        if place == "*" and len(bases.get(base, [])) == 1 and change.target not in old.targets:
+            change = Change(bases[base][0], change.values, change.direction)
+        changes.append(change)
+    return Reading(tuple(changes), new.topic, new.extras, new.unread)
 
 
 def _nums(values: frozenset[float]) -> str:

@@ -110,7 +110,7 @@ def apply_cues(tokens: tuple[Token, ...], spans: list[Span], cues: list[Cue]) ->
                               for i in range(lo, hi)) and sum(g[0][0] == "@" for g in cue.groups) < 2
                 if hi - lo <= WINDOW and not crossed and not used & claimed and (
                         best is None or hi - lo < best[1] - best[0]):
-                    best = (lo, hi, used, anchor[0], {c[0] for c in chosen if c[2]})
+                    best = (lo, hi, used, anchor[0], {phrase[c[0]][0] for c in chosen if c[2]})
         if best is None or cue.vetoes & set(texts[max(0, best[0] - 3) : best[1] + 3]):
             continue
         claimed |= best[2]

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from memory.cues import apply_cues, compile_cues
 from memory.lexicon import GENERIC, HOMES, OFF_WORDS, ON_WORDS, PARTS, QUANTITIES, REPLACE_WORDS, WEAK_WORDS
-from memory.techniques import COMPOUNDS, CUES
+from memory.techniques import COMPOUNDS, CUES, INTRINSIC_PARTS
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import PhraseMatcher, Token, stem
 
@@ -45,6 +45,7 @@ class Mention:
     explicit: bool = False  # the clause is about this mention alone or it has its own verb / value
     weak: bool = False  # named only by a vague word ("decay", "base"): a continuation of a neighbouring clause
     before: tuple[str, ...] = ()  # the words just before it ("at depth 8")
+    alias: frozenset[str] = frozenset()  # the concepts that named a knob ("mlp" alone, or "mlp" + "ratio")
 
 
 _CUES = compile_cues(CUES)
@@ -173,7 +174,8 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
                     tokens[i].text in PREPOSITIONS for i in range(where, at))):
                 parts_at.pop(part)  # ("the residual mixing scalars' learning rate": the scalars live there)
         element = next((i for i, el in enumerate(knob.elements) if el in pool), None)
-        mentions.append(Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak))
+        mentions.append(Mention("knob", knob.name, at, element=element, knob=knob, weak=alias <= weak,
+                                alias=alias))
         for concept in alias | (knob.concepts & set(pool) & (GENERIC | set(knob.elements))):
             pool.pop(concept, None)
             parts_at.pop(concept, None)
@@ -214,7 +216,15 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
                 if m.name == "optimizer":  # the optimizer's group is where it acts
                     parts_at.setdefault(member, at)
                     pool.setdefault(member, at)
+    if not mentions and "norm" in parts_at and nearest_verb(tokens, parts_at["norm"], reach=4) == "off":
+        present_norm = sorted(c for c in vocab.present if c.startswith("norm_type:"))  # "drop the last norm layer":
+        if present_norm:  # the normalisation train.py has, removed
+            _add_member(mentions, present_norm[0], True, parts_at.pop("norm"))
+            pool.pop("norm", None)
     leftover = {c for c in pool if c in QUANTITY and c not in GENERIC and c not in PARTS}
+    if leftover:
+        _own_parameters(mentions, pool, leftover, vocab)
+        leftover &= set(pool)
     if leftover and not mentions:
         mentions.append(Mention("words", "q:" + "+".join(sorted(leftover)), min(pool[c] for c in leftover)))
     mentions.sort(key=lambda m: m.start)
@@ -226,6 +236,23 @@ def find_mentions(tokens: tuple[Token, ...], spans, start: int, end: int, vocab:
         if owner is not None:
             owner.parts.add(part)
     return mentions
+
+
+def _own_parameters(mentions: list[Mention], pool: dict[str, int], leftover: set[str], vocab: Vocabulary) -> None:
+    """"Make the learned residual scalars learn faster: lr 1.0": a quantity no knob took, beside a technique
+    train.py already has, is the knob of that technique's own parameters (its scalars' learning rate)."""
+    for m in [m for m in mentions if m.kind == "switch" and m.name in vocab.present]:
+        for part in sorted(INTRINSIC_PARTS.get(m.name, set()) & PART_CONCEPTS):
+            found = [(k, a) for k, a in _match_knobs({**{c: pool[c] for c in leftover}, part: m.start}, vocab, False)
+                     if part in a and a & leftover]
+            if len(found) == 1:
+                knob, alias = found[0]
+                mentions.remove(m)
+                mentions.append(Mention("knob", knob.name, min(m.start, *(pool[c] for c in alias & leftover)),
+                                        knob=knob))
+                for concept in alias:
+                    pool.pop(concept, None)
+                break
 
 
 def _add_member(mentions: list[Mention], concept: str, off: bool, at: int) -> None:

@@ -16,42 +16,29 @@ from collections.abc import Iterable
 from typing import Any
 
 from memory.amounts import Amount, direction_of, read_amount, resolve, values_match
-from memory.comparison import Change, Reading, show_value
+from memory.comparison import Change, Reading
 from memory.lexicon import FILLERS, GENERIC, SAME_PLACE
 from memory.mentions import (
     OFF,
     ON,
     QUANTITY,
     REPLACE,
-    SEPARATORS,
     WITHIN_ATTENTION,
     Mention,
     clauses,
     find_mentions,
-    governed_by,
     masked,
-    nearest_verb,
     spans_of,
-    switched_off_after,
 )
+from memory.technique_changes import family_change, rounded, scope_of, switch_change, words_change
 from memory.techniques import (
-    DEFAULT_SCOPES,
     DETAIL_SWITCHES,
-    FRACTION_SWITCHES,
-    GATED,
     INTRINSIC_PARTS,
-    MEMBER_UNITS,
-    NONE_MEMBERS,
     NUMBERED_MEMBERS,
-    PART_ALIASES,
     SWITCH_SETTINGS,
-    SWITCH_UNITS,
 )
 from memory.vocabulary import PART_CONCEPTS, Knob, Vocabulary
 from memory.wording import Token, normalise, stem, tokenize
-
-_NEW_MARKERS = frozenset({"with", "by", "for", "to", "->", "into"})
-_BEFORE_OLD = frozenset({"instead", "rather", "over"})
 
 # ------------------------------------------------------------------------------------------------- reading
 
@@ -83,6 +70,7 @@ def read_idea(title: str, rationale: str, vocab: Vocabulary) -> Reading:
                                   if _numeric(c) and c.target in own and c.target not in by_target
                                   and _fits(c, own[c.target], stated, vocab)})
             by_target.update(_pronoun_values(changes, rationale, by_target, vocab))
+            by_target.update(_member_numbers(changes, title, rationale, vocab))
             changes = [by_target.get(c.target, c) if not _numeric(c) else c for c in changes]
     changes = _merge(changes)
     return Reading(tuple(changes), _topic(title), _extras(title, changes, vocab), _unread(title, vocab))
@@ -107,6 +95,17 @@ def _pronoun_values(changes: list[Change], rationale: str, known: dict[str, Chan
     if not found or open_knobs[0].direction and found[0].direction and found[0].direction != open_knobs[0].direction:
         return {}
     return {target: found[0]}
+
+
+def _member_numbers(changes: list[Change], title: str, rationale: str, vocab: Vocabulary) -> dict[str, Change]:
+    """"Grouped-query attention" + "n_kv_head = 2": the number a rationale gives a member the title names without
+    one (its KV heads, its window)."""
+    bare = {c.target: c.values[0] for c in changes if len(c.values) == 1 and isinstance(c.values[0], str)
+            and c.values[0] in NUMBERED_MEMBERS.get(c.target.split("@")[0], ())}
+    if not bare:
+        return {}
+    return {c.target: c for c in _read(f"{title} where {rationale}", vocab) if c.target in bare and len(c.values) == 1
+            and str(c.values[0]).startswith(bare[c.target] + ":")}
 
 
 def _numbers_in(value: object) -> tuple[float, ...]:
@@ -148,7 +147,8 @@ def _related(change: Change, named: set[str], vocab: Vocabulary) -> bool:
         return bool(named & (knob.concepts - GENERIC - {"optimizer", "parameters"}))
     family = base.split(":")[0] if not base.startswith("switch:") else base
     own = {c for c in named if c == family or c.startswith(family + ":")}
-    return bool(own or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
+    placed = set(change.target.partition("@")[2].split("+")) & named & PART_CONCEPTS  # where it acts, named
+    return bool(own or placed or named & INTRINSIC_PARTS.get(family, set()) & PART_CONCEPTS)
 
 
 def _extras(title: str, changes: list[Change], vocab: Vocabulary) -> frozenset[float]:
@@ -237,12 +237,14 @@ def _substantive(mentions: list[Mention], tokens: tuple[Token, ...], start: int,
 
 
 # stems: what follows is why, or what follows from it, not what changes
+_CONSEQUENCE = frozenset({"we", "that", "it", "the", "each", "there", "they"})  # "..., so we get twice the heads"
 _REASONS = frozenset({"because", "sinc", "given", "hope", "hopefulli", "which", "yield", "thus", "henc", "therebi"})
 
 
 def _read(text: str, vocab: Vocabulary) -> list[Change]:
     tokens = tokenize(normalise(text))
-    cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and t.text in _REASONS), len(tokens))
+    cut = next((i for i, t in enumerate(tokens) if i > 2 and t.kind == "word" and (t.text in _REASONS or t.text == "so"
+                and i + 1 < len(tokens) and tokens[i + 1].text in _CONSEQUENCE)), len(tokens))
     tokens = tokens[:cut]
     spans = spans_of(tokens, vocab)
     ranges = clauses(tokens, spans)
@@ -250,7 +252,16 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     pending_start: int | None = None
     for start, end in ranges:
         s = start if pending_start is None else pending_start
-        if _substantive(find_mentions(tokens, spans, s, end, vocab), tokens, s, end, vocab.present):
+        found = find_mentions(tokens, spans, s, end, vocab)
+        if merged and pending_start is None and any(t.kind == "number" for t in tokens[start:end]) and all(
+                m.kind == "knob" and m.alias <= PART_CONCEPTS for m in found) and _awaits_setting(
+                merged[-1], tokens, spans, vocab):
+            merged[-1] = (merged[-1][0], end)  # "dropout, with probability 0.1 on the MLP": the setting it awaits
+        elif merged and pending_start is None and found and all(m.kind == "switch" and m.parts for m in found) \
+                and not {t.text for t in tokens[start:end]} & (OFF | ON | REPLACE) \
+                and _lists_parts_of(merged[-1], found, tokens, spans, vocab):
+            merged[-1] = (merged[-1][0], end)  # "the LR of the resid lambdas and the x0 lambdas: 0.3"
+        elif _substantive(found, tokens, s, end, vocab.present):
             merged.append((s, end))
             pending_start = None
         elif merged and any(t.kind == "number" for t in tokens[start:end]) and any(
@@ -270,14 +281,16 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     later: list[tuple[Mention, list[Token]]] = []
     verbs = OFF | ON | REPLACE
     inherited_off = False
+    switched: set[str] = set()
     for start, end in merged:
-        mentions = find_mentions(tokens, spans, start, end, vocab)
+        mentions = _mlp_width(find_mentions(tokens, spans, start, end, vocab), tokens, end)
+        switched.update(m.name for m in mentions if m.kind == "switch")
         own_verbs = {t.text for t in tokens[start:end] if t.kind == "word"} & verbs
         if own_verbs:  # "remove A and B": the verb of a list goes on to the items that have none
             inherited_off = bool(own_verbs & OFF)
         for k, mention in enumerate(mentions):
-            own_start = start if k == 0 else mention.start
-            own_end = mentions[k + 1].start if k + 1 < len(mentions) else end
+            own_start = start if k == 0 else _postposed(tokens, mention.start, start)
+            own_end = _postposed(tokens, mentions[k + 1].start, start) if k + 1 < len(mentions) else end
             owned = masked(tokens, spans, own_start, own_end)
             mention.before = tuple(t.text for t in tokens[max(start, own_start - 2):own_start])
             mention.explicit = len(mentions) == 1
@@ -290,19 +303,28 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
             elif mention.kind == "derived":
                 later.append((mention, owned))
             elif mention.kind == "knob":
+                foreign = _foreign_asides(tokens, spans, mention, own_start, own_end)
+                owned = [Token("_", "word") if own_start + i in foreign else t for i, t in enumerate(owned)]
                 changes.append(_knob_change(mention, owned, vocab, stated))
             elif mention.kind == "switch":
-                changes.append(_switch_change(mention, owned, tokens, inherited_off and not own_verbs,
+                changes.append(switch_change(mention, owned, tokens, inherited_off and not own_verbs,
                                               others=any(m.kind == "knob" for m in mentions)
                                               and any(t.kind == "number" for t in tokens[start:end]),
                                               vocab_present=vocab.present))
             else:
-                changes.append(_words_change(mention, owned))
+                changes.append(words_change(mention, owned))
     for mention, owned in later:  # solved after the knobs they depend on ("width 1024 at depth 8")
         changes.append(_knob_change(mention, owned, vocab, stated))
+    alone = len(families) == 1 and not any(c is not None for c in changes)
     for mention in families.values():
-        changes.append(_family_change(mention, (tokens, 0, len(tokens)), vocab))
+        changes.append(family_change(mention, (tokens, 0, len(tokens)), vocab, alone))
     changes = [c for c in changes if c is not None]
+    if any(c.values and "final" in _concepts(c, vocab) for c in changes):  # "anneal down to 10 % of its peak":
+        changes = [c for c in changes if c.values or "warmdown" not in _concepts(c, vocab)]  # the decay's floor
+    if any(c.target.startswith("switch:norm_gains") for c in changes) and "switch:qknorm" in switched and not any(
+            c.target.startswith("switch:qknorm") and c.values != ("on",) for c in changes):  # "QK-norm gains"
+        changes = [Change("switch:norm_gains@query+key", c.values, c.direction) if c.target.startswith(
+            "switch:norm_gains") else c for c in changes if not c.target.startswith("switch:qknorm")]
     if any(c.target.startswith("switch:qknorm") for c in changes):  # "QK-norm with LayerNorm": its own detail
         changes = [c for c in changes if not c.target.startswith("norm_type@")]
     if any(c.target.startswith(("switch:", "activation@", "attention_kind@")) and not c.target.startswith(
@@ -315,20 +337,69 @@ def _read(text: str, vocab: Vocabulary) -> list[Change]:
     return changes
 
 
-def _scope(parts: set[str], default: str = "*", owner: str = "") -> str:
-    """Canonical place of a change: queries/keys/values are attention; an optimizer named beside a part only
-    says which group the part is in; parts intrinsic to the technique say nothing."""
-    parts = {PART_ALIASES.get(owner, {}).get(p, p) for p in parts}  # "tie wte to the output projection"
-    if "mlp" in parts:  # the MLP's c_proj is part of the MLP
-        parts.discard("out_proj")
-    parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - INTRINSIC_PARTS.get(owner, set())
-    if parts - {"adamw", "muon"}:
-        parts -= {"adamw", "muon"}
-    if "everything" in parts:
-        return "*"
-    if not parts or parts <= set(default.split("+")):
-        return default
-    return "+".join(sorted(parts))
+def _lists_parts_of(clause: tuple[int, int], found: list[Mention], tokens: tuple[Token, ...], spans,
+                    vocab: Vocabulary) -> bool:
+    """Does a clause only go on listing the parameters of the knob the clause before names without a value?"""
+    start, end = clause
+    knobs = [m for m in find_mentions(tokens, spans, start, end, vocab) if m.kind == "knob"]
+    return len(knobs) == 1 and not any(t.kind == "number" for t in tokens[start:end]) and all(
+        m.parts <= set(knobs[0].alias) for m in found)
+
+
+def _awaits_setting(clause: tuple[int, int], tokens: tuple[Token, ...], spans, vocab: Vocabulary) -> bool:
+    """Does a clause name a technique that takes a number ("applying dropout") and give it none?"""
+    start, end = clause
+    return not any(t.kind == "number" for t in tokens[start:end]) and any(
+        m.kind == "switch" and m.name in SWITCH_SETTINGS for m in find_mentions(tokens, spans, start, end, vocab))
+
+
+def _mlp_width(mentions: list[Mention], tokens: tuple[Token, ...], end: int) -> list[Mention]:
+    """"Make the MLP hidden layer 50 % wider": a width said of the MLP is its expansion ratio, not the model's."""
+    if not any(m.kind == "knob" and m.knob is not None and "mlp" in m.knob.concepts for m in mentions):
+        return mentions
+    out = []
+    for k, m in enumerate(mentions):
+        stop = mentions[k + 1].start if k + 1 < len(mentions) else end
+        if m.kind == "derived" and not any(t.kind == "number" for t in tokens[m.start:stop]):
+            continue
+        out.append(m)
+    return out
+
+
+def _foreign_asides(tokens: tuple[Token, ...], spans, mention: Mention, start: int, end: int) -> set[int]:
+    """Numbers in parentheses that count something else: "head_dim 64 (8 heads)" sets no head size to 8."""
+    if mention.knob is None:
+        return set()
+    own = set(mention.knob.concepts)
+    out: set[int] = set()
+    opened = None
+    for i in range(len(tokens)):
+        if tokens[i].text == "(":
+            opened = i
+        elif tokens[i].text == ")" and opened is not None:
+            named = {c for s, _, cs in spans if opened < s < i for c in cs if c in QUANTITY and c not in GENERIC}
+            if named and not named & own:
+                out.update(k for k in range(max(opened, start), min(i, end)) if tokens[k].kind == "number")
+            opened = None
+    return out
+
+
+def _concepts(change: Change, vocab: Vocabulary) -> frozenset[str]:
+    knob = vocab.knobs.get(change.target.split("@")[0])
+    return frozenset(knob.concepts) if knob is not None else frozenset()
+
+
+def _postposed(tokens: tuple[Token, ...], at: int, floor: int) -> int:
+    """Where a mention's own words begin: a name after its number ("anneal to 10 % of its peak", "2 of the KV
+    heads") owns the number before it, not the mention before."""
+    if tokens[at].text != "of":
+        return at
+    i = at - 1
+    while i > floor and tokens[i].text in ("%", "percent", "x", "time"):
+        i -= 1
+    return i if i >= floor and tokens[i].kind == "number" else at
+
+
 
 
 def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated: dict[str, Any]) -> Change | None:
@@ -345,7 +416,7 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
     on = any(t.kind == "word" and t.text in ON for t in owned)
     extra = {WITHIN_ATTENTION.get(p, p) for p in mention.parts} - knob.concepts - knob.scope
     extra -= {p for c in knob.concepts for p in SAME_PLACE.get(c, ())} | {"loss"}
-    target = knob.name + (f"@{_scope(extra)}" if extra - {"everything"} else "")
+    target = knob.name + (f"@{scope_of(extra)}" if extra - {"everything"} else "")
     if amount is None and off and not direction:
         return Change(target, (knob.off_value,), -1)
     if "warmup" in knob.concepts and any(p.upper() in vocab.knobs for p in mention.parts):
@@ -377,7 +448,7 @@ def _knob_change(mention: Mention, owned: list[Token], vocab: Vocabulary, stated
         if current and not isinstance(values[0], tuple):
             direction = 1 if all(v > c for v in values for c in current) else \
                 -1 if all(v < c for v in values for c in current) else 0
-    return Change(target, tuple(_rounded(v) for v in values), direction)
+    return Change(target, tuple(rounded(v) for v in values), direction)
 
 
 def _counts(knob: Knob) -> bool:
@@ -396,10 +467,6 @@ def _verb_before_number(owned: list[Token]) -> str:
     return found[-1] if found else ""
 
 
-def _rounded(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_rounded(v) for v in value)
-    return float(format(float(value), ".12g"))
 
 
 def _solve_derived(name: str, amount: Amount, vocab: Vocabulary, stated: dict[str, Any]) -> tuple[Any, ...]:
@@ -425,131 +492,11 @@ def _eval(node: ast.expr, env: dict[str, Any]) -> float:
     return float(eval(compile(ast.Expression(node), "<formula>", "eval"), {"__builtins__": {}}, dict(env)))  # noqa: S307
 
 
-def _family_change(mention: Mention, where: tuple[tuple[Token, ...], int, int], vocab: Vocabulary) -> Change | None:
-    tokens, start, end = where
-    family = mention.name
-    if family == "init" and not any(t.text.startswith("init") or t.text == "start" for t in tokens[start:end]) \
-            and all(m in ("zero", "normal", "uniform") for m, _, _ in mention.members):
-        return None  # "decay to zero", "a uniform batch": not an initialisation
-    on = [(m, at) for m, off, at in mention.members if not off]
-    gated = {GATED[m] for m, _ in on if m in GATED}
-    if family == "activation" and len(gated) == 1 and any(m == "glu" for m, _ in on):
-        on = [(next(iter(gated)), at) if m == "glu" or m in GATED else (m, at) for m, at in on]  # gated SiLU: SwiGLU
-    off = [m for m, was_off, _ in mention.members if was_off]
-    present = {c.split(":", 1)[1] for c in vocab.present if c.startswith(family + ":")}
-    distinct = list(dict.fromkeys(m for m, _ in on))
-    if not distinct:
-        fallback = NONE_MEMBERS.get(f"{family}:{off[0]}", NONE_MEMBERS.get(family, "none")) if off else None
-        new = fallback
-    elif len(distinct) == 1:
-        new = distinct[0]
-        verb = any(tokens[i].text in ON | REPLACE for i in range(start, end) if tokens[i].kind == "word")
-        if new in present and not off and not verb and len(mention.members) == 1 and not mention.parts:
-            return None  # "then decay linearly": the schedule train.py already has, named in passing
-    else:
-        new = _new_member(on, tokens, start, end, present)
-    if new is None and {"gqa", "mqa"} <= set(distinct):
-        new = "gqa"  # (resolved below by the number of key/value heads)
-    if new is None:
-        return None
-    value: Any = new
-    shown = masked(tokens, spans_of(tokens, vocab), start, end)
-    numbers = [t.value for k, t in enumerate(shown) if t.kind == "number"
-               and (t.value > 1 or family == "init" and "std" in {x.text for x in shown[max(0, k - 3) : k]})
-               and not {x.text for x in shown[max(0, k - 3) : k]} & {"instead", "rather", "from"}]
-    if numbers and new in NUMBERED_MEMBERS.get(family, ()):
-        units = {stem(u) for u in MEMBER_UNITS.get(new, ())}
-        counted = [t.value for k, t in enumerate(shown) if t.kind == "number"
-                   and units & {x.text for x in shown[k + 1 : k + 4]}]
-        value = f"{new}:{show_value(float((counted or numbers)[-1 if not counted else 0]))}"
-    if value == "gqa:1" or new is not None and new == "gqa" and "mqa" in distinct and any(
-            t.kind == "number" and t.value == 1 for t in shown):
-        value = "mqa"  # one key/value head for all queries
-    named = _arrow_word(tokens, start, end, vocab)
-    if named:
-        value = f"{value}:{named}"
-    parts = set(mention.parts)
-    if family == "optimizer":  # "replace AdamW with Lion": where AdamW acts (learned from train.py's knobs)
-        replaced = [m for m, _, _ in mention.members if m != new and m in vocab.optimizer_parts]
-        if not parts and replaced:
-            parts = set(vocab.optimizer_parts[replaced[0]])
-        parts = {WITHIN_ATTENTION.get(p, p) for p in parts} - {"adamw", "muon"}
-    scope = _scope(parts, DEFAULT_SCOPES.get(family, "*"), family)
-    return Change(f"{family}@{scope}", (value,), 0)
 
 
-def _new_member(on: list[tuple[str, int]], tokens: tuple[Token, ...], start: int, end: int,
-                present: set[str]) -> str | None:
-    """Of several members named, the one the idea moves to: the one train.py does not have yet, else the one
-    after "with / to / ->" or before "instead of"."""
-    absent = [m for m, _ in on if m not in present]
-    if len(set(absent)) == 1 and len({m for m, _ in on}) > 1:
-        return absent[0]
-    for member, at in on:
-        before = {tokens[i].text for i in range(max(start, at - 2), at)}
-        if before & _NEW_MARKERS:
-            others_after = [m for m, a in on if a > at]
-            if not others_after or not any(tokens[i].text in _BEFORE_OLD for i in range(at, end)):
-                return member
-    for member, at in on:
-        if any(tokens[i].text in _BEFORE_OLD for i in range(at + 1, min(end, at + 8))):
-            return member
-    chosen = [m for m, at in on if m in absent and governed_by(tokens, at, ON)]
-    if len(set(chosen)) == 1:  # "use a trapezoidal schedule: constant LR then linear decay"
-        return chosen[0]
-    return None
 
 
-def _arrow_word(tokens: tuple[Token, ...], start: int, end: int, vocab: Vocabulary) -> str:
-    """A setting named by an unknown word after an arrow ("window pattern SSSL -> SSLL"): kept as the value."""
-    known = {i for s, e, _ in spans_of(tokens, vocab) for i in range(s, e)}
-    for i in range(end - 2, start - 1, -1):
-        if tokens[i].text == "->" and tokens[i + 1].kind == "word" and i + 1 not in known:
-            return tokens[i + 1].raw
-    return ""
 
 
-def _switch_change(mention: Mention, owned: list[Token], tokens: tuple[Token, ...], inherited_off: bool,
-                   others: bool = False, vocab_present: frozenset[str] = frozenset()) -> Change | None:
-    name = mention.name
-    verb = nearest_verb(tokens, mention.start)
-    off = inherited_off or verb == "off" or switched_off_after(tokens, mention.start)
-    on = verb == "on"
-    numbers = [t for t in owned if t.kind == "number"]
-    if name == "switch:tying" and (any(t.text in (stem("untie"), stem("untied"), "untying") for t in owned)):
-        off = True
-    scope = _scope(mention.parts, DEFAULT_SCOPES.get(name, "*"), name)
-    target = f"{name}@{scope}"
-    if others and name in vocab_present and not numbers and not off:
-        return None  # "accumulate over more micro-steps: device batch 32": train.py's own technique, as context
-    if numbers and not off and name in SWITCH_UNITS:
-        units = {stem(u) for u in SWITCH_UNITS[name]}
-        near = range(max(0, mention.start - 6), min(len(tokens) - 1, mention.start + 8))
-        counted = [tokens[k] for k in near if tokens[k].kind == "number"
-                   and units & {t.text for t in tokens[k + 1 : k + 4]}]  # "4 learned sink tokens"
-        numbers = counted
-        owned = counted
-    if numbers and not off and name in SWITCH_SETTINGS:
-        amount = read_amount(owned, fraction_like=name in FRACTION_SWITCHES, terminal_phase=False, is_tuple=False)
-        low, high = SWITCH_SETTINGS[name]
-        if amount is not None and amount.kind == "absolute" and low <= amount.value <= high:
-            return Change(target, (_rounded(amount.value),), 1)
-    if off:
-        return Change(target, ("off",), -1)
-    clause_start = not owned or mention.start == 0 or tokens[mention.start - 1].text in SEPARATORS
-    if on or mention.explicit or clause_start:  # "Tie the value embeddings ...": the technique is the verb
-        return Change(target, ("on",), 1)
-    return None
 
 
-def _words_change(mention: Mention, owned: list[Token]) -> Change | None:
-    amount = read_amount(owned, fraction_like=False, terminal_phase=False, is_tuple=False)
-    direction = direction_of(owned)
-    target = mention.name + (f"@{_scope(mention.parts)}" if mention.parts else "")
-    if mention.name == "q:init" and amount is not None and amount.kind == "absolute":  # "init with std 0.02"
-        return Change(f"init@{_scope(mention.parts, owner='init')}", (f"normal:{show_value(_rounded(amount.value))}",))
-    if amount is not None and amount.kind == "absolute":
-        return Change(target, (_rounded(amount.value),), direction)
-    if amount is not None and amount.kind == "factor":
-        return Change(target, (f"x{show_value(_rounded(amount.value))}",), direction)
-    return Change(target, (), direction) if direction else None

@@ -217,7 +217,7 @@ CUES: dict[str, tuple[str, ...]] = {
     "switch:temperature": (
         "learn|learnable|learned|trainable|train|parametrize|parameterize|per head + scale|scalar|multiplier|"
         "temperature|gain|factor|coefficient + attention logit|attention logits|attention score|attention scores|"
-        "attention softmax|softmax|score|scores|q k|qk|dot product|@query",),
+        "attention softmax|softmax|score|scores|q k|qk|dot product|@query + !norm|norms|normalization|rmsnorm|layernorm",),
     "switch:label_smoothing": (
         "soft|soften|softened|smooth|smoothed|smoothing + target|targets|label|labels|one hot|onehot|ground truth",
         "spread|distribute|redistribute|reserve|move + mass|probability + uniform|uniformly|vocabulary|other tokens",),
@@ -253,7 +253,7 @@ CUES: dict[str, tuple[str, ...]] = {
     "switch:layerscale": ("per channel|channelwise|diagonal|vector + gain|scale|scaling|multiplier + branch|"
                           "branches|sublayer|block output|residual branch|@attention|@mlp",),
     "switch:norm_gains": ("learn|learnable|learned|trainable|affine|elementwise|per channel + weight|weights|gain|"
-                          "gains|scale|parameter|parameters + @norm|rmsnorm|rms|layernorm|norm|norms",),
+                          "gains|scale|parameter|parameters + @norm|@switch:qknorm|rmsnorm|rms|layernorm|norm|norms",),
     "switch:embed_scale": ("scale|scaled|multiply|multiplied|multiplier|times + @embedding + sqrt|square root",),
     "switch:seq_warmup": ("short|shorter|small + sequence|sequences|context|seq len + grow|increase|ramp|"
                           "progressive|lengthen|longer|then|first",),
@@ -309,6 +309,10 @@ MEMBER_UNITS = {"gqa": ("kv", "key", "group", "groups"),
 # the noun a technique's number counts ("4 experts"): other numbers beside it are other settings ("top-1")
 SWITCH_UNITS = {"switch:moe": ("expert", "experts"), "switch:sinks": ("token", "tokens", "sink", "sinks"),
                 "switch:mtp": ("token", "tokens", "head", "heads")}
+# what a technique's number means in another unit: n tokens predicted are n - 1 heads beyond the next-token one
+UNIT_OFFSETS = {"switch:mtp": {"token": -1.0, "tokens": -1.0}}
+# the setting a technique has when named alone ("an MTP head" is one extra head): stated, it says nothing more
+USUAL_SETTINGS = {"switch:mtp": 1.0}
 # members whose number is part of the choice ("a 256-token window", "2 KV groups", "std 0.02")
 NUMBERED_MEMBERS = {"attention_kind": ("sliding_window", "gqa"),
                     "init": ("zero", "normal", "trunc_normal", "uniform", "orthogonal", "xavier", "kaiming", "lecun",

@@ -221,6 +221,28 @@ def _class_parts(tree: ast.Module, matcher: PhraseMatcher) -> dict[str, frozense
     return out
 
 
+def _schedule_shape(source: str, knobs: dict[str, Knob]) -> frozenset[str]:
+    """The learning-rate schedule train.py has, from its code: a warmup and a warmdown knob mean warmup, a stable
+    phase, then decay (WSD); a function reading the warmdown with no cosine, square root or exponential in it
+    decays linearly."""
+    phases = {name for name, knob in knobs.items() if knob.concepts & {"warmup", "warmdown"}}
+    if not any("warmdown" in knobs[n].concepts for n in phases):
+        return frozenset()
+    found = {"schedule:wsd"} if len(phases) >= 2 else set()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return frozenset(found)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and phases & {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
+            called = {getattr(n.func, "attr", getattr(n.func, "id", "")) for n in ast.walk(node)
+                      if isinstance(n, ast.Call)}
+            if not called & {"cos", "sqrt", "exp", "pow", "rsqrt"} and not any(
+                    isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node)):
+                found.add("schedule:linear")
+    return frozenset(found)
+
+
 def _present_features(source: str, matcher: PhraseMatcher) -> frozenset[str]:
     """Family members and techniques train.py has: named in its code or comments, and not switched off there
     (`bias=False`, "untied from wte")."""
@@ -304,7 +326,7 @@ def learn_vocabulary(source: str) -> Vocabulary:
         off = 0.0
         knobs[name] = Knob(name, dict(values), frozenset(concepts), _distinct(aliases), frozenset(scope), elements, off)
     _drop_shared_aliases(knobs)
-    present = _present_features(source, matcher)
+    present = _present_features(source, matcher) | _schedule_shape(source, knobs)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     return Vocabulary(knobs, derived, present, constants.profiles, matcher, digest, identifiers)
 

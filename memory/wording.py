@@ -35,9 +35,26 @@ _MODEL_NAME = re.compile(r"\b(gpt|gemma|llama|palm|mistral|mixtral|qwen|olmo|dee
 _RETRY_COUNT = re.compile(r"\b(?:take|attempt|round)\s*#?\s*(?:two|three|four|2|3|4)\b(?=\s*(?:[,.;:)!?]|$))")
 _DIVIDED = re.compile(r"(\S*)\s+/\s*(?=\d)|^/\s*(?=\d)")
 _HEADS_OF = re.compile(r"\bheads? of (?:size |dimension |dimensionality |width |dim )?(\d+) ?"
-                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b")
+                       r"(?:dims?|dimensions?|d|channels)?(?: each)?\b"
+                       r"|\bheads? (?:each )?(\d+) (?:wide|dims? wide|channels wide)\b")  # "every head 64 wide"
 _NO_DECAY_TO_ZERO = re.compile(r"\b(?:do not|never|not)\s+(?:decay|anneal|cool)\w*\s+(?:the\s+)?(?:learning rate\s+|lr\s+)?"
                                r"(?:all the way\s+)?(?:down\s+)?to\s+(?:zero|0)\b")
+_TAKEN_BACK = r"\s*(?:\.\.\.|…)\s*(?:actually|no|i mean|or rather|rather|sorry|wait)\b[,:]?\s*"
+_CORRECTED_NUMBER = re.compile(r"\d[\d.,]*(?<!\.)" + _TAKEN_BACK + r"(?=\d)", re.IGNORECASE)  # "0.2... no, 0.1"
+_CORRECTED = re.compile(r"(?:^|(?<=[,;:!?(])|(?<=\.\s)|(?<=\band\s))((?:(?!\band\b|\.\.\.|…|\.\s)[^,;:!?(])*?)"
+                        + _TAKEN_BACK, re.IGNORECASE)
+
+
+def _taken_back(match: re.Match) -> str:
+    """What a correction replaces: from the word it repeats ("until halfway... actually until 65%"), else all of
+    the phrase before it ("untie... actually tie")."""
+    said = match.group(1)
+    following = re.match(r"\s*(\w+)", match.string[match.end():])
+    if following:
+        repeated = [m.start() for m in re.finditer(rf"\b{re.escape(following.group(1))}\b", said, re.IGNORECASE)]
+        if repeated:
+            return said[: repeated[-1]]
+    return ""
 _CALL = re.compile(r"(?<=[a-z0-9_])\(([^()]*)\)")
 _UNDONE = re.compile(r"\bun(normali[sz]ed|capped|clipped|regulari[sz]ed|scaled|gated|biased|shared|tied)\b")
 _HYPHENATED_NUMBER_WORDS = re.compile(r"\b([a-z]+)-(?=[a-z])")
@@ -64,6 +81,7 @@ def stem(word: str) -> str:
 def normalise(text: str) -> str:
     """Lower case, one spelling (American), arrows and symbols spelled one way, numbers as digits."""
     text = unicodedata.normalize("NFKC", text)
+    text = _CORRECTED.sub(_taken_back, _CORRECTED_NUMBER.sub("", text))  # "untie... actually tie": taken back, not the idea
     for symbol, replacement in _SYMBOLS.items():
         text = text.replace(symbol, replacement)
     text = text.lower()
@@ -74,11 +92,13 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(can|won|don|doesn|didn|isn|aren|wasn|shouldn|wouldn|haven|hasn)'t\b",
                   lambda m: _NEGATED.get(m.group(1), m.group(1)) + " not", text)
     text = _MODEL_NAME.sub(r"\1\2", text)  # "Gemma 2 style", "GPT-2 init": a name, not a value
-    text = _RETRY_COUNT.sub(" ", text)  # "take two", "attempt 2": which try this is, not a setting
+    text = _RETRY_COUNT.sub(" ", text)
+    text = re.sub(r"\b(?:once more|one more time|once again)\b", "again", text)  # a retry, not "more"  # "take two", "attempt 2": which try this is, not a setting
     text = re.sub(r"\bhalf an? dozen\b", "6", text)
     text = re.sub(r"\b(?:a|one) dozen\b", "12", text)
     text = _BRITISH.sub(lambda m: f"{m.group(1)}iz{m.group(2)}", text)
-    text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)  # torch.compile, F.gelu, lm_head.weight
+    text = re.sub(r"(?<=[a-z])\.(?=[a-z])", " ", text)
+    text = re.sub(r"(?<=\b[a-z]) ?\* ?(?=[a-z])", " times ", text)  # "x * sigmoid(x)": a product of names  # torch.compile, F.gelu, lm_head.weight
     text = re.sub(r"(?<=[a-z0-9])/(?=[a-z])", " ", text)  # key/value, resid/x0
     text = _DIVIDED.sub(_divided, text)  # "lr /2" (but not the x / 15 of a formula)
     text = re.sub(r"\bx(?=(?:\d*\.\d+|[1-9]\d*)\b)", "x ", text)  # x0.5, x2 (but not x0, the initial embedding)
@@ -90,9 +110,10 @@ def normalise(text: str) -> str:
     text = re.sub(r"\s+hundredths?\b", " /100", re.sub(r"\s+thousandths?\b", " /1000", text))
     text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # 64-dimensional, 10-layer
     text = re.sub(r"\b(?:block|layer)\s+0\b(?!\s*(?:->|to\b))", "first layer", text)  # "the V of block 0"
-    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b))", "somewhere", text)  # "before block 3"
+    text = re.sub(r"(?<!\bn )(?<!\bnum )\b(?:block|layer)\s+(?:\d+|[a-z])\b(?!\s*(?:->|to\b|%|percent\b|x\b|times\b))", "somewhere",
+                  text)  # "before block 3"
     text = _UNDONE.sub(r"not \1", text)  # "unnormalised", "uncapped": the technique without
-    text = _HEADS_OF.sub(r"head dim \1", text)  # "heads of 64 dims each": the size of a head
+    text = _HEADS_OF.sub(lambda m: f"head dim {m.group(1) or m.group(2)}", text)  # "heads of 64 dims each": the size of a head
     text = _NO_DECAY_TO_ZERO.sub("raise the final lr", text)  # the end of the schedule above zero
     text = re.sub(r"\bramp(?:ing|s)? (?:it |them |the (?:lr|learning rate) )?down\b", "ramp down", text)
     text = re.sub(r"\b(?:a|one) single\b", "1", text)
@@ -100,6 +121,8 @@ def normalise(text: str) -> str:
                   lambda m: {"million": "500000", "thousand": "500", "billion": "500000000"}[m.group(1)], text)
     text = re.sub(r"\b(?:end|finish|stop)(?:s|ing)? (?:the )?(?:warmdown|decay|cooldown|schedule|anneal\w*) at\b",
                   "final lr at", text)  # where the schedule ends is its floor
+    text = re.sub(r"\b(?:warmdown|decay|cooldown|schedule|anneal\w*) (?:should |will |would |must |can )?"
+                  r"(?:end|finish|stop)(?:s|ed|ped|ing)? at\b", "final lr at", text)  # (the other order)
     text = re.sub(r"\b(?:warm|ramp)(?:s|ing)? (?:the |its )?([a-z][^,;:]{0,40}?) up\b", r"warmup \1", text)
     text = re.sub(r"\b(?:is|are|was|has|have|'s) (?:currently |now )?(zero|\d[\d.,]*)"
                   r"(?: right now| now| currently| at the moment| today)\b",

@@ -198,3 +198,128 @@ def test_judgement_on_the_blind_pairs():
 def test_judgement_on_the_older_pairs():
     precision, recall, _ = score("idea_pairs.jsonl")
     assert precision >= 0.95 and recall >= 0.75
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("let the LR decay to 15 percent of its peak", "FINAL_LR_FRAC", 0.15),  # the decay is how, the floor what
+    ("the decay should stop at 3% of the peak LR", "FINAL_LR_FRAC", 0.03),
+    ("two thirds of the current embedding LR", "EMBEDDING_LR", 0.4),  # a fraction "of the current": a factor
+    ("80% of the current Muon momentum", "MUON_MOMENTUM", 0.76),
+    ("let the per-block residual scalars learn faster, LR 0.8", "SCALAR_LR", 0.8),  # the technique's own knob
+])
+def test_floors_fractions_of_the_current_value_and_a_techniques_own_knob(title, target, value):
+    name, values = only(title)
+    assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_a_decay_floor_keeps_a_warmdown_stated_beside_it():
+    r = reading("shorten the cooldown to 30% and end it at 10% of the peak")
+    assert {c.target for c in r.changes} == {"WARMDOWN_RATIO", "FINAL_LR_FRAC"}, r.describe()
+
+
+@pytest.mark.parametrize("a, ar, b", [
+    ("Grouped-query attention", "n_kv_head = 4", "GQA with 4 KV heads"),  # a member's number from the rationale
+    ("Local attention", "each token sees a window of 128 tokens", "sliding window attention, window 128"),
+])
+def test_a_members_number_given_in_the_rationale(a, ar, b):
+    assert compare(reading(a, ar), reading(b)).same is True, (reading(a, ar).describe(), reading(b).describe())
+    assert compare(reading(a, ar), reading(b.replace("4", "2").replace("128", "64"))).same is False
+
+
+@pytest.mark.parametrize("title, value", [
+    ("make the MLP hidden layer 25% wider", 5.0),  # a width said of the MLP is its ratio; "layer 25 %" no index
+    ("narrow the feed-forward by 50%", 2.0),
+])
+def test_a_width_said_of_the_mlp_is_its_ratio(title, value):
+    name, values = only(title)
+    assert name == "MLP_RATIO" and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_the_schedule_shape_is_learned_from_the_code():
+    assert {"schedule:wsd", "schedule:linear"} <= VOCAB.present  # warmup and warmdown ratios; a linear ramp down
+    cosine = (Path(__file__).resolve().parents[1] / "train.py").read_text().replace(
+        "    cooldown = (1.0 - progress) / WARMDOWN_RATIO",
+        "    cooldown = 0.5 * (1 + math.cos(math.pi * (1 - (1.0 - progress) / WARMDOWN_RATIO)))")
+    assert "schedule:linear" not in learn_vocabulary(cosine).present
+    # the schedule train.py has, named in passing, adds nothing to the warmdown
+    assert only("hold the LR at its peak for the first 60% of training, then decay linearly") == (
+        "WARMDOWN_RATIO", (0.4,))
+    assert only("a warmup-stable-decay schedule") == ("schedule@*", ("wsd",))  # but proposed alone, it is the idea
+    assert only("WSD: a constant learning rate, then a linear decay") == ("schedule@*", ("wsd",))  # (colon: spelled out)
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("twelve blocks instead 8", "DEPTH", 12.0),  # the old value after "instead" without "of"
+    ("a 0.03 Muon LR rather than 0.04", "MATRIX_LR", 0.03),
+    ("each head 32 wide (now 128), so we get four times the heads", "HEAD_DIM", 32.0),  # what follows "so" is why
+    ("HEAD_DIM = 32 (16 heads at this width)", "HEAD_DIM", 32.0),  # an aside counting something else
+])
+def test_old_values_consequences_and_asides_give_no_value(title, target, value):
+    name, values = only(title)
+    assert name == target and any(v == pytest.approx(value) for v in values), reading(title).describe()
+
+
+def test_retry_wording_and_formulas_of_names():
+    assert only("Muon learning rate 0.06 once more") == ("MATRIX_LR", (0.06,))  # a retry, not "more"
+    assert only("feed-forward nonlinearity: relu(x)^2 -> x * sigmoid(x)") == ("activation@mlp", ("silu",))
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Add gains to QK-norm", "give the q/k normalisation learnable per-channel weights"),  # which norm they are on
+    ("Learnable weights for the QK RMSNorm", "Add elementwise affine gains to the query/key norm"),
+])
+def test_gains_on_the_qk_norm_are_placed_there(a, b):
+    ra, rb = reading(a), reading(b)
+    assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
+    for elsewhere in ("trainable gains on the final norm", "learnable gains on the attention-input norms"):
+        assert compare(ra, reading(elsewhere)).same is False, (ra.describe(), reading(elsewhere).describe())
+
+
+@pytest.mark.parametrize("a, b", [
+    ("delete the last normalisation layer ahead of the unembedding", "Remove the final RMSNorm before lm_head"),
+    ("remove the pre-norm in front of the MLP", "no normalisation before the feed-forward sub-layer"),
+])
+def test_a_norm_removed_reads_the_same_however_it_is_named(a, b):
+    ra, rb = reading(a), reading(b)
+    assert compare(ra, rb).same is True, (ra.describe(), rb.describe())
+    assert compare(ra, reading("Remove the norm before the attention")).same is False
+
+
+def test_multi_token_prediction_counts_heads_beyond_the_next_token():
+    three_tokens = reading("multi-token prediction of the next three tokens")
+    assert compare(three_tokens, reading("MTP with 2 extra heads")).same is True, three_tokens.describe()
+    assert compare(three_tokens, reading("MTP with 3 extra heads")).same is False
+    assert compare(reading("add an MTP head"), reading("multi-token prediction with a single extra head")).same is True
+
+
+@pytest.mark.parametrize("title, target, value", [
+    ("Untie... actually, tie wte and lm_head", "switch:tying@embedding+unembedding", "on"),  # what was taken back
+    ("label smoothing 0.2... sorry, 0.05", "switch:label_smoothing@loss", 0.05),
+    ("keep the LR flat until 40%... no, until 70%", "WARMDOWN_RATIO", 0.3),  # from the word the correction repeats
+])
+def test_a_correction_replaces_what_it_takes_back(title, target, value):
+    name, values = only(title)
+    assert name == target and values == (value,), reading(title).describe()
+
+
+def test_a_crashed_idea_again_without_its_place_is_the_same():
+    crashed = reading("Dropout 0.1 on the MLP output")
+    again = reading("dropout 0.1 again, with the mask cast to bf16")
+    assert compare(again, crashed, old_crashed=True).same is True, (again.describe(), crashed.describe())
+    assert compare(again, crashed).same is not True  # (an idea that ran: the place may matter)
+    assert compare(reading("dropout 0.2 again"), crashed, old_crashed=True).same is False
+
+
+def test_a_technique_takes_the_setting_said_after_a_break():
+    # "with probability p" split off by a comma or "with": the technique awaiting a number takes it
+    assert only("we would apply dropout, with a rate of 0.2, on the attention output") == (
+        "switch:dropout@attention", (0.2,))
+    # a title naming only where it acts: the rationale's technique there is the idea
+    r = reading("Regularise the feed-forward outputs", "We propose dropout with probability 0.15 on the MLP output.")
+    assert r.describe() == "switch:dropout@mlp = 0.15"
+
+
+def test_a_list_of_a_knobs_parameters_stays_with_the_knob():
+    assert only("learning rate of the x0 lambdas and the resid lambdas = 0.25") == ("SCALAR_LR", (0.25,))
+    both = reading("remove the resid lambdas and the x0 lambdas")  # a list under a verb: each technique removed
+    assert {c.describe() for c in both.changes} == {"switch:resid_lambdas@* = off", "switch:x0skip@* = off"}
