@@ -173,8 +173,21 @@ class _Coordinator:
                 self._collect_analyses()
         for c in self.supply.leftovers():  # prepared but never trained: the journal keeps them for the next run
             self._event("note", c.exp_id, "prepared candidate kept for the next run")
+        self._reconcile_memory()
         self.repo.reset_hard(self.best.commit)
         return LoopOutcome(stop, self.book.records, self.best.bpb, self.best.commit, self.run_dir)
+
+    def _reconcile_memory(self) -> None:
+        """Results are the record of truth: whatever of this run memory lacks (a write that failed) is added now."""
+        try:
+            added = self.s.memory.sync_from([self.run_dir / "results.parquet"])
+        except Exception as exc:  # memory is rebuildable: say so, never fail the run for it
+            self._event("note", message=f"memory: could not check it against the results ({type(exc).__name__}); "
+                        "run `autoresearch memory rebuild`")
+            return
+        if added:
+            self._event("note", message=f"memory: {added} experiment(s) of this run were missing; added them "
+                        "from results.parquet")
 
     def _cycle(self, bench: Workbench) -> str:
         while True:
@@ -523,11 +536,14 @@ class _Coordinator:
         )
 
     def _in_flight_records(self) -> list[ExperimentRecord]:
-        """Experiments training now, so the crew does not propose them again while they run."""
+        """Experiments training now or prepared to train (resumed ones too), so the crew does not propose them
+        again before memory knows them."""
         entries = [fl.entry for fl in list(self.flight.values()) if fl.entry.kind == "experiment"]
         entries += [e for e, _ in list(self.waiting.values())]
-        return [ExperimentRecord(exp_id=e.exp_id, tag=self.s.tag, status="training", description=e.idea["title"],
-                                 category=e.idea.get("category", "")) for e in entries if e.idea]
+        ideas = [(e.exp_id, e.idea) for e in entries if e.idea]
+        ideas += [(c.exp_id, c.idea.model_dump()) for c in self.supply.leftovers()]
+        return [ExperimentRecord(exp_id=exp_id, tag=self.s.tag, status="training", description=idea["title"],
+                                 category=idea.get("category", "")) for exp_id, idea in ideas]
 
     def _reserve_exp_id(self) -> str:
         exp_id = self.book.reserve_id(self.journal)

@@ -446,6 +446,13 @@ class ExperimentMemory:
             self._upsert(missing, vectors)
         return len(missing)
 
+    def sync_from(self, parquet_paths: Sequence[Path]) -> int:
+        """Add the experiments these results hold and the store lacks; returns how many were added."""
+        if self.read_only:
+            raise MemoryUnavailableError("this experiment memory was opened read-only")
+        with self._operation():
+            return self._sync([Path(p) for p in parquet_paths if Path(p).exists()])
+
     def _sync_and_report(self) -> None:
         added = self._sync(self._rebuild_from)
         if added:

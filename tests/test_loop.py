@@ -63,3 +63,33 @@ def test_a_new_run_remembers_what_earlier_runs_tried(tmp_path):
     second = check_consistency(repo, "night2")
     assert not [r for r in second if r.status == "repeat"], "the crew proposed what memory already held"
     assert not first & {r.description for r in second}
+
+
+def test_a_memory_write_that_failed_is_made_good_at_the_end_and_said(tmp_path, monkeypatch):
+    from agents.assemble import build_settings
+    from agents.loop import run_loop
+    from memory.store import ExperimentMemory
+
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 1})
+    real_add, failed = ExperimentMemory.add, []
+
+    def add_failing_once(self, record):
+        if record.status == "baseline" and not failed:
+            failed.append(record.exp_id)
+            raise OSError("disk hiccup")
+        return real_add(self, record)
+
+    monkeypatch.setattr(ExperimentMemory, "add", add_failing_once)
+    settings = build_settings(repo, config, "t1")
+    notes: list[str] = []
+    settings.on_event = lambda e: notes.append(e.message) if e.kind == "note" else None
+    try:
+        run_loop(settings)
+        stored = sorted(h.exp_id for h in settings.memory.where({"tag": "t1"}))
+    finally:
+        settings.memory.close()
+    records = check_consistency(repo, "t1")
+    assert failed and stored == sorted(r.exp_id for r in records)
+    assert any("memory write failed" in n for n in notes), notes
+    assert any("1 experiment(s) of this run were missing" in n for n in notes), notes

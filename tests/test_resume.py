@@ -73,10 +73,12 @@ def test_kill_at_any_phase_then_resume(tmp_path, phase, nth):
     records = check_consistency(repo, "t1")
     trained = [r for r in records if r.status in ("keep", "discard", "crash")]
     assert len(trained) == 2, [(r.exp_id, r.status) for r in records]
+    # a candidate resumed from the journal is known to the crew: the same idea is not trained twice
+    assert len({r.description for r in trained}) == 2, [(r.exp_id, r.description) for r in trained]
     assert sum(r.status == "baseline" for r in records) == 2
     assert all(r.lesson for r in trained), "an interrupted analysis was not completed"
     assert Journal(repo / "runs" / "t1").unfinished() == []
-    assert _memory_ids(repo) == sorted(r.exp_id for r in records), "memory and results disagree"
+    assert _memory_ids(repo) == sorted(r.exp_id for r in records), "memory and results disagree\n" + resumed.stdout
 
 
 def test_a_second_runner_is_refused_and_a_stale_lock_is_taken_over(tmp_path):

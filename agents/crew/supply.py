@@ -22,7 +22,7 @@ class CandidateSupply:
     def __init__(self, prepare: Callable[[], Candidate | None], max_parallel: int):
         self._prepare = prepare
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="prepare")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a future already done runs its callback (which locks) at once
         self._ready: deque[Candidate] = deque()
         self._preparing: dict[Future, float] = {}  # preparation -> when it started
         self._error: BaseException | None = None
@@ -46,7 +46,8 @@ class CandidateSupply:
 
     def add(self, candidate: Candidate) -> None:
         """A candidate from elsewhere (resumed from the journal) goes first."""
-        self._ready.appendleft(candidate)
+        with self._lock:
+            self._ready.appendleft(candidate)
 
     def top_up(self, wanted: int) -> None:
         """Start preparations until ready + preparing reaches `wanted` (nothing once the search is exhausted)."""
@@ -66,7 +67,8 @@ class CandidateSupply:
 
     def take(self) -> Candidate | None:
         self._raise_error()
-        return self._ready.popleft() if self._ready else None
+        with self._lock:
+            return self._ready.popleft() if self._ready else None
 
     def wait_for_one(self, timeout: float) -> None:
         """Block until a preparation finishes (or the timeout passes): for a loop with nothing else to do."""
@@ -78,8 +80,9 @@ class CandidateSupply:
             wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
 
     def leftovers(self) -> list[Candidate]:
-        """Prepared but never trained (the journal keeps them for the next run)."""
-        return list(self._ready)
+        """Prepared and not handed out yet (at the end of a run, the journal keeps them for the next one)."""
+        with self._lock:
+            return list(self._ready)
 
     def close(self) -> None:
         """Let running preparations finish (their results are journalled), start no new one."""
