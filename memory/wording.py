@@ -7,6 +7,7 @@ queries", "QK-normalization" and `qk_norm` meet on the same tokens.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from text_to_num import alpha2digit
 from memory.lexicon import FRACTIONS, SCALE_SUFFIXES
 
 _STEMMER = snowballstemmer.stemmer("english")
+_STEMMER_LOCK = threading.Lock()  # a snowball stemmer keeps the word it works on: one thread at a time
 _SYMBOLS = {
     "→": " -> ", "⟶": " -> ", "⇒": " -> ", "=>": " -> ", "➝": " -> ", "×": " x ", "·": " * ", "²": "^2", "³": "^3",
     "–": "-", "—": " - ", "−": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "β": "beta", "θ": "theta", "≈": " ~ ",
@@ -74,7 +76,8 @@ _TOKEN = re.compile(
 
 @lru_cache(maxsize=65536)
 def stem(word: str) -> str:
-    return _STEMMER.stemWord(word)
+    with _STEMMER_LOCK:
+        return _STEMMER.stemWord(word)
 
 
 @lru_cache(maxsize=4096)

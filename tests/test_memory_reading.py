@@ -323,3 +323,17 @@ def test_a_list_of_a_knobs_parameters_stays_with_the_knob():
     assert only("learning rate of the x0 lambdas and the resid lambdas = 0.25") == ("SCALAR_LR", (0.25,))
     both = reading("remove the resid lambdas and the x0 lambdas")  # a list under a verb: each technique removed
     assert {c.describe() for c in both.changes} == {"switch:resid_lambdas@* = off", "switch:x0skip@* = off"}
+
+
+def test_stemming_is_safe_from_many_threads():
+    # the crew prepares candidates in threads, and every gate check stems words
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memory.wording import stem
+
+    words = [f"{w}{s}" for w in ("warm", "decay", "normal", "schedul", "learn", "embed", "attend") for s in
+             ("ing", "ed", "s", "ization", "ings", "ers", "ational", "fulness")] * 40
+    expected = [stem.__wrapped__(w) for w in words]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(5):
+            assert list(pool.map(stem.__wrapped__, words)) == expected
