@@ -103,6 +103,7 @@ class ExperimentMemory:
         self._recent: deque[MemoryHit] = deque(maxlen=RECENT_CACHED)
         self._chains: dict[str, list[MemoryHit]] = {}  # tag -> its keep and baseline experiments
         self._thread_lock = threading.RLock()
+        self._reading_lock = threading.Lock()
         self._op_depth = 0
         self._embed_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._index: MemoryIndex | None = None  # built on first use from one scan of the metadata
@@ -377,7 +378,8 @@ class ExperimentMemory:
     def set_context(self, train_py: str) -> None:
         """The train.py ideas are read against from now on (the current best): its knobs, values and names."""
         self._train_py = train_py
-        self._reading_cache.clear()
+        with self._reading_lock:
+            self._reading_cache.clear()
 
     def vocabulary(self, train_py: str | None = None) -> Vocabulary:
         """What train.py calls its knobs: of `train_py`, else the context set, else the repository's train.py."""
@@ -386,12 +388,14 @@ class ExperimentMemory:
 
     def _reading_json(self, title: str, rationale: str) -> str:
         key = (title, rationale)
-        cached = self._reading_cache.get(key)
+        with self._reading_lock:  # the crew's preparing threads read ideas at once
+            cached = self._reading_cache.get(key)
         if cached is None:
             cached = read_idea(title, rationale, self.vocabulary()).to_json()
-            self._reading_cache[key] = cached
-            if len(self._reading_cache) > READING_CACHE_SIZE:
-                self._reading_cache.pop(next(iter(self._reading_cache)))
+            with self._reading_lock:
+                self._reading_cache[key] = cached
+                if len(self._reading_cache) > READING_CACHE_SIZE:
+                    self._reading_cache.pop(next(iter(self._reading_cache)))
         return cached
 
     def index(self) -> MemoryIndex:
