@@ -43,7 +43,7 @@ def _require_project() -> None:
     from agents.project import is_project, not_a_project_message
 
     if not is_project(Path.cwd()):
-        err.print(f"error: {not_a_project_message(Path.cwd())}", soft_wrap=True, markup=False, highlight=False)
+        err.print(f"error: {not_a_project_message(Path.cwd())}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=2)
 
 
@@ -227,7 +227,7 @@ def _print_in_flight(run_dir: Path) -> None:
             where = entry.node + (f" ({entry.gpu})" if entry.gpu else "")
             title = (entry.idea or {}).get("title", entry.kind)
             console.print(f"  training {entry.exp_id} on {where}: {time.time() - entry.started:.0f} s  {title}",
-                          highlight=False, markup=False)
+                          highlight=False)
 
 
 @app.command()
@@ -284,7 +284,7 @@ def compare(
 
     def show(event) -> None:
         if event.text:
-            console.print(f"[{event.run or plan.name}] {event.text}", highlight=False, markup=False)
+            console.print(f"[{event.run or plan.name}] {event.text}", highlight=False)
 
     try:
         outcome = run_compare(plan, on_event=show, **engine)

@@ -107,6 +107,7 @@ def prepare_candidate(bench: Workbench, tag: str, config_name: str, base_commit:
 
 def _gate(bench: Workbench, exp_id: str, idea: Idea, tag: str, config_name: str, base_commit: str,
           base_text: str) -> Candidate | None:
+    """Memory's verdict on the idea against `base_text`, then (if it is new) the edit and the review."""
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
                               expected_effect=idea.expected_effect, parent_commit=base_commit)
@@ -137,22 +138,12 @@ def _judge(bench: Workbench) -> object | None:
 
 def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str, tag: str,
            config_name: str) -> Candidate | None:
-    """Re-apply a prepared idea on a new best whose train.py conflicted with its edit."""
-    record = ExperimentRecord(exp_id=stale.exp_id, tag=tag, config=config_name, status="skipped",
-                              description=stale.idea.title, category=stale.idea.category,
-                              rationale=stale.idea.rationale, expected_effect=stale.idea.expected_effect,
-                              parent_commit=base_commit)
+    """Re-apply a prepared idea on a new best whose train.py conflicted with its edit.
+
+    It goes through the gate again: it was judged before the experiments that finished since were in memory.
+    """
     with bench.usage_scope(stale.exp_id):
-        # the idea was gated before the experiments that finished since were in memory: ask again
-        bench.memory.set_context(base_text)
-        verdict = bench.memory.check_idea(stale.idea, threshold=bench.novelty_threshold, train_py=base_text,
-                                          judge=_judge(bench))
-        if not verdict.novel:
-            record.repeat_of = verdict.match.id if verdict.match is not None else ""
-            _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
-            return None
-        return _code_and_review(bench, stale.exp_id, stale.idea, base_commit, base_text, record,
-                                context=verdict.context)
+        return _gate(bench, stale.exp_id, stale.idea, tag, config_name, base_commit, base_text)
 
 
 def _propose(bench: Workbench, base_text: str) -> Idea | None:
