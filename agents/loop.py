@@ -148,6 +148,9 @@ class _Coordinator:
         self.deferred: list[tuple[JournalEntry, Candidate | None]] = []  # results waiting for the baselines
         self.analyses: dict[Future, ExperimentRecord] = {}
         self._prep_seconds: deque[float] = deque(maxlen=8)
+        # ideas written ahead (prepared, or resumed from the journal) by experiment id, until their record is in:
+        # the crew must not propose them again, wherever they are on the way to a worker
+        self.prepared: dict[str, Idea] = {}
         self._run_seconds: deque[float] = deque(maxlen=8)
 
     # ---------------------------------------------------------------- the cycle
@@ -499,6 +502,7 @@ class _Coordinator:
             self.journal.advance(self._entry_for(c), "done")
         else:
             self.journal.write(self._entry_for(recoded))
+            self.prepared[recoded.exp_id] = recoded.idea
         return recoded
 
     def _prepare(self, bench: Workbench) -> Candidate | None:
@@ -509,6 +513,7 @@ class _Coordinator:
         self._prep_seconds.append(time.monotonic() - started)
         if c is not None:
             self.journal.write(self._entry_for(c))
+            self.prepared[c.exp_id] = c.idea
             self._checkpoint("reviewed")
         return c
 
@@ -540,10 +545,12 @@ class _Coordinator:
         again before memory knows them."""
         entries = [fl.entry for fl in list(self.flight.values()) if fl.entry.kind == "experiment"]
         entries += [e for e, _ in list(self.waiting.values())]
-        ideas = [(e.exp_id, e.idea) for e in entries if e.idea]
-        ideas += [(c.exp_id, c.idea.model_dump()) for c in self.supply.leftovers()]
-        return [ExperimentRecord(exp_id=exp_id, tag=self.s.tag, status="training", description=idea["title"],
-                                 category=idea.get("category", "")) for exp_id, idea in ideas]
+        ideas = {e.exp_id: (e.idea["title"], e.idea.get("category", "")) for e in entries if e.idea}
+        recorded = {r.exp_id for r in self.book.snapshot()}
+        ideas |= {exp_id: (idea.title, idea.category) for exp_id, idea in dict(self.prepared).items()
+                  if exp_id not in recorded}
+        return [ExperimentRecord(exp_id=exp_id, tag=self.s.tag, status="training", description=title,
+                                 category=category) for exp_id, (title, category) in ideas.items()]
 
     def _reserve_exp_id(self) -> str:
         exp_id = self.book.reserve_id(self.journal)
@@ -556,6 +563,8 @@ class _Coordinator:
         """Complete, re-decide or re-queue whatever the last run left half-done."""
         for entry in self.journal.unfinished():
             self._event("note", entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
+            if entry.kind == "experiment" and entry.idea:
+                self.prepared[entry.exp_id] = Idea(**entry.idea)
             if entry.kind in ("rerun", "confirm"):
                 self.journal.advance(entry, "done")  # its parent decides again from its own result
             elif entry.phase in ("proposed", "coded", "reviewed"):
