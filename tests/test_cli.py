@@ -76,6 +76,7 @@ def test_uncommitted_train_py_is_refused_and_kept(toy):
     assert (toy / "train.py").read_text().endswith("# mine\n")
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_results_loses_nothing(toy, monkeypatch):
     real_write = ResultsStore.write_all
 

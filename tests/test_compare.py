@@ -66,6 +66,7 @@ def assert_worktrees_removed(repo: Path) -> None:
     assert not leftovers.exists() or not any(p.is_dir() for p in leftovers.rglob("*") if (p / ".git").exists())
 
 
+@pytest.mark.slow
 def test_offline_against_an_llm_crew_on_equal_budgets(tmp_path, monkeypatch):
     repo, paths = toy_with_variants(tmp_path, offline={}, llm=llm_variant())
     crew = ScriptedCrew(LLM_TITLES)
@@ -129,6 +130,7 @@ def test_offline_against_an_llm_crew_on_equal_budgets(tmp_path, monkeypatch):
             memory.close()
 
 
+@pytest.mark.slow
 def test_an_interrupted_compare_continues_without_repeating_finished_work(tmp_path):
     repo, paths = toy_with_variants(tmp_path, a={}, b={"loop": {"seed": 7}})
     plan = plan_compare(repo, [str(paths["a"]), str(paths["b"])], Budget(experiments=2))

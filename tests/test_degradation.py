@@ -53,6 +53,7 @@ def _run(args):
     return runner.invoke(app, args, catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_a_lost_model_is_announced_everywhere_and_counted(lab):
     repo, server = lab
     result = _run(["run", "--tag", "d", "--no-live"])
@@ -94,6 +95,7 @@ def test_a_lost_model_is_announced_everywhere_and_counted(lab):
     assert (repo / "runs" / "d" / "crewai" / "latest_kickoff_task_outputs.db").exists()
 
 
+@pytest.mark.slow
 def test_strict_stops_the_run_instead_of_going_offline(lab):
     repo, _ = lab
     result = _run(["run", "--tag", "s", "--no-live", "--strict"])

@@ -157,6 +157,7 @@ def test_dropped_connection_is_retried(protocol: str) -> None:
     assert len(server.requests) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_slow_reply_times_out_promptly(protocol: str) -> None:
     with ScriptedLLMServer(lambda r: Reply.slow(30), lifetime_s=20) as server:

@@ -10,6 +10,7 @@ import pytest
 from tests.toyrepo import check_consistency, make_toy_repo, run_toy
 
 
+@pytest.mark.slow
 def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):
     repo = tmp_path / "repo"
     config = make_toy_repo(repo, loop={"max_experiments": 4})
@@ -33,6 +34,7 @@ def test_offline_crew_end_to_end_keeps_an_improvement(tmp_path):
     assert (repo / "train.py").read_text() == git.Repo(repo).commit(outcome.best_commit).tree["train.py"].data_stream.read().decode()
 
 
+@pytest.mark.slow
 def test_an_existing_tag_resumes_without_repeating(tmp_path):
     repo = tmp_path / "repo"
     config = make_toy_repo(repo, loop={"max_experiments": 2})
@@ -54,6 +56,7 @@ def test_uncommitted_train_py_is_refused_and_left_alone(tmp_path):
     assert (repo / "train.py").read_text().endswith("# my own edit\n")
 
 
+@pytest.mark.slow
 def test_a_new_run_remembers_what_earlier_runs_tried(tmp_path):
     repo = tmp_path / "repo"
     config = make_toy_repo(repo, loop={"max_experiments": 3})

@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer
 from tests.toyrepo import check_consistency, make_toy_repo, run_toy
 
@@ -77,6 +79,7 @@ def _run(repo: Path, config: Path):
     return run_toy(repo, config, tag="llm")
 
 
+@pytest.mark.slow
 def test_anthropic_crew_keeps_and_discards(tmp_path, anthropic_env):
     crew = ScriptedCrew(["MATRIX_LR 0.01 -> 0.04", "EMBEDDING_LR 0.6 -> 3.0", "DEPTH 2 -> 4"])
     with ScriptedLLMServer(crew) as server:
@@ -112,6 +115,7 @@ def assert_no_secret_written(repo: Path, secret: str) -> None:
     assert scanned > 5
 
 
+@pytest.mark.slow
 def test_openai_compatible_base_url(tmp_path):
     # the third idea repeats the first, which memory knows by then
     crew = ScriptedCrew(["DEPTH 2 -> 4", "MATRIX_LR 0.01 -> 0.04", "DEPTH 2 -> 4", "EMBEDDING_LR 0.6 -> 0.5"])
@@ -126,6 +130,7 @@ def test_openai_compatible_base_url(tmp_path):
     assert repeat.rule.startswith("novelty-")  # the gate that refused it is named
 
 
+@pytest.mark.slow
 def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path, anthropic_env):
     bad = {
         "DEPTH 2 -> 9": {"path": "train.py", "blocks": [{"search": "NO SUCH LINE", "replace": "x"}], "summary": ""},
@@ -161,6 +166,7 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
     assert "DEPTH 2 -> 8 [veto: only-train-py]" in tsv and len(tsv.splitlines()[1].split("\t")) == 5
 
 
+@pytest.mark.slow
 def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anthropic_env):
     faults = [Reply.error(429, retry_after=0.1), Reply.error(500), Reply.error(529, retry_after=0.1),
               Reply.dropped(), Reply.garbage()]
@@ -187,6 +193,7 @@ def test_rate_limits_server_errors_drops_and_garbage_are_survived(tmp_path, anth
     assert "## Provider faults survived" in summary_markdown(records)
 
 
+@pytest.mark.slow
 def test_a_slow_reply_past_the_timeout_does_not_hang_the_loop(tmp_path, anthropic_env):
     crew = ScriptedCrew(["DEPTH 2 -> 4"], faults=[Reply.slow(30.0), Reply.slow(30.0)])
     with ScriptedLLMServer(crew) as server:

@@ -50,6 +50,7 @@ def big_memory(tmp_path, minilm):
         yield memory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [200, 600, 1500])
 def test_recall_fits_the_budget_at_scale(big_memory, budget):
     text = big_memory.recall("try a different activation function", token_budget=budget)
@@ -60,6 +61,7 @@ def test_recall_fits_the_budget_at_scale(big_memory, budget):
         assert "Kept changes in run n29" in text and "Recent failures" in text
 
 
+@pytest.mark.slow
 def test_recall_sections_are_ordered_and_scoped_to_the_run(big_memory):
     text = big_memory.recall("learning rate", token_budget=4000, tag="n05")
     chain = text.split("Kept changes in run n05 (oldest first):\n")[1].split("\n\n")[0].splitlines()

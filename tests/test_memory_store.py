@@ -63,6 +63,7 @@ def idea(title: str, rationale: str = "", retry_of: str | None = None) -> Idea:
 PARAPHRASE = idea("Lower the Muon matrix learning rate from 0.04 to 0.03", "Smaller matrix LR to calm the loss spikes.")
 
 
+@pytest.mark.slow
 def test_record_survives_a_new_process(tmp_path, minilm):
     path = tmp_path / "mem"
     with ExperimentMemory.open(path) as memory:
@@ -180,6 +181,7 @@ def test_experiments_the_store_lacks_are_added_on_open(tmp_path, minilm):
         assert [memory.find(r.exp_id).seq for r in records] == list(range(6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["sqlite", "index"])
 def test_corrupted_store_is_moved_aside_and_rebuilt(tmp_path, minilm, caplog, damage):
     records = make_records()

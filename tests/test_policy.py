@@ -100,6 +100,7 @@ def test_same_inputs_give_the_same_ideas():
     assert run(3) != run(4)  # the seed only breaks ties, but it does break them
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_every_edit_applies_uniquely_compiles_and_passes_the_guard(device):
     policy = OfflinePolicy(seed=1)
@@ -273,6 +274,7 @@ def _benchmark():
     return module
 
 
+@pytest.mark.slow
 def test_policy_beats_uniform_random_search_on_a_synthetic_objective():
     bench = _benchmark()
     steps, seeds = 30, 4

@@ -258,6 +258,7 @@ class PeeksAheadSometimes(torch.nn.Module):
         return ahead
 
 
+@pytest.mark.slow
 def test_a_model_leaking_at_some_positions_is_refused(prepared_cache):
     tokenizer = prepare.Tokenizer.from_directory()
     with pytest.raises(prepare.CausalityError):  # misses only if all 16 rows draw an odd cut: p = 2**-16

@@ -14,6 +14,8 @@ import pytest
 from agents.record.journal import Journal
 from tests.toyrepo import ROOT, check_consistency, make_toy_repo
 
+pytestmark = pytest.mark.slow  # training runs, Ray, subprocess loops
+
 RUN_LOOP = """
 import sys
 from pathlib import Path

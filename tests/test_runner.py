@@ -113,6 +113,7 @@ def test_printed_score_without_record_is_a_crash(tmp_path):
     assert res.val_bpb is None
 
 
+@pytest.mark.slow
 def test_hanging_run_is_killed_with_its_children(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "KILL_GRACE_S", 0.5)
     pid_file = tmp_path / "child.pid"
@@ -306,6 +307,7 @@ def test_background_job_can_be_polled_and_killed(tmp_path):
     assert job.elapsed == frozen
 
 
+@pytest.mark.slow
 def test_real_train_py_end_to_end(tmp_path, request):
     """The real train.py for a few seconds on the test cache; the record is the evaluator's."""
     missing = [name for name in ("prepare.py", "train.py") if not (REPO / name).exists()]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from tests.llm_server import ScriptedLLMServer
 from tests.test_loop_llm import ScriptedCrew, _llm_repo, _run
 from tests.toyrepo import check_consistency
@@ -38,6 +40,7 @@ FAULTS = {
 }
 
 
+@pytest.mark.slow
 def test_gaming_edits_past_a_disabled_guard_are_never_kept(tmp_path, anthropic_env):
     edits = {**GAMING, **FAULTS}
     crew = ScriptedCrew(list(edits), bad_edits=edits)

@@ -199,6 +199,7 @@ def test_a_killed_sandboxed_run_leaves_nothing_running(tmp_path, name):
     assert _marker_processes(marker) == []
 
 
+@pytest.mark.slow
 def test_honest_train_py_scores_the_same_sandboxed_and_not(tmp_path, prepared_cache):
     """The real train.py, same seed, a budget so small that both runs take exactly the same steps."""
     repo = Path(__file__).resolve().parents[1]

@@ -20,6 +20,8 @@ from tests.llm_server import ScriptedLLMServer
 from tests.test_loop_llm import ScriptedCrew
 from tests.toyrepo import ROOT, check_consistency, make_toy_repo
 
+pytestmark = pytest.mark.slow  # training runs, Ray, subprocess loops
+
 ray = pytest.importorskip("ray")
 
 TRAINED = ("keep", "discard", "crash")

@@ -84,6 +84,7 @@ def tracked(tmp_path_factory):
     return repo, config, outcome, settings
 
 
+@pytest.mark.slow
 def test_every_results_row_is_an_mlflow_run(tracked):
     repo, _, outcome, settings = tracked
     records = ResultsStore(repo / "runs" / "t1").load()
@@ -119,6 +120,7 @@ def test_every_results_row_is_an_mlflow_run(tracked):
     assert settings.tracker.summary().startswith(f"tracking: {_store_uri(repo)}")
 
 
+@pytest.mark.slow
 def test_ui_answers_on_its_port_and_refuses_a_taken_one(tracked, monkeypatch):
     repo = tracked[0]
     port = _free_port()
@@ -155,6 +157,7 @@ def test_ui_answers_on_its_port_and_refuses_a_taken_one(tracked, monkeypatch):
         probe.listen()
 
 
+@pytest.mark.slow
 def test_export_rebuilds_the_same_runs_after_the_store_is_deleted(tracked):
     repo = tracked[0]
     before = _snapshot(_store_uri(repo), "t1")
@@ -182,6 +185,7 @@ print(json.dumps({{"codes": [r.exit_code for r in runs], "outputs": [r.output fo
     assert result["runs"] == before
 
 
+@pytest.mark.slow
 def test_an_unreachable_store_leaves_the_loop_running_then_the_next_start_backfills(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
@@ -209,6 +213,7 @@ def test_an_unreachable_store_leaves_the_loop_running_then_the_next_start_backfi
     assert sorted(_snapshot(local, "t1")) == sorted(r.exp_id for r in records)
 
 
+@pytest.mark.slow
 def test_a_compare_groups_its_runs_under_its_name(tmp_path, monkeypatch):
     import yaml
 

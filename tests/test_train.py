@@ -33,6 +33,7 @@ def parse_summary(stdout: str) -> dict[str, float]:
     return {key: float(value) for key, value in pairs}
 
 
+@pytest.mark.slow
 def test_short_cpu_run_beats_the_untrained_model(prepared_cache, tmp_path):
     import train
 
@@ -52,6 +53,7 @@ def test_short_cpu_run_beats_the_untrained_model(prepared_cache, tmp_path):
     assert re.search(r"step 00001 \(\d+\.\d%\) \| loss: \d+\.\d+ .* tok/sec: [\d,]+", proc.stdout)
 
 
+@pytest.mark.slow
 def test_diverging_loss_prints_fail_and_exits_1(prepared_cache, tmp_path):
     source = (REPO / "train.py").read_text()
     # An absurd lm_head learning rate: one update sends the logits, and the loss, through the roof.
