@@ -1,7 +1,8 @@
 """From an idea to a reviewed edit of train.py, before any GPU time is spent.
 
-propose → novelty gate (semantic) → code (bounded retries fed the error) → novelty gate (exact diff)
-→ guard (deterministic rules) → reviewer (bounded revise rounds). Each refusal becomes an experiment
+propose → novelty gate (semantic) → code (bounded retries fed the error) → no-op on this device's profile
+(agents/bench/noop.py) → novelty gate (exact diff) → guard (deterministic rules) → reviewer (bounded revise
+rounds). Each refusal becomes an experiment
 record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so the
 morning report shows it too.
 
@@ -21,6 +22,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from agents.bench.guard import GuardReport, check_edit
+from agents.bench.noop import RULE as NOOP_RULE
+from agents.bench.noop import noop_reason
 from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats, unified_diff
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
@@ -181,6 +184,11 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
         record.fingerprint = candidate.fingerprint
         record.lines_added, record.lines_removed = candidate.lines
+
+        nothing_here = noop_reason(base_text, new_text, bench.device)
+        if nothing_here is not None:  # it would measure the unchanged model: nothing to learn, noise to keep
+            _refused(bench, record, "skipped", nothing_here, rule=NOOP_RULE)
+            return None
 
         verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
         if not verdict.novel:
