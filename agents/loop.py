@@ -118,7 +118,7 @@ def run_loop(s: LoopSettings) -> LoopOutcome:
         coordinator = _Coordinator(s, repo)
         try:
             return coordinator.run()
-        finally:  # the parent run gets the plot and report; a failing store never holds the run for long
+        finally:  # the summary run gets the plot and report; a failing store never holds the run for long
             s.tracker.finish(coordinator.book.records, interrupted=sys.exc_info()[0] is not None)
 
 
@@ -325,7 +325,8 @@ class _Coordinator:
             decision = decide(statistics.fmean(entry.runs), base_bpb, sigma=self.best.sigma,
                               min_delta=self.cfg.noise.min_delta, sigma_k=self.cfg.noise.sigma_k,
                               lines_delta=lines[0] - lines[1], plausibility=self.plausibility, confirmed=many,
-                              runs=entry.runs if many else ())
+                              runs=entry.runs if many else (), effect_scale=self.book.effect_scale(),
+                              steps_outside=self.book.steps_outside((result.summary or {}).get("num_steps")))
             if decision.action == "rerun" and len(entry.runs) <= self.cfg.noise.max_reruns:
                 # borderline or implausible: the same commit with another seed, the mean decides
                 self._follow_up(entry, candidate, "rerun", f"re-running with another seed: {decision.reason}")
@@ -418,12 +419,14 @@ class _Coordinator:
             record.val_bpb = statistics.fmean(entry.runs)
             record.delta = record.val_bpb - base_bpb if base_bpb is not None else None
             decision = Decision(decision.action, f"{decision.reason} (mean of {len(entry.runs)} runs: "
-                                f"{', '.join(f'{r:.6f}' for r in entry.runs)})", decision.threshold)
+                                f"{', '.join(f'{r:.6f}' for r in entry.runs)})", decision.threshold, decision.kept_as)
         if entry.first_commit:
             decision = Decision(decision.action, f"{decision.reason}; first trained on {entry.first_base[:7]}, "
-                                f"re-applied on {entry.base_commit[:7]}", decision.threshold)
+                                f"re-applied on {entry.base_commit[:7]}", decision.threshold, decision.kept_as)
         record.status, record.decision_reason = decision.action, decision.reason
-        entry.decision = {"action": decision.action, "reason": decision.reason, "threshold": decision.threshold}
+        record.kept_as = decision.kept_as if decision.action == "keep" else ""
+        entry.decision = {"action": decision.action, "reason": decision.reason, "threshold": decision.threshold,
+                          "kept_as": decision.kept_as}
         self.journal.advance(entry, "decided")
         self._checkpoint("decide")
         if record.status == "keep":

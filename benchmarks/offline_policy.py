@@ -7,7 +7,8 @@ of train.py (`agents.crew.edits.apply_edit`), and the objective reads the consta
 
 Three searchers get the same number of runs on the same objective:
   policy         OfflinePolicy proposing; keep/discard/re-run by the loop's own rule (agents.bench.decide, sigma_k 2 as
-                 in crew.yaml: a 2-sigma gain, or fewer lines at equal val_bpb; a re-run counts as a run)
+                 in crew.yaml: a 2-sigma gain, or fewer lines at equal val_bpb once a re-run agrees and the noise
+                 is narrow against the effects seen; a re-run counts as a run)
   random-moves   one uniformly random move of the same kinds each time, same keep rule (no adaptation)
   random-search  uniform random configurations inside a box, the best measured one wins (classic HPO baseline);
                  "near" uses the box the policy's local steps span, "full" the policy's outer bounds
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.bench.decide import decide  # noqa: E402
+from agents.bench.decide import decide, effect_scale  # noqa: E402
 from agents.crew.edits import apply_edit, diff_stats  # noqa: E402
 from agents.crew.policy import (  # noqa: E402
     FEATURES,
@@ -151,13 +152,15 @@ def _hill_climb(objective: Objective, steps: int, seed: int, searcher) -> float:
         added, removed = diff_stats(text, new)
         value = objective.measure(new, rng)
         runs += 1
-        decision = decide(value, best, sigma=NOISE, min_delta=0.0, sigma_k=KEEP_SIGMAS, lines_delta=added - removed)
+        scale = effect_scale([r.delta for r in history if r.status in ("keep", "discard")])
+        decision = decide(value, best, sigma=NOISE, min_delta=0.0, sigma_k=KEEP_SIGMAS, lines_delta=added - removed,
+                          effect_scale=scale)
         if decision.action == "rerun" and runs < steps:  # borderline: another seed, then the mean decides
             both = [value, objective.measure(new, rng)]
             runs += 1
             value = statistics.fmean(both)
             decision = decide(value, best, sigma=NOISE, min_delta=0.0, sigma_k=KEEP_SIGMAS, lines_delta=added - removed,
-                              confirmed=True, runs=both)
+                              confirmed=True, runs=both, effect_scale=scale)
         status = "discard" if decision.action == "rerun" else decision.action
         delta = None if value is None else value - best
         history.append(ExperimentRecord(exp_id=f"{runs:04d}", tag="bench", status=status, description=idea.title,

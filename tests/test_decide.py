@@ -115,11 +115,42 @@ def test_reason_quotes_sigma_threshold_and_delta():
 # ---------------------------------------------------------------- simplicity
 
 
-def test_a_shorter_train_py_wins_at_equal_score_within_noise():
-    kept = run(BEST + 0.0015, lines_delta=-12)
-    assert kept.action == "keep" and "12 line(s) shorter" in kept.reason
-    assert run(BEST, lines_delta=-1).action == "keep"
-    assert run(BEST + 0.0025, lines_delta=-12).action == "discard"  # worse by more than 1 sigma: a real loss
+def test_a_shorter_train_py_is_kept_as_simpler_only_once_a_rerun_agrees_and_the_band_is_narrow():
+    effects = 0.02  # the typical |delta| this run has seen: the band sigma/sqrt(2) = 0.0014 is narrow against it
+    first = run(BEST + 0.0015, lines_delta=-12, effect_scale=effects)
+    assert first.action == "rerun" and "a re-run agrees" in first.reason  # never kept on one run
+    kept = run(BEST + 0.0010, lines_delta=-12, effect_scale=effects, confirmed=True, runs=[1.0015, 1.0005])
+    assert kept.action == "keep" and kept.kept_as == "simpler"
+    assert "kept as simpler, within noise (delta +0.001000)" in kept.reason and "12 line(s) shorter" in kept.reason
+    assert run(BEST, lines_delta=-1, effect_scale=effects, confirmed=True, runs=[1.0, 1.0]).kept_as == "simpler"
+    worse = run(BEST + 0.0025, lines_delta=-12, effect_scale=effects, confirmed=True, runs=[1.0025, 1.0025])
+    assert worse.action == "discard"  # worse by more than the band of the mean: a real loss
+
+
+def test_equal_means_nothing_where_the_noise_band_is_wide_against_the_effects_seen():
+    # the noise band of a mean of two runs (0.0014) is more than half the typical effect (0.002): a deletion that
+    # looks equal is as likely a loss the noise hides; and with no effects seen yet, equal means nothing at all
+    for scale in (0.002, None):
+        decision = run(BEST + 0.0005, lines_delta=-12, effect_scale=scale)
+        assert decision.action == "discard" and "'equal' means nothing here" in decision.reason
+        assert decision.kept_as == ""
+    assert run(BEST + 0.0005, lines_delta=-12, effect_scale=0.002, confirmed=True,
+               runs=[1.0005, 1.0005]).action == "discard"
+
+
+def test_a_gain_is_kept_as_a_gain_even_when_the_code_got_shorter():
+    decision = run(BEST - 0.01, lines_delta=-3)
+    assert decision.action == "keep" and decision.kept_as == "gain"
+
+
+def test_a_first_run_whose_step_count_left_the_baselines_range_is_rerun_before_it_is_kept():
+    outside = "its 412 optimizer steps lie outside the baselines' range (301-309)"
+    first = run(BEST - 0.01, steps_outside=outside)
+    assert first.action == "rerun" and outside in first.reason
+    confirmed = run(BEST - 0.01, steps_outside=outside, confirmed=True, runs=[0.99, 0.99])
+    assert confirmed.action == "keep" and confirmed.kept_as == "gain"  # the mean of the re-runs decides
+    assert run(BEST + 0.01, steps_outside=outside).action == "discard"  # only a keep waits for the re-run
+    assert run(BEST - 0.01).action == "keep"  # inside the range: kept at once
 
 
 def test_equal_score_without_a_deletion_is_discarded():

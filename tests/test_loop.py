@@ -96,3 +96,44 @@ def test_a_memory_write_that_failed_is_made_good_at_the_end_and_said(tmp_path, m
     assert failed and stored == sorted(r.exp_id for r in records)
     assert any("memory write failed" in n for n in notes), notes
     assert any("1 experiment(s) of this run were missing" in n for n in notes), notes
+
+
+@pytest.mark.slow
+def test_a_winner_whose_step_count_left_the_baselines_range_is_rerun_before_it_is_kept(tmp_path, monkeypatch):
+    from agents.record.runbook import RunBook
+
+    real = RunBook.steps_outside
+    asked = []
+
+    def every_run_outside(self, steps):  # as on a machine busier than when the baselines ran
+        asked.append(steps)
+        return real(self, steps) or f"its {steps} optimizer steps lie outside the baselines' range"
+
+    monkeypatch.setattr(RunBook, "steps_outside", every_run_outside)
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 3})
+    run_toy(repo, config)
+    records = check_consistency(repo, "t1")
+    kept = [r for r in records if r.status == "keep"]
+    assert kept and asked, [r.status for r in records]
+    for r in kept:  # none kept on its first run: each was confirmed by a re-run, the mean decided
+        assert "mean of 2 runs" in r.decision_reason and r.kept_as == "gain", r.decision_reason
+    reruns = list((repo / "runs" / "t1" / "journal").glob("*.r1.json"))
+    assert len(reruns) >= len(kept)
+
+
+def test_the_run_book_names_a_step_count_outside_the_baselines_range_and_the_typical_effect(tmp_path):
+    from agents.record.results import ExperimentRecord
+    from agents.record.runbook import RunBook
+
+    book = RunBook(tmp_path, "t", "default", None, None, None, lambda *a, **k: None, lambda phase: None)
+    assert book.steps_outside(300) is None and book.effect_scale() is None  # nothing to compare with yet
+    book.records = [ExperimentRecord(exp_id=f"000{i}", tag="t", status="baseline", description="b", num_steps=n)
+                    for i, n in enumerate((301, 309, 305))]
+    assert book.steps_outside(301) is None and book.steps_outside(309) is None
+    assert book.steps_outside(412) == "its 412 optimizer steps lie outside the baselines' range (301-309)"
+    assert "300 optimizer steps" in book.steps_outside(300)
+    book.records += [ExperimentRecord(exp_id="0003", tag="t", status="discard", description="x", delta=0.03),
+                     ExperimentRecord(exp_id="0004", tag="t", status="keep", description="y", delta=-0.01),
+                     ExperimentRecord(exp_id="0005", tag="t", status="crash", description="z", delta=None)]
+    assert book.effect_scale() == pytest.approx(0.02)

@@ -8,9 +8,16 @@ different seeds), never below a floor. A result `candidate` is compared with the
     se   = σ / √n                                (the noise of a mean of n runs)
     threshold = max(min_delta, sigma_k · se)
 
-- gain > threshold                          → keep
+- gain > threshold                          → keep (kept_as "gain"); but a first run whose step count lies
+                                              outside the baselines' own range (`steps_outside`) is re-run
+                                              first: its number may follow the step count, not the change
 - train.py got shorter (lines_delta < 0)
-  and gain ≥ -max(min_delta, se)            → keep (simpler at equal val_bpb within one σ)
+  and gain ≥ -tie, tie = max(min_delta, se) → kept as simpler, within noise (kept_as "simpler"), only where
+                                              "equal" means something: a confirming re-run agrees (a first
+                                              run is re-run) AND the band of the mean of two runs is narrow
+                                              against the effects this run has seen (at most NARROW_FRACTION
+                                              of `effect_scale`, the typical |delta| of its experiments);
+                                              otherwise discarded as "within noise"
 - first run, rerun_k·se < gain ≤ threshold  → rerun with another seed; the mean of the runs then decides
 - otherwise                                 → discard
 - no val_bpb (or NaN)                       → crash
@@ -41,6 +48,9 @@ from dataclasses import dataclass
 ACTIONS = ("keep", "discard", "rerun", "crash")
 SIGMA_FLOOR = 0.001  # bpb: one baseline run, or a few that happen to agree, must not make noise look like zero
 SIGMA_FLOOR_FRACTION = 0.002  # ... nor below 0.2 % of the baseline's own level (CPU runs sit far above 1 bpb)
+# "Equal within noise" means something only when the noise band is at most this fraction of the effects seen:
+# with a band as wide as the effects, every deletion would look equal and the simplicity rule would ratchet.
+NARROW_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,14 @@ class Decision:
     action: str  # one of ACTIONS (the loop also records "baseline" runs with this type)
     reason: str
     threshold: float  # the gain a result had to beat to be kept
+    kept_as: str = ""  # for a keep: "gain" (better beyond the noise) or "simpler" (shorter, equal within noise)
+
+
+def effect_scale(deltas: Sequence[float | None]) -> float | None:
+    """The typical size of the effects a run has measured: the median |delta| of its trained experiments, None
+    before two (what "equal within noise" is judged against, `decide(effect_scale=...)`)."""
+    sizes = [abs(d) for d in deltas if d is not None and math.isfinite(d)]
+    return statistics.median(sizes) if len(sizes) >= 2 else None
 
 
 def estimate_sigma(baseline_bpbs: Sequence[float], *, floor: float | None = None) -> float:
@@ -141,6 +159,8 @@ def decide(
     runs: Sequence[float] = (),
     rerun_k: float = 1.0,
     stretch: str | None = None,
+    effect_scale: float | None = None,
+    steps_outside: str | None = None,
 ) -> Decision:
     """Keep, discard, re-run or crash for a result `candidate` against the best val_bpb so far.
 
@@ -148,7 +168,10 @@ def decide(
     so their agreement can be checked (a confirmed implausible result without them is discarded; without them
     the mean counts as one of 2 runs). `lines_delta` is train.py's line count change (negative: shorter).
     `rerun_k` is where the re-run band starts, in sigmas. `stretch` is why the run looks like it trained past its
-    budget (`WallTimeLimit.problem`): a first run is quarantined, a confirming run discarded.
+    budget (`WallTimeLimit.problem`): a first run is quarantined, a confirming run discarded. `effect_scale` is the
+    typical |delta| of the experiments this run has trained (None: none yet), against which a simplicity tie must
+    be narrow. `steps_outside` says how a first run's step count lies outside the baselines' range: a keep is then
+    re-run first.
     """
     _check_arguments(best, sigma, min_delta, sigma_k, rerun_k)
     if runs and not confirmed:
@@ -178,18 +201,40 @@ def decide(
         return Decision(action, f"implausible: {why}; {numbers}", threshold)
 
     if gain > threshold:
+        if steps_outside and not confirmed:
+            return Decision("rerun", f"rerun: better by more than the threshold, but {steps_outside}; a re-run "
+                                     f"confirms it before it is kept; {numbers}", threshold)
         confirmed_by = f" (confirmed over {n} runs)" if confirmed else ""
-        return Decision("keep", f"keep: better by more than the threshold{confirmed_by}; {numbers}", threshold)
+        return Decision("keep", f"keep: better by more than the threshold{confirmed_by}; {numbers}", threshold,
+                        kept_as="gain")
     tie = max(min_delta, se)
     if lines_delta < 0 and gain >= -tie:
-        return Decision("keep", f"keep: {-lines_delta} line(s) shorter at equal val_bpb within noise "
-                                f"(not worse than {tie:.6f}); {numbers}", threshold)
+        return _simpler(-lines_delta, gain, tie, sigma, min_delta, effect_scale, confirmed, numbers, threshold)
     if not confirmed and gain > rerun_k * se:
         return Decision("rerun", f"rerun: borderline gain, above {rerun_k:g} sigma ({rerun_k * se:.6f}) but not the "
                                  f"threshold; another seed, then the mean decides; {numbers}", threshold)
     verdict = "within noise" if gain > 0 else "no better"
     confirmed_by = f" after {n} runs" if confirmed else ""
     return Decision("discard", f"discard: {verdict}{confirmed_by}; {numbers}", threshold)
+
+
+def _simpler(shorter_by: int, gain: float, tie: float, sigma: float, min_delta: float, effect_scale: float | None,
+             confirmed: bool, numbers: str, threshold: float) -> Decision:
+    """A shorter train.py within the noise band: kept as simpler only where "equal" means something."""
+    band = max(min_delta, sigma / math.sqrt(2)) if not confirmed else tie  # the band once a re-run agrees
+    if effect_scale is None or band > NARROW_FRACTION * effect_scale:
+        seen = f"the typical effect seen so far is {effect_scale:.6f}" if effect_scale is not None else \
+            "no effects have been seen yet in this run"
+        return Decision("discard", f"discard: {shorter_by} line(s) shorter and within noise (delta {-gain:+.6f}), but "
+                                   f"'equal' means nothing here: the noise band {band:.6f} is wide against the "
+                                   f"effects ({seen}; it must be at most {NARROW_FRACTION:g} of it); {numbers}",
+                        threshold)
+    if not confirmed:
+        return Decision("rerun", f"rerun: {shorter_by} line(s) shorter and within noise (delta {-gain:+.6f}); a "
+                                 f"simplification is kept only once a re-run agrees; {numbers}", threshold)
+    return Decision("keep", f"keep: kept as simpler, within noise (delta {-gain:+.6f}): {shorter_by} line(s) "
+                            f"shorter, not worse than the band {tie:.6f}, narrow against the typical effect "
+                            f"{effect_scale:.6f}; {numbers}", threshold, kept_as="simpler")
 
 
 def _implausibility(candidate: float, best: float, plausibility: Plausibility, confirmed: bool,

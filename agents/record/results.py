@@ -1,7 +1,8 @@
 """Results of a run: one `ExperimentRecord` per experiment, in results.tsv and results.parquet.
 
-results.tsv keeps upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description)
-so its tooling keeps working; a refusal's rule is appended to its description ("... [veto: only-train-py]").
+results.tsv starts with upstream autoresearch's columns (commit, val_bpb, memory_gb, status, description) so its
+tooling keeps working, then num_steps and training_seconds (empty for what never trained); a refusal's rule is
+appended to its description ("... [veto: only-train-py]").
 results.parquet holds every field. The Parquet file is the history everything else (memory, reports,
 comparisons) can be rebuilt from. Rows are kept in the order experiments were decided, the baselines first, so an
 idea refused while a baseline trained still comes after the baselines.
@@ -17,7 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+UPSTREAM_TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+# upstream's columns first, so its tooling keeps working; then what says whether a number can be trusted
+TSV_COLUMNS = (*UPSTREAM_TSV_COLUMNS, "num_steps", "training_seconds")
 STATUSES = ("baseline", "keep", "discard", "crash", "veto", "repeat", "skipped")
 
 
@@ -47,6 +50,7 @@ class ExperimentRecord:
     review_reasons: str = ""
     guard_violations: str = ""
     decision_reason: str = ""
+    kept_as: str = ""  # for a keep: "gain" (better beyond the noise) or "simpler" (shorter, equal within noise)
     explanation: str = ""
     lesson: str = ""
     seed: int = 42
@@ -78,7 +82,9 @@ class ExperimentRecord:
         desc = " ".join(self.description.split())
         if self.rule:
             desc += f" [{self.status}: {self.rule}]"
-        return [self.commit[:7], bpb, f"{self.memory_gb:.1f}", self.status, desc]
+        steps = "" if self.num_steps is None else str(self.num_steps)
+        seconds = "" if self.training_seconds is None else f"{self.training_seconds:.1f}"
+        return [self.commit[:7], bpb, f"{self.memory_gb:.1f}", self.status, desc, steps, seconds]
 
 
 PERSISTED_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRecord) if f.name != "extra")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.bench.decide import estimate_sigma
+from agents.bench.decide import effect_scale, estimate_sigma
 from agents.bench.runner import RunResult
 from agents.crew.candidates import Candidate
 from agents.crew.edits import diff_stats, unified_diff
@@ -132,6 +132,22 @@ class RunBook:
             return kept[-1]
         baselines = [r.val_bpb for r in records if r.status == "baseline" and r.commit == commit and r.val_bpb]
         return statistics.fmean(baselines) if baselines else default
+
+    def effect_scale(self) -> float | None:
+        """The typical size of the effects this run has measured: the median |delta| of its trained experiments
+        (None before two): what "equal within noise" is judged against."""
+        return effect_scale([r.delta for r in self.snapshot() if r.status in ("keep", "discard")])
+
+    def steps_outside(self, steps: int | float | None) -> str | None:
+        """How a run's optimizer step count lies outside the range of the baselines' own, or None (inside, or
+        nothing to compare): such a result may follow the step count (a busy machine), not the change."""
+        counts = [r.num_steps for r in self.baselines() if r.num_steps is not None]
+        if steps is None or not counts:
+            return None
+        low, high = min(counts), max(counts)
+        if low <= int(steps) <= high:
+            return None
+        return f"its {int(steps)} optimizer steps lie outside the baselines' range ({low}-{high})"
 
     def best_summary(self, best: Best) -> str:
         if best.bpb is None:
