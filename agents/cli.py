@@ -131,7 +131,7 @@ def run(
     from agents.lock import RunLockError
     from agents.loop import BaselineCrashed, run_loop
     from agents.record.gitops import GitError
-    from agents.record.report import health_lines, plot_progress, results_table, summary_markdown
+    from agents.record.report import best_line, health_lines, plot_progress, results_table, summary_markdown
 
     tag = tag or _default_tag()
     try:
@@ -169,9 +169,8 @@ def run(
     console.print(results_table(outcome.records))
     for line in health_lines(outcome.records):
         console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
-    best = f"{outcome.best_bpb:.6f}" if outcome.best_bpb is not None else "n/a"
-    console.print(f"stopped: {outcome.stop_reason}\nbest val_bpb: {best} (commit {outcome.best_commit[:7]})",
-                  highlight=False, soft_wrap=True)
+    console.print(f"stopped: {outcome.stop_reason}\n{best_line(outcome.records)}\nbranch: autoresearch/{tag} at "
+                  f"{outcome.best_commit[:7]}", highlight=False, soft_wrap=True)
     console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}",
                   highlight=False)
     console.print(settings.tracker.summary(), highlight=False, soft_wrap=True)
@@ -192,17 +191,42 @@ def _say_model_policy(settings) -> None:
                   f"no model is left, {what}", style="dim", highlight=False, soft_wrap=True)
 
 
+def latest_run(runs: Path) -> Path | None:
+    """The run directory whose results were written last, None when there is none."""
+    found = [p for p in runs.glob("*") if (p / "results.parquet").exists()]
+    return max(found, key=lambda p: (p / "results.parquet").stat().st_mtime, default=None)
+
+
+def _run_dirs(tag: str | None, every: bool = False) -> list[Path]:
+    """The runs a command shows: the one named by --tag, every run, or (the default) the latest; one clear error
+    when there is none."""
+    runs = Path("runs")
+    if tag:
+        if not (runs / tag / "results.parquet").exists():
+            known = sorted(p.name for p in runs.glob("*") if (p / "results.parquet").exists())
+            _fail(f"no results in {runs / tag}", f"runs here: {', '.join(known)}" if known else
+                  "start one with `autoresearch run`")
+        return [runs / tag]
+    if every:
+        dirs = sorted(p for p in runs.glob("*") if (p / "results.parquet").exists())
+    else:
+        latest = latest_run(runs)
+        dirs = [latest] if latest is not None else []
+    if not dirs:
+        _fail(f"no results found under {runs}/", "start one with `autoresearch run`")
+    return dirs
+
+
 @app.command()
-def status(tag: str = typer.Option(None, help="run to show (default: every run)")) -> None:
-    """Show the results of one run or all runs, which roles ran without their model, and whether a run is active."""
+def status(tag: str = typer.Option(None, help="run to show (default: the latest run)"),
+           every: bool = typer.Option(False, "--all", help="show every run")) -> None:
+    """Show the results of a run (the latest by default), which roles ran without their model, and whether a run
+    is active."""
     _require_project()
-    from agents.record.report import health_lines, results_table
+    from agents.record.report import best_line, health_lines, results_table
     from agents.record.results import ResultsStore
 
-    runs = Path("runs")
-    dirs = [runs / tag] if tag else sorted(p for p in runs.glob("*") if (p / "results.parquet").exists())
-    if not dirs or not (dirs[0] / "results.parquet").exists():
-        _fail(f"no results found under {runs}/" + (tag or ""), "start one with `autoresearch run`")
+    dirs = _run_dirs(tag, every)
     lock = Path(".autoresearch/run.lock")
     holder = lock.read_text().strip() if lock.exists() else ""
     console.print(f"active run: {holder}" if holder else "no run active")
@@ -210,6 +234,7 @@ def status(tag: str = typer.Option(None, help="run to show (default: every run)"
         console.print(d.name, style="bold")
         records = ResultsStore(d).load()
         console.print(results_table(records))
+        console.print(best_line(records), highlight=False, soft_wrap=True)
         for line in health_lines(records):
             console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
         if holder:
@@ -231,19 +256,19 @@ def _print_in_flight(run_dir: Path) -> None:
 
 
 @app.command()
-def report(tag: str = typer.Option(None, help="run to report (default: today's tag)")) -> None:
+def report(tag: str = typer.Option(None, help="run to report (default: the latest run)")) -> None:
     """Write progress.png and report.md for a run."""
     _require_project()
     from agents.record.report import plot_progress, summary_markdown
     from agents.record.results import ResultsStore
 
-    run_dir = Path("runs") / (tag or _default_tag())
+    run_dir = _run_dirs(tag)[0]
     records = ResultsStore(run_dir).load()
     if not records:
-        _fail(f"no results in {run_dir}", "name the run with --tag (see `autoresearch status`)")
+        _fail(f"no results in {run_dir}", "name the run with --tag (see `autoresearch status --all`)")
     png = plot_progress(records, run_dir / "progress.png", title=f"autoresearch/{run_dir.name}")
     (run_dir / "report.md").write_text(summary_markdown(records))
-    console.print(f"plot:   {png}\nreport: {run_dir / 'report.md'}")
+    console.print(f"run:    {run_dir.name}\nplot:   {png}\nreport: {run_dir / 'report.md'}")
 
 
 @app.command()

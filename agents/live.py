@@ -1,4 +1,5 @@
-"""The live terminal view of a run: each worker's experiment and progress over the budget, best, recent rows.
+"""The live terminal view of a run: what trains and what is being prepared, progress over the budget, the best (or
+the baseline mean, named as such), recent rows.
 
 Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment. A role
 that gives up its model raises a banner that stays on screen for the rest of the run (printed at once
@@ -26,12 +27,13 @@ class LiveView:
     def __init__(self, console: Console, tag: str, budget: float | None, enabled: bool = True):
         self.console, self.tag, self.enabled = console, tag, enabled
         self.budget = budget or 0.0
-        self.exp_id, self.phase, self.elapsed = "", "starting", 0.0
         self.best: float | None = None
         self.rows: deque = deque(maxlen=8)
         self.banners: dict[str, str] = {}  # role -> what it runs on now and why: shown until the run ends
         self.notes: deque = deque(maxlen=3)
         self.training: dict[str, tuple[str, float]] = {}  # exp id -> (worker, elapsed seconds), while it trains
+        self.preparing: dict[str, str] = {}  # exp id -> its phase (proposing, analysing ...) while it is not training
+        self.kept = False  # whether anything was kept: until then the best is the baseline mean
         self._live: Live | None = None
 
     def __enter__(self) -> LiveView:
@@ -48,17 +50,23 @@ class LiveView:
         if event.best_bpb is not None:
             self.best = event.best_bpb
         if event.kind == "phase":
-            self.exp_id, self.phase, self.elapsed = event.exp_id, event.message, 0.0
             if event.message == "training":
                 self.training[event.exp_id] = (event.worker, 0.0)
+                self.preparing.pop(event.exp_id, None)
             else:
                 self.training.pop(event.exp_id, None)
+                if event.message == "proposing":  # a preparing thread took this id; its record or training ends it
+                    self.preparing[event.exp_id] = event.message
+                else:
+                    self.preparing.pop(event.exp_id, None)
         elif event.kind == "progress":
-            self.elapsed, self.budget = event.elapsed, event.budget or self.budget
+            self.budget = event.budget or self.budget
             self.training[event.exp_id] = (event.worker, event.elapsed)
         elif event.kind == "record" and event.record is not None:
             r = event.record
             self.training.pop(r.exp_id, None)
+            self.preparing.pop(r.exp_id, None)
+            self.kept = self.kept or r.status == "keep"
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
             rule = f" [{r.rule}]" if r.rule else ""
             self.rows.append((r.exp_id, r.status, bpb, r.description, rule))
@@ -75,10 +83,18 @@ class LiveView:
         if self._live is not None:
             self._live.update(self._render())
 
-    def _render(self) -> Panel:
+    def _header(self) -> Text:
+        """What runs now: the experiments training, those being prepared (and in which phase), and the best, named
+        for what it is (the baseline mean until something is kept)."""
+        training = ", ".join(sorted(self.training)) or "-"
+        preparing = ", ".join(f"{exp_id} ({phase})" for exp_id, phase in sorted(self.preparing.items())[-3:]) or "-"
+        label = "   best val_bpb " if self.kept else "   baseline mean "
         best = f"{self.best:.6f}" if self.best is not None else "-"
-        head = Text.assemble(("experiment ", "dim"), (self.exp_id or "-", "bold"), ("   phase ", "dim"),
-                             (self.phase, "bold"), ("   best val_bpb ", "dim"), (best, "bold green"))
+        return Text.assemble(("training ", "dim"), (training, "bold"), ("   preparing ", "dim"), (preparing, "bold"),
+                             (label, "dim"), (best, "bold green"))
+
+    def _render(self) -> Panel:
+        head = self._header()
         parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
                        self.banners.values()]
         parts.append(head)
@@ -90,9 +106,10 @@ class LiveView:
                 bar = ProgressBar(total=self.budget or 1.0, completed=min(elapsed, self.budget or 1.0), width=30)
                 workers.add_row(worker or "-", exp_id, bar, f"{elapsed:.0f}s of {self.budget:.0f}s")
             parts.append(workers)
-        elif self.phase == "training" and self.budget:
-            parts.append(ProgressBar(total=self.budget, completed=min(self.elapsed, self.budget), width=60))
-            parts.append(Text(f"{self.elapsed:.0f}s of {self.budget:.0f}s training budget", style="dim"))
+        elif self.training and self.budget:  # one run: whatever the preparing threads are doing meanwhile
+            (exp_id, (_, elapsed)), = self.training.items()
+            parts.append(ProgressBar(total=self.budget, completed=min(elapsed, self.budget), width=60))
+            parts.append(Text(f"{exp_id}: {elapsed:.0f}s of {self.budget:.0f}s training budget", style="dim"))
         table = Table(box=None, pad_edge=False)
         for col in ("exp", "status", "val_bpb", "description"):
             table.add_column(col)
