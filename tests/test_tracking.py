@@ -50,21 +50,20 @@ def _store_uri(repo: Path) -> str:
 
 
 def _snapshot(uri: str, experiment: str) -> dict:
-    """exp_id -> what a person sees of the run: status, val_bpb, params, artifacts, parent run's name."""
+    """exp_id -> what a person sees of the run: status, val_bpb, params, artifacts, the research run it belongs to."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r}"
     runs = client.search_runs([found.experiment_id], max_results=1000)
-    by_id = {r.info.run_id: r for r in runs}
     out = {}
     for r in runs:
         exp_id = r.data.tags.get("exp_id")
         if exp_id is None:
             continue
         assert exp_id not in out, f"{exp_id} logged twice"
-        parent = by_id[r.data.tags["mlflow.parentRunId"]]
+        assert "mlflow.parentRunId" not in r.data.tags, "nested runs hide in a collapsed row of the UI"
         out[exp_id] = {"status": r.data.tags["status"], "val_bpb": r.data.metrics.get("val_bpb"),
-                       "params": dict(r.data.params), "parent": parent.info.run_name,
+                       "params": dict(r.data.params), "run_tag": r.data.tags["run_tag"],
                        "artifacts": sorted(a.path for a in client.list_artifacts(r.info.run_id))}
     return out
 
@@ -92,18 +91,22 @@ def test_every_results_row_is_an_mlflow_run(tracked):
     experiment = client.get_experiment_by_name("t1")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     children = {r.data.tags["exp_id"]: r for r in runs if "exp_id" in r.data.tags}
-    parents = [r for r in runs if "exp_id" not in r.data.tags]
+    summaries = [r for r in runs if "exp_id" not in r.data.tags]
 
     assert sorted(children) == sorted(r.exp_id for r in records)
     assert len(children) == len(runs) - 1, "a results row was logged twice"
-    assert [p.info.run_name for p in parents] == ["t1"] and parents[0].info.status == "FINISHED"
-    assert sorted(a.path for a in client.list_artifacts(parents[0].info.run_id)) == ["progress.png", "report.md"]
+    assert [p.info.run_name for p in summaries] == ["t1 · summary (progress.png, report.md)"]
+    assert summaries[0].info.status == "FINISHED"
+    assert sorted(a.path for a in client.list_artifacts(summaries[0].info.run_id)) == ["progress.png", "report.md"]
+    view = json.loads(experiment.tags["mlflow.sharedViewState.autoresearch"])  # the columns `ui` links open on
+    assert {"tags.`status`", "metrics.`val_bpb`", "params.`idea`"} <= set(view["selectedColumns"])
     edited = [r for r in records if r.diff]
     assert edited, "the toy run edited nothing"
     for record in records:
         run = children[record.exp_id]
         assert run.data.tags["status"] == record.status
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert "mlflow.parentRunId" not in run.data.tags  # side by side: nothing hides in a collapsed row
+        assert run.info.run_name.startswith(f"{record.exp_id} {record.status}")
         assert run.data.metrics.get("val_bpb") == record.val_bpb
         assert run.data.params["seed"] == str(record.seed)
         if record.lesson:  # the analyst's lesson arrives after the first logging: the run was updated
@@ -151,6 +154,8 @@ def test_ui_answers_on_its_port_and_refuses_a_taken_one(tracked, monkeypatch):
             os.killpg(ui.pid, signal.SIGKILL)
             out, _ = ui.communicate()
     assert f"http://127.0.0.1:{port}" in out
+    # the printed link opens the runs table on the shared view: every experiment a row, status and val_bpb columns
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=autoresearch" in out, out
     with socket.socket() as probe:  # the server went with it (its closed connections may linger in TIME_WAIT)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
@@ -228,7 +233,7 @@ def test_a_compare_groups_its_runs_under_its_name(tmp_path, monkeypatch):
     logged = _snapshot(_store_uri(repo), "night")  # in the main checkout's store, not the removed worktree's
     records = ResultsStore(repo / "runs" / "night" / "solo-r1").load()
     assert sorted(logged) == sorted(r.exp_id for r in records)
-    assert {v["parent"] for v in logged.values()} == {"night-solo-r1"}
+    assert {v["run_tag"] for v in logged.values()} == {"night-solo-r1"}
 
 
 def test_tracking_off_and_without_mlflow_the_summary_says_how(tmp_path, monkeypatch):
@@ -296,3 +301,24 @@ def test_a_vetoed_experiment_names_its_rule_and_keeps_its_patch(tmp_path):
     assert content.params["time_budget"] == "300.0" and content.params["const.X"] == "1 → open('val.bin')"
     assert set(content.texts) == {"patch.txt"}  # never trained: no log, no evaluator record, no train.py as run
     assert "val_bpb" not in content.metrics and content.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_runs_nested_by_an_older_version_are_set_side_by_side(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from agents.record.mlflow_runs import MlflowStore, RunContext, experiment_content
+    from agents.record.results import ExperimentRecord
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    store = MlflowStore(uri, tmp_path / "artifacts")
+    experiment = store.experiment_id("old")
+    parent = store.client.create_run(experiment, run_name="old").info.run_id
+    record = ExperimentRecord(exp_id="0003", tag="old", status="keep", description="MATRIX_LR 0.05 -> 0.07",
+                              val_bpb=1.91, kept_as="gain")
+    content = experiment_content(record, RunContext(experiment="old", run_tag="old"), tmp_path)
+    old = store.client.create_run(experiment, tags={**content.tags, "mlflow.parentRunId": parent}).info.run_id
+    run_id, outcome = store.upsert(experiment, content, store.client.get_run(old))
+    run = MlflowClient(uri).get_run(run_id)
+    assert run_id == old and outcome == "updated" and "mlflow.parentRunId" not in run.data.tags
+    assert run.info.run_name == "0003 keep 1.9100 · MATRIX_LR 0.05 -> 0.07"

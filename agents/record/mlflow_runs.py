@@ -22,13 +22,28 @@ from typing import Any
 
 from agents.record.results import PERSISTED_FIELDS, ExperimentRecord
 
-KIND_TAG = "autoresearch.kind"  # "experiment" or "research_run" (the parent of a run's experiments)
+KIND_TAG = "autoresearch.kind"  # "experiment" or "research_run" (a research run's summary: plot, report)
 SYNC_TAG = "autoresearch.sync"  # digest of what was logged: equal means nothing to do
 RUN_TAG = "run_tag"  # the loop's --tag
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+# Runs are not nested (no mlflow.parentRunId): the UI folds a parent's children into one collapsed row, which hid
+# every experiment and its val_bpb behind "N matching runs". A research run's summary (plot, report) is a run of
+# its own beside its experiments; an older store's parent link is removed when a run is next written.
 PARENT_TAG = "mlflow.parentRunId"
+VIEW_KEY = "autoresearch"  # ?viewStateShareKey=autoresearch opens the runs table on the columns below
+VIEW_COLUMNS = ("tags.`exp_id`", "tags.`status`", "metrics.`val_bpb`", "metrics.`delta`", "params.`idea`",
+                "metrics.`num_steps`", "metrics.`training_seconds`", "tags.`category`", "tags.`decision_reason`",
+                "tags.`run_tag`")
+# The UI's view of the experiment: a shared view (the UI's own format: experiment tag mlflow.sharedViewState.<key>,
+# a JSON object of its page state) with the columns a researcher reads first, runs by experiment id.
+RUNS_VIEW = {"selectedColumns": list(VIEW_COLUMNS), "columnOrder": list(VIEW_COLUMNS),
+             "columnWidths": {"tags.`exp_id`": 70, "tags.`status`": 90, "metrics.`val_bpb`": 100,
+                              "metrics.`delta`": 90, "params.`idea`": 340},
+             "orderByKey": "tags.`exp_id`", "orderByAsc": True, "lifecycleFilter": "Active", "startTime": "ALL",
+             "searchFilter": "", "datasetsFilter": [], "modelVersionFilter": "All Runs"}
 # the MLflow UI opens an experiment of this kind on its runs table (model training), not on the GenAI overview
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(RUNS_VIEW, separators=(",", ":"))}
 CONTEXT_FILE = "tracking.json"  # next to results.parquet: what a record alone does not say (models, budget)
 
 METRICS = ("val_bpb", "delta", "best_bpb_before", "training_seconds", "wall_seconds", "mfu_percent",
@@ -143,7 +158,8 @@ def experiment_content(record: ExperimentRecord, context: RunContext, run_dir: P
     """One experiment as an MLflow run: tags, params, metrics, and the patch, log, evaluator record, train.py."""
     tags = {
         KIND_TAG: "experiment", RUN_TAG: record.tag or context.run_tag, "exp_id": record.exp_id,
-        "status": record.status, "decision_reason": record.decision_reason, "veto_rule": veto_rule(record),
+        "status": record.status, "kept_as": record.kept_as, "decision_reason": record.decision_reason,
+        "veto_rule": veto_rule(record),
         "category": record.category, "crew": record.config or context.crew,
         "sandbox": str(getattr(record, "sandbox", "") or context.sandbox),
         "degraded_roles": record.degraded_roles, "commit": record.commit, "parent_commit": record.parent_commit,
@@ -174,18 +190,28 @@ def experiment_content(record: ExperimentRecord, context: RunContext, run_dir: P
     if train_py is not None:
         texts["train.py"] = train_py
     return RunContent(
-        name=_short(f"{record.exp_id} {record.description}", 100), tags=_clip(tags), params=_clip(params),
+        name=run_name(record, context), tags=_clip(tags), params=_clip(params),
         metrics=metrics, texts=texts, start_ms=_ms(record.started_at), end_ms=_ms(record.finished_at),
         status=_RUN_STATUS.get(record.status, "FINISHED"))
 
 
+def run_name(record: ExperimentRecord, context: RunContext) -> str:
+    """What the runs table shows first, whatever its columns: id, status, val_bpb, then the idea
+    ("0003 keep 1.9620 · UNEMBEDDING_LR 0.02 -> 0.028"); a compare's runs start with their run's tag."""
+    run_tag = record.tag or context.run_tag
+    where = f"{run_tag}/" if context.experiment != run_tag else ""  # a compare's experiment holds several runs
+    status = "keep (simpler)" if record.status == "keep" and record.kept_as == "simpler" else record.status
+    score = f" {record.val_bpb:.4f}" if record.val_bpb is not None else ""
+    return _short(f"{where}{record.exp_id} {status}{score} · {record.description}", 100)
+
+
 def research_run_content(records: list[ExperimentRecord], context: RunContext, workdir: Path,
                          status: str = "RUNNING") -> RunContent:
-    """The parent run of one research run: its progress plot, its report and a few totals.
+    """The summary run of one research run: its progress plot, its report and a few totals.
 
     `status`: "RUNNING" while the loop runs, "FINISHED" at its end, "KILLED" when it stopped on an error.
     """
-    from agents.record.report import plot_progress, summary_markdown
+    from agents.record.report import best_line, plot_progress, summary_markdown
 
     plot = plot_progress(records, workdir / "progress.png", title=f"autoresearch/{context.run_tag}") if records \
         else None
@@ -196,12 +222,13 @@ def research_run_content(records: list[ExperimentRecord], context: RunContext, w
         metrics["best_val_bpb"] = float(kept[-1].val_bpb if kept else sum(baselines) / len(baselines))
     if baselines:
         metrics["baseline_val_bpb"] = float(sum(baselines) / len(baselines))
-    tags = {KIND_TAG: "research_run", RUN_TAG: context.run_tag, "crew": context.crew, "sandbox": context.sandbox}
+    tags = {KIND_TAG: "research_run", RUN_TAG: context.run_tag, "crew": context.crew, "sandbox": context.sandbox,
+            "status": "summary", NOTE_TAG: f"**{context.run_tag}**: {best_line(records)}" if records else ""}
     tags.update({f"model.{role}": model for role, model in context.role_models.items()})
     starts = [ms for r in records if (ms := _ms(r.started_at)) is not None]
     ends = [ms for r in records if (ms := _ms(r.finished_at)) is not None]
     return RunContent(
-        name=context.run_tag, tags=_clip(tags), params={}, metrics=metrics,
+        name=f"{context.run_tag} · summary (progress.png, report.md)", tags=_clip(tags), params={}, metrics=metrics,
         texts={"report.md": summary_markdown(records)} if records else {},
         files={"progress.png": plot} if plot is not None else {},
         start_ms=min(starts, default=None), end_ms=max(ends, default=None) if status != "RUNNING" else None,
@@ -298,12 +325,12 @@ class MlflowStore:
         if found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
         for key, value in EXPERIMENT_TAGS.items():
-            if key not in found.tags:
+            if found.tags.get(key) != value:
                 self.client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
 
     def runs_of(self, experiment_id: str, run_tag: str) -> tuple[Any | None, dict[str, Any]]:
-        """(the research run's parent run or None, its experiment runs by exp_id)."""
+        """(the research run's summary run or None, its experiment runs by exp_id)."""
         from mlflow.entities import ViewType
 
         safe = re.fullmatch(r"[\w.:@+-]+", run_tag) is not None
@@ -324,18 +351,19 @@ class MlflowStore:
             if not token:
                 return parent, children
 
-    def upsert(self, experiment_id: str, content: RunContent, existing: Any | None,
-               parent_id: str | None = None) -> tuple[str, str]:
+    def upsert(self, experiment_id: str, content: RunContent, existing: Any | None) -> tuple[str, str]:
         """Create or bring up to date one run; returns (run id, "created" | "updated" | "unchanged")."""
         from mlflow.entities import Metric, Param, RunTag
 
         digest = content.digest
-        if existing is not None and existing.data.tags.get(SYNC_TAG) == digest:
+        if existing is not None and PARENT_TAG in existing.data.tags:  # nested by an older version: un-nest it
+            self.client.delete_tag(existing.info.run_id, PARENT_TAG)
+        elif existing is not None and existing.data.tags.get(SYNC_TAG) == digest:
             return existing.info.run_id, "unchanged"
         if existing is not None and any(existing.data.params.get(k, v) != v for k, v in content.params.items()):
             self.client.delete_run(existing.info.run_id)  # params are write-once in MLflow: start the run afresh
             existing = None
-        tags = dict(content.tags, **({PARENT_TAG: parent_id} if parent_id else {}))
+        tags = dict(content.tags)
         if existing is None:
             run = self.client.create_run(experiment_id, start_time=content.start_ms, tags=tags, run_name=content.name)
             run_id, old_tags, old_params, old_metrics, present = run.info.run_id, tags, {}, {}, set()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.record.mlflow_runs import RunContext, experiment_content, research_run_content
+from agents.record.mlflow_runs import VIEW_KEY, RunContext, experiment_content, research_run_content
 from agents.record.results import ExperimentRecord, ResultsStore
 
 STORE_FILE = ".autoresearch/mlflow.db"
@@ -39,7 +39,7 @@ CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
                    "MLFLOW_DISABLE_TELEMETRY": "true"}
 RETRY_PAUSES_S = (5.0, 15.0, 60.0)
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
-FINISH_WAIT_S = 30.0  # at the end of a run, for the last records and the parent run
+FINISH_WAIT_S = 30.0  # at the end of a run, for the last records and the summary run
 INTERRUPTED_WAIT_S = 5.0
 
 
@@ -157,25 +157,25 @@ class SyncCounts:
 
 
 def sync_run(store, context: RunContext, run_dir: Path, records: list[ExperimentRecord], *,
-             status: str = "RUNNING", parent_too: bool = True,
-             parent_records: list[ExperimentRecord] | None = None) -> SyncCounts:
-    """Bring one research run's MLflow runs in line with `records`: its parent run, then one run per record.
+             status: str = "RUNNING", summary_too: bool = True,
+             summary_records: list[ExperimentRecord] | None = None) -> SyncCounts:
+    """Bring one research run's MLflow runs in line with `records`: its summary run, then one run per record.
 
-    The parent run (plot, report) is drawn from `parent_records` when given (every record of the run), else
-    from `records`; with `parent_too` False it is only created when missing.
+    The summary run (plot, report) is drawn from `summary_records` when given (every record of the run), else
+    from `records`; with `summary_too` False it is only created when missing. The runs stand side by side in
+    the experiment (none nested), so the UI lists every experiment without expanding anything.
     """
     counts = SyncCounts()
     experiment_id = store.experiment_id(context.experiment)
-    parent, children = store.runs_of(experiment_id, context.run_tag)
-    parent_id = parent.info.run_id if parent is not None else None
-    if parent_id is None or parent_too:
+    summary, children = store.runs_of(experiment_id, context.run_tag)
+    if summary is None or summary_too:
         with tempfile.TemporaryDirectory(prefix="autoresearch-tracking-") as tmp:
-            content = research_run_content(records if parent_records is None else parent_records, context,
+            content = research_run_content(records if summary_records is None else summary_records, context,
                                            Path(tmp), status)
-            parent_id, _ = store.upsert(experiment_id, content, parent)
+            store.upsert(experiment_id, content, summary)
     for record in records:
         _, outcome = store.upsert(experiment_id, experiment_content(record, context, run_dir),
-                                  children.get(record.exp_id), parent_id)
+                                  children.get(record.exp_id))
         counts.add(outcome)
     return counts
 
@@ -228,9 +228,9 @@ class Tracker:
         self._deliver_warnings()
 
     def finish(self, records: list[ExperimentRecord], interrupted: bool = False) -> None:
-        """Log what is left and the parent run (plot, report); wait a bounded time, then leave it to a backfill.
+        """Log what is left and the summary run (plot, report); wait a bounded time, then leave it to a backfill.
 
-        `interrupted`: the loop stopped on an error or Ctrl-C; the parent run is marked KILLED. The wait is short
+        `interrupted`: the loop stopped on an error or Ctrl-C; the summary run is marked KILLED. The wait is short
         then, and when the store is failing already.
         """
         wait_s = INTERRUPTED_WAIT_S if interrupted or self._failing else FINISH_WAIT_S
@@ -271,17 +271,17 @@ class Tracker:
                     sync_run(store, self.context, self.run_dir, earlier)
                     synced.update((r.exp_id, r) for r in earlier)
                     caught_up = True
-                if final is not None:  # the parent run, and any record not written as it now stands
+                if final is not None:  # the summary run, and any record not written as it now stands
                     changed = [r for r in final if synced.get(r.exp_id) != r]
                     sync_run(store, self.context, self.run_dir, changed, status=self._final_status,
-                             parent_records=final)
+                             summary_records=final)
                     with self._lock:
                         self._dirty.clear()
                     self._recovered()
                     self._finished.set()
                     return
                 if batch:
-                    sync_run(store, self.context, self.run_dir, list(batch.values()), parent_too=False)
+                    sync_run(store, self.context, self.run_dir, list(batch.values()), summary_too=False)
                     synced.update(batch)
                     with self._lock:
                         for exp_id, record in batch.items():
@@ -422,7 +422,9 @@ def wait_until_up(process: subprocess.Popen, url: str, timeout_s: float = 90.0) 
 def experiment_links(base_url: str, limit: int = 10) -> list[tuple[str, str]]:
     """(name, URL of its runs table) for the store's most recently updated experiments, through the server.
 
-    The links ask for the UI's model-training view: MLflow's UI opens on its GenAI view unless told.
+    The links ask for the UI's model-training view (it opens on its GenAI view unless told) and for the shared
+    view the runs are written with (mlflow_runs.VIEW_KEY): every experiment as a row, with its status, val_bpb,
+    delta and steps as columns, in id order.
     """
     import requests
 
@@ -430,8 +432,12 @@ def experiment_links(base_url: str, limit: int = 10) -> list[tuple[str, str]]:
                           params={"max_results": limit + 1, "order_by": "last_update_time DESC"}, timeout=10)
     answer.raise_for_status()
     experiments = [e for e in answer.json().get("experiments", []) if e["name"] != "Default"][:limit]
-    return [(e["name"], f"{base_url}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning")
-            for e in experiments]
+    links = []
+    for e in experiments:
+        view = any(t.get("key") == f"mlflow.sharedViewState.{VIEW_KEY}" for t in e.get("tags", []))
+        query = "workflowType=machine_learning" + (f"&viewStateShareKey={VIEW_KEY}" if view else "")
+        links.append((e["name"], f"{base_url}/#/experiments/{e['experiment_id']}/runs?{query}"))
+    return links
 
 
 def stop_ui(process: subprocess.Popen) -> None:
