@@ -55,7 +55,7 @@ def main() -> None:
 
         prepare.run_prepare("builtin", builtin_mb=args.builtin_mb, cache_dir=tmp)
         tokenizer = prepare.Tokenizer.from_directory()
-        entry = prepare._active_dataset().manifest()["val_tokens"]
+        entry = prepare._active_dataset().manifest()[prepare._active_dataset().val_key]
         print(f"validation split: {entry['count']:,} tokens in {entry['documents']:,} documents "
               f"({'whole split stored' if entry['complete'] else 'first part stored'})")
 

@@ -163,7 +163,7 @@ def test_malformed_edits_are_retried_then_skipped_and_the_loop_goes_on(tmp_path,
     assert sum("Title: DEPTH 2 -> 8" in r.text for r in coder_calls) == 1
     assert not any("only train.py" in r.text.lower() for r in coder_calls)
     tsv = (repo / "runs" / "llm" / "results.tsv").read_text()
-    assert "DEPTH 2 -> 8 [veto: only-train-py]" in tsv and len(tsv.splitlines()[1].split("\t")) == 5
+    assert "DEPTH 2 -> 8 [veto: only-train-py]" in tsv and len(tsv.splitlines()[1].split("\t")) == 7
 
 
 @pytest.mark.slow
@@ -239,3 +239,29 @@ def test_the_usd_budget_is_checked_before_any_call(tmp_path, anthropic_env):
     assert "budget" in outcome.stop_reason
     records = check_consistency(repo, "llm")
     assert [r.status for r in records] == ["baseline", "baseline"]
+
+
+@pytest.mark.slow
+def test_an_edit_that_does_nothing_on_this_device_is_refused_before_training(tmp_path, anthropic_env):
+    gpu_only = "DEPTH 4 -> 6 on a GPU"
+    edits = {gpu_only: {"path": "train.py", "summary": gpu_only,
+                        "blocks": [{"search": "DEPTH = 4 if CUDA else 2", "replace": "DEPTH = 6 if CUDA else 2"}]}}
+    crew = ScriptedCrew([gpu_only, "DEPTH 2 -> 4"], bad_edits=edits)
+    with ScriptedLLMServer(crew) as server:
+        anthropic_env(server)
+        repo, config = _llm_repo(tmp_path, "anthropic/claude-sonnet-4-5", loop={"max_experiments": 1})
+        # a device flag train.py reads at run time (as torch.cuda.is_available()), false on this machine
+        train_py = repo / "train.py"
+        train_py.write_text(train_py.read_text().replace("CUDA = False", "CUDA = time.time() < 0"))
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+        import subprocess
+
+        subprocess.run(git + ["commit", "-qam", "a run-time device flag"], cwd=repo, check=True)
+        _run(repo, config)
+    records = check_consistency(repo, "llm")
+    (noop,) = [r for r in records if r.description == gpu_only]
+    assert noop.status == "skipped" and noop.rule == "no-op-here"
+    assert "does nothing on this device" in noop.decision_reason and "DEPTH" in noop.decision_reason
+    assert noop.val_bpb is None and not noop.log_path and noop.num_steps is None  # never trained
+    assert [r.status for r in records if r.description == "DEPTH 2 -> 4"] == ["keep"]
+    assert "[skipped: no-op-here]" in (repo / "runs" / "llm" / "results.tsv").read_text()

@@ -69,7 +69,7 @@ def test_reads_the_device_branch_of_each_constant():
 def test_batch_sizes_keep_train_py_divisibility_check():
     space = TrainPy(TRAIN_PY, "cpu")  # TOTAL_BATCH_SIZE must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     total, per_pass = space.knobs["TOTAL_BATCH_SIZE"], space.knobs["DEVICE_BATCH_SIZE"]
-    tokens_per_pass = per_pass.value * 256  # MAX_SEQ_LEN on CPU
+    tokens_per_pass = per_pass.value * 128  # MAX_SEQ_LEN on CPU
     assert space.allows(total, 2 * tokens_per_pass) and not space.allows(total, tokens_per_pass // 2)
     assert space.allows(per_pass, per_pass.value // 2) and not space.allows(per_pass, per_pass.value * 4)
 

@@ -35,7 +35,8 @@ def test_builtin_build_is_deterministic_idempotent_and_repairs_damage(prepared_c
     first = prepared_cache / "builtin"
     second = prepare.run_prepare("builtin", builtin_mb=TEST_CORPUS_MB, cache_dir=tmp_path)
     assert shard_files(second) == shard_files(first) and len(shard_files(first)) >= 2
-    assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    tokenizer = f"tokenizer{prepare.VOCAB_FILES}.json"
+    assert (second / tokenizer).read_bytes() == (first / tokenizer).read_bytes()
 
     capsys.readouterr()
     stamp = (second / "shard_00000.parquet").stat().st_mtime_ns
@@ -74,7 +75,8 @@ def test_train_and_validation_never_overlap(prepared_cache):
     train = {t for s in manifest["shards"][:-1] for t in read_texts(prepared_cache / "builtin" / s["name"])}
     val = read_texts(prepared_cache / "builtin" / manifest["shards"][-1]["name"])
     assert val and train and not train & set(val)
-    trained_on = json.loads((prepared_cache / "builtin" / "tokenizer.json").read_text())["trained_on"]
+    tokenizer = prepared_cache / "builtin" / f"tokenizer{prepare.VOCAB_FILES}.json"
+    trained_on = json.loads(tokenizer.read_text())["trained_on"]
     assert manifest["shards"][-1]["name"] not in trained_on
 
 
@@ -268,7 +270,7 @@ def test_a_model_leaking_at_some_positions_is_refused(prepared_cache):
 def test_wrong_logits_shape_is_refused(prepared_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_RESULT_PATH", str(tmp_path / "result.json"))
     tokenizer = prepare.Tokenizer.from_directory()
-    with pytest.raises(prepare.EvaluationError, match=r"shape \(4, 256, 100\); expected \[B, T, V\]"):
+    with pytest.raises(prepare.EvaluationError, match=rf"shape \(4, {prepare.MAX_SEQ_LEN}, 100\); expected \[B, T, V\]"):
         prepare.evaluate_bpb(Uniform(vocab=100), tokenizer, 4)
     assert not (tmp_path / "result.json").exists()
 
@@ -429,7 +431,7 @@ def test_validation_tokens_are_stored_once_and_a_changed_file_is_refused(prepare
     copy = tmp_path / "cache"
     shutil.copytree(prepared_cache, copy)
     dataset = prepare.Dataset(copy, "builtin")
-    entry = dataset.manifest()["val_tokens"]
+    entry = dataset.manifest()[dataset.val_key]
     assert entry["count"] > 0 and entry["tokens"]["sha256"] and dataset.val_tokens_problem(full=True) is None
     data = bytearray(dataset.val_tokens_path.read_bytes())
     data[-1] ^= 0xFF  # one token changed, same size
@@ -440,3 +442,27 @@ def test_validation_tokens_are_stored_once_and_a_changed_file_is_refused(prepare
         next(prepare._val_batches(dataset, tokenizer, 2, 16, torch.device("cpu")))
     prepare.run_prepare("builtin", cache_dir=copy)  # prepare repairs it, and only it
     assert dataset.val_tokens_problem(full=True) is None
+
+
+def test_each_vocabulary_has_its_own_tokenizer_so_one_cache_serves_both_profiles(prepared_cache, tmp_path,
+                                                                                  monkeypatch):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(prepared_cache, copy)
+    here = prepare.data_fingerprint(copy)
+    # the other profile (as the GPU one: 8192 tokens, the plain file names) finds no tokenizer of its size ...
+    monkeypatch.setattr(prepare, "VOCAB_SIZE", 8192 if prepare.VOCAB_SIZE != 8192 else 2048)
+    monkeypatch.setattr(prepare, "VOCAB_FILES", "" if prepare.VOCAB_FILES else "-v2048")
+    dataset = prepare.Dataset(copy, "builtin")
+    assert any(f"tokenizer of {prepare.VOCAB_SIZE} tokens missing" in p for p in dataset.problems(full=False))
+    # ... and the next prepare adds it, leaving the shards and this profile's files as they were
+    before = {p.name: p.read_bytes() for p in (copy / "builtin").iterdir() if p.is_file() and p.name != "manifest.json"}
+    prepare.run_prepare("builtin", cache_dir=copy)
+    assert prepare.Tokenizer.from_directory(copy / "builtin").get_vocab_size() == prepare.VOCAB_SIZE
+    assert all((copy / "builtin" / name).read_bytes() == data for name, data in before.items())
+    there = prepare.data_fingerprint(copy)
+    monkeypatch.undo()
+    assert prepare.data_fingerprint(copy) == here  # still prepared, unchanged, for this profile
+    assert there["shards"] == here["shards"] and there["data"] != here["data"]
+    assert there["vocab_size"] != here["vocab_size"]

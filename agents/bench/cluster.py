@@ -261,7 +261,7 @@ class RayExecutor:
                 answer = {"node": info.get("NodeManagerHostname", node_id[:8]), "error": _one_line(exc)}
             name = answer.get("node") or info.get("NodeManagerHostname", node_id[:8])
             found = answer.get("fingerprint")
-            if found is None or found.get("data") != self.fingerprint.get("data"):
+            if found is None or not same_data(found, self.fingerprint):
                 why = answer.get("error") or "its data differs from this machine's (another corpus or tokenizer)"
                 self._left_out.add(f"{node_id} {name}: {why}")
                 self.on_note(f"node {name} left out: {why}")
@@ -289,6 +289,16 @@ class RayExecutor:
             rest = wanted - sum(n.slots for n in nodes[:i])
             node.slots = rest if i == len(nodes) - 1 else min(rest, round(wanted * node.cpus / cores))
             node.cpus_per_run = node.cpus / max(1, node.slots)
+
+
+def same_data(node: dict, coordinator: dict) -> bool:
+    """Whether a node's data fingerprint (prepare.py --fingerprint) matches this machine's. A node of the other
+    device profile (a GPU worker of a CPU coordinator) has its own vocabulary, so only the text must match there:
+    its tokenizer is trained from the same shards, and every run of one profile uses the same one."""
+    if node.get("data") == coordinator.get("data"):
+        return True
+    other_profile = node.get("vocab_size") != coordinator.get("vocab_size")
+    return other_profile and node.get("shards") is not None and node.get("shards") == coordinator.get("shards")
 
 
 def _one_line(exc: BaseException) -> str:
