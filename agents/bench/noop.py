@@ -52,7 +52,7 @@ def noop_reason(old_text: str, new_text: str, device: str) -> str | None:
         return None
     try:
         old_tree, new_tree = ast.parse(old_text), ast.parse(new_text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, SystemError):  # SystemError: parsing in threads, gh-106905
         return None
     old_consts, new_consts = module_constants(old_tree), module_constants(new_tree)
     flags = list(dict.fromkeys(old_consts.flags + new_consts.flags))
