@@ -211,15 +211,16 @@ def research_run_content(records: list[ExperimentRecord], context: RunContext, w
 
     `status`: "RUNNING" while the loop runs, "FINISHED" at its end, "KILLED" when it stopped on an error.
     """
-    from agents.record.report import best_line, plot_progress, summary_markdown
+    from agents.record.report import best_kept, best_line, plot_progress, summary_markdown
 
     plot = plot_progress(records, workdir / "progress.png", title=f"autoresearch/{context.run_tag}") if records \
         else None
     kept = [r for r in records if r.status == "keep"]
     baselines = [r.val_bpb for r in records if r.status == "baseline" and r.val_bpb is not None]
     metrics = {"experiments": float(len(records)), "kept": float(len(kept))}
-    if kept or baselines:
-        metrics["best_val_bpb"] = float(kept[-1].val_bpb if kept else sum(baselines) / len(baselines))
+    best = best_kept(records)
+    if best is not None or baselines:  # the best kept below the start, else the start (the baselines' mean)
+        metrics["best_val_bpb"] = float(best.val_bpb if best is not None else sum(baselines) / len(baselines))
     if baselines:
         metrics["baseline_val_bpb"] = float(sum(baselines) / len(baselines))
     tags = {KIND_TAG: "research_run", RUN_TAG: context.run_tag, "crew": context.crew, "sandbox": context.sandbox,
