@@ -13,8 +13,8 @@ difference of two means of `seeds` runs (σ: the pooled spread of all fresh runs
     kept as simpler, within noise       fresh delta < +se   (not worse than its base by more than one se)
 
 Printed: each crew's keeps (claimed delta, fresh delta), then the keep rate, the share of keeps confirmed, the
-share of keeps that deleted code, the final gain of each crew in σ units (its last kept commit against the
-start, on the fresh seeds), and how often the main job (`--experiments 4 --budget 20`: the first 4 trained
+share of keeps that deleted code, the final gain of each crew in σ units (the start's fresh mean less its last
+kept commit's: positive is better), and how often the main job (`--experiments 4 --budget 20`: the first 4 trained
 experiments of a crew, which is what that command runs) ends with a confirmed keep. Last line:
 
     decision_quality: NN % of keeps confirmed
@@ -213,7 +213,7 @@ def _measure(args, root: Path) -> int:
     start = statistics.fmean(fresh[start_text])
     for crew in crews:
         final = crew.keeps[-1].fresh if crew.keeps else fresh[start_text]
-        gain = (statistics.fmean(final) - start) / sigma if sigma == sigma and sigma > 0 else float("nan")
+        gain = (start - statistics.fmean(final)) / sigma if sigma == sigma and sigma > 0 else float("nan")
         print(f"final gain, crew {crew.index}: {gain:+.1f} σ (fresh mean {statistics.fmean(final):.6f} vs start "
               f"{start:.6f})")
     main_hits = 0
