@@ -6,13 +6,25 @@ import ast
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from agents.bench.guard import budget, causality, files, indirection, metrics, modules, patching, seeds, valdata
+from agents.bench.guard import (
+    budget,
+    causality,
+    dataorder,
+    files,
+    indirection,
+    metrics,
+    modules,
+    patching,
+    seeds,
+    targets,
+    valdata,
+)
 from agents.bench.guard.hashes import EDITABLE_FILE
 from agents.bench.guard.program import TrainPy
 from agents.bench.guard.report import GuardReport, Violation, resolve_rules
 
 # One module per rule family; each reads the parsed train.py and reports through TrainPy.hit.
-FAMILIES = (modules, patching, files, valdata, metrics, budget, seeds, indirection, causality)
+FAMILIES = (modules, patching, files, valdata, metrics, budget, seeds, dataorder, indirection, causality, targets)
 
 
 def check_edit(old_text: str, new_text: str, changed_paths: list[str], *,

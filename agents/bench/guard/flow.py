@@ -57,6 +57,10 @@ class Flow:
                     and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant):
                 self.attribute_values.setdefault(str(node.args[0].value), []).append(node.args[1])
         self._sites: dict[int, list[ast.Call]] | None = None
+        self.reaching_memo: dict[int, list[ast.AST]] = {}
+        self.by_name: dict[str, list[tuple[ast.AST, ast.AST]]] = {}  # name -> (binding node, scope)
+        for name, node, scope in p.bindings:
+            self.by_name.setdefault(name, []).append((node, scope))
         self._model: list[FunctionNode] | None = None
 
     # ------------------------------------------------------------------------------------------- callees
@@ -324,11 +328,18 @@ def _target_of(p: TrainPy, node: ast.AST, statement: ast.AST) -> bool:
 
 def reaching(p: TrainPy, use: ast.Name) -> list[ast.AST]:
     """The binding nodes (Name targets, args, defs) of `use.id` whose value this use may see, latest first."""
+    memo = flow(p).reaching_memo
+    if id(use) not in memo:
+        memo[id(use)] = _reaching(p, use)
+    return memo[id(use)]
+
+
+def _reaching(p: TrainPy, use: ast.Name) -> list[ast.AST]:
     scope = p.defining_scope(use)
     if scope is None:
         return []
     statement = _statement(p, use)
-    definitions = [node for name, node, bound in p.bindings if name == use.id and bound is scope and node is not use
+    definitions = [node for node, bound in flow(p).by_name.get(use.id, []) if bound is scope and node is not use
                    and not _target_of(p, node, statement)]  # `x = f(x)`: the use sees the x before
     if not definitions:
         return []
