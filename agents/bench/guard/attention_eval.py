@@ -245,6 +245,11 @@ class Evaluator:
                 return _module_value(qual)
             raise Unknown(node.id)
         chosen = definitions[self._choose(node, len(definitions))]
+        if isinstance(chosen, ast.Import | ast.ImportFrom):
+            qual = self.p.resolve(node)
+            if qual is None:
+                raise Unknown("import")
+            return _module_value(qual)
         return self._definition(chosen, frame if self._same_function(chosen, frame) else self._frame_of(chosen))
 
     def _same_function(self, definition: ast.AST, frame: Frame) -> bool:

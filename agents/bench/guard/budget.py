@@ -87,9 +87,13 @@ class Clock:
 
 
 def _key(node: ast.AST) -> str | None:
+    """A clock's identity: a name, an attribute by its name on whatever object (`timer.seconds` is read where a
+    method updates `self.seconds`), an item by its text."""
     if isinstance(node, ast.Name):
         return node.id
-    if isinstance(node, ast.Attribute | ast.Subscript):
+    if isinstance(node, ast.Attribute):
+        return f".{node.attr}"
+    if isinstance(node, ast.Subscript):
         return ast.unparse(node)
     return None
 

@@ -273,8 +273,11 @@ class _Analysis:
         if name in LOSSES and call.args and self.tainted(call.args[0], frame):
             self.found.append((call, f"the logits given to {name}() are mixed with the targets: the loss is computed "
                                      "on predictions that saw the answers"))
-        if isinstance(call.func, ast.Attribute) and name in _IN_PLACE and self._shared(call.func.value, frame) and \
-                any(self.tainted(a, frame) for a in [*call.args, *(k.value for k in call.keywords)]):
+        receiver = call.func.value if isinstance(call.func, ast.Attribute) else \
+            call.args[0] if name == "setattr" and call.args else None
+        stores = name in _IN_PLACE or name in ("register_buffer", "register_parameter", "setattr")
+        if stores and receiver is not None and self._outlives(receiver, frame) and \
+                any(self.tainted(a, frame) for a in [*call.args, *(k.value for k in call.keywords)] if a is not receiver):
             self.found.append((call, "stores data computed from the targets where the model can read it later: the "
                                      "model would see the tokens it is asked to predict"))
         for func in self.fl.callees(call.func):
@@ -289,23 +292,25 @@ class _Analysis:
             self.scan(inner, depth + 1)
 
     def _shared(self, target: ast.AST, frame: _Frame) -> bool:
-        """An attribute or item of an object that outlives the call: self, the model, a module-level name, a
-        parameter; a global name."""
-        p = self.p
+        """A store target that outlives the call: a global name, or an attribute or item of such an object."""
         if isinstance(target, ast.Name):
-            return target.id in p.globals.get(frame.func, set()) if frame.func is not None else False
-        base = target
-        while isinstance(base, ast.Attribute | ast.Subscript):
-            base = base.value
-        if not isinstance(base, ast.Name) or base is target:
+            return frame.func is not None and target.id in self.p.globals.get(frame.func, set())
+        if isinstance(target, ast.Attribute | ast.Subscript):
+            return self._outlives(target.value, frame)
+        return False
+
+    def _outlives(self, obj: ast.AST, frame: _Frame) -> bool:
+        """An object the call does not own: self, the model or anything handed in, a module-level or enclosing
+        function's name (and whatever hangs off one)."""
+        while isinstance(obj, ast.Attribute | ast.Subscript):
+            obj = obj.value
+        if not isinstance(obj, ast.Name):
             return False
-        if not isinstance(target, ast.Attribute | ast.Subscript) and not isinstance(target, ast.Name):
-            return False
-        scope = p.defining_scope(base)
-        if scope is None or scope is p.tree or base.id == "self":
+        p = self.p
+        scope = p.defining_scope(obj)
+        if scope is None or scope is p.tree or obj.id == "self" or scope is not frame.func:
             return True
-        definitions = reaching(p, base)
-        return any(isinstance(d, ast.arg) for d in definitions) or scope is not frame.func
+        return any(isinstance(d, ast.arg) for d in reaching(p, obj))
 
 
 def _path(p: TrainPy, target: ast.AST, taint: Taint) -> Taint:
