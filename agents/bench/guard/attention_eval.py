@@ -32,7 +32,7 @@ from agents.bench.guard.flow import (
     reaching,
     returns,
 )
-from agents.bench.guard.program import TrainPy
+from agents.bench.guard.program import Program
 
 T = 6  # positions evaluated
 MASKED = -1e4  # an additive mask value at or below this hides the position (-inf, -1e9, finfo.min)
@@ -77,7 +77,7 @@ _ANY_TENSOR_ATTRS = frozenset({"shape", "device", "dtype", "ndim", "is_cuda"})
 class Evaluator:
     """Evaluates expressions of one train.py (see the module docstring); each question starts afresh."""
 
-    def __init__(self, p: TrainPy):
+    def __init__(self, p: Program):
         self.p = p
         self.fl = flow(p)
         self.decided: set[int] = set()  # ids of the nodes some determinate evaluation went through
@@ -714,7 +714,7 @@ def _params(func: FunctionNode) -> list[str]:
     return [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
 
 
-def _unpack_index(p: TrainPy, target: ast.AST) -> int | None:
+def _unpack_index(p: Program, target: ast.AST) -> int | None:
     parent = p.parents.get(target)
     if isinstance(parent, ast.Tuple | ast.List):
         return parent.elts.index(target)
@@ -778,7 +778,7 @@ def einsum_roles(call: ast.Call) -> str | None:
     return None
 
 
-def attention_products(p: TrainPy) -> list[tuple[ast.AST, ast.AST]]:
+def attention_products(p: Program) -> list[tuple[ast.AST, ast.AST]]:
     """(product node, weights expression) for every `weights @ values` that is not itself a scores product."""
     found = []
     for node in p.of(ast.BinOp):

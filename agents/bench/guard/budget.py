@@ -25,7 +25,7 @@ import copy
 from dataclasses import dataclass, field
 
 from agents.bench.guard.flow import DEFINITIONS, bound_arguments, definition_value, flow, own_nodes, reaching, returns
-from agents.bench.guard.program import FUNCTIONS, LOOPS, TrainPy, pairs
+from agents.bench.guard.program import FUNCTIONS, LOOPS, Program, pairs
 from agents.bench.guard.report import Violation
 
 RULE = "no-metric-forgery"
@@ -34,7 +34,7 @@ CLOCK_CALLS = frozenset({"time.time", "time.perf_counter", "time.monotonic", "ti
 _MAX_DEPTH = 12
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     _check_budget_stop(p)
     clock = find_clock(p)
     if not clock.keys:
@@ -45,7 +45,7 @@ def check(p: TrainPy) -> None:
         p.hit(RULE, node, why)
 
 
-def gate_changes(old: TrainPy, new: TrainPy) -> list[Violation]:
+def gate_changes(old: Program, new: Program) -> list[Violation]:
     """The conditions deciding which steps count against TIME_BUDGET (`if step >= EXCLUDED_STEPS`, and any a
     helper, a conditional expression or a `continue` adds): an edit may drop one (every step counts) but not
     add or widen one (uncounted steps train for free)."""
@@ -59,7 +59,7 @@ def gate_changes(old: TrainPy, new: TrainPy) -> list[Violation]:
 # ---------------------------------------------------------------------------------------------- the stop
 
 
-def _check_budget_stop(p: TrainPy) -> None:
+def _check_budget_stop(p: Program) -> None:
     """Training stops on a comparison with TIME_BUDGET itself, not a scaled or shifted copy of it."""
     bare = False
     for node in p.of(ast.Compare):
@@ -98,7 +98,7 @@ def _key(node: ast.AST) -> str | None:
     return None
 
 
-def find_clock(p: TrainPy) -> Clock:
+def find_clock(p: Program) -> Clock:
     clock = Clock()
     fl = flow(p)
     for compare in p.of(ast.Compare):
@@ -119,7 +119,7 @@ def find_clock(p: TrainPy) -> Clock:
     return clock
 
 
-def _clock_keys(p: TrainPy, node: ast.AST, depth: int) -> set[str]:
+def _clock_keys(p: Program, node: ast.AST, depth: int) -> set[str]:
     """The clock behind an operand: itself, what an alias of it was read from, what a helper was handed."""
     if depth > 4:
         return set()
@@ -143,7 +143,7 @@ def _clock_keys(p: TrainPy, node: ast.AST, depth: int) -> set[str]:
     return keys
 
 
-def _updates(p: TrainPy, clock: Clock) -> list[tuple[ast.AST, ast.AST, ast.AST, bool]]:
+def _updates(p: Program, clock: Clock) -> list[tuple[ast.AST, ast.AST, ast.AST, bool]]:
     """(statement, target, value, augmented) for every assignment to the clock, in any function."""
     found = []
     for node in p.of(ast.AugAssign):
@@ -182,7 +182,7 @@ class _Flow:
 class _Tracer:
     """Follows a value that flows into the clock back to where it comes from."""
 
-    def __init__(self, p: TrainPy, clock: Clock):
+    def __init__(self, p: Program, clock: Clock):
         self.p, self.clock, self.fl = p, clock, flow(p)
         self._active: set[tuple[int, int]] = set()
 
@@ -317,7 +317,7 @@ class _Tracer:
         return starts
 
 
-def _clock_problems(p: TrainPy, clock: Clock) -> list[tuple[ast.AST, str]]:
+def _clock_problems(p: Program, clock: Clock) -> list[tuple[ast.AST, str]]:
     tracer = _Tracer(p, clock)
     found = []
     for statement, target, value, augmented in _updates(p, clock):
@@ -344,7 +344,7 @@ def _clock_problems(p: TrainPy, clock: Clock) -> list[tuple[ast.AST, str]]:
     return found
 
 
-def _gates(p: TrainPy, clock: Clock) -> dict[str, ast.AST]:
+def _gates(p: Program, clock: Clock) -> dict[str, ast.AST]:
     """Every condition on the way to an update of the clock inside the training loop, by its text with module
     constants replaced by their values."""
     constants = {t.id: node.value for node in p.tree.body if isinstance(node, ast.Assign)
@@ -365,7 +365,7 @@ def _gates(p: TrainPy, clock: Clock) -> dict[str, ast.AST]:
     return gates
 
 
-def _enclosing_tests(p: TrainPy, node: ast.AST) -> list[ast.AST]:
+def _enclosing_tests(p: Program, node: ast.AST) -> list[ast.AST]:
     """The tests of the `if`s (and conditional expressions) around a node, up to its function."""
     tests, child, parent = [], node, p.parents.get(node)
     while parent is not None and not isinstance(parent, FUNCTIONS):
@@ -375,11 +375,11 @@ def _enclosing_tests(p: TrainPy, node: ast.AST) -> list[ast.AST]:
     return tests
 
 
-def _unconditional(p: TrainPy, node: ast.AST) -> bool:
+def _unconditional(p: Program, node: ast.AST) -> bool:
     return not _enclosing_tests(p, node)
 
 
-def _call_site_tests(p: TrainPy, statement: ast.AST, depth: int = 0) -> list[ast.AST]:
+def _call_site_tests(p: Program, statement: ast.AST, depth: int = 0) -> list[ast.AST]:
     """When the update is in a helper: the conditions around the calls that run it, and the helper's early exits."""
     func = p.enclosing(statement, DEFINITIONS)
     if func is None or depth > 3:
@@ -393,7 +393,7 @@ def _call_site_tests(p: TrainPy, statement: ast.AST, depth: int = 0) -> list[ast
     return tests
 
 
-def _skipping_tests(p: TrainPy, statement: ast.AST, clock: Clock) -> list[ast.AST]:
+def _skipping_tests(p: Program, statement: ast.AST, clock: Clock) -> list[ast.AST]:
     """A `continue` in the training loop before the update (or the call that makes it) skips the account."""
     anchors = [statement] + [site for site in _sites_up(p, statement)]
     tests = []
@@ -407,7 +407,7 @@ def _skipping_tests(p: TrainPy, statement: ast.AST, clock: Clock) -> list[ast.AS
     return tests
 
 
-def _sites_up(p: TrainPy, node: ast.AST, depth: int = 0) -> list[ast.AST]:
+def _sites_up(p: Program, node: ast.AST, depth: int = 0) -> list[ast.AST]:
     func = p.enclosing(node, DEFINITIONS)
     if func is None or depth > 3:
         return []
@@ -420,7 +420,7 @@ def _before(a: ast.AST, b: ast.AST) -> bool:
                                                                       getattr(b, "col_offset", 0))
 
 
-def _in_loop_context(p: TrainPy, node: ast.AST, depth: int = 0) -> bool:
+def _in_loop_context(p: Program, node: ast.AST, depth: int = 0) -> bool:
     """Inside a loop, or in a function some loop calls."""
     if p.enclosing(node, LOOPS) is not None and p.enclosing(p.enclosing(node, LOOPS), DEFINITIONS) is \
             p.enclosing(node, DEFINITIONS):
@@ -431,7 +431,7 @@ def _in_loop_context(p: TrainPy, node: ast.AST, depth: int = 0) -> bool:
     return any(_in_loop_context(p, site, depth + 1) for site in flow(p).call_sites(func))
 
 
-def _line_of(p: TrainPy, node: ast.AST) -> str:
+def _line_of(p: Program, node: ast.AST) -> str:
     line_no = getattr(node, "lineno", 0)
     return f"line {line_no}: {p.lines[line_no - 1].strip()}" if 0 < line_no <= len(p.lines) else ast.unparse(node)
 
@@ -447,7 +447,7 @@ class _Substitute(ast.NodeTransformer):
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _training_problems(p: TrainPy, clock: Clock) -> list[tuple[ast.AST, str]]:
+def _training_problems(p: Program, clock: Clock) -> list[tuple[ast.AST, str]]:
     """Optimizer steps only inside the budget loop's timed step; no backward pass after the loop."""
     if not clock.loops:
         return []
@@ -477,7 +477,7 @@ def _training_problems(p: TrainPy, clock: Clock) -> list[tuple[ast.AST, str]]:
     return found
 
 
-def _trainer_kinds(p: TrainPy, clock: Clock) -> dict[int, str]:
+def _trainer_kinds(p: Program, clock: Clock) -> dict[int, str]:
     """Functions that take optimizer steps ('step') or only backward passes ('backward'), transitively, outside the
     budget loops (the function that runs the budget loop trains inside it, as it should)."""
     fl = flow(p)
@@ -505,7 +505,7 @@ def _rank(kind: str) -> int:
     return {"": 0, "backward": 1, "step": 2}[kind]
 
 
-def _direct_kind(p: TrainPy, call: ast.Call) -> str:
+def _direct_kind(p: Program, call: ast.Call) -> str:
     if isinstance(call.func, ast.Attribute):
         if call.func.attr == "backward" or (p.resolve(call.func) or "") in ("torch.autograd.backward",
                                                                             "torch.autograd.grad"):
@@ -515,12 +515,12 @@ def _direct_kind(p: TrainPy, call: ast.Call) -> str:
     return ""
 
 
-def _is_scheduler(p: TrainPy, receiver: ast.AST) -> bool:
+def _is_scheduler(p: Program, receiver: ast.AST) -> bool:
     text = ast.unparse(receiver).lower()
     return "sched" in text or "lr_scheduler" in (p.resolve(receiver) or "")
 
 
-def _training_sites(p: TrainPy, kinds: dict[int, str]) -> list[tuple[ast.AST, str]]:
+def _training_sites(p: Program, kinds: dict[int, str]) -> list[tuple[ast.AST, str]]:
     """Calls that train: backward, optimizer steps, and calls of functions that do, outside those functions."""
     fl = flow(p)
     sites = []
@@ -533,7 +533,7 @@ def _training_sites(p: TrainPy, kinds: dict[int, str]) -> list[tuple[ast.AST, st
     return sites
 
 
-def _budget_only_functions(p: TrainPy, clock: Clock) -> set[int]:
+def _budget_only_functions(p: Program, clock: Clock) -> set[int]:
     """Functions called only from inside the budget loops (or from other such functions)."""
     fl = flow(p)
     functions = list(p.of(ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
@@ -552,7 +552,7 @@ def _budget_only_functions(p: TrainPy, clock: Clock) -> set[int]:
     return inside
 
 
-def _timed_spans(p: TrainPy, clock: Clock) -> dict[int, tuple[int, int]]:
+def _timed_spans(p: Program, clock: Clock) -> dict[int, tuple[int, int]]:
     """Per budget loop: the indexes of the statements of its body that start and end the timed step."""
     tracer = _Tracer(p, clock)
     spans: dict[int, tuple[int, int]] = {}
@@ -566,7 +566,7 @@ def _timed_spans(p: TrainPy, clock: Clock) -> dict[int, tuple[int, int]]:
     return spans
 
 
-def _body_index(p: TrainPy, loop: ast.AST, node: ast.AST) -> int | None:
+def _body_index(p: Program, loop: ast.AST, node: ast.AST) -> int | None:
     body = getattr(loop, "body", [])
     while node is not None:
         if node in body:
@@ -575,7 +575,7 @@ def _body_index(p: TrainPy, loop: ast.AST, node: ast.AST) -> int | None:
     return None
 
 
-def _outside_span(p: TrainPy, node: ast.AST, loop: ast.AST, span: tuple[int, int] | None) -> str | None:
+def _outside_span(p: Program, node: ast.AST, loop: ast.AST, span: tuple[int, int] | None) -> str | None:
     if span is None:
         return None
     index = _body_index(p, loop, node)
@@ -585,7 +585,7 @@ def _outside_span(p: TrainPy, node: ast.AST, loop: ast.AST, span: tuple[int, int
             "that ends it): that training is not counted against TIME_BUDGET")
 
 
-def _after_loops(p: TrainPy, node: ast.AST, clock: Clock, depth: int = 0) -> bool:
+def _after_loops(p: Program, node: ast.AST, clock: Clock, depth: int = 0) -> bool:
     """The node runs after a budget loop ended: after it in the loop's own function, or in a helper called there."""
     for loop in clock.loops:
         if p.enclosing(node, DEFINITIONS) is p.enclosing(loop, DEFINITIONS):

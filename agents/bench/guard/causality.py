@@ -27,7 +27,7 @@ import re
 
 from agents.bench.guard.attention_eval import Evaluator, attention_products, is_transposed
 from agents.bench.guard.flow import flow
-from agents.bench.guard.program import TrainPy, keyword
+from agents.bench.guard.program import Program, keyword
 
 RULE = "causal-attention"
 _ATTENTION_FUNC = re.compile(r"(attn|attention)", re.I)
@@ -41,7 +41,7 @@ _SHIFT_CALLS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "pa
 _SEQUENCE_AXES_OK = {0}  # batch
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     constants = _module_constants(p)
     attention_modules = _attention_module_names(p)
     evaluator = Evaluator(p)
@@ -68,7 +68,7 @@ def _short(node: ast.AST, limit: int = 60) -> str:
 # ---------------------------------------------------------------------------------------- attention calls
 
 
-def _check_attention_call(p: TrainPy, node: ast.Call, constants: dict, attention_modules: set[str],
+def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention_modules: set[str],
                           evaluator: Evaluator) -> None:
     qual = p.resolve(node.func) or ""
     last = qual.rsplit(".", 1)[-1].removesuffix("()")
@@ -103,7 +103,7 @@ def _check_attention_call(p: TrainPy, node: ast.Call, constants: dict, attention
                               "causal=True: positions see later tokens")
 
 
-def _attention_module_names(p: TrainPy) -> set[str]:
+def _attention_module_names(p: Program) -> set[str]:
     """Names (or self attributes) bound to torch attention modules, whose calls need a mask or is_causal."""
     names = set()
     for node in p.of(ast.Assign):
@@ -120,7 +120,7 @@ def _called_name(func: ast.AST) -> str:
     return func.id if isinstance(func, ast.Name) else ""
 
 
-def _mask_problem(p: TrainPy, mask: ast.AST, evaluator: Evaluator) -> str | None:
+def _mask_problem(p: Program, mask: ast.AST, evaluator: Evaluator) -> str | None:
     """Why the mask lets positions see later tokens, or None when it may well be causal: computed from the code
     that builds it where it can be, else read from its shape."""
     computed = evaluator.mask_leak(mask)
@@ -159,7 +159,7 @@ def _constant_fill(expr: ast.AST) -> bool:
                      "expand", "view", "reshape", "unsqueeze", "repeat"}
 
 
-def _definitions(p: TrainPy, expr: ast.AST) -> list[ast.AST]:
+def _definitions(p: Program, expr: ast.AST) -> list[ast.AST]:
     """What a mask name or `self.<name>` was assigned (register_buffer counts), anywhere in the file."""
     name = expr.attr if isinstance(expr, ast.Attribute) else expr.id if isinstance(expr, ast.Name) else None
     if isinstance(expr, ast.Subscript):
@@ -177,7 +177,7 @@ def _definitions(p: TrainPy, expr: ast.AST) -> list[ast.AST]:
     return found
 
 
-def _check_mask_function(p: TrainPy, func: ast.FunctionDef | ast.Lambda, evaluator: Evaluator) -> None:
+def _check_mask_function(p: Program, func: ast.FunctionDef | ast.Lambda, evaluator: Evaluator) -> None:
     """flex-attention style mask_mod(b, h, q_idx, kv_idx): it must keep kv_idx at or before q_idx."""
     params = [a.arg for a in func.args.args]
     q = next((a for a in params if a.startswith("q_idx") or a == "q_index"), None)
@@ -203,7 +203,7 @@ def _check_mask_function(p: TrainPy, func: ast.FunctionDef | ast.Lambda, evaluat
 # ---------------------------------------------------------------------------------------- model code
 
 
-def _check_scores_softmax(p: TrainPy, func: ast.AST, evaluator: Evaluator, checked: set[int]) -> None:
+def _check_scores_softmax(p: Program, func: ast.AST, evaluator: Evaluator, checked: set[int]) -> None:
     """Where the evaluation could not decide: softmax over q @ k^T with nothing mask-like on the way."""
     assigned = _local_assignments(func)
     for node in ast.walk(func):
@@ -219,14 +219,14 @@ def _check_scores_softmax(p: TrainPy, func: ast.AST, evaluator: Evaluator, check
                                   "position attends to later tokens")
 
 
-def _operand(p: TrainPy, call: ast.Call) -> ast.AST | None:
+def _operand(p: Program, call: ast.Call) -> ast.AST | None:
     """The tensor a torch function (`F.softmax(x)`, `torch.roll(x, ...)`) or a method (`x.softmax()`) acts on."""
     if _is_function_form(p, call):
         return call.args[0] if call.args else keyword(call, "input")
     return call.func.value if isinstance(call.func, ast.Attribute) else None
 
 
-def _is_function_form(p: TrainPy, call: ast.Call) -> bool:
+def _is_function_form(p: Program, call: ast.Call) -> bool:
     if isinstance(call.func, ast.Name):
         return True
     base = p.resolve(call.func.value) if isinstance(call.func, ast.Attribute) else None
@@ -277,7 +277,7 @@ def _masks(node: ast.AST) -> bool:
     return isinstance(node, ast.keyword) and bool(_MASKING.search(node.arg or ""))
 
 
-def _check_shifts(p: TrainPy, func: ast.AST) -> None:
+def _check_shifts(p: Program, func: ast.AST) -> None:
     embedded = _embedding_inputs(func)
     for node in ast.walk(func):
         if not isinstance(node, ast.Call):
@@ -300,7 +300,7 @@ def _check_shifts(p: TrainPy, func: ast.AST) -> None:
                               "stream: position t would see token t+1")
 
 
-def _check_roll(p: TrainPy, node: ast.Call, name: str, embedded: set[str]) -> None:
+def _check_roll(p: Program, node: ast.Call, name: str, embedded: set[str]) -> None:
     tensor = _operand(p, node)
     function_form = _is_function_form(p, node)
     if name == "roll":
@@ -320,7 +320,7 @@ def _check_roll(p: TrainPy, node: ast.Call, name: str, embedded: set[str]) -> No
                           "tokens reach earlier positions")
 
 
-def _check_shift_call(p: TrainPy, node: ast.Call, name: str) -> None:
+def _check_shift_call(p: Program, node: ast.Call, name: str) -> None:
     if name == "pad":
         spec = keyword(node, "pad", 1)
         if isinstance(spec, ast.Tuple | ast.List):
@@ -376,7 +376,7 @@ def _embedding_inputs(func: ast.AST) -> set[str]:
     return names
 
 
-def _module_constants(p: TrainPy) -> dict[str, object]:
+def _module_constants(p: Program) -> dict[str, object]:
     values: dict[str, list] = {}
     for node in p.tree.body:
         if isinstance(node, ast.Assign):

@@ -33,7 +33,7 @@ from agents.bench.guard.flow import (
     parameters,
     reaching,
 )
-from agents.bench.guard.program import LOOPS, TrainPy
+from agents.bench.guard.program import LOOPS, Program
 
 RULE = "seed-or-order-only"
 _SKIPPING = frozenset({"builtins.filter", "itertools.filterfalse", "itertools.dropwhile", "itertools.takewhile",
@@ -53,7 +53,7 @@ class Loaders:
     """Every expression in train.py that holds prepare's training stream (or a wrapper that yields from it), and
     the names that hold whole batches drawn from one (`batches`), by binding node."""
 
-    p: TrainPy
+    p: Program
     streams: set[int] = field(default_factory=set)  # ids of binding nodes and expressions that are streams
     stream_params: set[tuple[int, str]] = field(default_factory=set)  # (function id, parameter) fed a stream
     stream_attrs: set[str] = field(default_factory=set)  # self.<attr> / obj.<attr> holding a stream
@@ -87,11 +87,11 @@ class Loaders:
         return False
 
 
-_LOADERS: weakref.WeakKeyDictionary[TrainPy, Loaders] = weakref.WeakKeyDictionary()
+_LOADERS: weakref.WeakKeyDictionary[Program, Loaders] = weakref.WeakKeyDictionary()
 _LOADERS_LOCK = threading.Lock()
 
 
-def find_loaders(p: TrainPy) -> Loaders:
+def find_loaders(p: Program) -> Loaders:
     """The streams of this parse (found once)."""
     with _LOADERS_LOCK:
         if p not in _LOADERS:
@@ -99,7 +99,7 @@ def find_loaders(p: TrainPy) -> Loaders:
         return _LOADERS[p]
 
 
-def _find_loaders(p: TrainPy) -> Loaders:
+def _find_loaders(p: Program) -> Loaders:
     """The streams, found to a fixed point: names bound to a stream, parameters fed one, generators over one."""
     loaders = Loaders(p)
     fl = flow(p)
@@ -129,7 +129,7 @@ def _find_loaders(p: TrainPy) -> Loaders:
     return loaders
 
 
-def _hands_back_a_stream(p: TrainPy, func: FunctionNode, loaders: Loaders) -> bool:
+def _hands_back_a_stream(p: Program, func: FunctionNode, loaders: Loaders) -> bool:
     if isinstance(func, ast.Lambda):
         return loaders.is_stream(func.body)
     nodes = own_nodes(func)
@@ -138,7 +138,7 @@ def _hands_back_a_stream(p: TrainPy, func: FunctionNode, loaders: Loaders) -> bo
     return any(isinstance(n, ast.Return) and n.value is not None and loaders.is_stream(n.value) for n in nodes)
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     loaders = find_loaders(p)
     if not (loaders.streams or loaders.stream_params or loaders.stream_attrs):
         return
@@ -146,7 +146,7 @@ def check(p: TrainPy) -> None:
         p.hit(RULE, node, why)
 
 
-def _stream_problems(p: TrainPy, loaders: Loaders) -> list[tuple[ast.AST, str]]:
+def _stream_problems(p: Program, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     found: list[tuple[ast.AST, str]] = []
     for call in p.of(ast.Call):
         qual = p.resolve(call.func) or ""
@@ -184,7 +184,7 @@ def _is_none_or_zero(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value in (None, 0)
 
 
-def _drawn_batch(p: TrainPy, call: ast.Call, loaders: Loaders) -> list[tuple[ast.AST, str]]:
+def _drawn_batch(p: Program, call: ast.Call, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     """A batch drawn with next(): it must be used, and not drawn by a loop that does nothing else."""
     parent = p.parents.get(call)
     if isinstance(parent, ast.Expr):
@@ -201,13 +201,13 @@ def _drawn_batch(p: TrainPy, call: ast.Call, loaders: Loaders) -> list[tuple[ast
     return []
 
 
-def _read_later(p: TrainPy, target: ast.Name) -> bool:
+def _read_later(p: Program, target: ast.Name) -> bool:
     scope = p.scope_of(target)
     return any(isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
                for n in ast.walk(scope or p.tree) if n is not target)
 
 
-def _only_draws(p: TrainPy, loop: ast.AST, loaders: Loaders) -> bool:
+def _only_draws(p: Program, loop: ast.AST, loaders: Loaders) -> bool:
     """A loop whose body draws batches and does nothing with them but bookkeeping (no call that uses them)."""
     draws = False
     for statement in loop.body:
@@ -223,7 +223,7 @@ def _only_draws(p: TrainPy, loop: ast.AST, loaders: Loaders) -> bool:
     return draws
 
 
-def _loop_problems(p: TrainPy, loop: ast.AST, body: list, what: str) -> list[tuple[ast.AST, str]]:
+def _loop_problems(p: Program, loop: ast.AST, body: list, what: str) -> list[tuple[ast.AST, str]]:
     found = []
     for node in ast.walk(ast.Module(body=body, type_ignores=[])):
         if isinstance(node, ast.Continue) and p.enclosing(node, LOOPS) is loop:
@@ -234,7 +234,7 @@ def _loop_problems(p: TrainPy, loop: ast.AST, body: list, what: str) -> list[tup
     return found
 
 
-def _under_condition(p: TrainPy, node: ast.AST, loop: ast.AST) -> bool:
+def _under_condition(p: Program, node: ast.AST, loop: ast.AST) -> bool:
     parent = p.parents.get(node)
     while parent is not None and parent is not loop:
         if isinstance(parent, ast.If | ast.IfExp):
@@ -243,7 +243,7 @@ def _under_condition(p: TrainPy, node: ast.AST, loop: ast.AST) -> bool:
     return False
 
 
-def _wrapper_problems(p: TrainPy, func: FunctionNode, param: str, loaders: Loaders) -> list[tuple[ast.AST, str]]:
+def _wrapper_problems(p: Program, func: FunctionNode, param: str, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     """A helper fed the stream: its loops over it may not skip or filter (next() and buffers are seen above)."""
     found = []
     for node in own_nodes(func):
@@ -253,7 +253,7 @@ def _wrapper_problems(p: TrainPy, func: FunctionNode, param: str, loaders: Loade
     return found
 
 
-def _batch_holders(p: TrainPy, loaders: Loaders) -> set[int]:
+def _batch_holders(p: Program, loaders: Loaders) -> set[int]:
     """Binding nodes of names holding several batches drawn from the stream (a buffer)."""
     holders: set[int] = set()
     for _name, node, _ in p.bindings:
@@ -271,7 +271,7 @@ def _batch_holders(p: TrainPy, loaders: Loaders) -> set[int]:
     return holders
 
 
-def _buffer_problems(p: TrainPy, loaders: Loaders) -> list[tuple[ast.AST, str]]:
+def _buffer_problems(p: Program, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     holders = _batch_holders(p, loaders)
     if not holders:
         return []
@@ -305,7 +305,7 @@ def _buffer_problems(p: TrainPy, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     return found
 
 
-def _random_index(p: TrainPy, index: ast.AST) -> bool:
+def _random_index(p: Program, index: ast.AST) -> bool:
     """An index computed from a random draw or an ordering (followed through local names)."""
     for n in _expanded(p, index):
         if isinstance(n, ast.Call):
@@ -315,7 +315,7 @@ def _random_index(p: TrainPy, index: ast.AST) -> bool:
     return False
 
 
-def _expanded(p: TrainPy, node: ast.AST, depth: int = 0) -> list[ast.AST]:
+def _expanded(p: Program, node: ast.AST, depth: int = 0) -> list[ast.AST]:
     nodes = list(ast.walk(node))
     if depth < 3:
         for n in list(nodes):
@@ -327,7 +327,7 @@ def _expanded(p: TrainPy, node: ast.AST, depth: int = 0) -> list[ast.AST]:
     return nodes
 
 
-def _row_picks(p: TrainPy, loaders: Loaders) -> list[tuple[ast.AST, str]]:
+def _row_picks(p: Program, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     """`x[keep]` with keep computed from the batch's content: examples chosen by what they contain."""
     batch_names = batch_bindings(p, loaders)
     found = []
@@ -364,7 +364,7 @@ def _row_picks(p: TrainPy, loaders: Loaders) -> list[tuple[ast.AST, str]]:
     return found
 
 
-def batch_bindings(p: TrainPy, loaders: Loaders) -> dict[int, int | None]:
+def batch_bindings(p: Program, loaders: Loaders) -> dict[int, int | None]:
     """Binding node id -> which part of a batch it holds (0 inputs, 1 targets, 2 epoch; None: the whole batch),
     for names bound from `next(stream)`, a loop over a stream, or a loop over a buffer of batches."""
     holders = _batch_holders(p, loaders)

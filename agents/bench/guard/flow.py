@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 
-from agents.bench.guard.program import TrainPy, pairs
+from agents.bench.guard.program import Program, pairs
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
@@ -35,7 +35,7 @@ STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers")
 class Flow:
     """The cached analyses of one parse (built on first use by `flow(p)`)."""
 
-    def __init__(self, p: TrainPy):
+    def __init__(self, p: Program):
         self.p = p
         self.classes = {c.name: c for c in p.of(ast.ClassDef)}
         self.defs: dict[str, list[FunctionNode]] = {}
@@ -174,11 +174,11 @@ class Flow:
         return functions
 
 
-_FLOWS: weakref.WeakKeyDictionary[TrainPy, Flow] = weakref.WeakKeyDictionary()
+_FLOWS: weakref.WeakKeyDictionary[Program, Flow] = weakref.WeakKeyDictionary()
 _FLOWS_LOCK = threading.Lock()
 
 
-def flow(p: TrainPy) -> Flow:
+def flow(p: Program) -> Flow:
     """The flow analyses of this parse (made once per parse)."""
     with _FLOWS_LOCK:
         if p not in _FLOWS:
@@ -242,7 +242,7 @@ def bound_arguments(func: FunctionNode, call: ast.Call) -> dict[str, ast.AST]:
     return bound
 
 
-def _assigned_value(p: TrainPy, target: ast.Name) -> ast.AST | None:
+def _assigned_value(p: Program, target: ast.Name) -> ast.AST | None:
     """The value a Name target of a simple assignment receives (the matching element when unpacking)."""
     parent = p.parents.get(target)
     if isinstance(parent, ast.Assign) and target in parent.targets:
@@ -257,7 +257,7 @@ def _assigned_value(p: TrainPy, target: ast.Name) -> ast.AST | None:
     return None
 
 
-def definition_value(p: TrainPy, target: ast.AST) -> tuple[str, ast.AST | None]:
+def definition_value(p: Program, target: ast.AST) -> tuple[str, ast.AST | None]:
     """How a binding node gives its name a value: ('assign', value), ('augassign', the AugAssign), ('unpack',
     the whole unpacked value), ('param', None), ('loop', the iterated value) or ('other', None)."""
     parent = p.parents.get(target)
@@ -284,13 +284,13 @@ def _position(node: ast.AST) -> tuple[int, int]:
     return getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
 
 
-def _statement(p: TrainPy, node: ast.AST) -> ast.AST:
+def _statement(p: Program, node: ast.AST) -> ast.AST:
     while node in p.parents and not isinstance(node, ast.stmt):
         node = p.parents[node]
     return node
 
 
-def _block_of(p: TrainPy, statement: ast.AST) -> list | None:
+def _block_of(p: Program, statement: ast.AST) -> list | None:
     parent = p.parents.get(statement)
     for field_name in STATEMENT_LISTS:
         block = getattr(parent, field_name, None)
@@ -299,7 +299,7 @@ def _block_of(p: TrainPy, statement: ast.AST) -> list | None:
     return None
 
 
-def _dominates(p: TrainPy, definition: ast.AST, use: ast.AST) -> bool:
+def _dominates(p: Program, definition: ast.AST, use: ast.AST) -> bool:
     """The definition's statement sits in a block the use is also (directly or deeper) inside."""
     block = _block_of(p, _statement(p, definition))
     if block is None:
@@ -315,7 +315,7 @@ def _dominates(p: TrainPy, definition: ast.AST, use: ast.AST) -> bool:
     return False
 
 
-def _target_of(p: TrainPy, node: ast.AST, statement: ast.AST) -> bool:
+def _target_of(p: Program, node: ast.AST, statement: ast.AST) -> bool:
     """The binding node is (inside) an assignment target of `statement`."""
     if isinstance(statement, ast.Assign):
         targets = statement.targets
@@ -326,7 +326,7 @@ def _target_of(p: TrainPy, node: ast.AST, statement: ast.AST) -> bool:
     return any(node is t or p.inside(node, t) for t in targets)
 
 
-def reaching(p: TrainPy, use: ast.Name) -> list[ast.AST]:
+def reaching(p: Program, use: ast.Name) -> list[ast.AST]:
     """The binding nodes (Name targets, args, defs) of `use.id` whose value this use may see, latest first."""
     memo = flow(p).reaching_memo
     if id(use) not in memo:
@@ -334,7 +334,7 @@ def reaching(p: TrainPy, use: ast.Name) -> list[ast.AST]:
     return memo[id(use)]
 
 
-def _reaching(p: TrainPy, use: ast.Name) -> list[ast.AST]:
+def _reaching(p: Program, use: ast.Name) -> list[ast.AST]:
     scope = p.defining_scope(use)
     if scope is None:
         return []

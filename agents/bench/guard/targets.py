@@ -28,7 +28,7 @@ from agents.bench.guard.flow import (
     reaching,
     returns,
 )
-from agents.bench.guard.program import TrainPy
+from agents.bench.guard.program import Program
 
 RULE = "causal-attention"
 LOSSES = frozenset({"cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
@@ -48,7 +48,7 @@ class _Frame:
     tainted: frozenset[str] = frozenset()  # parameters holding target data
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     loaders = find_loaders(p)
     parts = batch_bindings(p, loaders)
     if not parts:
@@ -117,7 +117,7 @@ def _each(taint: Taint) -> Taint:
 
 
 class _Analysis:
-    def __init__(self, p: TrainPy, parts: dict[int, int | None], loaders):
+    def __init__(self, p: Program, parts: dict[int, int | None], loaders):
         self.p, self.parts, self.fl, self.loaders = p, parts, flow(p), loaders
         self.found: list[tuple[ast.AST, str]] = []
         self._scanned: set[tuple[int, frozenset[str]]] = set()
@@ -313,7 +313,7 @@ class _Analysis:
         return any(isinstance(d, ast.arg) for d in reaching(p, obj))
 
 
-def _path(p: TrainPy, target: ast.AST, taint: Taint) -> Taint:
+def _path(p: Program, target: ast.AST, taint: Taint) -> Taint:
     """The part of an unpacked value a target gets: `x, (y, z) = value` -> the taint at its position."""
     indexes = []
     node = target
