@@ -332,10 +332,13 @@ def _clock_problems(p: Program, clock: Clock) -> list[tuple[ast.AST, str]]:
             traced = tracer.trace(statement.value, frame)
         else:
             traced = tracer.trace(value, frame)
-            if in_loop and not traced.has_clock:
+            # inside the loop the clock either accumulates (itself plus measured time) or reads the time elapsed
+            # since a mark set before the loop; anything else (a reset, a mark moved inside the loop) loses time
+            elapsed = bool(traced.starts) and not any(_in_loop_context(p, start) for start, _ in traced.starts)
+            if in_loop and not traced.has_clock and not elapsed:
                 found.append((statement, f"{name} is compared with TIME_BUDGET and is set inside the training loop "
-                                         "to something other than itself plus measured time: steps before that "
-                                         "would not count"))
+                                         "to something other than itself plus measured time, or the time since a "
+                                         "mark set before the loop: steps before that would not count"))
         for node, why in traced.problems:
             shown = f" ({_line_of(p, node)})" if getattr(node, "lineno", None) != getattr(statement, "lineno", 0) \
                 else ""

@@ -191,7 +191,9 @@ def _drawn_batch(p: Program, call: ast.Call, loaders: Loaders) -> list[tuple[ast
         return [(call, "draws a batch from the training stream and throws it away: batches skipped")]
     if isinstance(parent, ast.Assign):
         names = [n for t in parent.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-        if names and all(n.id.startswith("_") or not _read_later(p, n) for n in names):
+        # thrown away next to batches that are used (a train.py that reads no batch at all trains on none)
+        if names and all(n.id.startswith("_") or not _read_later(p, n) for n in names) and \
+                _some_batch_is_read(p, loaders):
             return [(call, "draws a batch from the training stream into names nothing reads: batches skipped")]
         loop = p.enclosing(call, (ast.For, ast.While))
         if loop is not None and p.enclosing(loop, DEFINITIONS) is p.enclosing(call, DEFINITIONS) and \
@@ -199,6 +201,19 @@ def _drawn_batch(p: Program, call: ast.Call, loaders: Loaders) -> list[tuple[ast
             return [(loop, "a loop that only draws batches from the training stream (and checks them) skips "
                            "them: train.py trains on prepare's batches, each once, in prepare's order")]
     return []
+
+
+def _some_batch_is_read(p: Program, loaders: Loaders) -> bool:
+    for call in p.of(ast.Call):
+        if (p.resolve(call.func) or "") == "builtins.next" and call.args and loaders.is_stream(call.args[0]):
+            parent = p.parents.get(call)
+            if not isinstance(parent, ast.Assign | ast.Expr):
+                return True  # used in place: returned, passed on, unpacked in a comprehension
+            if isinstance(parent, ast.Assign) and any(
+                    not n.id.startswith("_") and _read_later(p, n)
+                    for t in parent.targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                return True
+    return False
 
 
 def _read_later(p: Program, target: ast.Name) -> bool:
