@@ -123,6 +123,21 @@ def test_a_refused_form_is_read_at_once_but_an_ordinary_5xx_is_retried() -> None
     assert _chat_gaps(server)[0] >= 0.25
 
 
+def test_an_anthropic_gateway_refusing_tools_with_a_5xx_is_read_at_once() -> None:
+    def gateway(request: ParsedRequest) -> Reply:
+        if request.body.get("tools"):
+            return Reply.error(500, "tool_choice is not supported by this gateway")
+        return Reply.message('{"verdict": "approve", "reasons": ["small"]}')
+
+    ledger = UsageLedger()
+    with ScriptedLLMServer(gateway) as server:
+        review = _local("anthropic", server, ledger, role="reviewer", max_retries=3).call("Review.",
+                                                                                          response_model=Review)
+    assert review == Review(**REVIEW)
+    assert [bool(r.body.get("tools")) for r in server.requests] == [True, False]  # not retried 3 times first
+    assert "refused structured output as tool" in ledger.faults.notices[0].message
+
+
 # -- replies cut short ------------------------------------------------------------------------------------
 
 

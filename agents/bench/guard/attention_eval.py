@@ -97,9 +97,7 @@ class Evaluator:
     def _may_hold_scores(self, start: ast.AST, limit: int = 3000) -> bool:
         """Whether pairwise scores can be anywhere in what the expression is computed from (names, helpers,
         stored attributes, followed without order): the cheap test before an evaluation."""
-        by_name: dict[str, list[ast.AST]] = {}
-        for name, node, _ in self.p.bindings:
-            by_name.setdefault(name, []).append(node)
+        by_name = self.fl.by_name
         queue, seen = [start], set()
         while queue and len(seen) < limit:
             node = queue.pop()
@@ -109,7 +107,7 @@ class Evaluator:
             if _is_scores(node):
                 return True
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-                for binding in by_name.get(node.id, []):
+                for binding, _scope in by_name.get(node.id, []):
                     kind, value = definition_value(self.p, binding)
                     if value is not None:
                         queue.append(value)
@@ -122,14 +120,16 @@ class Evaluator:
             queue += list(ast.iter_child_nodes(node))
         return len(seen) >= limit
 
-    def mask_leak(self, mask: ast.AST) -> bool | None:
-        """For a mask handed to an attention call: bool True = may attend, float = added to the scores."""
+    def mask_leak(self, mask: ast.AST, *, true_hides: bool = False) -> bool | None:
+        """For a mask handed to an attention call: a bool mask's True lets the position attend (scaled_dot_product
+        _attention) or hides it (`true_hides`: nn.MultiheadAttention, nn.Transformer); a float mask is added to the
+        scores."""
         def judge(value: Any, saw_scores: bool) -> bool | None:
             if not isinstance(value, np.ndarray) or value.ndim < 2 or value.shape[-2:] != (T, T):
                 return None
             upper = value[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]]
             if value.dtype == bool:
-                return bool(upper.any())
+                return bool((~upper if true_hides else upper).any())
             return bool((np.nan_to_num(upper, nan=0.0) > MASKED).any())
         return self._decide(mask, judge)
 

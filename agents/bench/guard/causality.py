@@ -92,7 +92,12 @@ def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention
     elif causal_value is None and mask is None and (library_attention or module_attention):
         p.hit(RULE, node, f"{last or _called_name(node.func)}() without is_causal=True or a mask is bidirectional: "
                           "every position attends to later tokens")
-    problem = _mask_problem(p, mask, evaluator) if mask is not None and causal is not True else None
+    # a bool mask's True lets a position attend for the functional calls, hides it for nn.MultiheadAttention and
+    # nn.Transformer; a train.py helper's own mask is judged inside it, where its use shows what it means
+    true_hides = module_attention or any(k.arg in ("src_mask", "tgt_mask") for k in node.keywords)
+    computed = library_attention or module_attention
+    problem = _mask_problem(p, mask, evaluator if computed else None, true_hides) \
+        if mask is not None and causal is not True else None
     if problem is not None:
         p.hit(RULE, node, f"the attention mask {ast.unparse(mask)} {problem}")
     window = next((k.value for k in node.keywords if k.arg in ("window_size", "window")), None)
@@ -120,10 +125,10 @@ def _called_name(func: ast.AST) -> str:
     return func.id if isinstance(func, ast.Name) else ""
 
 
-def _mask_problem(p: Program, mask: ast.AST, evaluator: Evaluator) -> str | None:
+def _mask_problem(p: Program, mask: ast.AST, evaluator: Evaluator | None, true_hides: bool) -> str | None:
     """Why the mask lets positions see later tokens, or None when it may well be causal: computed from the code
     that builds it where it can be, else read from its shape."""
-    computed = evaluator.mask_leak(mask)
+    computed = evaluator.mask_leak(mask, true_hides=true_hides) if evaluator is not None else None
     if computed is not None:
         return "lets positions attend to later tokens (computed from the code that builds it)" if computed else None
     sources = _definitions(p, mask) or [mask]
