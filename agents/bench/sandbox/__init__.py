@@ -123,7 +123,9 @@ def select_sandbox(choice: str, python: str = sys.executable) -> Selection:
             return Selection(name, note=note)
         reasons.append(f"{name}: {reason}")
     return Selection("none", warning="no sandbox works here, train.py runs unconfined (" + "; ".join(reasons) +
-                                     "); set `sandbox: none` in crew.yaml to accept this without the warning")
+                                     "), and every run compiles cold (compiled code is shared only between "
+                                     "sandboxed runs); set `sandbox: none` in crew.yaml to accept this without the "
+                                     "warning")
 
 
 @functools.cache

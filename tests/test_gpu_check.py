@@ -1,0 +1,121 @@
+"""benchmarks/gpu_check.py: its CPU dry mode runs every part, and nothing it needs imports the crew's packages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agents.bench import sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("crewai", "chromadb", "ray", "mlflow", "git")
+FINAL = re.compile(r"^gpu_check: MFU (n/a|\d+\.\d) %, eval (n/a|\d+\.\d) s, compile cold (n/a|\d+) s / warm (n/a|\d+) s, "
+                   r"sandbox (ok|FAILED)$")
+
+# Installed first in every Python process of the check (train.py's too, through PYTHONPATH): importing one of the
+# packages a stock GPU image lacks fails as it would there.
+BLOCKER = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+
+    class _Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {HEAVY!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (not on a stock GPU image)")
+            return None
+
+    sys.meta_path.insert(0, _Missing())
+    """
+)
+
+
+@pytest.fixture
+def without_heavy_packages(tmp_path) -> dict:
+    site = tmp_path / "blocker"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+
+
+def test_the_blocker_blocks(without_heavy_packages):
+    done = subprocess.run([sys.executable, "-c", "import chromadb"], env=without_heavy_packages, capture_output=True,
+                          text=True)
+    assert done.returncode != 0 and "not on a stock GPU image" in done.stderr
+
+
+def test_the_check_and_everything_it_runs_import_without_the_crews_packages(without_heavy_packages):
+    code = textwrap.dedent(
+        """
+        import runpy, sys
+        runpy.run_path("benchmarks/gpu_check.py", run_name="gpu_check")   # the check, not run
+        import prepare                                                     # what train.py imports
+        from agents.bench import compile_cache, executor, runner, scratch, decide
+        from agents.bench.sandbox import bwrap, landlock
+        probe = open("benchmarks/gpu_probe.py").read()
+        compile(probe, "gpu_probe.py", "exec")
+        print("loaded:", sorted({m.split(".")[0] for m in sys.modules} & {"crewai", "chromadb", "ray", "mlflow", "git"}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=without_heavy_packages, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "loaded: []" in done.stdout
+
+
+def test_bad_usage_is_named_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--budget", "0"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "--budget and --limit must be positive" in done.stderr
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--project", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and f"no train.py in {tmp_path}" in done.stderr
+
+
+def test_without_a_gpu_the_check_says_so_and_points_at_the_dry_run():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    assert "gpu_check: error: no GPU visible to torch" in done.stderr and "--dry" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_dry_run_goes_through_every_part(tmp_path, prepared_cache, without_heavy_packages):
+    report = tmp_path / "check.json"
+    env = {**without_heavy_packages, "AUTORESEARCH_CACHE": str(prepared_cache)}
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path / "out"),
+                           "--json", str(report)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    lines = done.stdout.strip().splitlines()
+    final = FINAL.match(lines[-1])
+    assert final, done.stdout + done.stderr
+    parts = {p["name"]: p for p in json.loads(report.read_text())["parts"]}
+    assert list(parts) == ["device", "data", "sandbox", "baseline", "warm", "imports"]
+    confined = sandbox.select_sandbox("auto").name != "none"
+    if confined:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert all(p["status"] == "ok" for p in parts.values()), done.stdout
+        assert final[5] == "ok"
+        probe = parts["sandbox"]["figures"]["probe"]
+        chosen = parts["sandbox"]["figures"]["loop_choice"]
+        assert probe[chosen]["val_bpb"] == probe["none"]["val_bpb"] and "bit-identical" in parts["sandbox"]["text"]
+    else:  # no sandbox here: the check says so, and the rest still runs
+        assert done.returncode == 1 and final[5] == "FAILED" and parts["baseline"]["status"] == "ok"
+    baseline, warm = parts["baseline"]["figures"], parts["warm"]["figures"]
+    assert baseline["status"] == warm["status"] == "ok"
+    assert baseline["num_steps"] >= 1 and baseline["eval_s"] > 0 and baseline["startup_s"] > 0
+    assert final[2] == f"{baseline['eval_s']:.1f}"
+    assert baseline["compile_cache"].startswith("shared" if confined else "private")
+    assert warm["budget_stretch"] is None
+    assert parts["imports"]["text"] == "none of crewai, chromadb, ray, mlflow, git imported"
+    assert final[1] == "n/a"  # no MFU on a CPU
