@@ -229,3 +229,32 @@ def test_a_poisoned_entry_does_not_change_what_the_next_run_executes(tmp_path, m
                           text=True, timeout=600)
     assert "hits 1 poisoned True" in done.stdout, done.stdout + done.stderr
     attacker_scratch.remove()
+
+
+# ---------------------------------------------------------------- the loop: who publishes
+
+
+@pytest.mark.slow
+def test_the_loop_shares_compiled_code_only_from_the_starting_train_py(tmp_path, monkeypatch):
+    from agents.bench import executor
+    from tests.toyrepo import check_consistency, make_toy_repo, run_toy
+
+    repo = tmp_path / "repo"
+    config = make_toy_repo(repo, loop={"max_experiments": 2})
+    start = (repo / "train.py").read_text()
+    seen: dict[str, tuple[str, bool]] = {}
+    real = executor.start_training
+
+    def spy(workdir, run_dir, exp_id, **kwargs):
+        seen[exp_id] = (kwargs.get("compile_cache_mode", "use"), (Path(workdir) / "train.py").read_text() == start)
+        return real(workdir, run_dir, exp_id, **kwargs)
+
+    monkeypatch.setattr(executor, "start_training", spy)
+    run_toy(repo, config)
+    records = check_consistency(repo, "t1")
+    baselines = {r.exp_id for r in records if r.status == "baseline"}
+    assert baselines and baselines < set(seen)
+    for exp_id, (mode, is_start) in seen.items():
+        assert mode == ("publish" if exp_id in baselines else "use"), (exp_id, mode)
+        assert is_start or exp_id not in baselines
+    assert any(not is_start for _, is_start in seen.values())  # the experiments ran edited code, and only used
