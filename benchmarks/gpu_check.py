@@ -224,6 +224,7 @@ class Check:
                               capture_output=True, text=True, timeout=timeout)
 
     def check_sandbox(self, part: Part) -> None:
+        self._require_data()
         probe_text = PROBE_FILE.read_text(encoding="utf-8")
         if PROBE_MARKER not in probe_text:
             raise PartFailed(f"{PROBE_FILE.name} has no line {PROBE_MARKER!r} to put train.py into")
@@ -255,11 +256,11 @@ class Check:
         part.figures["probe"] = outcomes
         part.figures["loop_choice"] = loop_choice
         part.text = "; ".join(texts) + f"; the loop's choice (auto): {loop_choice}"
-        passing = [n for n in sandbox.BACKENDS if outcomes[n]["ok"]]
+        passing = [n for n in sandbox.BACKENDS if outcomes[n]["ok"]]  # ran (and matched, when there was a reference)
         self.run_sandbox = loop_choice if loop_choice in passing else (passing[0] if passing else "none")
-        self.sandbox_ok = loop_choice in passing
-        if not reference.get("ok"):
+        if not reference["ok"]:
             raise PartFailed("the unsandboxed probe failed, so nothing could be compared")
+        self.sandbox_ok = loop_choice in passing
         if not self.sandbox_ok:
             advice = f" (set `sandbox: {passing[0]}` in crew.yaml)" if passing else ""
             raise PartFailed(f"the sandbox the loop would use ({loop_choice}) does not run train.py as it runs "
@@ -281,6 +282,7 @@ class Check:
         return out
 
     def check_baseline(self, part: Part) -> None:
+        self._require_data()
         run = self._baseline_run("baseline")
         if not run.result.ok and self.run_sandbox != "none" and self.left() > self.budget + 60:
             # partial results: the figures of a run without the sandbox, and the sandbox named as what failed
@@ -295,6 +297,16 @@ class Check:
             raise PartFailed(f"train.py failed under {failed_under}")
         self.runs["baseline"] = run
         self._describe_training(part, run)
+        shared = sum(1 for path in self.shared_cache.rglob("*") if path.is_file())
+        part.figures["shared_cache_files"] = shared
+        if not self.args.dry and self.run_sandbox != "none" and not shared:
+            raise PartFailed("the baseline shared no compiled code: torch.compile did not write where the runner "
+                             "pointed it (TORCHINDUCTOR_CACHE_DIR)")
+
+    def _require_data(self) -> None:
+        data = next((p for p in self.parts if p.name == "data"), None)
+        if data is not None and data.status != "ok":
+            raise PartFailed("needs prepared data (see the data part)")
 
     def _baseline_run(self, exp_id: str) -> TrainRun:
         return self.train(exp_id, self.train_py, self.budget, {"sandbox": self.run_sandbox,
@@ -326,7 +338,7 @@ class Check:
         on_gpu = str((result.record or {}).get("device", "")).startswith("cuda")
         figures = {
             "status": result.status, "sandbox": result.sandbox, "compile_cache": result.compile_cache,
-            "tokens_per_s": run.tokens_per_s, "mfu_percent": summary.get("mfu_percent") if on_gpu else None,
+            "steps_parsed": len(run.steps), "tokens_per_s": run.tokens_per_s, "mfu_percent": summary.get("mfu_percent") if on_gpu else None,
             "peak_vram_mb": summary.get("peak_vram_mb"), "num_steps": summary.get("num_steps"),
             "training_seconds": summary.get("training_seconds"), "startup_s": run.startup_s,
             "compile_s": run.compile_s, "eval_s": result.eval_seconds, "wall_s": result.wall_seconds,

@@ -90,6 +90,23 @@ def test_without_a_gpu_the_check_says_so_and_points_at_the_dry_run():
     assert "gpu_check: error: no GPU visible to torch" in done.stderr and "--dry" in done.stderr
 
 
+def test_compile_time_is_the_first_steps_excess_over_a_steady_step(tmp_path):
+    import runpy
+
+    check = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
+    log = tmp_path / "train.log"
+    dts = [41000, 900, 310, 300, 300] + [300] * 10  # compile in the first step, a recompile in the second
+    log.write_text("device: cuda | params: 50.00M\n" + "".join(
+        f"step {i:05d} ({i:.1f}%) | loss: 9.0000 | lrm: 1.00 | dt: {dt}ms | tok/sec: {524288 * 1000 // dt:,} | "
+        "epoch: 1\n" for i, dt in enumerate(dts)) + "---\nval_bpb:          1.000000\n")
+    steps = check["read_steps"](log)
+    assert [s[0] for s in steps] == list(range(len(dts)))
+    run = check["TrainRun"](result=None, startup_s=1.0, steps=steps)
+    assert run.compile_s == pytest.approx(40.7 + 0.6 + 0.01)
+    assert run.tokens_per_s == 524288 * 1000 // 300
+    assert check["TrainRun"](result=None, startup_s=None, steps=steps[:5]).compile_s is None
+
+
 @pytest.mark.slow
 def test_the_dry_run_goes_through_every_part(tmp_path, prepared_cache, without_heavy_packages):
     report = tmp_path / "check.json"
@@ -114,6 +131,7 @@ def test_the_dry_run_goes_through_every_part(tmp_path, prepared_cache, without_h
     baseline, warm = parts["baseline"]["figures"], parts["warm"]["figures"]
     assert baseline["status"] == warm["status"] == "ok"
     assert baseline["num_steps"] >= 1 and baseline["eval_s"] > 0 and baseline["startup_s"] > 0
+    assert baseline["steps_parsed"] == baseline["num_steps"]  # the check reads train.py's step lines as printed
     assert final[2] == f"{baseline['eval_s']:.1f}"
     assert baseline["compile_cache"].startswith("shared" if confined else "private")
     assert warm["budget_stretch"] is None
