@@ -213,6 +213,10 @@ class Check:
             source = json.loads(fingerprint.stdout.strip().splitlines()[-1])["source"]
             part.text = f"prepared ({source}), checked in {time.monotonic() - started:.1f} s"
             return
+        cache = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch").expanduser()
+        if (cache / "active.json").exists():  # the researcher's own data, not ready: theirs to repair, not ours
+            raise PartFailed(f"the prepared data in {cache} is not ready ({_last_line(fingerprint.stderr)}); run "
+                             "`python prepare.py` to repair it")
         done = self._prepare(["--source", "builtin"], timeout=max(60.0, self.left() - 60.0))
         if done.returncode != 0:
             raise PartFailed(f"prepare.py --source builtin failed: {_last_line(done.stderr or done.stdout)}")

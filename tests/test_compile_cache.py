@@ -76,6 +76,24 @@ def test_publish_adds_new_regular_files_only_and_never_replaces_one(tmp_path):
     assert got.describe(1).endswith("1 new file(s) published")
 
 
+def test_triton_groups_name_the_run_s_own_copies(tmp_path):
+    """Triton finds a kernel through its group file, which names members by absolute path (the publisher's)."""
+    import json
+
+    publisher = tmp_path / "gone" / "triton" / "KEY"  # the baseline's scratch, removed since
+    shared = tmp_path / "shared"
+    members = {"k.cubin": str(publisher / "k.cubin"), "k.json": str(publisher / "k.json")}
+    write_tree(shared, {"triton/KEY/k.cubin": "bin", "triton/KEY/k.json": "{}",
+                        "triton/KEY/__grp__k.json": json.dumps({"child_paths": members}),
+                        "inductor/__grp__not_triton.txt": "left alone"})
+    got = provision(tmp_path / "private", "use", shared, "bwrap")
+    group = json.loads((got.private / "triton/KEY/__grp__k.json").read_text())["child_paths"]
+    assert group == {name: str(got.private / "triton" / "KEY" / name) for name in members}
+    assert all(Path(path).is_file() for path in group.values())  # as Triton's get_group checks them
+    assert (got.private / "inductor/__grp__not_triton.txt").read_text() == "left alone"
+    assert json.loads((shared / "triton/KEY/__grp__k.json").read_text())["child_paths"] == members
+
+
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown compile cache mode 'sometimes'"):
         compile_cache.check_mode("sometimes")

@@ -13,6 +13,10 @@ checking what is in it. A cache every run could write would let one train.py pla
 - **Written only from trusted runs.** `publish` adds the new files of a run of the starting train.py (the
   baselines: the researcher's own code, not the crew's), after it ended ok; an existing shared file is never
   replaced, and only regular files are taken (no links, no lock files).
+- **Re-rooted.** Triton's group files (`__grp__*.json`) name their members by absolute path, the publishing
+  run's; each copy made for a run points them at that run's own copies. Otherwise every kernel would miss: Triton
+  counts a member that does not exist as missing, and inductor, finding the kernel's folder already there, leaves
+  its own bundled copy unwritten (it re-roots the same way when it does write one).
 - **Only inside a sandbox.** The shared cache is copied in and published only when the run was confined
   (bwrap or landlock), where it cannot write the shared folder directly, nor another run's scratch. With the
   sandbox `none` nothing stops a run from doing either, so every run there compiles cold, in private.
@@ -22,6 +26,7 @@ This module uses the standard library only (it runs on worker nodes, inside the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -81,7 +86,7 @@ def provision(private: Path, mode: str, shared: Path | None, sandbox: str) -> Pr
         return Provisioned(private, None, note="no sandbox: runs do not share compiled code")
     shared = Path(shared)
     try:
-        copied = _copy_new_files(shared, private) if shared.is_dir() else 0
+        copied = _copy_new_files(shared, private, reroot_groups=True) if shared.is_dir() else 0
     except OSError as exc:  # a cold compile costs time, never the run
         shutil.rmtree(private, ignore_errors=True)
         _make_private(private)
@@ -112,11 +117,12 @@ def _regular_files(root: Path):
                 yield path.relative_to(root)
 
 
-def _copy_new_files(source: Path, dest: Path) -> int:
+def _copy_new_files(source: Path, dest: Path, reroot_groups: bool = False) -> int:
     """Copy every regular file of `source` that `dest` lacks; an existing file of `dest` is never replaced.
 
     Each file is written under a temporary name in its folder and linked to its final name, which fails when
-    that name exists: two runs publishing at once can neither half-write nor overwrite an entry.
+    that name exists: two runs publishing at once can neither half-write nor overwrite an entry. With
+    `reroot_groups`, Triton group files are rewritten to name the copies beside them (`_rerooted_group`).
     """
     added = 0
     for relative in _regular_files(source):
@@ -127,7 +133,11 @@ def _copy_new_files(source: Path, dest: Path) -> int:
         fd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
-            shutil.copyfile(source / relative, tmp)
+            group = _rerooted_group(source / relative, target.parent) if reroot_groups else None
+            if group is None:
+                shutil.copyfile(source / relative, tmp)
+            else:
+                Path(tmp).write_text(group, encoding="utf-8")
             os.chmod(tmp, 0o644)
             os.link(tmp, target)
             added += 1
@@ -136,3 +146,20 @@ def _copy_new_files(source: Path, dest: Path) -> int:
         finally:
             os.unlink(tmp)
     return added
+
+
+def _rerooted_group(path: Path, folder: Path) -> str | None:
+    """A Triton group file whose members (absolute paths, in the same key folder) are named in `folder`; None
+    for any other file. Triton (triton/runtime/cache.py) keeps a group's members beside its `__grp__` file and
+    counts a member whose path does not exist as missing, which makes the whole kernel a miss."""
+    if not (path.name.startswith("__grp__") and path.name.endswith(".json")):
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    children = data.get("child_paths") if isinstance(data, dict) else None
+    if not isinstance(children, dict) or not all(isinstance(p, str) for p in children.values()):
+        return None
+    data["child_paths"] = {name: str(folder / Path(p).name) for name, p in children.items()}
+    return json.dumps(data)
