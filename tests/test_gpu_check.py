@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,8 +41,6 @@ def without_heavy_packages(tmp_path) -> dict:
     site = tmp_path / "blocker"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
-    import os
-
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
 
@@ -137,3 +136,58 @@ def test_the_dry_run_goes_through_every_part(tmp_path, prepared_cache, without_h
     assert warm["budget_stretch"] is None
     assert parts["imports"]["text"] == "none of crewai, chromadb, ray, mlflow, git imported"
     assert final[1] == "n/a"  # no MFU on a CPU
+
+
+def _load_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _make_wheel(folder: Path) -> Path:
+    import zipfile
+
+    dist = "gpucheck_fake_pkg-1.0"
+    files = {"gpucheck_fake_pkg/__init__.py": "VALUE = 7\n",
+             f"{dist}.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpucheck-fake-pkg\nVersion: 1.0\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    wheel = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{dist}.dist-info/RECORD", "".join(f"{n},,\n" for n in [*files, f"{dist}.dist-info/RECORD"]))
+    return wheel
+
+
+def test_a_missing_small_package_is_installed_from_the_wheels_folder_or_named(tmp_path, monkeypatch):
+    import argparse
+
+    module = _load_check_module()
+    monkeypatch.setattr(module, "SMALL_PACKAGES", {"gpucheck_fake_pkg": ("gpucheck-fake-pkg", "a test")})
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+
+    def check(out: str):
+        args = argparse.Namespace(project=str(REPO), out=str(tmp_path / out), python=sys.executable, dry=True,
+                                  budget=1.0, limit=60.0, wheels=str(wheels), json=None)
+        return module.Check(args)
+
+    part = module.Part("packages")
+    with pytest.raises(module.PartFailed, match=r"missing: gpucheck-fake-pkg \(a test\); bring their wheels"):
+        check("first").check_packages(part)
+    _make_wheel(wheels)
+    part = module.Part("packages")
+    check("second").check_packages(part)
+    site = tmp_path / "second" / "site"
+    assert part.text == f"installed 1 wheel(s) from {wheels} into {site}; present: gpucheck-fake-pkg"
+    assert os.environ["PYTHONPATH"] == f"{site}{os.pathsep}/somewhere/else"  # for every process the check starts
+    done = subprocess.run([sys.executable, "-c", "import gpucheck_fake_pkg; print(gpucheck_fake_pkg.VALUE)"],
+                          capture_output=True, text=True, env=os.environ.copy())
+    assert done.stdout.strip() == "7", done.stderr
+    sys.modules.pop("gpucheck_fake_pkg", None)
