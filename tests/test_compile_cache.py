@@ -180,6 +180,19 @@ def test_bwrap_binds_each_gpu_device_node_once(monkeypatch, tmp_path):
     assert args.index("--dev") < args.index("--dev-bind")  # bound into the fresh /dev, not hidden by it
 
 
+@pytest.mark.skipif("landlock" not in CONFINED, reason="Landlock does not start here")
+def test_under_landlock_torch_compile_compiles_in_the_run_s_own_process(tmp_path):
+    """Landlock leaves /dev/shm unwritable: no semaphores, so no pool of compile workers (they would fail)."""
+    code = ("import os, multiprocessing\nprint('threads', os.environ.get('TORCHINDUCTOR_COMPILE_THREADS'))\n"
+            "try:\n    multiprocessing.Lock()\n    print('semaphores: yes')\nexcept OSError:\n    print('semaphores: no')\n")
+    spec = sandbox.SandboxSpec(scratch=tmp_path.resolve())
+    env = {**os.environ, **sandbox.sandbox_env("landlock", spec)}
+    done = subprocess.run(sandbox.wrap("landlock", spec, [sys.executable, "-c", code]), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["threads 1", "semaphores: no"], done.stdout + done.stderr
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in sandbox.sandbox_env("bwrap", spec)  # bwrap has its own /dev/shm
+
+
 # ---------------------------------------------------------------- a poisoned entry, with torch.compile itself
 
 COMPILING = """
