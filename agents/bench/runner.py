@@ -13,6 +13,7 @@ caches point into the scratch directory too: a private copy of the shared compil
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -229,6 +230,7 @@ class TrainingJob:
         self._kill_requested = False
         self._result: RunResult | None = None
         self._prepare_sha_at_start = _sha256(workdir / "prepare.py")
+        self._gpu_visible = gpu_visible(env)
         self._log = open(self.log_path, "w", encoding="utf-8", buffering=1)
         self._started = time.monotonic()
         self._ended: float | None = None
@@ -420,6 +422,12 @@ class TrainingJob:
             if got is not None and not _same_number(got, wanted):
                 return "crash", (f"the evaluator ran with {key} {got} but the harness set {wanted}: the run changed "
                                  "its own settings")
+        device = record.get("device")
+        if self._gpu_visible and isinstance(device, str) and device.split(":")[0] == "cpu":
+            # inside the sandbox CUDA was missing: the run trained the CPU profile, which no GPU result compares to
+            return "crash", ("train.py ran on the CPU although this machine has a GPU the run may use (in a sandbox, "
+                             "a GPU device node such as /dev/nvidia-uvm may be missing until CUDA is first used "
+                             "outside it: see docs/GPU.md)")
         eval_seconds = result.eval_seconds
         if eval_seconds is not None and eval_seconds > result.wall_seconds + CLOCK_SLACK_S:
             return "crash", (f"the record's eval_seconds ({eval_seconds:g} s) exceed the run's wall time "
@@ -450,6 +458,14 @@ class TrainingJob:
         if not isinstance(record, dict):
             return None, "result record is not a JSON object"
         return record, ""
+
+
+def gpu_visible(env: Mapping[str, str]) -> bool:
+    """This machine has an NVIDIA GPU that a run with this environment may use (its device nodes exist and
+    CUDA_VISIBLE_DEVICES does not hide every device)."""
+    if env.get("CUDA_VISIBLE_DEVICES", "all").strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") and bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 _EXP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
