@@ -107,7 +107,8 @@ def prepare(args: list[str] = typer.Argument(None, help="passed to prepare.py, e
 def run(
     tag: str = typer.Option(None, help="run name; branch autoresearch/<tag>. An existing tag is resumed."),
     config: Path = typer.Option(None, help="crew configuration (default: ./crew.yaml)"),
-    preset: str = typer.Option(None, help="a shipped configuration: full, no-reviewer, single-agent, offline"),
+    preset: str = typer.Option(None, help="a shipped configuration: full, no-reviewer, single-agent, offline, tpe, "
+                               "cmaes, centaur"),
     experiments: int = typer.Option(None, help="stop after this many trained experiments"),
     hours: float = typer.Option(None, help="stop after this many hours"),
     usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
@@ -248,8 +249,8 @@ def report(tag: str = typer.Option(None, help="run to report (default: today's t
 
 @app.command()
 def compare(
-    configs: list[str] = typer.Argument(None, help="presets (full, no-reviewer, single-agent, offline) or crew.yaml "
-                                        "paths", show_default=False),
+    configs: list[str] = typer.Argument(None, help="presets (full, no-reviewer, single-agent, offline, tpe, cmaes, "
+                                        "centaur) or crew.yaml paths", show_default=False),
     experiments: int = typer.Option(None, help="per run: stop after this many trained experiments"),
     hours: float = typer.Option(None, help="per run: stop after this many hours"),
     usd: float = typer.Option(None, help="per run: stop before spending more than this on LLM calls"),
