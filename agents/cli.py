@@ -272,7 +272,7 @@ def compare(
     from agents.bench.cluster import ClusterError
     from agents.compare import Budget, CompareError, plan_compare, run_compare
     from agents.config import ConfigError
-    from agents.record.compare_report import compare_table
+    from agents.record.compare_report import compare_table, efficiency_table
     from agents.record.gitops import GitError
 
     try:
@@ -297,6 +297,7 @@ def compare(
 
     report = outcome.report
     console.print(compare_table(report.rows, title=f"compare {plan.name}"))
+    console.print(efficiency_table(report.rows))
     console.print(f"report:  {report.markdown}\nplots:   {', '.join(str(p) for p in report.plots)}\n"
                   f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
     _tracking_line(plan.configs[0].path, plan.name)

@@ -221,7 +221,9 @@ def test_the_cli_says_so_and_exits_2(tmp_path, monkeypatch):
 def test_compare_rows_carry_gain_per_experiment_hour_and_usd_with_their_spread(tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from agents.record.compare_report import RunData, compare_markdown, config_rows
+    from rich.console import Console
+
+    from agents.record.compare_report import RunData, compare_markdown, config_rows, efficiency_table
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -243,6 +245,10 @@ def test_compare_rows_carry_gain_per_experiment_hour_and_usd_with_their_spread(t
     markdown = compare_markdown("x", manifest, [], [row], {})
     assert "gain per experiment | gain per hour | gain per USD" in markdown
     assert "-7.50e-02 ±" in markdown and "-5.00e-02 |" in markdown
+    console = Console(width=80, record=True)
+    console.print(efficiency_table([row]))
+    shown = console.export_text()
+    assert "-7.50e-02 ±3.5e-02" in shown and "-1.50e-01 ±7.1e-02" in shown and "-5.00e-02" in shown
 
 
 def test_presets_name_their_samplers():

@@ -20,6 +20,11 @@ trials whose experiment was decided while nobody listened are told from results.
 journal of experiments are left running (the loop resumes them), and trials asked but never written ahead are
 failed. Each trial is told once; none is lost.
 
+Anchor: the study's first finished trial is train.py as it was (the origin of every axis) at the baselines' mean.
+Until a study has a finished trial Optuna's samplers draw at random in the box: TPE does so for its first
+`startup_trials` (10) anyway; CMA-ES only knows its search space from finished trials, so the few trials prepared
+while the baselines run are random draws, and it samples around train.py's values from then on.
+
 Phases: when a keep that is not the sampler's own moves the best (a structural change by the crew, in the hybrid
 preset), the next trial starts a new study around the new best, anchored at its value, so the sampler's steps search
 around it. A pure sampler run has one study.

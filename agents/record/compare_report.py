@@ -207,10 +207,10 @@ def config_rows(runs: list[RunData]) -> list[dict]:
 
 def compare_table(rows: list[dict], title: str = "compare") -> Table:
     """The per-configuration table for the terminal; config, best and gain are never cut short."""
-    cells = [_row_cells(row) for row in rows]
+    cells = [_row_cells(row, rates=False) for row in rows]
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for i, name in enumerate(("config", "runs", "best val_bpb", "gain", "gain/exp", "gain/h", "gain/USD", "exps",
-                              "kept", "disc", "crash", "veto", "rep", "GPU-h", "tokens", "USD", "wall")):
+    for i, name in enumerate(("config", "runs", "best val_bpb", "gain", "exps", "kept", "disc", "crash", "veto",
+                              "rep", "GPU-h", "tokens", "USD", "wall")):
         table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True,
                          min_width=max([len(name)] + [len(c[i]) for c in cells]) if i in (0, 2, 3) else None)
     for row in cells:
@@ -218,8 +218,19 @@ def compare_table(rows: list[dict], title: str = "compare") -> Table:
     return table
 
 
-def _row_cells(row: dict) -> list[str]:
-    rates = [_rate(row[name], row[f"{name}_sd"]) for name, _, _ in RATES]
+def efficiency_table(rows: list[dict], title: str = "gain per unit spent") -> Table:
+    """Per configuration: its gain per trained experiment, per hour and per USD (± the spread over repeats)."""
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    table.add_column("config", no_wrap=True, min_width=max([6] + [len(row["config"]) for row in rows]))
+    for name in ("gain per experiment", "per hour", "per USD"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(row["config"], *(_rate(row[name], row[f"{name}_sd"]) for name, _, _ in RATES))
+    return table
+
+
+def _row_cells(row: dict, rates: bool = True) -> list[str]:
+    rates = [_rate(row[name], row[f"{name}_sd"]) for name, _, _ in RATES] if rates else []
     return [row["config"], f"{row['finished']}/{row['runs']}", _mean_sd(row["best_bpb"], row["best_bpb_sd"]),
             _mean_sd(row["gain"], row["gain_sd"], signed=True), *rates, _num(row["experiments"]), _num(row["kept"]),
             _num(row["discarded"]), _num(row["crashed"]), _num(row["vetoed"]), _num(row["repeats_refused"]),
