@@ -52,6 +52,7 @@ from agents.crew.sampler_space import SamplerSpace
 from agents.crew.schemas import CodeEdit, EditBlock, Idea
 from agents.crew.searchspace import PolicyError, read_train_py
 from agents.record.results import ExperimentRecord
+from agents.trainpy import EDITABLE_FILE
 
 if TYPE_CHECKING:
     import optuna
@@ -220,7 +221,7 @@ class Sampler:
         changed = {n: v for n, v in values.items() if n in space.knobs and _fmt(space.knobs[n].value) != _fmt(v)}
         if not changed:
             raise PolicyError("train.py already holds every constant of this trial")
-        return CodeEdit(path="train.py", blocks=[_block(train_py, space.with_knobs(changed))], summary=idea.title)
+        return CodeEdit(path=EDITABLE_FILE, blocks=[_block(train_py, space.with_knobs(changed))], summary=idea.title)
 
     def answer(self, role: str, inputs: dict[str, Any]) -> Idea | CodeEdit:
         """The role's output from its inputs, for the CrewAI LLM that plays the sampler (llm/offline.py)."""

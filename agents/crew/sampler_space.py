@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from agents.crew.policy import STEPS, grid_bounds, grid_units
-from agents.crew.searchspace import TrainPy
+from agents.crew.searchspace import SearchSpace
 
 BOXES = {"near": 1, "wide": 2}  # index into policy.STEPS[kind]: (first step, longest local step, widest step)
 WHOLE_STEPS = ("int", "pow2")
@@ -63,7 +63,7 @@ class SamplerSpace:
     dimensions: tuple[Dimension, ...]
 
     @classmethod
-    def around(cls, space: TrainPy, box: str = "near") -> SamplerSpace:
+    def around(cls, space: SearchSpace, box: str = "near") -> SamplerSpace:
         """Every knob of train.py as it is now, boxed around its current value."""
         if box not in BOXES:
             raise ValueError(f"box must be one of {', '.join(BOXES)}, not {box!r}")
