@@ -331,7 +331,7 @@ class ResearchCrew:
                 elif exc.server_ratio:  # the server counted this prompt: trim to its count
                     ratio = max(exc.server_ratio * 1.02, ratio or 0.0)
                 else:  # our own estimate said no: count more cautiously
-                    ratio = (ratio or llm.token_ratio) * 1.15
+                    ratio = (ratio or getattr(llm, "token_ratio", 1.0)) * 1.15
         raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
 
     def _fitted(self, role: str, llm: BaseLLM, schema: type[BaseModel], template: str, inputs: dict[str, Any],
@@ -348,7 +348,7 @@ class ResearchCrew:
         try:
             return fit_template(role, template, inputs, most, count_tokens).text
         except PromptTooLarge as exc:
-            per_token = ratio or llm.token_ratio  # both numbers in the server's tokens
+            per_token = ratio or getattr(llm, "token_ratio", 1.0)  # both numbers in the server's tokens
             needed, room = round((exc.needed + framing) * per_token), max(0, round((most + framing) * per_token))
             raise _CallFailed(
                 f"{llm.model} cannot play {role}: train.py and the instructions alone need about {needed} tokens, "
