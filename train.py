@@ -319,7 +319,8 @@ def main():
     print(f"device: {device} | params: {num_params / 1e6:.2f}M | depth {DEPTH}, width {model.dim} | "
           f"grad accumulation: {grad_accum_steps} | time budget: {TIME_BUDGET:.0f}s | seed {SEED}", flush=True)
 
-    training_time, step, smooth_loss, step_time = 0.0, 0, 0.0, 0.0
+    step_time = 0.0  # running mean of a counted step: the loop stops before a step that would end past the budget
+    training_time, step, smooth_loss = 0.0, 0, 0.0
     while True:
         t0 = time.time()
         for _ in range(grad_accum_steps):
@@ -338,7 +339,7 @@ def main():
         dt = time.time() - t0
         if step >= EXCLUDED_STEPS:
             training_time += dt
-            step_time = dt if not step_time else 0.9 * step_time + 0.1 * dt  # running mean of a training step
+        step_time = 0.9 * step_time + 0.1 * dt if step > EXCLUDED_STEPS else dt
         if not math.isfinite(loss_value) or loss_value > 100:
             print(f"step {step}: loss {loss_value}", flush=True)
             print("FAIL")
@@ -349,8 +350,9 @@ def main():
         print(f"step {step:05d} ({100 * progress:.1f}%) | loss: {shown_loss:.4f} | lrm: {lrm:.2f} | "
               f"dt: {dt * 1000:.0f}ms | tok/sec: {int(TOTAL_BATCH_SIZE / dt):,} | epoch: {epoch}", flush=True)
         step += 1
-        # stop once the budget is spent, or before a step that would end past it (at the running step time)
-        if step > EXCLUDED_STEPS and (training_time >= TIME_BUDGET or training_time + max(step_time, dt) > TIME_BUDGET):
+        if step > EXCLUDED_STEPS and training_time + max(step_time, dt) > TIME_BUDGET:
+            break  # the next step would end past the budget: stop before it, not after
+        if step > EXCLUDED_STEPS and training_time >= TIME_BUDGET:
             break
 
     with autocast:

@@ -5,7 +5,8 @@ this profile never runs (`if LOGIT_SOFTCAP:` where LOGIT_SOFTCAP is 0 here). Suc
 unchanged model and could at most be "kept" for noise: `noop_reason` says why an edit is such a no-op, so
 the crew refuses it before training.
 
-What it decides, from the code alone (memory.fingerprint's per-profile constants):
+What it decides, from the code alone (the shared model of train.py, agents.trainpy, and memory.fingerprint's
+per-profile constants):
 - constants whose value changed only in another profile;
 - code inside `if`/`while` statements and `A if TEST else B` expressions whose test is decided by module
   constants and profile flags here (`if CUDA:`, `if LOGIT_SOFTCAP:`, `if WARMUP_RATIO > 0:`), compared after
@@ -22,52 +23,38 @@ import ast
 import copy
 from typing import Any
 
-from memory.fingerprint import (
-    DEFAULT_PROFILE,
-    ChangeFingerprint,
-    fingerprint_or_none,
-    module_constants,
-    profile_names,
-)
+from agents import trainpy
+from memory.fingerprint import ChangeFingerprint, fingerprint_or_none
 
 RULE = "no-op-here"
 _UNDECIDED = object()
 
 
-def profiles_here(flags: list[str], device: str) -> list[str]:
-    """The profiles of a file with these flags that can run on `device` ("cpu" or "cuda")."""
-    names = []
-    for name, env in profile_names(flags):
-        if "CUDA" in env and env["CUDA"] != (device == "cuda"):
-            continue
-        names.append(name)
-    return names
-
-
 def noop_reason(old_text: str, new_text: str, device: str) -> str | None:
-    """Why the edit from `old_text` to `new_text` does nothing on `device`'s profile; None if it does something
-    here, or if that cannot be told from the code (either text does not parse)."""
+    """Why the edit from `old_text` to `new_text` does nothing on `device`'s profile ("cpu" or "cuda"); None if it
+    does something here, or if that cannot be told from the code (either text does not parse)."""
     fp = fingerprint_or_none(old_text, new_text)
     if fp is None:
         return None
     try:
-        old_tree, new_tree = ast.parse(old_text), ast.parse(new_text)
-    except (SyntaxError, ValueError, RecursionError, SystemError):  # SystemError: parsing in threads, gh-106905
+        old, new = trainpy.read(old_text), trainpy.read(new_text)
+    except (SyntaxError, ValueError, RecursionError):
         return None
-    old_consts, new_consts = module_constants(old_tree), module_constants(new_tree)
-    flags = list(dict.fromkeys(old_consts.flags + new_consts.flags))
-    here = profiles_here(flags, device)
-    if not here:
-        return None
-    for profile in here:
-        old_live = _LiveCode(old_tree, old_consts, profile)
-        new_live = _LiveCode(new_tree, new_consts, profile)
+    here = _profiles_here(old, device)
+    if [p.name for p in here] != [p.name for p in _profiles_here(new, device)]:
+        return None  # the edit added or removed a profile flag: nothing is decided
+    for profile in here:  # every profile this device may run (other flags than CUDA are not known before a run)
+        old_live, new_live = _LiveCode(old, profile), _LiveCode(new, profile)
         if old_live.dump != new_live.dump:
             return None
-        for name in _changed_here(fp, profile):
-            if name in old_live.reads or name in new_live.reads:
-                return None
-    return _explain(fp, here, device)
+        if any(name in old_live.reads or name in new_live.reads for name in _changed_here(fp, profile.name)):
+            return None
+    return _explain(fp, [p.name for p in here], device)
+
+
+def _profiles_here(model: trainpy.TrainPy, device: str) -> list[trainpy.Profile]:
+    on_gpu = device == "cuda"
+    return [p for p in model.profiles if p.flags.get(trainpy.DEVICE_FLAG, on_gpu) == on_gpu]
 
 
 def _changed_here(fp: ChangeFingerprint, profile: str) -> list[str]:
@@ -82,13 +69,12 @@ def _changed_here(fp: ChangeFingerprint, profile: str) -> list[str]:
     return out
 
 
-def _explain(fp: ChangeFingerprint, here: list[str], device: str) -> str:
-    where = " / ".join(here)
-    changed_here = {name for p in here for name in _changed_here(fp, p)}
+def _explain(fp: ChangeFingerprint, profiles: list[str], device: str) -> str:
+    changed_here = {name for p in profiles for name in _changed_here(fp, p)}
     parts = []
     for name, per_profile in sorted(fp.constants.items()):
         if name in changed_here:
-            old, new = per_profile.get(here[0]) or next(iter(per_profile.values()))
+            old, new = per_profile.get(profiles[0]) or next(iter(per_profile.values()))
             parts.append(f"{name} {_shown(old)} -> {_shown(new)} here, but no code that runs here reads it")
         else:
             elsewhere = [f"{_shown(o)} -> {_shown(n)} ({p})" for p, (o, n) in per_profile.items() if o != n]
@@ -96,8 +82,8 @@ def _explain(fp: ChangeFingerprint, here: list[str], device: str) -> str:
     if fp.units:
         parts.append(f"the code changed ({', '.join(sorted(fp.units))}) only in branches this device never takes")
     what = "; ".join(parts) or "no change to the code"
-    return (f"does nothing on this device ({device}, profile '{where}'): {what}. It cannot be measured here, "
-            f"so it is neither trained nor kept")
+    return (f"does nothing on this device ({device}, profile '{' / '.join(profiles)}'): {what}. It cannot be "
+            f"measured here, so it is neither trained nor kept")
 
 
 def _shown(value: str | None) -> str:
@@ -105,23 +91,17 @@ def _shown(value: str | None) -> str:
 
 
 class _LiveCode:
-    """A module as one profile runs it: branches decided by constants cut, docstrings and the assignments of
-    evaluable constants left out (their values are compared apart). `dump` compares two versions; `reads` is
-    every name the remaining code loads."""
+    """A version of train.py as one profile runs it: branches decided by constants cut, docstrings and the
+    assignments of evaluable constants left out (their values are compared apart). `dump` compares two versions;
+    `reads` is every name the remaining code loads. The shared tree is only read: what is cut is a copy."""
 
-    def __init__(self, tree: ast.Module, consts, profile: str):
-        if profile not in consts.profiles:  # the edit added or removed a profile flag: nothing is decided
-            profile = DEFAULT_PROFILE if consts.profiles == [DEFAULT_PROFILE] else ""
-        if not profile:
-            self.dump, self.reads = f"<profiles {consts.profiles}>", set()
-            return
-        self.env: dict[str, Any] = {flag: f"not {flag}" not in profile.split(", ") for flag in consts.flags}
-        self.env.update({name: values[profile] for name, values in consts.numbers.items() if profile in values})
-        evaluable = {name for name, values in consts.numbers.items() if profile in values}
+    def __init__(self, model: trainpy.TrainPy, profile: trainpy.Profile):
+        self.env: dict[str, Any] = {**profile.flags, **model.values(profile.name)}
+        evaluable = set(model.values(profile.name))
         body = []
-        for stmt in tree.body:
+        for stmt in model.tree.body:
             target = _assigned_name(stmt)
-            if target is not None and (target in evaluable or target in consts.flags):
+            if target is not None and (target in evaluable or target in model.flags):
                 continue
             body.extend(self._statements([stmt], frozenset()))
         module = ast.Module(body=body, type_ignores=[])

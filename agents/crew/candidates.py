@@ -28,6 +28,7 @@ from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats,
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.record.results import ExperimentRecord
+from agents.trainpy import EDITABLE_FILE
 from memory.fingerprint import fingerprint_or_none
 from memory.judge import judge_for_crew
 from memory.novelty import normalised_diff_hash
@@ -230,7 +231,7 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[
                   "feedback": "\n".join(x for x in (feedback, error) if x)}
         try:
             edit = bench.crew.code(inputs)
-            if edit.path.strip() != "train.py":
+            if edit.path.strip() != EDITABLE_FILE:
                 # only the scope question: train.py itself is unchanged here, which other rules would flag
                 report = check_edit(base_text, base_text, [edit.path], rules=bench.guard_rules)
                 scope = GuardReport([v for v in report.violations if v.rule == SCOPE_RULE], report.rules)
