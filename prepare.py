@@ -59,7 +59,7 @@ def _env_number(name: str, default: str, kind: type):
 CUDA = torch.cuda.is_available()
 MAX_SEQ_LEN = 2048 if CUDA else 128
 TIME_BUDGET = _env_number("AUTORESEARCH_TIME_BUDGET", "300", float)
-# CPU: 128 rows of 128 tokens, scored in about half a second by the CPU profile's model (benchmarks/cpu_profile.py);
+# CPU: 128 rows of 128 tokens, scored in about a third of a second by the CPU profile's model (cpu_profile.py);
 # the sampling noise of that many tokens is far below the seed noise of a run.
 EVAL_TOKENS = 40 * 2**19 if CUDA else 2**14
 VOCAB_SIZE = 8192 if CUDA else 2048  # CPU: an 8192-way lm_head would cost more than the rest of the tiny model

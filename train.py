@@ -26,8 +26,8 @@ CUDA = torch.cuda.is_available()
 
 # Model
 DEPTH = 8 if CUDA else 2  # number of transformer blocks
-ASPECT_RATIO = 64  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = 128 if CUDA else 64
+ASPECT_RATIO = 64 if CUDA else 32  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128 if CUDA else 32
 MLP_RATIO = 4
 ROPE_BASE = 10000.0
 LOGIT_SOFTCAP = 15.0 if CUDA else 0.0  # logits = cap * tanh(logits / cap); 0 = off (it triples CPU step time)

@@ -15,7 +15,7 @@ import prepare
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
                 "num_steps", "num_params_M", "depth"]
-BUDGET_S = 15  # ~190 optimizer steps on 2 quiet cores; still clearly ahead when the machine is shared
+BUDGET_S = 15  # ~300 optimizer steps on 2 quiet cores; still clearly ahead when the machine is shared
 
 
 def run_train(workdir: Path, cache: Path, budget: float, result: Path) -> subprocess.CompletedProcess:
