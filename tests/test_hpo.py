@@ -50,10 +50,11 @@ def test_every_constant_the_policy_tunes_is_an_axis_boxed_around_its_value():
     for d in space.dimensions:
         assert d.low <= 0 <= d.high and d.low < d.high
         assert d.value(0) == d.origin  # the origin is train.py as it is
-    lr = axes["MATRIX_LR"]  # a learning rate on a log scale: the near box is a factor of 4 either way
-    assert (lr.value(lr.low), lr.value(lr.high)) == (pytest.approx(0.0125), pytest.approx(0.2))
-    assert lr.value(4) == pytest.approx(0.1)  # 4 quarter-octaves = a factor of 2
-    assert axes["DEPTH"].integer and axes["TOTAL_BATCH_SIZE"].value(1) == 2 * 4096
+    knobs = read_train_py(TRAIN_PY, "cpu").knobs
+    lr, at = axes["MATRIX_LR"], knobs["MATRIX_LR"].value  # a learning rate on a log scale: the near box is a factor
+    assert (lr.value(lr.low), lr.value(lr.high)) == (pytest.approx(at / 4), pytest.approx(at * 4))  # of 4 either way
+    assert lr.value(4) == pytest.approx(2 * at)  # 4 quarter-octaves = a factor of 2
+    assert axes["DEPTH"].integer and axes["TOTAL_BATCH_SIZE"].value(1) == 2 * knobs["TOTAL_BATCH_SIZE"].value
     beta = axes["ADAM_BETAS[1]"]  # betas move 1 - beta on a log scale and stay below 1
     assert beta.value(beta.high) < 1 and beta.value(-4) == pytest.approx(0.9)
     assert axes["WARMUP_RATIO"].low == 0  # at 0 now: the box holds 0 although the policy's bounds start at 0.05

@@ -252,7 +252,7 @@ def test_the_schedule_shape_is_learned_from_the_code():
     ("twelve blocks instead 8", "DEPTH", 12.0),  # the old value after "instead" without "of"
     ("a 0.03 Muon LR rather than 0.04", "MATRIX_LR", 0.03),
     ("each head 32 wide (now 128), so we get four times the heads", "HEAD_DIM", 32.0),  # what follows "so" is why
-    ("HEAD_DIM = 32 (16 heads at this width)", "HEAD_DIM", 32.0),  # an aside counting something else
+    ("HEAD_DIM = 64 (16 heads at this width)", "HEAD_DIM", 64.0),  # an aside counting something else
 ])
 def test_old_values_consequences_and_asides_give_no_value(title, target, value):
     name, values = only(title)
