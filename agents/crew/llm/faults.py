@@ -5,6 +5,9 @@ records the outcome of every attempt so those retries leave a trace. The adapter
 context overflows. `FaultLog` keeps the counts (tagged with the experiment of the calling thread, like the usage
 ledger) and hands every notice (a fallback the user did not ask for) to its listeners, which put it on screen.
 
+The same transport sends nothing once the user asked the run to stop (`agents.stop`): a retry after a 429 or a
+malformed reply is a new request, and it must not go out after Ctrl-C.
+
 The same transport strips trace-context headers (`traceparent`, `tracestate`, `baggage`): CrewAI stores its crew
 ids in OpenTelemetry baggage, and an SDK that propagates the current context would send them to the provider.
 """
@@ -21,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from agents import stop
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +160,7 @@ def _observed_transport_class(http: Any) -> type:
 
     class ObservedTransport(http.HTTPTransport):  # type: ignore[name-defined,misc]
         def handle_request(self, request: Any) -> Any:
+            stop.check()  # raises StopRequested (not an HTTP error: no retry, no fault counted)
             for name in TRACE_HEADERS:
                 if name in request.headers:
                     del request.headers[name]
