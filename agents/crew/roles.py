@@ -114,6 +114,8 @@ class Degradation:
         if self.stalled:
             return (f"{self.role}: {self.configured} -> {self.now} after {self.stalled} candidates in a row that "
                     f"never reached training{since} ({self.reason})")
+        if not self.failures:  # given up with another role
+            return f"{self.role}: {self.configured} -> {self.now}{since} ({self.reason})"
         return (f"{self.role}: {self.configured} -> {self.now} after {self.failures} failures in a row of "
                 f"{self.model}{since} (last: {self.reason})")
 
