@@ -36,6 +36,7 @@ class LiveView:
         self.training: dict[str, tuple[str, float]] = {}  # exp id -> (worker, elapsed seconds), while it trains
         self._live: Live | None = None
         self._lock = threading.RLock()
+        self.said = ""  # a line for the user that stays on top (the stop line)
 
     def __enter__(self) -> LiveView:
         if self.enabled:
@@ -48,10 +49,13 @@ class LiveView:
             self._live.__exit__(*exc)
 
     def say(self, line: str) -> None:
-        """One line the user must see now (the stop line after Ctrl-C), above the live view."""
+        """One line the user must see now (the stop line after Ctrl-C): on top of the live view, or printed."""
         with self._lock:
-            (self._live.console if self._live is not None else self.console).print(
-                Text(line, style="bold yellow"), soft_wrap=True)
+            self.said = line
+            if self._live is not None:
+                self._live.update(self._render())
+            else:
+                self.console.print(Text(line, style="bold yellow"), soft_wrap=True)
 
     def handle(self, event: LoopEvent) -> None:
         with self._lock:
@@ -92,8 +96,8 @@ class LiveView:
         best = f"{self.best:.6f}" if self.best is not None else "-"
         head = Text.assemble(("experiment ", "dim"), (self.exp_id or "-", "bold"), ("   phase ", "dim"),
                              (self.phase, "bold"), ("   best val_bpb ", "dim"), (best, "bold green"))
-        parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
-                       self.banners.values()]
+        parts: list = [Text(self.said, style="bold yellow")] if self.said else []
+        parts += [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in self.banners.values()]
         parts.append(head)
         if len(self.training) > 1 or any(worker for worker, _ in self.training.values()):
             workers = Table(box=None, pad_edge=False)

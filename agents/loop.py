@@ -803,7 +803,7 @@ class _Coordinator:
         training = [fl.run.run_id for fl in self.flight.values()]
         preparing = self.supply.preparing
         waits = [f"{len(training)} run(s) training ({', '.join(training)})" if training else "",
-                 f"{preparing} candidate(s) in the middle of a model call" if preparing else "",
+                 f"{preparing} candidate(s) being prepared" if preparing else "",
                  f"{len(self.analyses)} analysis(es)" if self.analyses else ""]
         waits = [w for w in waits if w]
         self._event(EventKind.NOTE, message="stopping: waiting for " + " and ".join(waits) if waits

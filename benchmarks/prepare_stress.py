@@ -192,7 +192,7 @@ def stress_once(work: Path, *, threads: int, candidates: int, fault_rate: float,
                             bench.feedback.add(p.refusal.feedback)
                         elif p.error:
                             outcomes["harness error"] += 1
-                            errors.append(p.error)
+                            errors.append(f"{p.error} (at {_where(p.trace)})")
                             book.refuse(p.failure_record("stress", "stress"))
                         else:
                             outcomes["no idea (the proposal failed)"] += 1
@@ -203,12 +203,25 @@ def stress_once(work: Path, *, threads: int, candidates: int, fault_rate: float,
             crashes.append(traceback.format_exc())
         finally:
             supply.close(wait=True)
+            error_records = sum(r.status == "error" and r.decision_reason.startswith("preparing this candidate failed: ")
+                                for r in book.snapshot())
             settings.memory.close()
         seconds = time.monotonic() - started
         requests = len(server.requests)
     return {"seed": seed, "threads": threads, "candidates": done, "seconds": round(seconds, 1), "requests": requests,
             "faults_injected": dict(crew_server.faults), "outcomes": dict(outcomes), "harness_errors": errors,
+            "error_records": error_records,
             "crashes": crashes, "faults_survived": settings.ledger.faults.by_role()}
+
+
+def _where(trace: str) -> str:
+    """The project's innermost frame in a traceback: where the failure came from."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', trace)
+    ours = [(f, n, fn) for f, n, fn in frames if "/site-packages/" not in f and "/lib/python3" not in f]
+    if not ours:
+        return "?"
+    file, line, function = ours[-1]
+    return f"{Path(file).relative_to(ROOT) if file.startswith(str(ROOT)) else file}:{line} {function}"
 
 
 def main() -> None:

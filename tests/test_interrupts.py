@@ -28,12 +28,12 @@ pytestmark = pytest.mark.slow  # subprocess loops that train
 TITLES = ["DEPTH 2 -> 3", "MATRIX_LR 0.01 -> 0.02", "EMBEDDING_LR 0.6 -> 0.5", "WARMDOWN_RATIO 0.5 -> 0.4"]
 
 
-class Run:
-    """`autoresearch run` in its own session (a terminal's process group), its output read as it comes."""
+class Cli:
+    """`autoresearch ARGS` in its own session (a terminal's process group), its output read as it comes."""
 
     def __init__(self, repo: Path, *args: str, env: dict | None = None):
         self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--no-live", "--tag", "t1", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "agents.cli", *args],
                                      cwd=repo, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                      start_new_session=True)
@@ -76,6 +76,11 @@ class Run:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._reader.join(5)
         return code
+
+
+def Run(repo: Path, *args: str, env: dict | None = None) -> Cli:  # noqa: N802  (reads like the command)
+    """`autoresearch run --no-live --tag t1 ARGS`."""
+    return Cli(repo, "run", "--no-live", "--tag", "t1", *args, env=env)
 
 
 def _alive(pid: int) -> bool:
@@ -187,3 +192,63 @@ def test_a_second_ctrl_c_stops_train_py_releases_the_lock_and_the_experiment_res
     assert again.finish(timeout=400) == 0, again.output
     records = check_consistency(repo, "t1")
     assert [r.exp_id for r in records if r.status in ("keep", "discard", "crash")] == [entry.exp_id]
+
+
+def test_ctrl_c_stops_a_compare_between_its_runs_and_the_same_command_continues(tmp_path):
+    import json
+
+    from tests.test_compare import toy_with_variants
+
+    repo, paths = toy_with_variants(tmp_path, a={"loop": {"time_budget": 6.0}}, b={"loop": {"time_budget": 6.0}})
+    args = ["compare", str(paths["a"]), str(paths["b"]), "--experiments", "1"]
+    manifest = repo / "runs" / "a-vs-b" / "manifest.json"
+
+    def training() -> bool:
+        return any(p.name == "0002.log" for p in (repo / "runs" / "a-vs-b").rglob("*.log"))
+
+    run = Cli(repo, *args)
+    run.wait_for(training, timeout=300)
+    first = run.ctrl_c()
+    run.wait_for(lambda: run.said("stopping: Ctrl-C", since=first), timeout=5)
+    assert run.finish(timeout=180) == 130, run.output
+    states = {tag: r["state"] for tag, r in json.loads(manifest.read_text())["runs"].items()}
+    assert sorted(states.values()) == ["interrupted", "pending"], states  # the second run never started
+    assert "Traceback" not in run.output
+    again = Cli(repo, *args)
+    assert again.finish(timeout=600) == 0, again.output
+    states = {tag: r["state"] for tag, r in json.loads(manifest.read_text())["runs"].items()}
+    assert set(states.values()) == {"done"}, states
+
+
+def _marked_trainings(marker: str) -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if b"train.py" in Path(f"/proc/{pid}/cmdline").read_bytes() and \
+                    marker.encode() in Path(f"/proc/{pid}/environ").read_bytes() and _alive(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_with_workers_on_ray_the_first_ctrl_c_spares_training_and_the_second_stops_it(tmp_path):
+    pytest.importorskip("ray")
+    repo = tmp_path / "repo"
+    make_toy_repo(repo, loop={"max_experiments": 4, "time_budget": 30.0}, crew_extra={"cluster": {"workers": 2}})
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    # a local Ray instance of the run's own: its processes share the terminal's process group with the command
+    run = Run(repo, env={"TEST_RUN_MARKER": marker, "RAY_AUTH_MODE": "disabled"})
+    run.wait_for(lambda: _training(repo), timeout=400)
+    pids = run.wait_for(lambda: _marked_trainings(marker), timeout=60)
+    first = run.ctrl_c()
+    run.wait_for(lambda: run.said("stopping: Ctrl-C", since=first), timeout=5)
+    time.sleep(2.0)
+    assert all(_alive(pid) for pid in pids), "the first Ctrl-C reached train.py on a Ray worker"
+    second = run.ctrl_c()
+    assert run.finish(timeout=15) == 130, run.output
+    assert time.monotonic() - second < 5
+    time.sleep(1.0)
+    assert _marked_trainings(marker) == [], "train.py outlived the second Ctrl-C"
+    _assert_lock_free(repo)
+    assert [e.phase for e in Journal(repo / "runs" / "t1").unfinished() if e.kind == RunKind.EXPERIMENT and e.started]
