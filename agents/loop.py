@@ -189,6 +189,7 @@ class _Coordinator:
         self.started = time.monotonic()
         self.budget_stop: str | None = None
         self.role_lost = False  # the budget stop is a role without a model (on_model_failure: stop)
+        self.stuck_reason = ""  # why the crew makes no progress (a stall under on_model_failure: stop, or the cap)
         self.stall_stop: str | None = None
         self.progress = Progress(self.cfg.max_stalled, self.cfg.max_candidates_per_experiment)
         self.prepare_py = (s.repo_dir / "prepare.py").read_text(encoding="utf-8")
@@ -781,10 +782,12 @@ class _Coordinator:
         if self.cfg.max_tokens is not None and totals.tokens >= self.cfg.max_tokens:
             return f"reached max_tokens ({self.cfg.max_tokens})"
         if self.stall_stop:
-            return self.stall_stop
+            self.stuck_reason = self.stall_stop
+            return self.stuck_reason
         idle = self.supply.idle and not self._underway()
         if idle and self.progress.room(self.supply.started) == 0:
-            return self.progress.cap_line()
+            self.stuck_reason = self.progress.cap_line()
+            return self.stuck_reason
         if idle and self.supply.exhausted:
             return self.supply.exhausted
         return None
@@ -792,8 +795,8 @@ class _Coordinator:
     def _exit_code(self, stop_reason: str) -> int:
         if stop.SWITCH.stopping:
             return EXIT_INTERRUPTED
-        stuck = (self.stall_stop, self.progress.cap_line(), self.budget_stop if self.role_lost else None)
-        return EXIT_STUCK if stop_reason in stuck else 0
+        lost = self.role_lost and stop_reason == self.budget_stop
+        return EXIT_STUCK if lost or stop_reason == self.stuck_reason else 0
 
     def _say_stopping(self) -> None:
         """Once, after the stop line: what the run still waits for."""
