@@ -23,7 +23,7 @@ from agents.crew.roles import ResearchCrew
 from agents.loop import run_loop
 from agents.record.gitops import ExperimentRepo
 from agents.record.journal import Journal, JournalEntry, Phase
-from memory.store import ExperimentMemory
+from agents.record.results import ResultsStore
 
 POINTS = {
     "propose": "the crew is proposing: nothing is written yet",
@@ -31,7 +31,7 @@ POINTS = {
     "commit": "about to write train.py and commit",
     "training": "train.py is running (left as an orphan), its pid journalled",
     "trained": "the evaluator's record is in, nothing decided",
-    "memory": "results written, memory not yet",
+    "memory": "results written; memory and the record's observers (a sampler's study) not yet",
     "analyse": "recorded, the analyst is explaining it",
 }
 
@@ -55,12 +55,12 @@ class KillAt:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     def install(self) -> None:
-        before = self._before
+        before, after = self._before, self._after
 
         before(ResearchCrew, "propose", "propose")
         before(ResearchCrew, "analyse", "analyse")
         before(ExperimentRepo, "commit_text", "commit")
-        before(ExperimentMemory, "add", "memory")
+        after(ResultsStore, "append", "memory")
         write = Journal.write
         trained: set[str] = set()
         started: set[tuple[str, float]] = set()
@@ -84,6 +84,16 @@ class KillAt:
         def hooked(*args, **kwargs):
             self.passing(point)
             return original(*args, **kwargs)
+
+        setattr(cls, name, hooked)
+
+    def _after(self, cls: type, name: str, point: str) -> None:
+        original: Callable = getattr(cls, name)
+
+        def hooked(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.passing(point)
+            return result
 
         setattr(cls, name, hooked)
 

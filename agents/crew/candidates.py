@@ -36,6 +36,7 @@ from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.ports import Memory
 from agents.record.results import ExperimentRecord, Status
 from agents.stop import StopRequested
+from agents.trainpy import EDITABLE_FILE
 from memory.fingerprint import fingerprint_or_none
 from memory.novelty import normalised_diff_hash
 
@@ -328,7 +329,7 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str,
                   "feedback": "\n".join(x for x in (feedback, error) if x)}
         try:
             edit = bench.crew.code(inputs)
-            if edit.path.strip() != "train.py":
+            if edit.path.strip() != EDITABLE_FILE:
                 # only the scope question: train.py itself is unchanged here, which other rules would flag
                 report = check_edit(base_text, base_text, [edit.path], rules=bench.guard_rules)
                 scope = GuardReport([v for v in report.violations if v.rule == SCOPE_RULE], report.rules)

@@ -36,11 +36,12 @@ from agents.crew.searchspace import (  # noqa: F401 (PolicyError, Feature and Re
     Knob,
     PolicyError,
     Removal,
-    TrainPy,
+    SearchSpace,
     kind_of,
     read_train_py,
 )
 from agents.record.results import ExperimentRecord
+from agents.trainpy import EDITABLE_FILE
 
 # kind: (first step, longest local step, widest step), in grid units
 STEPS = {"log": (2, 8, 32), "linear": (2, 6, 20), "beta": (2, 8, 24), "int": (1, 2, 16), "pow2": (1, 2, 6)}
@@ -101,7 +102,7 @@ class Move:
             blocks = space.removals.get(self.arm)
             if blocks is None:
                 raise PolicyError(f"cannot '{self.arm}': the code it deletes is not in train.py")
-        return CodeEdit(path="train.py", blocks=blocks, summary=self.title)
+        return CodeEdit(path=EDITABLE_FILE, blocks=blocks, summary=self.title)
 
 
 @dataclass
@@ -162,7 +163,7 @@ class OfflinePolicy:
     def refused_titles(self) -> frozenset[str]:
         return frozenset(self._refused)
 
-    def _choose(self, space: TrainPy, history: list[ExperimentRecord]) -> Move:
+    def _choose(self, space: SearchSpace, history: list[ExperimentRecord]) -> Move:
         arms = self._arms(space)
         states = self._arm_states(space, arms, history)
         seen = {r.description for r in history}
@@ -193,7 +194,7 @@ class OfflinePolicy:
         raise SearchExhausted(f"every move of the offline policy has been tried or refused ({len(history)} "
                               f"experiments, {len(self._refused)} refusals); edit train.py by hand or use an LLM crew")
 
-    def _arms(self, space: TrainPy) -> dict[str, tuple[str, bool]]:
+    def _arms(self, space: SearchSpace) -> dict[str, tuple[str, bool]]:
         """arm -> (kind, is a deletion) for everything train.py offers right now."""
         arms = {name: ("knob", False) for name in space.knobs}
         for f in FEATURES:
@@ -202,7 +203,7 @@ class OfflinePolicy:
         arms.update({title: ("removal", True) for title in space.removals})
         return arms
 
-    def _arm_states(self, space: TrainPy, arms: dict[str, tuple[str, bool]],
+    def _arm_states(self, space: SearchSpace, arms: dict[str, tuple[str, bool]],
                     history: list[ExperimentRecord]) -> dict[str, ArmState]:
         states: dict[str, ArmState] = {arm: ArmState() for arm in arms}
         refused = [(t, "repeat", None) for t in sorted(self._refused | self._remembered)] + \
@@ -239,7 +240,7 @@ class OfflinePolicy:
             s.last = (_outcome(status, delta), units)
         return states
 
-    def _candidates(self, space: TrainPy, arm: str, kind: str, state: ArmState, tier: int) -> Iterator[Move]:
+    def _candidates(self, space: SearchSpace, arm: str, kind: str, state: ArmState, tier: int) -> Iterator[Move]:
         if kind == "knob":
             yield from self._knob_moves(space, space.knobs[arm], state, tier)
             return
@@ -261,7 +262,7 @@ class OfflinePolicy:
             yield Move(arm, "removal", "", arm, "simplification", why,
                        "val_bpb within noise of the best with fewer lines, or better.", space.device)
 
-    def _knob_moves(self, space: TrainPy, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
+    def _knob_moves(self, space: SearchSpace, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
         first, local, widest = STEPS[knob.kind]
         direction = 1 if _hash(self.seed, knob.name) % 2 else -1
         if tier == 0:

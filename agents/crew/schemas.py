@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from agents.crew.replies import VERBATIM
+from agents.trainpy import EDITABLE_FILE
 
 CATEGORIES = (
     "architecture",
@@ -69,7 +70,7 @@ class EditBlock(BaseModel):
 class CodeEdit(BaseModel):
     """The coder role's edit: search/replace blocks on one file, which must be train.py."""
 
-    path: str = "train.py"
+    path: str = EDITABLE_FILE
     blocks: list[EditBlock]
     summary: str = ""
 
