@@ -221,27 +221,17 @@ def test_ctrl_c_stops_a_compare_between_its_runs_and_the_same_command_continues(
     assert set(states.values()) == {"done"}, states
 
 
-def _marked_trainings(marker: str) -> list[int]:
-    found = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            if b"train.py" in Path(f"/proc/{pid}/cmdline").read_bytes() and \
-                    marker.encode() in Path(f"/proc/{pid}/environ").read_bytes() and _alive(int(pid)):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 def test_with_workers_on_ray_the_first_ctrl_c_spares_training_and_the_second_stops_it(tmp_path):
     pytest.importorskip("ray")
+    from tests.test_scale_out import _training as experiments_training  # their train.py processes, by id
+
     repo = tmp_path / "repo"
     make_toy_repo(repo, loop={"max_experiments": 4, "time_budget": 30.0}, crew_extra={"cluster": {"workers": 2}})
     marker = f"{os.getpid()}-{time.monotonic_ns()}"
     # a local Ray instance of the run's own: its processes share the terminal's process group with the command
     run = Run(repo, env={"TEST_RUN_MARKER": marker, "RAY_AUTH_MODE": "disabled"})
     run.wait_for(lambda: _training(repo, local=False), timeout=400)
-    pids = run.wait_for(lambda: _marked_trainings(marker), timeout=60)
+    pids = list(run.wait_for(lambda: experiments_training(marker), timeout=60).values())
     first = run.ctrl_c()
     run.wait_for(lambda: run.said("stopping: Ctrl-C", since=first), timeout=5)
     time.sleep(2.0)
@@ -250,6 +240,7 @@ def test_with_workers_on_ray_the_first_ctrl_c_spares_training_and_the_second_sto
     assert run.finish(timeout=15) == 130, run.output
     assert time.monotonic() - second < 5
     time.sleep(1.0)
-    assert _marked_trainings(marker) == [], "train.py outlived the second Ctrl-C"
+    assert experiments_training(marker) == {}, "train.py outlived the second Ctrl-C"
+    assert not any(_alive(pid) for pid in pids)
     _assert_lock_free(repo)
     assert [e.phase for e in Journal(repo / "runs" / "t1").unfinished() if e.kind == RunKind.EXPERIMENT and e.started]

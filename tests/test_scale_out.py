@@ -124,15 +124,17 @@ def test_a_winner_on_a_stale_base_is_re_applied_and_confirmed(tmp_path, ray_inst
 
 
 def _training(marker: str) -> dict[str, int]:
-    """Experiments (not baselines) whose train.py runs now with this test's marker: exp id -> pid."""
-    found = {}
+    """Experiments (not baselines) whose train.py runs now with this test's marker: exp id -> the pid of the
+    outermost process of the run (the sandbox's, when there is one), whose parent is the worker."""
+    found: dict[str, list[tuple[int, int]]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             environ = Path(f"/proc/{pid}/environ").read_bytes() if b"train.py" in cmdline else b""
-        except OSError:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if marker.encode() not in environ:
             continue
@@ -141,8 +143,12 @@ def _training(marker: str) -> dict[str, int]:
         scratch = Path(variables.get("AUTORESEARCH_RESULT_PATH", "/")).parent.name  # autoresearch-<id>-<random>
         exp_id = scratch.split("-")[1] if scratch.count("-") >= 2 else ""
         if exp_id not in ("0000", "0001", "") and "." not in exp_id:
-            found[exp_id] = int(pid)
-    return found
+            found.setdefault(exp_id, []).append((int(pid), parent))
+    outermost = {}
+    for exp_id, processes in found.items():
+        pids = {pid for pid, _ in processes}
+        outermost[exp_id] = next((pid for pid, parent in processes if parent not in pids), processes[0][0])
+    return outermost
 
 
 def _kill_one_worker(marker: str, killed: list, stop: threading.Event) -> None:
