@@ -182,11 +182,15 @@ class ResearchCrew:
     """The roles of crew.yaml, callable one task at a time by the loop.
 
     `listeners` are called with each `Degradation` the moment a role gives up a model (the live view shows a
-    banner); `degradations` keeps the latest per role.
+    banner); `degradations` keeps the latest per role. `sampler` (an `llm.offline.SamplerLLM`, crew.yaml `sampler:`)
+    takes the hypothesis role's turns its share gives it and codes its own trials; every other idea goes to the
+    roles' models as usual.
     """
 
-    def __init__(self, config: CrewConfig, program: str, ledger: Any, llms: Mapping[str, BaseLLM]):
+    def __init__(self, config: CrewConfig, program: str, ledger: Any, llms: Mapping[str, BaseLLM],
+                 sampler: BaseLLM | None = None):
         self.config, self.program, self.ledger = config, program, ledger
+        self.sampler = sampler
         self._llms = dict(llms)
         self._agents: dict[tuple[str, int], Agent] = {}
         self.degradations: dict[str, Degradation] = {}
@@ -210,9 +214,20 @@ class ResearchCrew:
     # ------------------------------------------------------------------ the four roles
 
     def propose(self, inputs: Mapping[str, Any]) -> Idea:
-        return self._perform("hypothesis", inputs)
+        sampler = self.sampler
+        if sampler is not None and sampler.policy.next_side(inputs.get("history") or []) == "sampler":
+            return self._perform_with("hypothesis", sampler, inputs)
+        try:
+            return self._perform("hypothesis", inputs)
+        except SearchExhausted as exc:
+            if sampler is None:
+                raise
+            sampler.policy.crew_exhausted(str(exc))  # announced; the sampler takes the crew's turns
+            return self._perform_with("hypothesis", sampler, inputs)
 
     def code(self, inputs: Mapping[str, Any]) -> CodeEdit:
+        if self.sampler is not None and self.sampler.policy.owns(inputs["idea"]):
+            return self._perform_with("coder", self.sampler, inputs)
         return self._perform("coder", inputs)
 
     def review(self, inputs: Mapping[str, Any]) -> Review | None:
@@ -242,15 +257,26 @@ class ResearchCrew:
         with acting_as(role):
             return self._try_candidates(role, full, template)
 
+    def _perform_with(self, role: str, llm: BaseLLM, inputs: Mapping[str, Any]) -> Any:
+        """One task on one given LLM (the sampler), outside the role's chain of models and their fallbacks."""
+        full = {"program": self.program, **inputs}
+        with acting_as(role), self._slot(llm):
+            try:
+                return self._kickoff(role, llm, full, self.config.role(role).task.description)
+            except _CallFailed as exc:
+                raise RoleError(role, str(exc), kind=exc.kind) from exc
+
     def _slot(self, llm: BaseLLM) -> threading.BoundedSemaphore:
         """The semaphore bounding calls in flight to this LLM's provider (or OpenAI-compatible server)."""
         provider = str(getattr(llm, "provider", "") or "")
         base_url = getattr(llm, "base_url", None)
         offline = provider == "offline" or any(llm is self._llms.get(r + OFFLINE) for r in ROLE_NAMES)
-        key = "offline" if offline else (base_url or provider or llm.model)
+        # the offline policy and a sampler each hold one search's state, set per call: one call at a time each
+        one_at_a_time = "offline" if offline else "sampler" if llm is self.sampler else None
+        key = one_at_a_time or base_url or provider or llm.model
         with self._slots_lock:
             if key not in self._slots:
-                limit = 1 if offline else self.config.concurrent_calls(provider, base_url)
+                limit = 1 if one_at_a_time else self.config.concurrent_calls(provider, base_url)
                 self._slots[key] = threading.BoundedSemaphore(limit)
             return self._slots[key]
 
