@@ -58,7 +58,9 @@ def test_two_experiments_truly_overlap_and_record_where_they_ran(tmp_path, ray_i
     from agents.assemble import build_settings
     from agents.loop import run_loop
 
-    repo, config = _toy(tmp_path)
+    # 3 s of training each: the second candidate of a pair may reach its worker a couple of seconds after the
+    # first when the machine is busy (other tests in parallel), and the pair must still share a full second
+    repo, config = _toy(tmp_path, time_budget=3.0)
     settings = build_settings(repo, config, "t1")
     events: list = []
     settings.on_event = lambda e: events.append((time.monotonic(), e))
