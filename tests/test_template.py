@@ -19,8 +19,10 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "
 
 
 def test_shipped_project_files_are_the_repositorys_starting_files():
-    differ = [name for name in PROJECT_FILES
-              if (PROJECT_TEMPLATE_DIR / name).read_bytes() != (ROOT / name).read_bytes()]
+    shipped = [*PROJECT_FILES, *(f"presets/{p.name}" for p in sorted((ROOT / "presets").glob("*.yaml")))]
+    differ = [name for name in shipped
+              if not (PROJECT_TEMPLATE_DIR / name).is_file()
+              or (PROJECT_TEMPLATE_DIR / name).read_bytes() != (ROOT / name).read_bytes()]
     assert not differ, (
         f"agents/project/ ships what `autoresearch init` starts from and must equal the repository's starting files; "
         f"{', '.join(differ)} differ. After changing one on the default branch, copy it: "
@@ -30,6 +32,7 @@ def test_shipped_project_files_are_the_repositorys_starting_files():
 def test_the_template_holds_files_not_links_to_working_copies():
     assert [p for p in PROJECT_TEMPLATE_DIR.rglob("*") if p.is_symlink()] == []
     assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == sorted(PRESETS)
+    assert sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")) == sorted(PRESETS)
 
 
 @pytest.mark.slow
