@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from agents.compare import Budget, plan_compare, run_compare
+from agents.config import PRESETS_DIR
 from agents.crew.hpo import STUDY_FILE, told_value, trial_ref
 from agents.record.compare_report import run_row
 from agents.record.journal import Journal
@@ -136,7 +137,7 @@ def test_compare_of_three_presets_writes_one_table_and_plots(tmp_path):
     base = yaml.safe_load(make_toy_repo(repo).read_text())
     paths = {}
     for name in ("centaur", "tpe", "offline"):  # the shipped presets, on the toy's budget
-        variant = {"extends": str(ROOT / "presets" / f"{name}.yaml"), "loop": base["loop"], "tracking": False}
+        variant = {"extends": str(PRESETS_DIR / f"{name}.yaml"), "loop": base["loop"], "tracking": False}
         if name == "centaur":  # the roles' `auto` is the offline policy without API keys; say so explicitly
             variant["roles"] = {r: {"model": "offline"} for r in ("hypothesis", "coder", "reviewer", "analyst")}
         paths[name] = tmp_path / f"{name}.yaml"

@@ -116,8 +116,9 @@ class Degradation:
                     f"never reached training{since} ({self.reason})")
         if not self.failures:  # given up with another role
             return f"{self.role}: {self.configured} -> {self.now}{since} ({self.reason})"
-        return (f"{self.role}: {self.configured} -> {self.now} after {self.failures} failures in a row of "
-                f"{self.model}{since} (last: {self.reason})")
+        failures = f"{self.failures} failure{'s' if self.failures != 1 else ''}" + (" in a row" if self.failures > 1
+                                                                                 else "")
+        return f"{self.role}: {self.configured} -> {self.now} after {failures} of {self.model}{since} (last: {self.reason})"
 
 
 # ---------------------------------------------------------------------------------------------- LLMs
@@ -313,8 +314,8 @@ class ResearchCrew:
                     continue
                 with self._health:  # several preparing threads count failures of the same model
                     candidate.failures += 1
-                    give_up = (candidate.failures >= self.config.degrade_after and not candidate.given_up
-                               and candidate in self._candidates[role])
+                    give_up = ((exc.give_up or candidate.failures >= self.config.degrade_after)
+                               and not candidate.given_up and candidate in self._candidates[role])
                 if give_up:
                     self._give_up(role, [candidate], str(exc))
                 continue
@@ -344,26 +345,48 @@ class ResearchCrew:
         return True
 
     def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], template: str) -> BaseModel:
-        """One task on one model; a context overflow shortens the prompt and asks again (never a failure of
-        the model until the shortenings are used up)."""
+        """One task on one model, its prompt fitted to the model's context window. A context overflow trims the
+        prompt (history, recall, feedback first) and asks again: to the server's own count of the refused prompt,
+        or, when the window cut the reply, leaving the reply twice the room it used. Never a failure of the model
+        until the trims are used up; only train.py and the instructions not fitting at all give the model up."""
         schema = ROLE_SCHEMAS[role]
-        budget_of = getattr(llm, "prompt_budget", None)
-        shrink, overflow = 1.0, None
+        if not callable(getattr(llm, "prompt_budget", None)):
+            return self._run_task(role, llm, inputs, fill_template(role, template, inputs))
+        reply_tokens, ratio, overflow = None, None, None
         for _ in range(OVERFLOW_RETRIES + 1):
-            if callable(budget_of):
-                budget = int(budget_of(schema) * shrink) - self._framing_tokens(role, llm, schema)
-                try:
-                    description = fit_template(role, template, inputs, budget, count_tokens).text
-                except PromptTooLarge as exc:
-                    raise _CallFailed(str(exc), kind="PromptTooLarge") from exc
-            else:
-                description = fill_template(role, template, inputs)
+            description = self._fitted(role, llm, schema, template, inputs, reply_tokens, ratio)
             try:
                 return self._run_task(role, llm, inputs, description)
             except ContextOverflow as exc:
                 overflow = exc
-                shrink *= 0.7 if exc.reply_cut else 0.85  # the window it reported is already learned
+                if exc.reply_cut:
+                    reply_tokens = 2 * max(exc.reply_tokens or 0, reply_tokens or 0)
+                elif exc.server_ratio:  # the server counted this prompt: trim to its count
+                    ratio = max(exc.server_ratio * 1.02, ratio or 0.0)
+                else:  # our own estimate said no: count more cautiously
+                    ratio = (ratio or getattr(llm, "token_ratio", 1.0)) * 1.15
         raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
+
+    def _fitted(self, role: str, llm: BaseLLM, schema: type[BaseModel], template: str, inputs: dict[str, Any],
+                reply_tokens: int | None, ratio: float | None) -> str:
+        """The task text within the budget; if even the fixed inputs exceed it, within the most the window allows
+        a prompt (the reply keeps only the least room it needs); if not even that, the model cannot play the role."""
+        framing = self._framing_tokens(role, llm, schema)
+        budget = llm.prompt_budget(schema, reply_tokens=reply_tokens, ratio=ratio) - framing
+        try:
+            return fit_template(role, template, inputs, budget, count_tokens).text
+        except PromptTooLarge:
+            pass
+        most = llm.largest_prompt(schema, ratio=ratio) - framing
+        try:
+            return fit_template(role, template, inputs, most, count_tokens).text
+        except PromptTooLarge as exc:
+            per_token = ratio or getattr(llm, "token_ratio", 1.0)  # both numbers in the server's tokens
+            needed, room = round((exc.needed + framing) * per_token), max(0, round((most + framing) * per_token))
+            raise _CallFailed(
+                f"{llm.model} cannot play {role}: train.py and the instructions alone need about {needed} tokens, "
+                f"and its {llm.context_window()}-token context window ({llm.context_source()}) leaves at most "
+                f"{room} for a prompt", kind="PromptTooLarge", give_up=True) from exc
 
     def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
         schema = ROLE_SCHEMAS[role]
@@ -466,10 +489,11 @@ class ResearchCrew:
 class _CallFailed(Exception):
     """One model's attempt at a task failed (provider error, output not matching the schema, or budget)."""
 
-    def __init__(self, message: str, over_budget: bool = False, kind: str = ""):
+    def __init__(self, message: str, over_budget: bool = False, kind: str = "", give_up: bool = False):
         super().__init__(message)
         self.over_budget = over_budget
         self.kind = kind or "error"
+        self.give_up = give_up  # asking this model again cannot help: give it up for the role now
 
 
 def _schema_problem(exc: Exception) -> str:
