@@ -3,11 +3,13 @@ the baseline mean, named as such), recent rows.
 
 Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment. A role
 that gives up its model raises a banner that stays on screen for the rest of the run (printed at once
-without a terminal); a refused experiment's line names the rule that refused it.
+without a terminal); a refused experiment's line names the rule that refused it. Events may come from the crew's
+threads and `say` from a signal handler: one re-entrant lock keeps the view whole.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from rich.console import Console, Group
@@ -20,7 +22,7 @@ from rich.text import Text
 from agents.loop import LoopEvent
 
 STATUS_STYLE = {"keep": "green", "discard": "white", "crash": "red", "veto": "magenta", "repeat": "yellow",
-                "skipped": "yellow", "baseline": "cyan"}
+                "skipped": "yellow", "error": "red", "baseline": "cyan"}
 
 
 class LiveView:
@@ -35,6 +37,8 @@ class LiveView:
         self.preparing: dict[str, str] = {}  # exp id -> its phase (proposing, analysing ...) while it is not training
         self.kept = False  # whether anything was kept: until then the best is the baseline mean
         self._live: Live | None = None
+        self._lock = threading.RLock()
+        self.said = ""  # a line for the user that stays on top (the stop line)
 
     def __enter__(self) -> LiveView:
         if self.enabled:
@@ -46,7 +50,20 @@ class LiveView:
         if self._live is not None:
             self._live.__exit__(*exc)
 
+    def say(self, line: str) -> None:
+        """One line the user must see now (the stop line after Ctrl-C): on top of the live view, or printed."""
+        with self._lock:
+            self.said = line
+            if self._live is not None:
+                self._live.update(self._render())
+            else:
+                self.console.print(Text(line, style="bold yellow"), soft_wrap=True)
+
     def handle(self, event: LoopEvent) -> None:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: LoopEvent) -> None:
         if event.best_bpb is not None:
             self.best = event.best_bpb
         if event.kind == "phase":
@@ -95,8 +112,8 @@ class LiveView:
 
     def _render(self) -> Panel:
         head = self._header()
-        parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
-                       self.banners.values()]
+        parts: list = [Text(self.said, style="bold yellow")] if self.said else []
+        parts += [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in self.banners.values()]
         parts.append(head)
         if len(self.training) > 1 or any(worker for worker, _ in self.training.values()):
             workers = Table(box=None, pad_edge=False)

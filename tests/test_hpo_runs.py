@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from agents.compare import Budget, plan_compare, run_compare
+from agents.config import PRESETS_DIR
 from agents.crew.hpo import STUDY_FILE, told_value, trial_ref
 from agents.record.compare_report import run_row
 from agents.record.journal import Journal
@@ -27,18 +28,6 @@ from tests.test_compare import assert_png_drawn, assert_worktrees_removed
 from tests.toyrepo import ROOT, check_consistency, make_toy_repo, run_toy
 
 pytestmark = pytest.mark.slow  # subprocess loops and many toy runs
-
-RUN_LOOP = """
-import sys
-from pathlib import Path
-from agents.assemble import build_settings
-from agents.loop import run_loop
-settings = build_settings(Path(sys.argv[1]), Path(sys.argv[2]), "t1")
-outcome = run_loop(settings)
-settings.memory.close()
-print("STOP:", outcome.stop_reason)
-"""
-
 
 def studies(run_dir: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
     storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
@@ -75,12 +64,10 @@ def check_study(repo: Path, tag: str = "t1") -> tuple[list, list]:
 
 
 def _loop_process(repo: Path, config: Path, kill_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_TEST_KILL_AT"}
-    if kill_at:
-        env["AUTORESEARCH_TEST_KILL_AT"] = kill_at
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-c", RUN_LOOP, str(repo), str(config)], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """The loop in a subprocess, SIGKILLed at `kill_at` (tests/kill_points.py), or run to its end."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tests.kill_points", str(repo), str(config), kill_at or ""], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize(("phase", "nth"), [
@@ -150,7 +137,7 @@ def test_compare_of_three_presets_writes_one_table_and_plots(tmp_path):
     base = yaml.safe_load(make_toy_repo(repo).read_text())
     paths = {}
     for name in ("centaur", "tpe", "offline"):  # the shipped presets, on the toy's budget
-        variant = {"extends": str(ROOT / "presets" / f"{name}.yaml"), "loop": base["loop"], "tracking": False}
+        variant = {"extends": str(PRESETS_DIR / f"{name}.yaml"), "loop": base["loop"], "tracking": False}
         if name == "centaur":  # the roles' `auto` is the offline policy without API keys; say so explicitly
             variant["roles"] = {r: {"model": "offline"} for r in ("hypothesis", "coder", "reviewer", "analyst")}
         paths[name] = tmp_path / f"{name}.yaml"

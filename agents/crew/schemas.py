@@ -7,10 +7,11 @@ never needs to know which one produced them.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from agents.crew.replies import VERBATIM
 from agents.trainpy import EDITABLE_FILE
 
 CATEGORIES = (
@@ -62,8 +63,8 @@ class Idea(BaseModel):
 class EditBlock(BaseModel):
     """Replace the exact text `search` (which must occur once in train.py) by `replace`."""
 
-    search: str
-    replace: str
+    search: Annotated[str, VERBATIM]  # code, taken as it is: an empty `replace` deletes
+    replace: Annotated[str, VERBATIM]
 
 
 class CodeEdit(BaseModel):

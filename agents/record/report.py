@@ -19,9 +19,9 @@ from rich.text import Text
 
 from agents.bench.decide import estimate_sigma
 from agents.crew.llm.faults import FAULT_KINDS, FAULT_LABELS
-from agents.record.results import STATUSES, ExperimentRecord
+from agents.record.results import REFUSED, STATUSES, ExperimentRecord
 
-NOT_TRAINED = ("veto", "repeat", "skipped")  # refused before any training: never have a val_bpb
+NOT_TRAINED = REFUSED  # refused (or failed) before any training: never have a val_bpb
 _STATUS_STYLE = {
     "baseline": "cyan",
     "keep": "bold green",
@@ -30,6 +30,7 @@ _STATUS_STYLE = {
     "veto": "yellow",
     "repeat": "yellow",
     "skipped": "yellow",
+    "error": "red",
 }
 
 
