@@ -57,14 +57,22 @@ def _env_number(name: str, default: str, kind: type):
 # ---------------------------------------------------------------------------------------------------
 
 CUDA = torch.cuda.is_available()
-MAX_SEQ_LEN = 2048 if CUDA else 256
+MAX_SEQ_LEN = 2048 if CUDA else 128
 TIME_BUDGET = _env_number("AUTORESEARCH_TIME_BUDGET", "300", float)
-# CPU: 32 rows of 256 tokens keep the final evaluation of the tiny CPU model around a second.
-EVAL_TOKENS = 40 * 2**19 if CUDA else 2**13
-VOCAB_SIZE = 8192
+# CPU: 128 rows of 128 tokens, scored in about a third of a second by the CPU profile's model (cpu_profile.py);
+# the sampling noise of that many tokens is far below the seed noise of a run.
+EVAL_TOKENS = 40 * 2**19 if CUDA else 2**14
+VOCAB_SIZE = 8192 if CUDA else 2048  # CPU: an 8192-way lm_head would cost more than the rest of the tiny model
+# The tokenizer and the validation tokens depend on the vocabulary: the CPU profile's have files of their own in a
+# dataset's folder (the GPU profile keeps the plain names), so one cache serves both, and a cache prepared for the
+# other profile gets its missing files from the next prepare instead of being misread.
+VOCAB_FILES = "" if CUDA else f"-v{VOCAB_SIZE}"
 # Validation tokens written once by prepare, so evaluation never re-tokenises: twice the CUDA evaluation, which
 # covers the documents cut off at the end of each row too. A split with fewer tokens is stored whole.
 VAL_TOKENS_STORED = 2 * 40 * 2**19
+# Training reads this many row groups (of ROW_GROUP_DOCS documents) at a time, mixed: a CPU run reads only a few
+# hundred documents, and from a single row group their text would change with the seed more than any edit does.
+MIXED_ROW_GROUPS = 1 if CUDA else 16
 SEED = _env_number("AUTORESEARCH_SEED", "42", int)
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch").expanduser()
 
@@ -144,7 +152,7 @@ def _is_validation(key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Datasets on disk: <cache>/<source>/{shard_*.parquet, manifest.json, tokenizer.json}
+# Datasets on disk: <cache>/<source>/{shard_*.parquet, manifest.json, tokenizer[-v<vocab>].json, val_tokens...}
 # The manifest records every shard's size and sha256, so a truncated or corrupt file is never used.
 # ---------------------------------------------------------------------------------------------------
 
@@ -154,9 +162,10 @@ class Dataset:
         self.source = source
         self.dir = root / source
         self.manifest_path = self.dir / "manifest.json"
-        self.tokenizer_path = self.dir / "tokenizer.json"
-        self.val_tokens_path = self.dir / "val_tokens.npy"  # uint16 ids, each document starting with BOS
-        self.val_ends_path = self.dir / "val_doc_ends.npy"  # int64 end offset of each document
+        self.tokenizer_path = self.dir / f"tokenizer{VOCAB_FILES}.json"
+        self.val_tokens_path = self.dir / f"val_tokens{VOCAB_FILES}.npy"  # uint16 ids, each document starting with BOS
+        self.val_ends_path = self.dir / f"val_doc_ends{VOCAB_FILES}.npy"  # int64 end offset of each document
+        self.val_key = f"val_tokens{VOCAB_FILES}"  # their entry in the manifest
 
     def manifest(self) -> dict | None:
         try:
@@ -189,7 +198,7 @@ class Dataset:
         """Everything that keeps this dataset from being used; empty when it is ready."""
         issues = self.shard_problems(full)
         if not issues and not self.tokenizer_valid(self.manifest()):
-            issues.append("tokenizer missing or trained on other shards")
+            issues.append(f"tokenizer of {VOCAB_SIZE} tokens missing or trained on other shards")
         if not issues and (problem := self.val_tokens_problem(full)):
             issues.append(f"validation tokens {problem}")
         return issues
@@ -197,7 +206,7 @@ class Dataset:
     def val_tokens_problem(self, full: bool) -> str | None:
         """Why the stored validation tokens cannot be used (missing, stale, damaged), or None."""
         manifest = self.manifest() or {}
-        entry = manifest.get("val_tokens")
+        entry = manifest.get(self.val_key)
         if not entry:
             return "not written yet"
         val = [s for s in manifest["shards"] if s["split"] == "val"]
@@ -217,7 +226,8 @@ class Dataset:
             return False
         hashes = {s["name"]: s["sha256"] for s in manifest["shards"] if s["split"] == "train"}
         trained_on = meta.get("trained_on", {})
-        return bool(trained_on) and all(hashes.get(n) == h for n, h in trained_on.items())
+        size = len(meta.get("mergeable_ranks", [])) + len(meta.get("special_tokens", {}))
+        return bool(trained_on) and size == VOCAB_SIZE and all(hashes.get(n) == h for n, h in trained_on.items())
 
     def split_paths(self, split: str, verify_sha: bool) -> list[Path]:
         manifest = self.manifest()
@@ -244,20 +254,23 @@ def data_fingerprint(cache_dir: str | Path | None = None) -> dict:
     """What results depend on, hashed: every shard, the tokenizer and the validation tokens of the active dataset.
 
     Two caches with the same `data` value give comparable val_bpb; `prepare_args` rebuilds this dataset elsewhere
-    (a worker node), except for the `local` source, whose folder exists on this machine only.
+    (a worker node), except for the `local` source, whose folder exists on this machine only. `shards` hashes the
+    text alone and `vocab_size` names this profile's vocabulary: a machine of the other device profile (a CPU
+    coordinator of GPU workers) has the same shards and its own tokenizer.
     """
     dataset = _active_dataset(Path(cache_dir).expanduser() if cache_dir is not None else None)
     if problems := dataset.problems(full=False):
         raise _not_prepared(f"The {dataset.source} data in {dataset.dir} is not ready ({'; '.join(problems[:3])})")
     manifest = dataset.manifest()
-    parts = [s["sha256"] for s in manifest["shards"]] + [_sha256_file(dataset.tokenizer_path),
-                                                         manifest["val_tokens"]["tokens"]["sha256"]]
+    shards = [s["sha256"] for s in manifest["shards"]]
+    parts = shards + [_sha256_file(dataset.tokenizer_path), manifest[dataset.val_key]["tokens"]["sha256"]]
     settings = manifest.get("settings", {})
     args = {"builtin": ["--source", "builtin"] + (["--builtin-mb", str(settings["builtin_mb"])]
                                                   if settings.get("builtin_mb") else []),
             "climbmix": ["--source", "climbmix", "--num-shards", str(settings.get("num_shards") or DEFAULT_NUM_SHARDS)],
             }.get(dataset.source)
     return {"source": dataset.source, "data": hashlib.sha256("\n".join(parts).encode()).hexdigest(),
+            "shards": hashlib.sha256("\n".join(shards).encode()).hexdigest(), "vocab_size": VOCAB_SIZE,
             "prepare_args": args}
 
 
@@ -573,7 +586,7 @@ def write_val_tokens(dataset: Dataset) -> None:
             np.save(fh, array)
         os.replace(tmp, path)
         entry[key] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
-    dataset.write_manifest({**dataset.manifest(), "val_tokens": entry})
+    dataset.write_manifest({**dataset.manifest(), dataset.val_key: entry})
     print(f"validation tokens: {tokens.size:,} in {len(ids):,} documents{' (whole split)' if complete else ''}, "
           f"{time.time() - started:.1f}s", flush=True)
 
@@ -582,7 +595,7 @@ def _val_documents_from(dataset: Dataset, tokenizer: Tokenizer, first: int) -> I
     """Validation documents from index `first` on, as the loader reads them: stored ones, then tokenised text."""
     import numpy as np
 
-    entry = dataset.manifest()["val_tokens"]
+    entry = dataset.manifest()[dataset.val_key]
     tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
     ends = np.load(dataset.val_ends_path).tolist()
     starts = [0, *ends[:-1]]
@@ -607,7 +620,7 @@ def _val_batches(dataset: Dataset, tokenizer: Tokenizer, batch_size: int, seq_le
 
     if problem := dataset.val_tokens_problem(full=True):
         raise _not_prepared(f"The validation tokens in {dataset.dir} are not usable ({problem})")
-    complete = dataset.manifest()["val_tokens"]["complete"]
+    complete = dataset.manifest()[dataset.val_key]["complete"]
     tokens = np.load(dataset.val_tokens_path, mmap_mode="r")
     ends = np.load(dataset.val_ends_path)
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
@@ -672,9 +685,9 @@ class Tokenizer:
     def from_directory(cls, path: str | Path | None = None) -> Tokenizer:
         """Load from a dataset folder or a cache root (default: the active dataset of the cache)."""
         directory = Path(path).expanduser() if path is not None else _active_dataset().dir
-        if not (directory / "tokenizer.json").exists() and (directory / "active.json").exists():
+        if not (directory / f"tokenizer{VOCAB_FILES}.json").exists() and (directory / "active.json").exists():
             directory = _active_dataset(directory).dir
-        file = directory / "tokenizer.json"
+        file = directory / f"tokenizer{VOCAB_FILES}.json"
         try:
             meta = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -714,20 +727,28 @@ def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _texts(paths: list[Path], rng: random.Random | None) -> Iterator[tuple[str, int]]:
+def _texts(paths: list[Path], rng: random.Random | None, mixed_groups: int = 1) -> Iterator[tuple[str, int]]:
+    """(text, epoch) endlessly. With an rng (training): shards in a shuffled order and each row group's documents
+    shuffled; with `mixed_groups` > 1, row groups of every shard in a shuffled order, that many at a time mixed
+    into one shuffled pool, so a short run reads documents from all over the corpus, not from one row group."""
     epoch = 1
     while True:
         order = list(paths)
         if rng is not None:
             rng.shuffle(order)
-        for path in order:
-            pf = pq.ParquetFile(path)
-            for group in range(pf.num_row_groups):
-                texts = pf.read_row_group(group, columns=["text"]).column("text").to_pylist()
-                if rng is not None:
-                    rng.shuffle(texts)
-                for text in texts:
-                    yield text, epoch
+        files = {path: pq.ParquetFile(path) for path in order}
+        groups = [(path, group) for path in order for group in range(files[path].num_row_groups)]
+        step = 1
+        if rng is not None and mixed_groups > 1:
+            rng.shuffle(groups)
+            step = mixed_groups
+        for start in range(0, len(groups), step):
+            texts = [text for path, group in groups[start:start + step]
+                     for text in files[path].read_row_group(group, columns=["text"]).column("text").to_pylist()]
+            if rng is not None:
+                rng.shuffle(texts)
+            for text in texts:
+                yield text, epoch
         epoch += 1
 
 
@@ -751,7 +772,7 @@ def make_dataloader(tokenizer: Tokenizer, batch_size: int, seq_len: int, split: 
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
     paths = _active_dataset().split_paths(split, verify_sha=split == "val")
     rng = random.Random(seed) if split == "train" else None
-    documents = _token_documents(tokenizer, _texts(paths, rng))
+    documents = _token_documents(tokenizer, _texts(paths, rng, MIXED_ROW_GROUPS))
     device = torch.device(device)
     row_len = seq_len + 1
     while True:

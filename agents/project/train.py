@@ -26,21 +26,21 @@ CUDA = torch.cuda.is_available()
 
 # Model
 DEPTH = 8 if CUDA else 2  # number of transformer blocks
-ASPECT_RATIO = 64  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = 128 if CUDA else 64
+ASPECT_RATIO = 64 if CUDA else 32  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128 if CUDA else 32
 MLP_RATIO = 4
 ROPE_BASE = 10000.0
 LOGIT_SOFTCAP = 15.0 if CUDA else 0.0  # logits = cap * tanh(logits / cap); 0 = off (it triples CPU step time)
 
 # Batch
-TOTAL_BATCH_SIZE = 2**19 if CUDA else 2**12  # tokens per optimizer step (gradient accumulation fills it)
-DEVICE_BATCH_SIZE = 128 if CUDA else 16  # sequences per forward/backward pass
+TOTAL_BATCH_SIZE = 2**19 if CUDA else 2**10  # tokens per optimizer step (gradient accumulation fills it)
+DEVICE_BATCH_SIZE = 128 if CUDA else 8  # sequences per forward/backward pass
 EVAL_BATCH_SIZE = 128 if CUDA else 16
 
 # Optimization: Muon for the 2-D matrices inside blocks, AdamW for embeddings, lm_head and scalars
-MATRIX_LR = 0.04 if CUDA else 0.05
-EMBEDDING_LR = 0.6
-UNEMBEDDING_LR = 0.004 if CUDA else 0.02
+MATRIX_LR = 0.04 if CUDA else 0.03
+EMBEDDING_LR = 0.6 if CUDA else 0.2
+UNEMBEDDING_LR = 0.004 if CUDA else 0.008
 SCALAR_LR = 0.5
 MUON_MOMENTUM = 0.95
 NS_STEPS = 5  # Newton-Schulz iterations
@@ -289,8 +289,10 @@ def main():
     if CUDA:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    else:  # one core stays free for the harness, which prepares the next experiment while this one trains: with
+        # every core taken, OpenMP's threads wait on each other whenever one is preempted (steps 10x slower)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, cores - 1))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else contextlib.nullcontext()
 
     tokenizer = Tokenizer.from_directory()
@@ -317,6 +319,7 @@ def main():
     print(f"device: {device} | params: {num_params / 1e6:.2f}M | depth {DEPTH}, width {model.dim} | "
           f"grad accumulation: {grad_accum_steps} | time budget: {TIME_BUDGET:.0f}s | seed {SEED}", flush=True)
 
+    step_time = 0.0  # running mean of a counted step: the loop stops before a step that would end past the budget
     training_time, step, smooth_loss = 0.0, 0, 0.0
     while True:
         t0 = time.time()
@@ -336,6 +339,7 @@ def main():
         dt = time.time() - t0
         if step >= EXCLUDED_STEPS:
             training_time += dt
+        step_time = 0.9 * step_time + 0.1 * dt if step > EXCLUDED_STEPS else dt
         if not math.isfinite(loss_value) or loss_value > 100:
             print(f"step {step}: loss {loss_value}", flush=True)
             print("FAIL")
@@ -346,6 +350,8 @@ def main():
         print(f"step {step:05d} ({100 * progress:.1f}%) | loss: {shown_loss:.4f} | lrm: {lrm:.2f} | "
               f"dt: {dt * 1000:.0f}ms | tok/sec: {int(TOTAL_BATCH_SIZE / dt):,} | epoch: {epoch}", flush=True)
         step += 1
+        if step > EXCLUDED_STEPS and training_time + max(step_time, dt) > TIME_BUDGET:
+            break  # the next step would end past the budget: stop before it, not after
         if step > EXCLUDED_STEPS and training_time >= TIME_BUDGET:
             break
 
