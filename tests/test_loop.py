@@ -7,6 +7,7 @@ from pathlib import Path
 import git
 import pytest
 
+from agents.record.journal import Journal, RunKind
 from tests.toyrepo import check_consistency, make_toy_repo, run_toy
 
 
@@ -118,8 +119,9 @@ def test_a_winner_whose_step_count_left_the_baselines_range_is_rerun_before_it_i
     assert kept and asked, [r.status for r in records]
     for r in kept:  # none kept on its first run: each was confirmed by a re-run, the mean decided
         assert "mean of 2 runs" in r.decision_reason and r.kept_as == "gain", r.decision_reason
-    reruns = list((repo / "runs" / "t1" / "journal").glob("*.r1.json"))
-    assert len(reruns) >= len(kept)
+    journal = Journal(repo / "runs" / "t1")
+    for r in kept:  # the re-run is a follow-up in the kept experiment's own journal entry
+        assert [f.run_id for f in journal.read(r.exp_id).follow_ups_of(RunKind.RERUN)] == [f"{r.exp_id}.r1"]
 
 
 def test_the_run_book_names_a_step_count_outside_the_baselines_range_and_the_typical_effect(tmp_path):
