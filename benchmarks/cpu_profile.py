@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             os.nice(args.nice - os.nice(0))
         except OSError as exc:
             print(f"note: could not set niceness {args.nice} ({exc.strerror}); measuring at {os.nice(0)}")
+    from prepare import NotPreparedError, ensure_prepared
+    try:
+        ensure_prepared()
+    except NotPreparedError as exc:  # one line, before N runs fail the same way
+        print(f"cpu_profile: {exc}")
+        return 2
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     runs = train_seeds(args.train_py.read_text(), list(range(1, args.seeds + 1)), args.budget, sandbox=args.sandbox,
                        on_run=lambda run: print(_line(run), flush=True))
