@@ -167,7 +167,7 @@ def run(
 
     png = plot_progress(outcome.records, outcome.run_dir / "progress.png", title=f"autoresearch/{tag}")
     (outcome.run_dir / "report.md").write_text(summary_markdown(outcome.records))
-    console.print(results_table(outcome.records))
+    console.print(results_table(outcome.records, width=console.width))
     for line in health_lines(outcome.records):
         console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)
     console.print(f"stopped: {outcome.stop_reason}\n{best_line(outcome.records)}\nbranch: autoresearch/{tag} at "
@@ -247,7 +247,7 @@ def status(tag: str = typer.Option(None, help="run to show (default: the latest 
     for d in dirs:
         console.print(d.name, style="bold")
         records = ResultsStore(d).load()
-        console.print(results_table(records))
+        console.print(results_table(records, width=console.width))
         console.print(best_line(records), highlight=False, soft_wrap=True)
         for line in health_lines(records):
             console.print(Text(line, style="bold red" if line.startswith("DEGRADED") else "yellow"), soft_wrap=True)

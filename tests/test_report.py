@@ -185,3 +185,16 @@ def test_the_console_line_of_a_refusal_names_the_rule_and_a_lost_model_is_a_bann
     assert "exp002  veto" in text and "edit prepare.py [only-train-py]" in text
     assert "MODEL GIVEN UP coder: openai/local -> offline policy" in text
     assert view.banners == {"coder": "coder: openai/local -> offline policy after 3 failures"}
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_the_results_table_never_cuts_a_number_on_a_narrow_terminal(width):
+    records = [rec(n, "discard", 1.8 + n / 1000, "SCALAR_LR 0.5 -> 0.35 and a long description that must wrap",
+                   delta=-0.041176, num_steps=382, training_seconds=19.9) for n in range(1, 5)]
+    console = Console(record=True, width=width)
+    console.print(results_table(records, width=width))
+    text = console.export_text()
+    for r in records:
+        assert f"{r.val_bpb:.6f}" in text and "-0.041176" in text and "382" in text and "19.9" in text
+    assert "…" not in text.split("description")[0]  # no header cut either
+    assert ("commit" in text) == (width >= 120)

@@ -14,6 +14,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -429,25 +430,37 @@ def _by_category(records: list[ExperimentRecord]) -> list[str]:
 # --- terminal ------------------------------------------------------------------------------------
 
 
-def results_table(records: list[ExperimentRecord], title: str = "experiments") -> Table:
-    """The results as a rich table for the terminal, in id order (`#`: the order they were decided in)."""
-    table = Table(title=title, header_style="bold")
-    for name, justify in (("id", "left"), ("#", "right"), ("commit", "left"), ("status", "left"),
-                          ("val_bpb", "right"), ("delta", "right"), ("steps", "right"), ("train s", "right"),
-                          ("mem GB", "right"), ("description", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "description")
+WIDE_TABLE = 120  # terminal columns from which the table also shows the commit and the memory
+
+
+def results_table(records: list[ExperimentRecord], title: str = "experiments", width: int | None = None) -> Table:
+    """The results as a rich table for the terminal, in id order (`#`: the order they were decided in).
+
+    Numbers are never cut: on a terminal narrower than WIDE_TABLE the commit and memory columns (both in
+    results.tsv) give way and the description wraps.
+    """
+    wide = width is None or width >= WIDE_TABLE
+    table = Table(title=title, header_style="bold", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+                  pad_edge=wide, collapse_padding=not wide)
+    rows = []
     for n, r in in_id_order(records):
         # Text, not markup strings: a description like "[wd] 0.1" must print as written
-        table.add_row(
-            Text(r.exp_id),
-            str(n),
-            r.commit[:7],
-            Text("keep (simpler)" if is_simpler_keep(r) else r.status, style=_STATUS_STYLE.get(r.status, "")),
-            _fmt(r.val_bpb),
-            _fmt(r.delta, signed=True),
-            _steps(r),
-            _seconds(r),
-            f"{r.memory_gb:.1f}",
-            Text(_short(r.description, 70)),
-        )
+        status = Text("keep (simpler)" if is_simpler_keep(r) else r.status, style=_STATUS_STYLE.get(r.status, ""))
+        rows.append({"id": Text(r.exp_id), "#": str(n), "commit": r.commit[:7], "status": status,
+                     "val_bpb": _fmt(r.val_bpb), "delta": _fmt(r.delta, signed=True), "steps": _steps(r),
+                     "train s": _seconds(r), "mem GB": f"{r.memory_gb:.1f}",
+                     "description": Text(_short(r.description, 70))})
+    columns = [("id", "left"), ("#", "right"), ("commit", "left"), ("status", "left"), ("val_bpb", "right"),
+               ("delta", "right"), ("steps", "right"), ("train s", "right"), ("mem GB", "right"),
+               ("description", "left")]
+    if not wide:
+        columns = [c for c in columns if c[0] not in ("commit", "mem GB")]
+    for name, justify in columns:
+        if name == "description":
+            table.add_column(name, justify=justify, ratio=1)
+        else:  # as wide as its longest cell: rich shrinks the description, never a number
+            longest = max([len(name), *(len(str(row[name])) for row in rows)])
+            table.add_column(name, justify=justify, no_wrap=True, min_width=longest)
+    for row in rows:
+        table.add_row(*(row[name] for name, _ in columns))
     return table
