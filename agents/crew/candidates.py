@@ -129,6 +129,7 @@ class Workbench:
 
 # whose reason a refusal is, and why in words: what the stall guard counts and says
 HYPOTHESIS_REPEATS = ("hypothesis", "its ideas repeat past experiments")
+HYPOTHESIS_NOOPS = ("hypothesis", "its ideas change nothing on this device's profile")
 CODER_FAILS = ("coder", "its edits do not apply or compile")
 CODER_OUT_OF_SCOPE = ("coder", "its edits change files other than train.py")
 CODER_REPEATS = ("coder", "its edits repeat a change already tried")
@@ -291,8 +292,8 @@ def _code_and_review(bench: Workbench, prepared: Prepared, base_text: str, recor
 
         nothing_here = noop_reason(base_text, new_text, bench.device)
         if nothing_here is not None:  # it would measure the unchanged model: nothing to learn, noise to keep
-            _refused(bench, record, "skipped", nothing_here, rule=NOOP_RULE)
-            return None
+            _refused(prepared, record, Status.SKIPPED, nothing_here, HYPOTHESIS_NOOPS, rule=NOOP_RULE)
+            return
 
         verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
         if not verdict.novel:
