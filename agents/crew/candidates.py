@@ -1,9 +1,12 @@
 """From an idea to a reviewed edit of train.py, before any GPU time is spent.
 
-propose → novelty gate (semantic) → code (bounded retries fed the error) → novelty gate (exact diff)
-→ guard (deterministic rules) → reviewer (bounded revise rounds). Each refusal becomes an experiment
-record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so the
-morning report shows it too.
+propose → novelty gate (the idea's declared changes; memory.gate) → code (bounded retries fed the error)
+→ fingerprint (the authority: a change that already ran is refused; an edit that departs from the idea's
+declared changes goes back to the coder once with the mismatch named, then to the reviewer as a finding)
+→ guard (deterministic rules) → reviewer (bounded revise rounds) → claim (the fingerprint is held until the
+candidate's record is in, so two preparing threads never train one change twice). Each refusal becomes an
+experiment record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so
+the morning report shows it too.
 
 The guard owns the scope of an edit: an edit addressed to any file but train.py is vetoed by its
 `only-train-py` rule at once, not retried and not explained to the coder (coaching would only teach it to
@@ -25,7 +28,7 @@ from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats,
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.record.results import ExperimentRecord
-from memory.fingerprint import fingerprint_or_none
+from memory.changes import declared, fingerprint_safe, menu, mismatch
 from memory.judge import judge_for_crew
 from memory.novelty import normalised_diff_hash
 
@@ -44,6 +47,7 @@ class Candidate:
     new_text: str
     review: Review | None = None
     guard_text: str = ""
+    findings: list[str] = field(default_factory=list)  # where the edit departs from the idea's declared changes
 
     @property
     def diff(self) -> str:
@@ -56,7 +60,7 @@ class Candidate:
     @property
     def fingerprint(self) -> str:
         """The change canonically (constants old -> new, code units changed), as JSON; "" if it does not parse."""
-        fp = fingerprint_or_none(self.base_text, self.new_text)
+        fp = fingerprint_safe(self.base_text, self.new_text)
         return fp.to_json() if fp is not None else ""
 
     @property
@@ -110,10 +114,10 @@ def _gate(bench: Workbench, exp_id: str, idea: Idea, tag: str, config_name: str,
     """Memory's verdict on the idea against `base_text`, then (if it is new) the edit and the review."""
     record = ExperimentRecord(exp_id=exp_id, tag=tag, config=config_name, status="repeat",
                               description=idea.title, category=idea.category, rationale=idea.rationale,
-                              expected_effect=idea.expected_effect, parent_commit=base_commit)
-    bench.memory.set_context(base_text)  # ideas (and the refusals stored) are read against the current best
+                              expected_effect=idea.expected_effect, parent_commit=base_commit,
+                              changes=changes_json(idea))
     verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold, train_py=base_text,
-                                      judge=_judge(bench))
+                                      judge=_judge(bench), device=bench.device)
     if not verdict.novel:
         record.repeat_of = verdict.match.id if verdict.match is not None else ""
         _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
@@ -177,19 +181,20 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
             _refused(bench, record, "skipped", f"no edit that applies and compiles: {coded}")
             return None
         edit, new_text = coded
-        candidate = Candidate(exp_id, idea, edit, base_commit, base_text, new_text)
-        record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
-        record.fingerprint = candidate.fingerprint
-        record.lines_added, record.lines_removed = candidate.lines
-
-        verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
-        if not verdict.novel:
-            record.repeat_of = verdict.match.id if verdict.match is not None else ""
-            _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
+        if _ran_before(bench, idea, base_text, new_text, record):
             return None
+        findings = _findings(bench, idea, base_text, new_text)
+        if findings:  # back to the coder once, with the mismatch named
+            again = _code(bench, idea, base_text, "\n".join(x for x in (feedback, _mismatch_feedback(findings)) if x))
+            if isinstance(again, tuple):
+                edit, new_text = again
+                if _ran_before(bench, idea, base_text, new_text, record):
+                    return None
+                findings = _findings(bench, idea, base_text, new_text)
+        candidate = Candidate(exp_id, idea, edit, base_commit, base_text, new_text, findings=findings)
 
         report = check_edit(base_text, new_text, [edit.path], rules=bench.guard_rules)
-        candidate.guard_text = report.text()
+        candidate.guard_text = report.text() + "".join(f"\nfinding (idea vs edit): {f}" for f in findings)
         if not report.ok:
             record.guard_violations = candidate.guard_text
             _refused(bench, record, "veto", candidate.guard_text, rule=_rules(report))
@@ -198,6 +203,11 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
         review = _review(bench, candidate)
         candidate.review = review
         if review is None or review.verdict == "approve":
+            held = bench.memory.claim(f"{record.tag}/{record.exp_id}", base_text, new_text, idea.title)
+            if not held.novel:  # another preparing thread holds the same change
+                record.repeat_of = held.match.id if held.match is not None else ""
+                _refused(bench, record, "repeat", held.message, rule=f"novelty-{held.kind}")
+                return None
             return candidate
         record.review_verdict, record.review_reasons = review.verdict, json.dumps(review.reasons)
         if review.verdict == "reject":
@@ -207,6 +217,45 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
     _refused(bench, record, "veto", "still not approved after the allowed revise rounds: " + feedback,
              rule="reviewer-revise-rounds")
     return None
+
+
+def _ran_before(bench: Workbench, idea: Idea, base_text: str, new_text: str, record: ExperimentRecord) -> bool:
+    """The fingerprint's verdict on a coded edit; a change that already ran (or another candidate holds) is
+    recorded as a refused repeat, citing it."""
+    fp = fingerprint_safe(base_text, new_text)
+    record.diff, record.diff_hash = unified_diff(base_text, new_text), normalised_diff_hash(base_text, new_text)
+    record.fingerprint = fp.to_json() if fp is not None else ""
+    record.lines_added, record.lines_removed = diff_stats(base_text, new_text)
+    verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of,
+                                        claimant=f"{record.tag}/{record.exp_id}")
+    if verdict.novel:
+        return False
+    record.repeat_of = verdict.match.id if verdict.match is not None else ""
+    _refused(bench, record, "repeat", verdict.message, rule=f"novelty-{verdict.kind}")
+    return True
+
+
+def _findings(bench: Workbench, idea: Idea, base_text: str, new_text: str) -> list[str]:
+    """Where the edit's fingerprint departs from the idea's declared changes ([] for an idea without them)."""
+    if not idea.changes:
+        return []
+    fp = fingerprint_safe(base_text, new_text)
+    try:
+        wanted = declared(idea.changes, base_text)
+        profile = menu(base_text).profile_for(bench.device)
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    return mismatch(wanted, fp, profile) if fp is not None else []
+
+
+def _mismatch_feedback(findings: list[str]) -> str:
+    return ("Your edit does not do what the idea declares (its fingerprint: " + "; ".join(findings)
+            + "). Implement exactly the idea's changes, nothing else.")
+
+
+def changes_json(idea: Idea) -> str:
+    """The idea's declared changes as a record keeps them ("" when it has none)."""
+    return json.dumps([c.model_dump() for c in idea.changes]) if idea.changes else ""
 
 
 def _rules(report: GuardReport) -> str:
@@ -247,7 +296,8 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[
 def _review(bench: Workbench, candidate: Candidate) -> Review | None:
     similar = "\n".join(f"- {h.exp_id} [{h.status}] {h.title}" for h in bench.memory.similar(candidate.idea.title, k=5))
     inputs = {"program": bench.program, "idea": candidate.idea, "diff": candidate.diff,
-              "guard_report": candidate.guard_text, "guard_ok": True, "similar": similar}
+              "guard_report": candidate.guard_text, "guard_ok": True, "similar": similar,
+              "findings": list(candidate.findings)}
     try:
         return bench.crew.review(inputs)
     except RoleError as exc:

@@ -21,6 +21,7 @@ idea. A (constant, value) pair is never proposed twice.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 import re
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.crew.schemas import Analysis, CodeEdit, Idea, Review
+from agents.crew.schemas import Analysis, CodeEdit, ConstantChange, Idea, PartChange, Review
 from agents.crew.searchspace import (  # noqa: F401 (PolicyError, Feature and Removal are part of the policy's interface)
     FEATURES,
     REMOVALS,
@@ -76,10 +77,11 @@ class Move:
     rationale: str
     expected_effect: str
     device: str
+    changes: tuple[ConstantChange | PartChange, ...] = ()  # what the edit will do, as memory compares it
 
     def idea(self) -> Idea:
         return Idea(title=self.title, rationale=self.rationale, expected_effect=self.expected_effect,
-                    category=self.category)
+                    category=self.category, changes=list(self.changes))
 
     def edit(self, text: str) -> CodeEdit:
         """The edit against `text` (the current train.py, which may have moved on since the proposal)."""
@@ -251,15 +253,20 @@ class OfflinePolicy:
             for label, _, _ in feature.variants:
                 title = f"{feature.name}: {current} -> {label}"
                 if label != current and label not in state.tried and self._fresh(title):
+                    code = next(c for lab, c, _ in feature.variants if lab == current)
+                    parts = _units_at(space, [space.text.index(code)])
                     yield Move(arm, "feature", label, title, "simplification" if label == feature.lean else
                                feature.category, f"Switch {feature.name} from {current} to {label}: {feature.why}.",
                                "val_bpb at or below the best; equal counts as a win when the code gets simpler.",
-                               space.device)
+                               space.device, tuple(PartChange(part=p, technique=f"{feature.name} {label}")
+                                                   for p in parts))
         elif arm not in state.tried and self._fresh(arm):
             removal = next(r for r in REMOVALS if r.title == arm)
             why = f"{removal.why[0].upper()}{removal.why[1:]}; an equal result with less code is a win."
+            sites = [m.start() for pattern, _ in removal.sites for m in re.finditer(pattern, space.text, re.M)]
             yield Move(arm, "removal", "", arm, "simplification", why,
-                       "val_bpb within noise of the best with fewer lines, or better.", space.device)
+                       "val_bpb within noise of the best with fewer lines, or better.", space.device,
+                       tuple(PartChange(part=p, technique=removal.title) for p in _units_at(space, sites)))
 
     def _knob_moves(self, space: TrainPy, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
         first, local, widest = STEPS[knob.kind]
@@ -281,7 +288,7 @@ class OfflinePolicy:
                 continue
             title = f"{knob.name} {current} -> {text}"
             if self._fresh(title):
-                yield _knob_move(knob, value, title, state.last, space.device)
+                yield _knob_move(knob, value, title, state.last, space.device, _assigned(space, knob, value))
 
     def options(self, train_py: str, history: Sequence[ExperimentRecord], device: str = "cpu") -> list[Move]:
         """Every move still open, in no order of preference (for baselines that pick among them)."""
@@ -311,8 +318,13 @@ class OfflinePolicy:
         return move.edit(train_py)
 
     # ------------------------------------------------------------------ reviewer
-    def review(self, idea: Idea, diff: str, guard_ok: bool, guard_report: str = "") -> Review:
-        """Approve what the guard passed, unless the diff only touches seeds or data order."""
+    def review(self, idea: Idea, diff: str, guard_ok: bool, guard_report: str = "",
+               findings: Sequence[str] = ()) -> Review:
+        """Approve what the guard passed, unless the diff only touches seeds or data order, or does something
+        other than the idea declares (its fingerprint's findings): then ask for a revision naming them."""
+        if findings:
+            return Review(verdict="revise", reasons=[f"the edit does not do what the idea declares: {f}"
+                                                     for f in findings])
         if not guard_ok:
             reasons = [line.strip() for line in guard_report.splitlines() if line.strip()]
             return Review(verdict="reject", reasons=reasons or ["the deterministic guard failed"])
@@ -375,7 +387,7 @@ class OfflinePolicy:
                 return self.code(_as_idea(inputs["idea"]), inputs["train_py"])
             if role == "reviewer":
                 return self.review(_as_idea(inputs["idea"]), inputs.get("diff", ""), bool(inputs["guard_ok"]),
-                                   inputs.get("guard_report", ""))
+                                   inputs.get("guard_report", ""), inputs.get("findings") or ())
             if role == "analyst":
                 return self.analyse(_as_idea(inputs["idea"]), inputs["record"])
         except KeyError as exc:
@@ -490,7 +502,42 @@ def _preferred_steps(last: tuple[str, float] | None, first: int, local: int, dir
     return list(dict.fromkeys(u for u in steps if u))
 
 
-def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, float] | None, device: str) -> Move:
+def _assigned(space: TrainPy, knob: Knob, value: float | int) -> ConstantChange:
+    """The knob's constant as its line will read: `DEPTH = 8 if CUDA else 3` gives value '8 if CUDA else 3'."""
+    stmt = next(s for s in space.tree.body if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)
+                and s.targets[0].id == knob.const)
+    start, end = _offset(space.text, stmt.value.lineno, stmt.value.col_offset), \
+        _offset(space.text, stmt.value.end_lineno, stmt.value.end_col_offset)
+    new_text = space.with_knobs({knob.name: value})
+    return ConstantChange(constant=knob.const,
+                          value=" ".join(new_text[start:end + len(new_text) - len(space.text)].split()))
+
+
+def _offset(text: str, lineno: int, col_bytes: int) -> int:
+    lines = text.splitlines(keepends=True)
+    return sum(len(line) for line in lines[: lineno - 1]) + len(lines[lineno - 1].encode()[:col_bytes].decode())
+
+
+def _units_at(space: TrainPy, offsets: list[int]) -> list[str]:
+    """The functions or methods (else classes) of train.py holding these character offsets, in order."""
+    found: list[str] = []
+    for offset in offsets:
+        line = space.text.count("\n", 0, offset) + 1
+        for stmt in space.tree.body:
+            if not isinstance(stmt, ast.FunctionDef | ast.ClassDef) or not stmt.lineno <= line <= stmt.end_lineno:
+                continue
+            name = stmt.name
+            if isinstance(stmt, ast.ClassDef):
+                method = next((f for f in stmt.body if isinstance(f, ast.FunctionDef)
+                               and f.lineno <= line <= f.end_lineno), None)
+                name = f"{stmt.name}.{method.name}" if method is not None else name
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, float] | None, device: str,
+               change: ConstantChange) -> Move:
     way = "raise" if value > knob.value else "lower"
     same_way = last is not None and (value > knob.value) == (last[1] > 0)
     if last is None or not last[1]:
@@ -506,7 +553,7 @@ def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, floa
     category = _category(knob)
     rationale = f"{why}. {_CATEGORY_WHY[category]}"
     expected = f"val_bpb below the best by more than the noise if {knob.name} was off its optimum; no gain otherwise."
-    return Move(knob.name, "knob", _fmt(value), title, category, rationale, expected, device)
+    return Move(knob.name, "knob", _fmt(value), title, category, rationale, expected, device, (change,))
 
 
 def _category(knob: Knob) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agents.config import ROLE_NAMES, CrewConfig, key_env_for, provider_of, resolve_model
+from agents.crew.idea_schema import idea_schema, plain_idea
 from agents.crew.llm.errors import BudgetExceeded, ContextOverflow
 from agents.crew.llm.faults import acting_as
 from agents.crew.llm.servers import ServerRegistry
@@ -51,6 +52,13 @@ ROLE_SCHEMAS: dict[str, type[BaseModel]] = {
     "reviewer": Review,
     "analyst": Analysis,
 }
+
+def role_schema(role: str, inputs: Mapping[str, Any]) -> type[BaseModel]:
+    """The schema a role answers in: the hypothesis's names the constants and parts of the train.py it is shown."""
+    if role == "hypothesis" and isinstance(inputs.get("train_py"), str):
+        return idea_schema(inputs["train_py"])
+    return ROLE_SCHEMAS[role]
+
 
 # Keys of the map `build_llms` returns: "<role>" is the role's model, "<role>.fallback" its fallback,
 # "<role>.offline" the offline policy it degrades to.
@@ -286,7 +294,7 @@ class ResearchCrew:
     def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], template: str) -> BaseModel:
         """One task on one model; a context overflow shortens the prompt and asks again (never a failure of
         the model until the shortenings are used up)."""
-        schema = ROLE_SCHEMAS[role]
+        schema = role_schema(role, inputs)
         budget_of = getattr(llm, "prompt_budget", None)
         shrink, overflow = 1.0, None
         for _ in range(OVERFLOW_RETRIES + 1):
@@ -306,7 +314,7 @@ class ResearchCrew:
         raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
 
     def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
-        schema = ROLE_SCHEMAS[role]
+        schema = role_schema(role, inputs)
         set_context = getattr(llm, "set_context", None)
         if callable(set_context):
             set_context(role, inputs)
@@ -332,9 +340,10 @@ class ResearchCrew:
             raise _CallFailed(f"context window exceeded ({_one_line(exc)})", kind="ContextOverflow") from exc
         output = result.pydantic
         if isinstance(output, schema):
-            return output
+            return plain_idea(output) if isinstance(output, Idea) else output
         try:  # some backends hand back the raw JSON text
-            return schema.model_validate_json(result.raw)
+            output = schema.model_validate_json(result.raw)
+            return plain_idea(output) if isinstance(output, Idea) else output
         except ValueError:
             raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}",
                               kind="ValidationError") from None

@@ -26,6 +26,39 @@ Category = Literal[CATEGORIES]  # type: ignore[valid-type]  # a closed set: an e
 _NO_VALUE = re.compile(r"^\s*(|none|null|nil|n/?a|no|false|-+|0)\s*$", re.IGNORECASE)
 
 
+class ConstantChange(BaseModel):
+    """Set one constant of train.py."""
+
+    constant: str = Field(description="The constant's name, exactly as in train.py, e.g. 'MLP_RATIO'.")
+    value: str = Field(description="Its new value as train.py would write it, e.g. '3', '0.03', '(0.9, 0.95)'; "
+                       "where the GPU and CPU profiles differ, 'A if CUDA else B'.")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _as_python(cls, value: object) -> object:
+        """A number or a list given as JSON is written as Python: 3 -> '3', [0.9, 0.95] -> '(0.9, 0.95)'."""
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list | tuple):
+            return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return value
+
+
+class PartChange(BaseModel):
+    """Rewrite one part of train.py's code."""
+
+    part: str = Field(description="The function, class or method of train.py the change rewrites, e.g. "
+                      "'MLP.forward' or 'Muon'.")
+    technique: str = Field(description="A short name of what is done to it, e.g. 'SwiGLU', 'QK-norm off', "
+                           "'remove soft-cap'.")
+
+
+CHANGES_DESCRIPTION = ("Every change the experiment makes, one item each: {constant, value} to set a constant "
+                       "of train.py, {part, technique} to rewrite its code. Memory compares experiments by these.")
+
+
 class Idea(BaseModel):
     """The hypothesis role's proposal for the next experiment."""
 
@@ -38,6 +71,7 @@ class Idea(BaseModel):
         description="Only when deliberately retrying an earlier experiment: its id (the reason goes in the "
         "rationale). Otherwise null.",
     )
+    changes: list[ConstantChange | PartChange] = Field(default_factory=list, description=CHANGES_DESCRIPTION)
 
     @field_validator("category", mode="before")
     @classmethod

@@ -1,0 +1,303 @@
+"""The English reader: constants and values in an idea written in words, for ideas that came without `changes`.
+
+It serves `autoresearch memory check "free text"` and any idea a model proposed without filling `changes`. It
+reads what it can be sure of and says when it is not (`Changes.complete`): a constant named by its code name
+(`MLP_RATIO`, `mlp ratio`) or by the words of that name (`matrix learning rate` for MATRIX_LR), with a value
+after it (`4 -> 3`, `from 4 to 3`, `to 3`, `= 3`, `three`, `halve`, `double`, `70%` for a fraction), per
+device profile. Words it cannot place are kept as the idea's technique words (`turn QK-norm off`), compared
+with the technique names of past experiments. Its vocabulary is general English and fixed; a reading is
+stored with `READER_VERSION`, and stored readings are redone when it changes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from memory.changes import (
+    CHANGE_VERBS,
+    OFF_WORDS,
+    ON_WORDS,
+    STOP_WORDS,
+    Changes,
+    Menu,
+    content_words,
+    menu,
+    stem,
+    word_match,
+)
+from memory.fingerprint import canonical_value
+
+READER_VERSION = "2"
+ABBREVIATIONS = {"lr": ("learning", "rate"), "dim": ("dimension",), "ns": ("newton", "schulz"),
+                 "frac": ("fraction",), "softcap": ("soft", "cap"), "rope": ("rotary",), "adam": ("adamw",),
+                 "mlp": ("feed", "forward"), "embedding": ("embed",)}
+OPTIONAL_LAST = frozenset({"ratio", "frac", "size"})  # 'warmdown 0.6' names WARMDOWN_RATIO
+FACTORS = {"halve": 0.5, "half": 0.5, "double": 2.0, "twice": 2.0, "triple": 3.0, "quadruple": 4.0}
+UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                    "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+FROM_MARKERS = (("from",), ("instead", "of"), ("rather", "than"), ("not",), ("was",))
+_TOKEN = re.compile(r"\((?:\s*[-+]?[\d.]+(?:e-?\d+)?\s*,)+\s*[-+]?[\d.]+(?:e-?\d+)?\s*\)"  # a tuple
+                    r"|[-+]?\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*\d+"  # 2**18
+                    r"|[-+]?\d*\.?\d+(?:e[-+]?\d+)?(?:k\b)?%?"  # numbers, 50k, 70%
+                    r"|->|=>|=|:"
+                    r"|[a-z][a-z0-9_']*", re.IGNORECASE)
+
+
+@dataclass
+class Token:
+    text: str  # as written (case kept)
+    kind: str  # "word" | "num" | "arrow" | "eq"
+    value: Any = None  # a number or tuple of numbers
+    percent: bool = False
+    used: bool = False
+
+
+def tokenize(text: str) -> list[Token]:
+    text = text.replace("→", "->").replace("×", " x ").replace("−", "-")
+    tokens: list[Token] = []
+    for raw in _TOKEN.findall(text):
+        lower = raw.lower()
+        if raw in ("->", "=>"):
+            tokens.append(Token(raw, "arrow"))
+        elif raw in ("=", ":"):
+            tokens.append(Token(raw, "eq"))
+        elif raw[0] == "(":
+            tokens.append(Token(raw, "num", tuple(float(x) for x in raw.strip("()").split(","))))
+        elif raw[0].isdigit() or raw[0] in "+-.":
+            tokens.append(_number(raw))
+        elif lower in UNITS or lower in TENS or lower in SCALES:
+            _spelled(tokens, lower)
+        else:
+            tokens.append(Token(raw, "word", stem(lower.strip("'").removesuffix("'s"))))
+    return tokens
+
+
+def _number(raw: str) -> Token:
+    text = raw.lower().replace(" ", "")
+    percent = text.endswith("%")
+    text = text.rstrip("%")
+    if "**" in text or "^" in text:
+        base, _, power = text.replace("^", "**").partition("**")
+        value: float = float(base) ** min(float(power), 64)
+    elif text.endswith("k"):
+        value = float(text[:-1]) * 1000
+    else:
+        value = float(text)
+    return Token(raw, "num", value, percent)
+
+
+def _spelled(tokens: list[Token], word: str) -> None:
+    """Numbers in words: 'twelve', 'five hundred thousand'."""
+    prev = tokens[-1] if tokens and tokens[-1].kind == "num" and tokens[-1].text.isalpha() else None
+    if word in SCALES:
+        if prev is not None:
+            prev.value, prev.text = prev.value * SCALES[word], word
+            return
+        tokens.append(Token(word, "num", float(SCALES[word])))
+    elif prev is not None and word in UNITS and prev.value >= 20 and prev.value % 10 == 0:
+        prev.value += UNITS[word]
+    else:
+        tokens.append(Token(word, "num", float(UNITS.get(word, TENS.get(word, 0)))))
+
+
+# ---------------------------------------------------------------------------------------------- mentions
+
+
+@dataclass
+class Mention:
+    name: str
+    start: int
+    end: int  # last token index
+    size: int  # words matched
+
+
+def _name_words(name: str) -> list[tuple[tuple[str, ...], ...]]:
+    """Per word of a constant's name, the ways a text may say it ('lr' or 'learning rate')."""
+    out = []
+    for word in name.lower().split("_"):
+        forms = [(stem(word),)]
+        if word in ABBREVIATIONS:
+            forms.append(ABBREVIATIONS[word])
+        out.append(tuple(forms))
+    return out
+
+
+def _find(tokens: list[Token], name: str) -> Mention | None:
+    """Where the text names constant `name`: its code name, or every word of it close together."""
+    for i, tok in enumerate(tokens):
+        if tok.kind == "word" and tok.text.upper() == name:
+            return Mention(name, i, i, 99)
+    words = _name_words(name)
+    if len(words) > 1 and words[-1][0][0] in OPTIONAL_LAST:
+        required = words[:-1]
+    else:
+        required = words
+    positions: list[int] = []
+    for forms in words:
+        hit = _locate(tokens, forms)
+        if hit is None and forms not in required:
+            continue
+        if hit is None:
+            return None
+        positions.extend(hit)
+    if max(positions) - min(positions) > len(positions) + 2:
+        return None
+    return Mention(name, min(positions), max(positions), len(positions))
+
+
+def _locate(tokens: list[Token], forms: tuple[tuple[str, ...], ...]) -> list[int] | None:
+    for form in forms:
+        for i in range(len(tokens) - len(form) + 1):
+            if all(tokens[i + k].kind == "word" and word_match(tokens[i + k].value, w) for k, w in enumerate(form)):
+                return list(range(i, i + len(form)))
+    return None
+
+
+def _mentions(tokens: list[Token], m: Menu) -> tuple[list[Mention], bool]:
+    """The constants named, in text order, and whether some named constant was ambiguous."""
+    found = [x for name in m.numbers if (x := _find(tokens, name)) is not None]
+    kept, ambiguous = [], False
+    for mention in sorted(found, key=lambda x: -x.size):
+        rivals = [k for k in kept if not (mention.end < k.start or k.end < mention.start)]
+        if not rivals:
+            kept.append(mention)
+        elif any(r.size == mention.size and r.name != mention.name for r in rivals):
+            ambiguous = True
+    return sorted(kept, key=lambda x: x.start), ambiguous
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def _value(tokens: list[Token], lo: int, hi: int) -> tuple[Any, float | None, bool]:
+    """(absolute value, factor, understood) of the tokens [lo, hi): the value after an arrow or 'to', the one
+    number left once 'from X' / 'instead of X' are set aside, or a factor word (halve, double)."""
+    span = list(range(lo, hi))
+    for i in span:
+        if tokens[i].kind == "arrow":
+            after = [j for j in span if j > i and tokens[j].kind == "num"]
+            return (tokens[after[0]], None, True) if after else (None, None, False)
+    old = set()
+    for i in span:
+        for marker in FROM_MARKERS:
+            if all(i + k < hi and tokens[i + k].kind == "word" and tokens[i + k].value == w
+                   for k, w in enumerate(marker)):
+                after = i + len(marker)
+                if after < hi and tokens[after].kind == "num":
+                    old.add(after)
+    numbers = [j for j in span if tokens[j].kind == "num" and j not in old]
+    factors = [FACTORS[tokens[j].value] for j in span if tokens[j].kind == "word" and tokens[j].value in FACTORS]
+    if len(numbers) == 1 and not factors:
+        return tokens[numbers[0]], None, True
+    if not numbers and len(factors) == 1:
+        return None, factors[0], True
+    return None, None, not numbers and not factors  # no value at all is not a misreading; several are
+
+
+def _resolve(name: str, token: Token | None, factor: float | None, m: Menu) -> dict[str, str] | None:
+    """The constant's new value per profile (only where it changes), None when it cannot be placed."""
+    current = m.numbers.get(name, {})
+    out = {}
+    for profile in m.profiles:
+        now = current.get(profile)
+        if factor is not None:
+            if not isinstance(now, int | float) or isinstance(now, bool):
+                return None
+            value: Any = now * factor
+        elif token is not None:
+            value = token.value
+            if isinstance(now, tuple) != isinstance(value, tuple):
+                return None
+            if token.percent and isinstance(now, int | float) and abs(now) <= 1:
+                value = value / 100
+        else:
+            return None
+        if isinstance(now, int) and not isinstance(value, tuple) and float(value).is_integer():
+            value = int(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        shown = canonical_value(value)
+        if shown != canonical_value(now):
+            out[profile] = shown
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read(title: str, rationale: str, train_py: str) -> Changes:
+    """The reading of an idea against the train.py it was proposed on: the title decides; the rationale only
+    gives a value the title leaves out for a constant the title names."""
+    m = menu(train_py)
+    tokens = tokenize(title)
+    mentions, ambiguous = _mentions(tokens, m)
+    constants: dict[str, dict[str, str]] = {}
+    complete = not ambiguous
+    for k, mention in enumerate(mentions):
+        lo = 0 if k == 0 else mention.end + 1
+        hi = mentions[k + 1].start if k + 1 < len(mentions) else len(tokens)
+        for i in range(mention.start, mention.end + 1):
+            tokens[i].used = True
+        before = range(lo, mention.start) if k == 0 else range(0)
+        token, factor, understood = _value(tokens, min(lo, mention.start) if k == 0 else mention.end + 1, hi)
+        if token is None and factor is None and understood and rationale:
+            token, factor, understood = _from_rationale(mention.name, rationale, m)
+        values = _resolve(mention.name, token, factor, m) if understood else None
+        if values is None:
+            complete = False
+            continue
+        constants[mention.name] = values
+        for i in (*before, *range(mention.end + 1, hi)):
+            if tokens[i].kind in ("num", "arrow", "eq") or tokens[i].kind == "word" and tokens[i].value in FACTORS:
+                tokens[i].used = True
+    _mark_old_states(tokens)
+    leftover = [t for t in tokens if not t.used and t.kind == "word"]
+    words = content_words(" ".join(t.value for t in leftover))
+    if constants:
+        words = frozenset(w for w in words if w not in ("on", "off"))
+        complete = complete and not words and not any(t.kind == "num" for t in tokens if not t.used)
+        return Changes({k: v for k, v in constants.items() if v}, words=frozenset() if complete else words,
+                       complete=complete, source="reading")
+    named = any(_locate(tokens, forms) for name in m.numbers for forms in _name_words(name)
+                if forms[0][0] not in OPTIONAL_LAST)
+    numbers = frozenset(t.text.lower() for t in tokens if t.kind == "num")
+    return Changes(words=words | numbers, complete=False if named or mentions else not words,
+                   source="reading")
+
+
+def _mark_old_states(tokens: list[Token]) -> None:
+    """Words naming what is replaced are not the change: 'QK-norm: on -> off', 'from ReLU to GELU', 'GELU instead
+    of ReLU'."""
+    for i, tok in enumerate(tokens):
+        if tok.kind == "arrow":
+            eq = next((j for j in range(i - 1, max(-1, i - 4), -1) if tokens[j].kind == "eq"), None)
+            for j in range(i - 1 if eq is None else eq, i):
+                tokens[j].used = True
+            tok.used = True
+        elif tok.kind == "word" and tok.value == "from":
+            to = next((j for j in range(i + 1, len(tokens)) if tokens[j].value == "to"), None)
+            for j in range(i, to + 1 if to is not None else i + 1):
+                tokens[j].used = True
+        elif tok.kind == "word" and tok.value in ("instead", "rather"):
+            for t in tokens[i:]:
+                t.used = True
+
+
+def _from_rationale(name: str, rationale: str, m: Menu) -> tuple[Token | None, float | None, bool]:
+    tokens = tokenize(rationale)
+    mentions, _ = _mentions(tokens, m)
+    for k, mention in enumerate(mentions):
+        if mention.name == name:
+            hi = mentions[k + 1].start if k + 1 < len(mentions) else len(tokens)
+            token, factor, understood = _value(tokens, mention.end + 1, hi)
+            if understood and (token is not None or factor is not None):
+                return token, factor, True
+    return None, None, True
+
+
+__all__ = ["CHANGE_VERBS", "OFF_WORDS", "ON_WORDS", "READER_VERSION", "STOP_WORDS", "read"]
