@@ -27,11 +27,10 @@ _NO_VALUE = re.compile(r"^\s*(|none|null|nil|n/?a|no|false|-+|0)\s*$", re.IGNORE
 
 
 class ConstantChange(BaseModel):
-    """Set one constant of train.py."""
+    """Set a constant of train.py."""
 
-    constant: str = Field(description="The constant's name, exactly as in train.py, e.g. 'MLP_RATIO'.")
-    value: str = Field(description="Its new value as train.py would write it, e.g. '3', '0.03', '(0.9, 0.95)'; "
-                       "where the GPU and CPU profiles differ, 'A if CUDA else B'.")
+    constant: str = Field(description="Its name in train.py.")
+    value: str = Field(description="New value as train.py would write it; 'A if CUDA else B' where profiles differ.")
 
     @field_validator("value", mode="before")
     @classmethod
@@ -47,16 +46,13 @@ class ConstantChange(BaseModel):
 
 
 class PartChange(BaseModel):
-    """Rewrite one part of train.py's code."""
+    """Rewrite code of train.py."""
 
-    part: str = Field(description="The function, class or method of train.py the change rewrites, e.g. "
-                      "'MLP.forward' or 'Muon'.")
-    technique: str = Field(description="A short name of what is done to it, e.g. 'SwiGLU', 'QK-norm off', "
-                           "'remove soft-cap'.")
+    part: str = Field(description="Function, class or method, e.g. 'MLP.forward'.")
+    technique: str = Field(description="What is done to it, in a few words, e.g. 'SwiGLU'.")
 
 
-CHANGES_DESCRIPTION = ("Every change the experiment makes, one item each: {constant, value} to set a constant "
-                       "of train.py, {part, technique} to rewrite its code. Memory compares experiments by these.")
+CHANGES_DESCRIPTION = "Every change, one item each: memory compares experiments by these, not by the title."
 
 
 class Idea(BaseModel):
