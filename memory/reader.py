@@ -192,8 +192,8 @@ def _value(tokens: list[Token], lo: int, hi: int) -> tuple[Any, float | None, bo
                     old.add(after)
     numbers = [j for j in span if tokens[j].kind == "num" and j not in old]
     factors = [FACTORS[tokens[j].value] for j in span if tokens[j].kind == "word" and tokens[j].value in FACTORS]
-    if len(numbers) == 1 and not factors:
-        return tokens[numbers[0]], None, True
+    if numbers and len({repr(tokens[j].value) for j in numbers}) == 1 and not factors:  # one value, maybe said twice
+        return tokens[numbers[-1]], None, True
     if not numbers and len(factors) == 1:
         return None, factors[0], True
     return None, None, not numbers and not factors  # no value at all is not a misreading; several are

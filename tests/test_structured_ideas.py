@@ -1,0 +1,145 @@
+"""Structured ideas end to end through the real SDKs and the scripted server: the hypothesis fills `changes`
+through the schema; memory refuses a re-proposal under a new title before any coding; the fingerprint catches an
+edit that does not do what the idea declared (back to the coder once, then a finding for the reviewer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewai-test-"))
+
+from agents.config import load_config  # noqa: E402
+from agents.crew.candidates import Workbench, prepare_candidate  # noqa: E402
+from agents.crew.llm import UsageLedger  # noqa: E402
+from agents.crew.llm.offline import OfflineLLM  # noqa: E402
+from agents.crew.policy import OfflinePolicy  # noqa: E402
+from agents.crew.roles import ResearchCrew, build_llms  # noqa: E402
+from agents.record.results import ExperimentRecord  # noqa: E402
+from memory import ExperimentMemory  # noqa: E402
+from memory.embeddings import load_minilm  # noqa: E402
+from memory.fingerprint import fingerprint  # noqa: E402
+from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = (REPO / "train.py").read_text()
+GELU = ("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm()
+
+
+def idea(title: str, *changes: dict) -> dict:
+    return {"title": title, "rationale": f"because {title}", "expected_effect": "lower val_bpb",
+            "category": "architecture", "changes": list(changes)}
+
+
+class Crew:
+    """The scripted crew on the wire: ideas in order, the coder's edits per idea title, a reviewer that rejects an
+    edit whose findings say it departs from its idea, and a judge that names the past idea with the same part."""
+
+    def __init__(self, ideas: list[dict], edits: dict[str, list[tuple[str, str]]]):
+        self.ideas, self.edits = list(ideas), {k: list(v) for k, v in edits.items()}
+        self.requests: list[ParsedRequest] = []
+
+    def __call__(self, request: ParsedRequest) -> Reply:
+        self.requests.append(request)
+        if request.schema_name == "Idea":
+            return Reply.json(self.ideas.pop(0))
+        if request.schema_name == "CodeEdit":
+            title = re.search(r"Title: (.*)", request.text).group(1).strip()
+            search, replace = self.edits[title].pop(0) if len(self.edits[title]) > 1 else self.edits[title][0]
+            return Reply.json({"path": "train.py", "blocks": [{"search": search, "replace": replace}], "summary": title})
+        if request.schema_name == "Review":
+            found = re.findall(r"finding \(idea vs edit\): (.*)", request.text)
+            return Reply.json({"verdict": "reject" if found else "approve", "reasons": found or ["clean"]})
+        if request.schema_name == "JudgeAnswer":
+            past = re.findall(r"id: (\S+)\nidea: .*\n(?:rationale: .*\n)?what the code changed: .*MLP\.forward", request.text)
+            return Reply.json({"same_as": past[0] if past else None, "reason": "the same MLP activation"})
+        return Reply.error(400, f"unexpected {request.schema_name}")
+
+    def of(self, schema: str) -> list[ParsedRequest]:
+        return [r for r in self.requests if r.schema_name == schema]
+
+
+def bench(memory: ExperimentMemory, ledger: UsageLedger, refused: list[ExperimentRecord]) -> Workbench:
+    config = load_config(REPO / "crew.yaml")
+    for role in ("hypothesis", "coder", "reviewer", "analyst"):
+        getattr(config.roles, role).model = "anthropic/claude-test"
+        getattr(config.roles, role).max_retries = 0
+    policy = OfflinePolicy()
+    crew = ResearchCrew(config, "Lower val_bpb.", ledger, build_llms(config, ledger, lambda r: OfflineLLM(policy)))
+    ids = iter(f"{i:04d}" for i in range(1, 100))
+    return Workbench(crew=crew, memory=memory, program="Lower val_bpb.", device="cuda", novelty_threshold=0.3,
+                     coder_retries=1, review_rounds=2, guard_rules=None, new_exp_id=lambda: next(ids),
+                     refuse=lambda r: (refused.append(r), memory.add(r)), history=lambda: [], recall=lambda d: "",
+                     best_summary=lambda: "no result yet", usage_scope=lambda exp_id: nullcontext(),
+                     on_role_error=lambda exc: None)
+
+
+def past(memory: ExperimentMemory) -> None:
+    """What ran before: MLP_RATIO = 3 and GELU in the MLP, each coded (a fingerprint) with its declared changes."""
+    ratio = TRAIN.replace("MLP_RATIO = 4", "MLP_RATIO = 3")
+    memory.add(ExperimentRecord(exp_id="0001", tag="night1", status="discard", description="MLP_RATIO 4 -> 3",
+                                val_bpb=1.01, lesson="Capacity mattered more than speed.",
+                                changes=json.dumps([{"constant": "MLP_RATIO", "value": "3"}]),
+                                fingerprint=fingerprint(TRAIN, ratio).to_json()))
+    memory.add(ExperimentRecord(exp_id="0002", tag="night1", status="discard", description="MLP activation: GELU",
+                                val_bpb=1.02, changes=json.dumps([{"part": "MLP.forward", "technique": "GELU"}]),
+                                fingerprint=fingerprint(TRAIN, TRAIN.replace(*GELU)).to_json()))
+
+
+def test_re_proposals_under_new_titles_are_refused_before_coding(tmp_path, minilm, anthropic_env):
+    crew = Crew([idea("A leaner feed-forward block", {"constant": "MLP_RATIO", "value": "6 // 2"}),
+                 idea("Smooth the MLP non-linearity", {"part": "MLP.forward", "technique": "gelu activation"}),
+                 idea("Shallower", {"constant": "DEPTH", "value": "6 if CUDA else 2"})],
+                {"Shallower": [("DEPTH = 8 if CUDA else 2", "DEPTH = 6 if CUDA else 2")]})
+    refused: list[ExperimentRecord] = []
+    with ScriptedLLMServer(crew) as server, ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
+        anthropic_env(server)
+        past(memory)
+        candidate = prepare_candidate(bench(memory, UsageLedger(), refused), "night2", "full", "c0", TRAIN)
+    # the schema offered train.py's constants and parts as enums
+    schema = json.dumps(crew.of("Idea")[0].schema)
+    assert '"MLP_RATIO"' in schema and '"MLP.forward"' in schema
+    assert [(r.status, r.rule, r.repeat_of) for r in refused] == [("repeat", "novelty-semantic", "night1/0001"),
+                                                                  ("repeat", "novelty-semantic", "night1/0002")]
+    assert "Capacity mattered more than speed" in refused[0].decision_reason
+    assert json.loads(refused[0].changes) == [{"constant": "MLP_RATIO", "value": "6 // 2"}]
+    assert [re.search(r"Title: (.*)", r.text).group(1) for r in crew.of("CodeEdit")] == ["Shallower"]  # no coding
+    assert len(crew.of("JudgeAnswer")) == 1  # constants were decided by structure; the part by the judge
+    assert candidate is not None and candidate.idea.changes[0].constant == "DEPTH" and candidate.findings == []
+
+
+def test_an_edit_that_departs_from_its_declared_changes_is_caught_by_the_fingerprint(tmp_path, minilm,
+                                                                                      anthropic_env):
+    wrong = ("DEPTH = 8 if CUDA else 2", "DEPTH = 10 if CUDA else 2")
+    crew = Crew([idea("Narrower MLP", {"constant": "MLP_RATIO", "value": "2"}),
+                 idea("Cheaper MLP", {"constant": "MLP_RATIO", "value": "5"})],
+                {"Narrower MLP": [wrong, wrong],
+                 "Cheaper MLP": [wrong, ("MLP_RATIO = 4", "MLP_RATIO = 3")]})  # corrected into a change that ran
+    refused: list[ExperimentRecord] = []
+    with ScriptedLLMServer(crew) as server, ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
+        anthropic_env(server)
+        past(memory)
+        candidate = prepare_candidate(bench(memory, UsageLedger(), refused), "night2", "full", "c0", TRAIN,
+                                      max_proposals=2)
+    assert candidate is None
+    codes = crew.of("CodeEdit")
+    named = "the idea sets MLP_RATIO = 2; the edit leaves MLP_RATIO unchanged"
+    assert named in codes[1].text and "the idea does not change DEPTH; the edit sets it to 10" in codes[1].text
+    reviews = crew.of("Review")
+    assert named in reviews[0].text  # still wrong after one more try: the reviewer sees the finding
+    veto, repeat = refused
+    assert (veto.status, veto.rule) == ("veto", "reviewer") and named in veto.decision_reason
+    # the second idea's corrected edit is the fingerprint of a change that already ran: refused before GPU time
+    assert (repeat.status, repeat.rule, repeat.repeat_of) == ("repeat", "novelty-exact", "night1/0001")
+    assert "MLP_RATIO 4 -> 3" in repeat.decision_reason
