@@ -229,15 +229,18 @@ def values_equal(a: str, b: str) -> bool:
     """Canonical values, numbers compared to rounding ('0.03' and '0.030000000000000002')."""
     if a == b:
         return True
+    x, y = _numbers(a), _numbers(b)
+    return x is not None and y is not None and len(x) == len(y) and \
+        all(math.isclose(i, j, rel_tol=1e-9, abs_tol=1e-12) for i, j in zip(x, y, strict=True))
+
+
+def _numbers(text: str) -> tuple[float, ...] | None:
+    """'0.03' -> (0.03,); '(0.9, 0.95)' -> (0.9, 0.95); None for anything else (no parser: threads share this)."""
+    items = text[1:-1].split(",") if text.startswith("(") and text.endswith(")") else [text]
     try:
-        x, y = ast.literal_eval(a), ast.literal_eval(b)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-        return False
-    if isinstance(x, tuple) and isinstance(y, tuple):
-        return len(x) == len(y) and all(values_equal(repr(i), repr(j)) for i, j in zip(x, y, strict=True))
-    if isinstance(x, int | float) and isinstance(y, int | float) and not isinstance(x, bool):
-        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-    return False
+        return tuple(float(item) for item in items if item.strip())
+    except ValueError:
+        return None
 
 
 def _same_part(a: str, b: str) -> bool:

@@ -3,9 +3,11 @@ records read against their own base commit, and the memory shared by many prepar
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -195,9 +197,29 @@ def test_records_from_parquet_are_read_against_their_own_base_commit(tmp_path, m
 # ------------------------------------------------------------------------------------------- many threads
 
 
-def test_many_preparing_threads_share_the_memory_safely(tmp_path, minilm):
+class _Garbage:
+    """A reference cycle whose finalizer lets other threads run: collected in the middle of an `ast.parse`, it hands
+    the interpreter to another thread inside the parser (CPython gh-106905), as CrewAI's objects do in a real run."""
+
+    def __init__(self) -> None:
+        self.cycle = self
+
+    def __del__(self) -> None:
+        time.sleep(0)
+
+
+@pytest.fixture
+def collecting_often():
+    threshold = gc.get_threshold()
+    gc.set_threshold(100)
+    yield
+    gc.set_threshold(*threshold)
+
+
+def test_many_preparing_threads_share_the_memory_safely(tmp_path, minilm, collecting_often):
     """Sixteen threads gate ideas (declared and in words), fingerprint edits of distinct train.py versions and
-    claim changes while the writer adds records: no error, and every answer equals the one-thread answer."""
+    claim changes while the writer adds records and garbage is collected mid-parse: no error, and every answer
+    equals the one-thread answer."""
     versions = [TRAIN.replace("ASPECT_RATIO = 64", f"ASPECT_RATIO = {64 + k}") for k in range(12)]
     ideas = [Idea(title=f"MLP ratio {k}", rationale="", expected_effect="", category="other",
                   changes=[{"constant": "MLP_RATIO", "value": str(k)}] if k % 2 else []) for k in range(5, 12)]
@@ -212,6 +234,7 @@ def test_many_preparing_threads_share_the_memory_safely(tmp_path, minilm):
             try:
                 start.wait()
                 for round_ in range(3):
+                    _ = [_Garbage() for _ in range(50)]
                     base = versions[(k + round_) % len(versions)]
                     menu(base)
                     assert fingerprint_safe(base, base.replace("DEPTH = 8", f"DEPTH = {k + 20}")) is not None
