@@ -143,3 +143,13 @@ def test_an_edit_that_departs_from_its_declared_changes_is_caught_by_the_fingerp
     # the second idea's corrected edit is the fingerprint of a change that already ran: refused before GPU time
     assert (repeat.status, repeat.rule, repeat.repeat_of) == ("repeat", "novelty-exact", "night1/0001")
     assert "MLP_RATIO 4 -> 3" in repeat.decision_reason
+
+
+@pytest.mark.slow
+def test_an_offline_run_of_two_dozen_experiments_never_trains_a_fingerprint_twice(tmp_path):
+    """The real loop with the offline crew (two candidates prepared at once), on the toy train.py."""
+    from benchmarks.offline_fingerprints import run
+
+    report = run(tmp_path, runs=1, experiments=24)
+    assert report["trained"] >= 24 and report["fingerprinted"] == report["trained"]
+    assert report["duplicates"] == {} and report["distinct"] == report["fingerprinted"]
