@@ -26,16 +26,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory.comparison import compare  # noqa: E402
+from memory.reading import read_idea  # noqa: E402
+from memory.vocabulary import learn_vocabulary  # noqa: E402
+
 from agents.crew.schemas import Idea  # noqa: E402
 from agents.record.results import ExperimentRecord  # noqa: E402
 from memory import DEFAULT_THRESHOLD, ExperimentMemory  # noqa: E402
-from memory.comparison import compare  # noqa: E402
 from memory.embeddings import embed_texts, load_minilm  # noqa: E402
 from memory.fingerprint import fingerprint  # noqa: E402
-from memory.reading import read_idea  # noqa: E402
 from memory.records import idea_text  # noqa: E402
 from memory.store import HNSW_CONFIG  # noqa: E402
-from memory.vocabulary import learn_vocabulary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"

@@ -15,17 +15,15 @@ import ast
 import json
 import math
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from memory.fingerprint import ChangeFingerprint, code_units, fingerprint_or_none, module_constants
+from agents import trainpy
+from memory.fingerprint import ChangeFingerprint
 
-_MODULE_UNIT = "<module>"
-# ast.parse from several threads at once can fail inside CPython (gh-106905): every parse here takes this lock
-PARSE_LOCK = threading.RLock()
+_MODULE_UNIT = trainpy.MODULE_UNIT
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 # General English of change requests (fixed: the reader does not grow phrase by phrase)
 STOP_WORDS = frozenset("""a an the of to for in at by with and or its it from into this that these those be is are
@@ -39,73 +37,42 @@ OFF_WORDS = frozenset("off no without remove removing drop dropping disable disa
 ON_WORDS = frozenset("on enable enabling add adding introduce".split())
 
 
-def parse(source: str, mode: str = "exec") -> ast.AST:
-    """`ast.parse` under the process-wide lock (SyntaxError as usual)."""
-    with PARSE_LOCK:
-        return ast.parse(source, mode=mode)
+def profile_of(train_py: str, device: str | None) -> str:
+    """The device profile a run on `device` ("cpu" / "cuda", default cpu) uses in this train.py."""
+    return trainpy.read(train_py).profile(device or "cpu").name
 
 
-def fingerprint_safe(old_text: str, new_text: str) -> ChangeFingerprint | None:
-    """memory.fingerprint.fingerprint_or_none under the parse lock (preparing threads fingerprint edits at once)."""
-    with PARSE_LOCK:
-        return fingerprint_or_none(old_text, new_text)
+def parts_of(train_py: str) -> tuple[str, ...]:
+    """The functions, classes and methods of train.py an idea may name as parts."""
+    return tuple(sorted(name for name in trainpy.read(train_py).units if name != _MODULE_UNIT))
 
 
-# ---------------------------------------------------------------------------------------------- the menu
-
-
-@dataclass(frozen=True)
-class Menu:
-    """What a train.py offers an idea: its constants (value per profile), its parts, its device profiles."""
-
-    constants: dict[str, dict[str, str]]  # name -> profile -> canonical value
-    numbers: dict[str, dict[str, Any]]  # name -> profile -> evaluated value (numbers and tuples only)
-    parts: tuple[str, ...]  # functions, classes and methods ("MLP", "MLP.forward")
-    profiles: tuple[str, ...]
-    flags: tuple[str, ...]
-    assignments: tuple[tuple[str, str], ...]  # module-level (name, source of the statement), in order
-
-    def profile_for(self, device: str | None) -> str:
-        """The profile a run on `device` ("cpu" / "cuda") uses; the first profile when there are no flags."""
-        if "CUDA" in self.flags and device:
-            wanted = "CUDA" if device == "cuda" else "not CUDA"
-            for name in self.profiles:
-                if wanted in name.split(", "):
-                    return name
-        return self.profiles[0]
-
-
-@lru_cache(maxsize=16)
-def menu(train_py: str) -> Menu:
-    """The menu of one train.py (cached by its text; immutable, so threads share it). SyntaxError if it does not
-    parse."""
-    with PARSE_LOCK:  # code_units parses each unit again
-        tree = parse(train_py)
-        parts = tuple(sorted(unit for unit in code_units(tree, train_py) if unit != _MODULE_UNIT))
-    consts = module_constants(tree)
-    assignments = []
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            assignments.append((stmt.targets[0].id, ast.unparse(stmt)))
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            assignments.append((stmt.target.id, ast.unparse(stmt)))
-    constants = {name: dict(values) for name, values in consts.values.items() if name not in consts.flags}
-    return Menu(constants, {k: dict(v) for k, v in consts.numbers.items()}, parts, tuple(consts.profiles),
-                tuple(consts.flags), tuple(assignments))
+def expression(value: str) -> Any:
+    """A declared value as a syntax tree (parsed under the model's lock); SyntaxError unless it is one expression."""
+    body = trainpy.private_tree(f"__value__ = {value}").body
+    if len(body) != 1 or not isinstance(body[0], ast.Assign):
+        raise SyntaxError(f"{value!r} is not one Python expression")
+    return body[0].value
 
 
 def evaluate(values: dict[str, str], train_py: str) -> dict[str, dict[str, str]]:
-    """Per profile, the canonical value each constant takes when `values` (name -> Python expression) replace
-    its assignment in train.py (a name train.py lacks is added). SyntaxError for an expression that does not
-    parse."""
-    m = menu(train_py)
-    replaced = dict(values)
-    lines = []
-    for name, source in m.assignments:
-        lines.append(f"{name} = {replaced.pop(name)}" if name in replaced else source)
-    lines += [f"{name} = {value}" for name, value in replaced.items()]
-    result = module_constants(parse("\n".join(lines)))
-    return {name: dict(result.values.get(name, {})) for name in values}
+    """Per profile, the canonical value each constant takes when `values` (name -> Python expression) are
+    assigned in train.py: evaluated against its constants and profile flags (`A if CUDA else B`). An expression
+    that is not constant keeps its normalised source. SyntaxError for one that does not parse."""
+    model = trainpy.read(train_py)
+    nodes = {name: expression(value) for name, value in values.items()}
+    out: dict[str, dict[str, str]] = {name: {} for name in values}
+    for profile in model.profiles:
+        env = {**model.values(profile.name), **profile.flags}
+        for name, node in nodes.items():
+            try:
+                value = trainpy.evaluate(node, env)
+            except trainpy.Opaque:
+                out[name][profile.name] = ast.unparse(node)
+                continue
+            env[name] = value
+            out[name][profile.name] = trainpy.canonical_value(value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- changes
@@ -205,7 +172,8 @@ def declared(items: Sequence[Any], train_py: str) -> Changes:
             values[str(data["constant"]).strip()] = str(data.get("value", "")).strip()
         elif data.get("part"):
             parts[str(data["part"]).strip()] = " ".join(str(data.get("technique", "")).split())
-    current = menu(train_py).constants
+    model = trainpy.read(train_py)
+    current = {name: c.spellings for name, c in model.constants.items()}
     constants = {}
     for name, per in evaluate(values, train_py).items() if values else ():
         changed = {p: v for p, v in per.items() if current.get(name, {}).get(p) != v}

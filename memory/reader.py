@@ -16,19 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from memory.changes import (
-    CHANGE_VERBS,
-    OFF_WORDS,
-    ON_WORDS,
-    STOP_WORDS,
-    Changes,
-    Menu,
-    content_words,
-    menu,
-    stem,
-    word_match,
-)
-from memory.fingerprint import canonical_value
+from agents import trainpy
+from agents.trainpy import canonical_value
+from memory.changes import CHANGE_VERBS, OFF_WORDS, ON_WORDS, STOP_WORDS, Changes, content_words, stem, word_match
 
 READER_VERSION = "2"
 ABBREVIATIONS = {"lr": ("learning", "rate"), "dim": ("dimension",), "ns": ("newton", "schulz"),
@@ -158,7 +148,28 @@ def _locate(tokens: list[Token], forms: tuple[tuple[str, ...], ...]) -> list[int
     return None
 
 
-def _mentions(tokens: list[Token], m: Menu) -> tuple[list[Mention], bool]:
+@dataclass(frozen=True)
+class Knobs:
+    """The numeric constants of one train.py (number or tuple of numbers), per profile."""
+
+    numbers: dict[str, dict[str, Any]]
+    profiles: tuple[str, ...]
+
+
+def knobs(train_py: str) -> Knobs:
+    model = trainpy.read(train_py)
+    numbers = {name: dict(c.values) for name, c in model.constants.items()
+               if c.values and all(_numeric(v) for v in c.values.values())}
+    return Knobs(numbers, tuple(p.name for p in model.profiles))
+
+
+def _numeric(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return bool(value) and all(_numeric(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _mentions(tokens: list[Token], m: Knobs) -> tuple[list[Mention], bool]:
     """The constants named, in text order, and whether some named constant was ambiguous."""
     found = [x for name in m.numbers if (x := _find(tokens, name)) is not None]
     kept, ambiguous = [], False
@@ -199,7 +210,7 @@ def _value(tokens: list[Token], lo: int, hi: int) -> tuple[Any, float | None, bo
     return None, None, not numbers and not factors  # no value at all is not a misreading; several are
 
 
-def _resolve(name: str, token: Token | None, factor: float | None, m: Menu) -> dict[str, str] | None:
+def _resolve(name: str, token: Token | None, factor: float | None, m: Knobs) -> dict[str, str] | None:
     """The constant's new value per profile (only where it changes), None when it cannot be placed."""
     current = m.numbers.get(name, {})
     out = {}
@@ -233,7 +244,7 @@ def _resolve(name: str, token: Token | None, factor: float | None, m: Menu) -> d
 def read(title: str, rationale: str, train_py: str) -> Changes:
     """The reading of an idea against the train.py it was proposed on: the title decides; the rationale only
     gives a value the title leaves out for a constant the title names."""
-    m = menu(train_py)
+    m = knobs(train_py)
     tokens = tokenize(title)
     mentions, ambiguous = _mentions(tokens, m)
     constants: dict[str, dict[str, str]] = {}
@@ -288,7 +299,7 @@ def _mark_old_states(tokens: list[Token]) -> None:
                 t.used = True
 
 
-def _from_rationale(name: str, rationale: str, m: Menu) -> tuple[Token | None, float | None, bool]:
+def _from_rationale(name: str, rationale: str, m: Knobs) -> tuple[Token | None, float | None, bool]:
     tokens = tokenize(rationale)
     mentions, _ = _mentions(tokens, m)
     for k, mention in enumerate(mentions):

@@ -36,13 +36,15 @@ import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
+from agents import trainpy
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord
 from memory import gate, novelty
 from memory.bases import BaseTexts, effective
-from memory.changes import Changes, declared, fingerprint_safe, menu
+from memory.changes import Changes, declared, profile_of
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
 from memory.errors import MemoryLockedError, MemoryNotFoundError, MemoryStoreError, MemoryUnavailableError
+from memory.fingerprint import fingerprint_or_none
 from memory.index import TRIED_STATUSES, IndexFile, MemoryIndex, entry_from_meta
 from memory.locks import _acquire_writer_lock, _flocked, _forget_failed_client, _open_lock_file
 from memory.reader import READER_VERSION, read
@@ -570,7 +572,7 @@ class ExperimentMemory:
         similarity at which an embedding neighbour is considered."""
         text = train_py if train_py is not None else self.bases.current()
         change = self.read_idea(idea, text)
-        profile = menu(text).profile_for(device or self.device)
+        profile = profile_of(text, device or self.device)
         index = self.index()
         structural = index.lookup(change)
         neighbours = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
@@ -584,7 +586,7 @@ class ExperimentMemory:
                      claimant: str = "") -> novelty.NoveltyVerdict:
         """After coding, before any GPU time: was this change (by its fingerprint) tried before, or is it held by
         another prepared candidate (`claimant`: this candidate's record id, `<tag>/<exp_id>`)?"""
-        fp = fingerprint_safe(base_text, new_text)
+        fp = fingerprint_or_none(base_text, new_text)
         if fp is None:
             return self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
         held = self._holder(fp.key, claimant)
@@ -601,7 +603,7 @@ class ExperimentMemory:
     def claim(self, claimant: str, base_text: str, new_text: str, title: str) -> novelty.NoveltyVerdict:
         """Hold this change's fingerprint for a prepared candidate until its record is added (any status): another
         candidate with the same change is refused meanwhile, so two threads never train one change twice."""
-        fp = fingerprint_safe(base_text, new_text)
+        fp = fingerprint_or_none(base_text, new_text)
         if fp is None:
             return novelty.novel_verdict(judged_by="fingerprint")
         with self._thread_lock:
@@ -645,13 +647,12 @@ class ExperimentMemory:
         """Per constant or part, the values or techniques tried and their outcomes, within `budget_chars`."""
         from memory import triedmap
 
-        text = self.bases.current()
         try:
-            m = menu(text)
+            model = trainpy.read(self.bases.current())
         except SyntaxError:
             return ""
-        profile = m.profile_for(self.device)
-        current = {name: per[profile] for name, per in m.constants.items() if profile in per}
+        profile = model.profile(self.device).name
+        current = {name: c.spellings[profile] for name, c in model.constants.items() if profile in c.spellings}
         return triedmap.render(self.index().tried_targets(profile), budget_chars, current)
 
     def similar(self, text: str, k: int = 5) -> list[MemoryHit]:

@@ -10,7 +10,7 @@ import pytest
 
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord
-from memory import DEFAULT_THRESHOLD, ExperimentMemory, normalised_diff_hash
+from memory import ExperimentMemory, normalised_diff_hash
 from memory.embeddings import load_minilm
 from memory.fingerprint import fingerprint
 
@@ -70,10 +70,6 @@ def test_diff_hash_survives_code_that_does_not_tokenise():
 
 
 # ------------------------------------------------------------------------------------------ idea gate
-
-
-def idea(title: str, rationale: str = "", retry_of: str | None = None) -> Idea:
-    return Idea(title=title, rationale=rationale, expected_effect="", category="other", retry_of=retry_of)
 
 
 REPO_TRAIN = (Path(__file__).resolve().parents[1] / "train.py").read_text()

@@ -16,9 +16,9 @@ from agents.crew.policy import OfflinePolicy
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord, ResultsStore
 from memory import ExperimentMemory
-from memory.changes import Changes, declared, fingerprint_safe, menu, mismatch, same
+from memory.changes import Changes, declared, mismatch, parts_of, profile_of, same
 from memory.embeddings import load_minilm
-from memory.fingerprint import fingerprint
+from memory.fingerprint import fingerprint, fingerprint_or_none
 from memory.reader import read
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_every_offline_move_declares_exactly_what_its_edit_does(device):
     policy = OfflinePolicy()
     moves = policy.options(TRAIN, [], device)
     assert len(moves) > 20 and {m.kind for m in moves} == {"knob", "feature", "removal"}
-    profile = menu(TRAIN).profile_for(device)
+    profile = profile_of(TRAIN, device)
     for move in moves:
         idea = move.idea()
         assert idea.changes, move.title
@@ -236,8 +236,9 @@ def test_many_preparing_threads_share_the_memory_safely(tmp_path, minilm, collec
                 for round_ in range(3):
                     _ = [_Garbage() for _ in range(50)]
                     base = versions[(k + round_) % len(versions)]
-                    menu(base)
-                    assert fingerprint_safe(base, base.replace("DEPTH = 8", f"DEPTH = {k + 20}")) is not None
+                    assert "MLP.forward" in parts_of(base) and profile_of(base, "cuda") == "CUDA"
+                    assert declared([{"constant": "DEPTH", "value": f"{k} + 1"}], base).constants
+                    assert fingerprint_or_none(base, base.replace("DEPTH = 8", f"DEPTH = {k + 20}")) is not None
                     memory.claim(f"t/{k}-{round_}", base, base.replace("NS_STEPS = 5", f"NS_STEPS = {k + 6}"), "x")
                     answers.append([memory.check_idea(i, train_py=TRAIN).novel for i in ideas])
             except BaseException as exc:  # noqa: BLE001 (collected and reported below)

@@ -13,7 +13,7 @@ import pytest
 
 from agents.bench.guard import check_edit
 from agents.crew.edits import apply_edit
-from agents.crew.policy import FEATURES, REMOVALS, OfflinePolicy, SearchExhausted, TrainPy, UnknownIdea
+from agents.crew.policy import FEATURES, REMOVALS, OfflinePolicy, SearchExhausted, SearchSpace, UnknownIdea
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord
 
@@ -58,7 +58,7 @@ def simulate(policy: OfflinePolicy, device: str, steps: int, text: str = TRAIN_P
 
 
 def test_reads_the_device_branch_of_each_constant():
-    cpu, cuda = TrainPy(TRAIN_PY, "cpu"), TrainPy(TRAIN_PY, "cuda")
+    cpu, cuda = SearchSpace(TRAIN_PY, "cpu"), SearchSpace(TRAIN_PY, "cuda")
     assert cpu.knobs["DEPTH"].value == 2 and cuda.knobs["DEPTH"].value == 8
     assert cpu.knobs["MATRIX_LR"].kind == "log" and cpu.knobs["ADAM_BETAS[1]"].kind == "beta"
     assert cpu.knobs["TOTAL_BATCH_SIZE"].kind == "pow2"
@@ -67,7 +67,7 @@ def test_reads_the_device_branch_of_each_constant():
 
 
 def test_batch_sizes_keep_train_py_divisibility_check():
-    space = TrainPy(TRAIN_PY, "cpu")  # TOTAL_BATCH_SIZE must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    space = SearchSpace(TRAIN_PY, "cpu")  # TOTAL_BATCH_SIZE must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     total, per_pass = space.knobs["TOTAL_BATCH_SIZE"], space.knobs["DEVICE_BATCH_SIZE"]
     tokens_per_pass = per_pass.value * 256  # MAX_SEQ_LEN on CPU
     assert space.allows(total, 2 * tokens_per_pass) and not space.allows(total, tokens_per_pass // 2)
@@ -75,14 +75,14 @@ def test_batch_sizes_keep_train_py_divisibility_check():
 
 
 def test_catalogue_recognises_the_real_train_py():
-    space = TrainPy(TRAIN_PY, "cpu")
+    space = SearchSpace(TRAIN_PY, "cpu")
     missing = [f.name for f in FEATURES if f.name not in space.features] + \
               [r.title for r in REMOVALS if r.title not in space.removals]
     assert len(missing) <= 2, f"the structural catalogue no longer matches train.py: {missing}"
 
 
 def test_edit_changes_only_the_device_branch_and_keeps_power_notation():
-    space = TrainPy(TRAIN_PY, "cpu")
+    space = SearchSpace(TRAIN_PY, "cpu")
     block = space.knob_edit(space.knobs["TOTAL_BATCH_SIZE"], 8192)
     assert "2**19 if CUDA else 2**13" in block.replace and TRAIN_PY.count(block.search) == 1
     block = space.knob_edit(space.knobs["MATRIX_LR"], 0.035)
@@ -216,8 +216,8 @@ def test_coder_rebuilds_the_edit_on_a_train_py_that_moved_on():
     moved_on = set_constant(TRAIN_PY, "DEPTH", "3", "cpu")  # another experiment was kept in between
     new = apply_edit(moved_on, policy.code(idea, moved_on))
     name, _, value = KNOB_TITLE.match(idea.title).groups()
-    assert TrainPy(new, "cpu").knobs["DEPTH"].value == 3
-    assert TrainPy(new, "cpu").knobs[name].value == float(value)
+    assert SearchSpace(new, "cpu").knobs["DEPTH"].value == 3
+    assert SearchSpace(new, "cpu").knobs[name].value == float(value)
 
 
 def test_coder_refuses_an_idea_it_did_not_propose():

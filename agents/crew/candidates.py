@@ -28,7 +28,9 @@ from agents.crew.edits import EditError, apply_edit, check_compiles, diff_stats,
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import CodeEdit, Idea, Review
 from agents.record.results import ExperimentRecord
-from memory.changes import declared, fingerprint_safe, menu, mismatch
+from agents.trainpy import EDITABLE_FILE
+from memory.changes import declared, mismatch, profile_of
+from memory.fingerprint import fingerprint_or_none
 from memory.judge import judge_for_crew
 from memory.novelty import normalised_diff_hash
 
@@ -60,7 +62,7 @@ class Candidate:
     @property
     def fingerprint(self) -> str:
         """The change canonically (constants old -> new, code units changed), as JSON; "" if it does not parse."""
-        fp = fingerprint_safe(self.base_text, self.new_text)
+        fp = fingerprint_or_none(self.base_text, self.new_text)
         return fp.to_json() if fp is not None else ""
 
     @property
@@ -222,7 +224,7 @@ def _code_and_review(bench: Workbench, exp_id: str, idea: Idea, base_commit: str
 def _ran_before(bench: Workbench, idea: Idea, base_text: str, new_text: str, record: ExperimentRecord) -> bool:
     """The fingerprint's verdict on a coded edit; a change that already ran (or another candidate holds) is
     recorded as a refused repeat, citing it."""
-    fp = fingerprint_safe(base_text, new_text)
+    fp = fingerprint_or_none(base_text, new_text)
     record.diff, record.diff_hash = unified_diff(base_text, new_text), normalised_diff_hash(base_text, new_text)
     record.fingerprint = fp.to_json() if fp is not None else ""
     record.lines_added, record.lines_removed = diff_stats(base_text, new_text)
@@ -239,10 +241,10 @@ def _findings(bench: Workbench, idea: Idea, base_text: str, new_text: str) -> li
     """Where the edit's fingerprint departs from the idea's declared changes ([] for an idea without them)."""
     if not idea.changes:
         return []
-    fp = fingerprint_safe(base_text, new_text)
+    fp = fingerprint_or_none(base_text, new_text)
     try:
         wanted = declared(idea.changes, base_text)
-        profile = menu(base_text).profile_for(bench.device)
+        profile = profile_of(base_text, bench.device)
     except (SyntaxError, ValueError, RecursionError):
         return []
     return mismatch(wanted, fp, profile) if fp is not None else []
@@ -271,7 +273,7 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str) -> tuple[
                   "feedback": "\n".join(x for x in (feedback, error) if x)}
         try:
             edit = bench.crew.code(inputs)
-            if edit.path.strip() != "train.py":
+            if edit.path.strip() != EDITABLE_FILE:
                 # only the scope question: train.py itself is unchanged here, which other rules would flag
                 report = check_edit(base_text, base_text, [edit.path], rules=bench.guard_rules)
                 scope = GuardReport([v for v in report.violations if v.rule == SCOPE_RULE], report.rules)

@@ -9,8 +9,7 @@ import difflib
 from pathlib import PurePosixPath
 
 from agents.crew.schemas import CodeEdit
-
-EDITABLE_FILE = "train.py"
+from agents.trainpy import EDITABLE_FILE
 
 
 class EditError(ValueError):

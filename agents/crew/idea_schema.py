@@ -12,13 +12,14 @@ from typing import Literal
 
 from pydantic import Field, create_model, field_validator
 
+from agents import trainpy
 from agents.crew.schemas import CHANGES_DESCRIPTION, ConstantChange, Idea, PartChange
-from memory.changes import menu, parse
+from memory.changes import expression, parts_of
 
 
 def _python(cls: type, value: str) -> str:
     try:
-        parse(value.strip(), mode="eval")
+        expression(value.strip())
     except SyntaxError:
         raise ValueError(f"{value!r} is not a Python expression (write it as train.py would)") from None
     return value.strip()
@@ -29,11 +30,12 @@ def idea_schema(train_py: str) -> type[Idea]:
     """`Idea` with `changes` restricted to train.py's CAPS constants and its functions, classes and methods;
     plain `Idea` when train.py does not parse (the reply is free then, and the fingerprint judges the edit)."""
     try:
-        m = menu(train_py)
+        model = trainpy.read(train_py)
     except (SyntaxError, ValueError, RecursionError):
         return Idea
-    constants = tuple(sorted(name for name in m.constants if name.isupper()))
-    if not constants or not m.parts:
+    constants = tuple(sorted(name for name in model.constants if name.isupper() and name not in model.flags))
+    parts = parts_of(train_py)
+    if not constants or not parts:
         return Idea
     constant = create_model(
         "ConstantChange", __base__=ConstantChange, __doc__=ConstantChange.__doc__,
@@ -41,7 +43,7 @@ def idea_schema(train_py: str) -> type[Idea]:
         constant=(Literal[constants], Field(description=ConstantChange.model_fields["constant"].description)))
     part = create_model(
         "PartChange", __base__=PartChange, __doc__=PartChange.__doc__,
-        part=(Literal[m.parts], Field(description=PartChange.model_fields["part"].description)))
+        part=(Literal[parts], Field(description=PartChange.model_fields["part"].description)))
     return create_model("Idea", __base__=Idea, __doc__=Idea.__doc__,
                         changes=(list[constant | part], Field(default_factory=list, description=CHANGES_DESCRIPTION)))
 

@@ -21,7 +21,6 @@ idea. A (constant, value) pair is never proposed twice.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import math
 import re
@@ -37,11 +36,12 @@ from agents.crew.searchspace import (  # noqa: F401 (PolicyError, Feature and Re
     Knob,
     PolicyError,
     Removal,
-    TrainPy,
+    SearchSpace,
     kind_of,
     read_train_py,
 )
 from agents.record.results import ExperimentRecord
+from agents.trainpy import EDITABLE_FILE
 
 # kind: (first step, longest local step, widest step), in grid units
 STEPS = {"log": (2, 8, 32), "linear": (2, 6, 20), "beta": (2, 8, 24), "int": (1, 2, 16), "pow2": (1, 2, 6)}
@@ -103,7 +103,7 @@ class Move:
             blocks = space.removals.get(self.arm)
             if blocks is None:
                 raise PolicyError(f"cannot '{self.arm}': the code it deletes is not in train.py")
-        return CodeEdit(path="train.py", blocks=blocks, summary=self.title)
+        return CodeEdit(path=EDITABLE_FILE, blocks=blocks, summary=self.title)
 
 
 @dataclass
@@ -164,7 +164,7 @@ class OfflinePolicy:
     def refused_titles(self) -> frozenset[str]:
         return frozenset(self._refused)
 
-    def _choose(self, space: TrainPy, history: list[ExperimentRecord]) -> Move:
+    def _choose(self, space: SearchSpace, history: list[ExperimentRecord]) -> Move:
         arms = self._arms(space)
         states = self._arm_states(space, arms, history)
         seen = {r.description for r in history}
@@ -195,7 +195,7 @@ class OfflinePolicy:
         raise SearchExhausted(f"every move of the offline policy has been tried or refused ({len(history)} "
                               f"experiments, {len(self._refused)} refusals); edit train.py by hand or use an LLM crew")
 
-    def _arms(self, space: TrainPy) -> dict[str, tuple[str, bool]]:
+    def _arms(self, space: SearchSpace) -> dict[str, tuple[str, bool]]:
         """arm -> (kind, is a deletion) for everything train.py offers right now."""
         arms = {name: ("knob", False) for name in space.knobs}
         for f in FEATURES:
@@ -204,7 +204,7 @@ class OfflinePolicy:
         arms.update({title: ("removal", True) for title in space.removals})
         return arms
 
-    def _arm_states(self, space: TrainPy, arms: dict[str, tuple[str, bool]],
+    def _arm_states(self, space: SearchSpace, arms: dict[str, tuple[str, bool]],
                     history: list[ExperimentRecord]) -> dict[str, ArmState]:
         states: dict[str, ArmState] = {arm: ArmState() for arm in arms}
         refused = [(t, "repeat", None) for t in sorted(self._refused | self._remembered)] + \
@@ -241,7 +241,7 @@ class OfflinePolicy:
             s.last = (_outcome(status, delta), units)
         return states
 
-    def _candidates(self, space: TrainPy, arm: str, kind: str, state: ArmState, tier: int) -> Iterator[Move]:
+    def _candidates(self, space: SearchSpace, arm: str, kind: str, state: ArmState, tier: int) -> Iterator[Move]:
         if kind == "knob":
             yield from self._knob_moves(space, space.knobs[arm], state, tier)
             return
@@ -268,7 +268,7 @@ class OfflinePolicy:
                        "val_bpb within noise of the best with fewer lines, or better.", space.device,
                        tuple(PartChange(part=p, technique=removal.title) for p in _units_at(space, sites)))
 
-    def _knob_moves(self, space: TrainPy, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
+    def _knob_moves(self, space: SearchSpace, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
         first, local, widest = STEPS[knob.kind]
         direction = 1 if _hash(self.seed, knob.name) % 2 else -1
         if tier == 0:
@@ -502,37 +502,24 @@ def _preferred_steps(last: tuple[str, float] | None, first: int, local: int, dir
     return list(dict.fromkeys(u for u in steps if u))
 
 
-def _assigned(space: TrainPy, knob: Knob, value: float | int) -> ConstantChange:
+def _assigned(space: SearchSpace, knob: Knob, value: float | int) -> ConstantChange:
     """The knob's constant as its line will read: `DEPTH = 8 if CUDA else 3` gives value '8 if CUDA else 3'."""
-    stmt = next(s for s in space.tree.body if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)
-                and s.targets[0].id == knob.const)
-    start, end = _offset(space.text, stmt.value.lineno, stmt.value.col_offset), \
-        _offset(space.text, stmt.value.end_lineno, stmt.value.end_col_offset)
+    start, end = space.model.span(space.model.constants[knob.const].expression)
     new_text = space.with_knobs({knob.name: value})
     return ConstantChange(constant=knob.const,
                           value=" ".join(new_text[start:end + len(new_text) - len(space.text)].split()))
 
 
-def _offset(text: str, lineno: int, col_bytes: int) -> int:
-    lines = text.splitlines(keepends=True)
-    return sum(len(line) for line in lines[: lineno - 1]) + len(lines[lineno - 1].encode()[:col_bytes].decode())
-
-
-def _units_at(space: TrainPy, offsets: list[int]) -> list[str]:
+def _units_at(space: SearchSpace, offsets: list[int]) -> list[str]:
     """The functions or methods (else classes) of train.py holding these character offsets, in order."""
     found: list[str] = []
     for offset in offsets:
-        line = space.text.count("\n", 0, offset) + 1
-        for stmt in space.tree.body:
-            if not isinstance(stmt, ast.FunctionDef | ast.ClassDef) or not stmt.lineno <= line <= stmt.end_lineno:
-                continue
-            name = stmt.name
-            if isinstance(stmt, ast.ClassDef):
-                method = next((f for f in stmt.body if isinstance(f, ast.FunctionDef)
-                               and f.lineno <= line <= f.end_lineno), None)
-                name = f"{stmt.name}.{method.name}" if method is not None else name
-            if name not in found:
-                found.append(name)
+        line = space.model.line_of(offset)
+        holding = [u for u in space.model.units.values() if u.kind != "module" and u.line <= line <= u.end_line]
+        inner = [u for u in holding if u.kind != "class"] or holding
+        for unit in inner[:1]:
+            if unit.name not in found:
+                found.append(unit.name)
     return found
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from agents.trainpy import EDITABLE_FILE
+
 CATEGORIES = (
     "architecture",
     "optimizer",
@@ -97,7 +99,7 @@ class EditBlock(BaseModel):
 class CodeEdit(BaseModel):
     """The coder role's edit: search/replace blocks on one file, which must be train.py."""
 
-    path: str = "train.py"
+    path: str = EDITABLE_FILE
     blocks: list[EditBlock]
     summary: str = ""
 

@@ -1,8 +1,8 @@
 """The offline policy's search space, read from train.py: its tunable constants and known code variants.
 
-`TrainPy` parses train.py with `ast` (exact positions, the branch `A if CUDA else B` of one device), evaluates
-its constant expressions, and writes edits back as search/replace blocks: a constant set to a new value, a
-feature switched to another of its variants, a piece of code removed.
+`SearchSpace` reads train.py through its one model (`agents.trainpy`: exact positions, constants evaluated per
+device profile, the branch `A if CUDA else B` each device takes) and writes edits back as search/replace blocks:
+a constant set to a new value, a feature switched to another of its variants, a piece of code removed.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import ast
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
+from agents import trainpy
 from agents.crew.schemas import EditBlock
 
 
@@ -21,7 +23,7 @@ class PolicyError(ValueError):
     """Input the policy cannot work with; the message names the problem."""
 
 
-DEVICES = ("cpu", "cuda")
+DEVICES = trainpy.DEVICES
 # prepare.py's device profile (docs/ARCHITECTURE.md): train.py imports these, so divisibility checks need them.
 PREPARE_CONSTANTS = {"cuda": {"MAX_SEQ_LEN": 2048}, "cpu": {"MAX_SEQ_LEN": 256}}
 # Never tuned: seeds, the time budget, evaluation settings, and which steps count as training time. Moving
@@ -29,7 +31,7 @@ PREPARE_CONSTANTS = {"cuda": {"MAX_SEQ_LEN": 2048}, "cpu": {"MAX_SEQ_LEN": 256}}
 FROZEN_NAME_PARTS = ("SEED", "TIME", "EVAL", "EXCLUDED", "CUDA")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Knob:
     """One tunable number in train.py: a CAPS constant, or one element of a tuple constant."""
 
@@ -97,8 +99,10 @@ REMOVALS = (
 )
 
 
-class TrainPy:
-    """train.py as the policy sees it for one device: its knobs, features, removals and divisibility checks."""
+class SearchSpace:
+    """train.py as the policy sees it for one device: its knobs, features, removals and divisibility checks.
+
+    Read-only once built (the preparing threads share one per version and device)."""
 
     def __init__(self, text: str, device: str):
         if device not in DEVICES:
@@ -106,83 +110,69 @@ class TrainPy:
         if not isinstance(text, str) or not text.strip():
             raise PolicyError("train.py text is empty")
         try:
-            self.tree = ast.parse(text)
+            self.model = trainpy.read(text)
         except SyntaxError as exc:
             raise PolicyError(f"train.py does not parse (line {exc.lineno}: {exc.msg})") from exc
         self.text, self.device = text, device
-        self._nodes = list(ast.walk(self.tree))  # one walk, shared by the readers below
-        self.constants = self._module_constants()
-        self.knobs = {k.name: k for k in self._read_knobs()}
-        self.checks = self._divisibility_checks()
+        self.profile = self.model.profile(device).name
+        self.constants = MappingProxyType(self._literal_constants())
+        self.knobs: Mapping[str, Knob] = MappingProxyType({k.name: k for k in self._read_knobs()})
+        self.checks = tuple(self._divisibility_checks())
         # feature name -> the variant train.py has; removal title -> the blocks deleting it (present ones only)
-        self.features = {f.name: label for f in FEATURES if (label := self._find_variant(f)) is not None}
-        self.removals = {r.title: blocks for r in REMOVALS if (blocks := self._deletion_blocks(r)) is not None}
+        self.features = MappingProxyType(
+            {f.name: label for f in FEATURES if (label := self._find_variant(f)) is not None})
+        self.removals = MappingProxyType(
+            {r.title: blocks for r in REMOVALS if (blocks := self._deletion_blocks(r)) is not None})
 
     # ----------------------------------------------------------------- constants and knobs
-    def _caps_assigns(self) -> Iterator[tuple[str, ast.expr]]:
-        counts: dict[str, int] = {}
-        found = []
-        for stmt in self.tree.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                name = stmt.targets[0].id
-                if name.isupper():
-                    counts[name] = counts.get(name, 0) + 1
-                    found.append((name, stmt.value))
-        # a constant assigned twice has no single place to edit
-        return ((name, value) for name, value in found if counts[name] == 1)
+    def _editable(self) -> Iterator[trainpy.Constant]:
+        """CAPS constants assigned once (a constant assigned twice has no single place to edit)."""
+        return (c for c in self.model.constants.values() if c.name.isupper() and c.assignments == 1)
 
-    def _branch(self, value: ast.expr) -> ast.expr:
-        if isinstance(value, ast.IfExp) and isinstance(value.test, ast.Name) and value.test.id == "CUDA":
-            return value.body if self.device == "cuda" else value.orelse
-        return value
-
-    def _module_constants(self) -> dict[str, Any]:
+    def _literal_constants(self) -> dict[str, Any]:
+        """prepare's constants and those train.py writes as numbers for this device: what a knob change moves.
+        Constants computed from others are left to `local` in the checks, so they follow a changed knob."""
         env: dict[str, Any] = dict(PREPARE_CONSTANTS[self.device])
-        for name, value in self._caps_assigns():
-            try:
-                env[name] = _evaluate(self._branch(value), {}, {})
-            except ValueError:
-                continue
+        env.update({c.name: c.values[self.profile] for c in self._editable() if c.is_literal(self.profile)})
         return env
 
     def _read_knobs(self) -> Iterator[Knob]:
-        used = {n.id for n in self._nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        for name, value in self._caps_assigns():
+        used = {n.id for n in self.model.of(ast.Name) if isinstance(n.ctx, ast.Load)}
+        for constant in self._editable():
+            name = constant.name
             if name not in used or any(part in name for part in FROZEN_NAME_PARTS) or name not in self.constants:
                 continue  # unused constants are dead code: tuning them teaches nothing
-            node = self._branch(value)
+            node = constant.branches[self.profile]
+            value = self.constants[name]
             divisor = re.search(rf"/\s*{name}\b", self.text) is not None
             if isinstance(node, ast.Tuple):
                 for i, element in enumerate(node.elts):
-                    kind = kind_of(name, self.constants[name][i])
-                    if kind == "beta":
-                        yield Knob(f"{name}[{i}]", name, kind, self.constants[name][i], element, divisor)
+                    if kind_of(name, value[i]) == "beta":
+                        yield Knob(f"{name}[{i}]", name, "beta", value[i], element, divisor)
             else:
-                kind = kind_of(name, self.constants[name])
+                kind = kind_of(name, value)
                 if kind is not None:
-                    yield Knob(name, name, kind, self.constants[name], node, divisor)
+                    yield Knob(name, name, kind, value, node, divisor)
 
     # ----------------------------------------------------------------- divisibility
-    def _divisibility_checks(self) -> list[tuple[ast.expr, ast.expr, dict[str, ast.expr]]]:
+    def _divisibility_checks(self) -> Iterator[tuple[ast.expr, ast.expr, Mapping[str, ast.expr]]]:
         """`A % B` tested in an `if`/`assert` where A and B resolve to constants: train.py refuses a remainder."""
         assigned: dict[str, list[ast.expr]] = {}
-        for node in self._nodes:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        for node in self.model.of(ast.Assign):
+            if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 assigned.setdefault(node.targets[0].id, []).append(node.value)
-        local = {name: values[0] for name, values in assigned.items() if len(values) == 1}  # unambiguous names
-        checks = []
-        for node in self._nodes:
-            if not isinstance(node, ast.If | ast.Assert | ast.While):
-                continue
+        # unambiguous names, evaluated when a check needs them (so a derived size follows a changed knob)
+        local = MappingProxyType({name: values[0] for name, values in assigned.items() if len(values) == 1})
+        for node in self.model.of(ast.If, ast.Assert, ast.While):
             for sub in ast.walk(node.test):
                 if isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Mod):
+                    scope = _Scope(self.constants, local)
                     try:
-                        _evaluate(sub.left, self.constants, local)
-                        _evaluate(sub.right, self.constants, local)
-                    except (ValueError, ZeroDivisionError, TypeError):
+                        trainpy.evaluate(sub.left, scope)
+                        trainpy.evaluate(sub.right, scope)
+                    except trainpy.Opaque:
                         continue
-                    checks.append((sub.left, sub.right, local))
-        return checks
+                    yield sub.left, sub.right, local
 
     def allows(self, knob: Knob, value: float | int) -> bool:
         """Whether train.py would accept `value` for `knob` (its divisibility checks still hold)."""
@@ -200,11 +190,12 @@ class TrainPy:
             else:
                 env[knob.name] = value
         for left, right, local in self.checks:
+            scope = _Scope(env, local)
             try:
-                a, b = _evaluate(left, env, local), _evaluate(right, env, local)
+                a, b = trainpy.evaluate(left, scope), trainpy.evaluate(right, scope)
                 if not b or a % b:
                     return False
-            except (ValueError, ZeroDivisionError, TypeError):
+            except (ValueError, ArithmeticError, TypeError):
                 return False
         return True
 
@@ -223,8 +214,7 @@ class TrainPy:
 
     def span(self, knob: Knob) -> tuple[int, int]:
         """Character positions of the knob's literal in the text."""
-        return (_char_offset(self.text, knob.node.lineno, knob.node.col_offset),
-                _char_offset(self.text, knob.node.end_lineno, knob.node.end_col_offset))
+        return self.model.span(knob.node)
 
     def _find_variant(self, feature: Feature) -> str | None:
         """The label of the variant train.py has now, None if it has none of them (or several)."""
@@ -248,7 +238,7 @@ class TrainPy:
             rest += f"  # {new[2]}" if new[2] else ""
         return _line_block(self.text, start, line_end, new[1] + rest)
 
-    def _deletion_blocks(self, removal: Removal) -> list[EditBlock] | None:
+    def _deletion_blocks(self, removal: Removal) -> tuple[EditBlock, ...] | None:
         """The blocks deleting `removal`, each built against the text the previous ones leave; None if absent."""
         text, blocks = self.text, []
         for pattern, replacement in removal.sites:
@@ -259,13 +249,39 @@ class TrainPy:
             block = _line_block(text, m.start(), m.end(), m.expand(replacement))
             blocks.append(block)
             text = text.replace(block.search, block.replace, 1)
-        return blocks
+        return tuple(blocks)
 
 
 @functools.lru_cache(maxsize=16)
-def read_train_py(text: str, device: str) -> TrainPy:
-    """TrainPy for (text, device), cached: every role call reads the same few texts again (treat it read-only)."""
-    return TrainPy(text, device)
+def read_train_py(text: str, device: str) -> SearchSpace:
+    """The search space of (text, device), cached: every role call reads the same few texts again."""
+    return SearchSpace(text, device)
+
+
+class _Scope(Mapping[str, Any]):
+    """Names a divisibility check sees: the constants given, then train.py's unambiguous assignments, each
+    evaluated when asked for (a name that needs itself is unknown)."""
+
+    def __init__(self, env: Mapping[str, Any], local: Mapping[str, ast.expr]):
+        self.env, self.local = env, local
+        self._open: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.env:
+            return self.env[name]
+        if name not in self.local or name in self._open:
+            raise KeyError(name)
+        self._open.add(name)
+        try:
+            return trainpy.evaluate(self.local[name], self)
+        finally:
+            self._open.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self.local, **self.env})
+
+    def __len__(self) -> int:
+        return len({**self.local, **self.env})
 
 
 def kind_of(name: str, value: Any) -> str | None:
@@ -294,42 +310,6 @@ def _render(knob: Knob, value: float | int) -> str:
             return f"2**{value.bit_length() - 1}"
         return str(value)
     return repr(float(value))
-
-
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
-           ast.Pow: lambda a, b: a**b}
-
-
-def _evaluate(node: ast.expr, env: dict[str, Any], local: dict[str, ast.expr], depth: int = 0) -> Any:
-    """A constant expression's value (numbers, arithmetic, tuples), names looked up in env, then local."""
-    if depth > 20:
-        raise ValueError("expression nests too deeply")
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        value = _evaluate(node.operand, env, local, depth + 1)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _evaluate(node.left, env, local, depth + 1), _evaluate(node.right, env, local, depth + 1)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.Tuple):
-        return tuple(_evaluate(e, env, local, depth + 1) for e in node.elts)
-    if isinstance(node, ast.Name):
-        if node.id in env:
-            return env[node.id]
-        if node.id in local:
-            return _evaluate(local[node.id], env, local, depth + 1)
-    raise ValueError(f"not a constant expression: {ast.dump(node)[:80]}")
-
-
-def _char_offset(text: str, lineno: int, col_bytes: int) -> int:
-    """Character index of an ast position (1-based line, UTF-8 byte column)."""
-    lines = text.splitlines(keepends=True)
-    before = sum(len(line) for line in lines[: lineno - 1])
-    return before + len(lines[lineno - 1].encode()[:col_bytes].decode())
 
 
 def _line_block(text: str, start: int, end: int, replacement: str) -> EditBlock:

@@ -23,7 +23,7 @@ from agents.crew.edits import diff_stats, unified_diff
 from agents.record.gitops import ExperimentRepo
 from agents.record.journal import Journal, JournalEntry
 from agents.record.results import ExperimentRecord, ResultsStore
-from memory.changes import fingerprint_safe
+from memory.fingerprint import fingerprint_or_none
 from memory.novelty import normalised_diff_hash
 
 TRAINED = ("keep", "discard", "crash")
@@ -169,7 +169,7 @@ class RunBook:
             record.changes = json.dumps(idea["changes"]) if idea.get("changes") else ""
             record.diff = unified_diff(base_text, entry.new_text)
             record.diff_hash = normalised_diff_hash(base_text, entry.new_text)
-            fingerprint = fingerprint_safe(base_text, entry.new_text)  # what memory judges repeats by
+            fingerprint = fingerprint_or_none(base_text, entry.new_text)  # what memory judges repeats by
             record.fingerprint = fingerprint.to_json() if fingerprint is not None else ""
             record.lines_added, record.lines_removed = diff_stats(base_text, entry.new_text)
             if c is not None and c.review is not None:

@@ -7,15 +7,17 @@ change) and returns a `GuardReport`: every violation names its rule, the line an
 One module per rule family, each with its policy in its docstring: modules.py (imports, and what train.py may
 use of os/sys/gc/prepare), patching.py, files.py, valdata.py, metrics.py, budget.py (the time budget),
 seeds.py, indirection.py, causality.py; hashes.py holds the prepare.py hash check the loop runs around every
-run; policy.py the allow and deny lists; program.py the parse every family reads. What static analysis cannot
+run; policy.py the allow and deny lists; program.py the view every family reads (`Program`, over the one model of
+train.py in agents/trainpy.py). What static analysis cannot
 see is bounded at run time: the sandbox, the runner's hard kill and record checks, and the loop's wall-time
 check against the baselines.
 """
 
 from agents.bench.guard.check import FAMILIES, check_edit
-from agents.bench.guard.hashes import EDITABLE_FILE, LOCKED_FILE, check_prepare_hash, file_sha256
+from agents.bench.guard.hashes import LOCKED_FILE, check_prepare_hash, file_sha256
 from agents.bench.guard.policy import ALLOWED_MODULES, PREPARE_PUBLIC
 from agents.bench.guard.report import ALL_RULES, RULES, GuardReport, Violation, resolve_rules
+from agents.trainpy import EDITABLE_FILE
 
 __all__ = [
     "ALL_RULES", "ALLOWED_MODULES", "EDITABLE_FILE", "FAMILIES", "GuardReport", "LOCKED_FILE", "PREPARE_PUBLIC",

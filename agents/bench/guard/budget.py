@@ -12,17 +12,17 @@ from __future__ import annotations
 import ast
 import copy
 
-from agents.bench.guard.program import FUNCTIONS, LOOPS, TrainPy, pairs
+from agents.bench.guard.program import FUNCTIONS, LOOPS, Program, pairs
 from agents.bench.guard.report import Violation
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     _check_budget_stop(p)
     _check_budget_clock(p)
     _check_training_inside_budget_loop(p)
 
 
-def gate_changes(old: TrainPy, new: TrainPy) -> list[Violation]:
+def gate_changes(old: Program, new: Program) -> list[Violation]:
     """`if step >= EXCLUDED_STEPS: training_time += dt` decides which steps count against TIME_BUDGET; an edit
     may drop such a gate (every step counts) but not add or widen one (uncounted steps train for free)."""
     before = _budget_gates(old)
@@ -31,7 +31,7 @@ def gate_changes(old: TrainPy, new: TrainPy) -> list[Violation]:
             for test, node in _budget_gates(new).items() if test not in before]
 
 
-def _check_budget_stop(p: TrainPy) -> None:
+def _check_budget_stop(p: Program) -> None:
     """Training stops on a comparison with TIME_BUDGET itself, not a scaled or shifted copy of it."""
     bare = False
     for node in p.of(ast.Compare):
@@ -46,7 +46,7 @@ def _check_budget_stop(p: TrainPy) -> None:
                                          "prepare's time budget is spent")
 
 
-def _check_training_inside_budget_loop(p: TrainPy) -> None:
+def _check_training_inside_budget_loop(p: Program) -> None:
     """Gradient steps in the function that holds the budget loop happen inside that loop, not after it."""
     loops = {p.enclosing(c, LOOPS) for c in p.of(ast.Compare)
              if any(p.is_budget(o) for o in [c.left, *c.comparators])}
@@ -59,7 +59,7 @@ def _check_training_inside_budget_loop(p: TrainPy) -> None:
                                              "training after the budget is spent")
 
 
-def _check_budget_clock(p: TrainPy) -> None:
+def _check_budget_clock(p: Program) -> None:
     """The clock only ever grows by measured time: no scaling, no subtracting, no literal seconds."""
     clocks = p.budget_clocks()
     for node in p.of(ast.AugAssign):
@@ -84,7 +84,7 @@ def _measured_time(value: ast.AST) -> bool:
     return True
 
 
-def _budget_gates(program: TrainPy) -> dict[str, ast.AST]:
+def _budget_gates(program: Program) -> dict[str, ast.AST]:
     """The tests of the `if`s around `clock += ...`, with module constants replaced by their values."""
     constants = {t.id: node.value for node in program.tree.body if isinstance(node, ast.Assign)
                  for t in node.targets if isinstance(t, ast.Name)}

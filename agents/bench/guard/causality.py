@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 
-from agents.bench.guard.program import TrainPy, keyword
+from agents.bench.guard.program import Program, keyword
 
 RULE = "causal-attention"
 _ATTENTION_FUNC = re.compile(r"(attn|attention)", re.I)
@@ -33,7 +33,7 @@ _SHIFT_CALLS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "pa
 _SEQUENCE_AXES_OK = {0}  # batch
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     constants = _module_constants(p)
     attention_modules = _attention_module_names(p)
     for node in p.of(ast.Call):
@@ -48,7 +48,7 @@ def check(p: TrainPy) -> None:
 # ---------------------------------------------------------------------------------------- attention calls
 
 
-def _check_attention_call(p: TrainPy, node: ast.Call, constants: dict, attention_modules: set[str]) -> None:
+def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention_modules: set[str]) -> None:
     qual = p.resolve(node.func) or ""
     last = qual.rsplit(".", 1)[-1].removesuffix("()")
     library_attention = qual.startswith("torch.") and bool(_ATTENTION_FUNC.search(last)) and last[:1].islower()
@@ -82,7 +82,7 @@ def _check_attention_call(p: TrainPy, node: ast.Call, constants: dict, attention
                               "causal=True: positions see later tokens")
 
 
-def _attention_module_names(p: TrainPy) -> set[str]:
+def _attention_module_names(p: Program) -> set[str]:
     """Names (or self attributes) bound to torch attention modules, whose calls need a mask or is_causal."""
     names = set()
     for node in p.of(ast.Assign):
@@ -99,7 +99,7 @@ def _called_name(func: ast.AST) -> str:
     return func.id if isinstance(func, ast.Name) else ""
 
 
-def _mask_problem(p: TrainPy, mask: ast.AST) -> str | None:
+def _mask_problem(p: Program, mask: ast.AST) -> str | None:
     """Why the mask visibly lets positions see later tokens, or None when it may well be causal."""
     sources = _definitions(p, mask) or [mask]
     if all(_constant_fill(source) for source in sources):
@@ -134,7 +134,7 @@ def _constant_fill(expr: ast.AST) -> bool:
                      "expand", "view", "reshape", "unsqueeze", "repeat"}
 
 
-def _definitions(p: TrainPy, expr: ast.AST) -> list[ast.AST]:
+def _definitions(p: Program, expr: ast.AST) -> list[ast.AST]:
     """What a mask name or `self.<name>` was assigned (register_buffer counts), anywhere in the file."""
     name = expr.attr if isinstance(expr, ast.Attribute) else expr.id if isinstance(expr, ast.Name) else None
     if isinstance(expr, ast.Subscript):
@@ -152,7 +152,7 @@ def _definitions(p: TrainPy, expr: ast.AST) -> list[ast.AST]:
     return found
 
 
-def _check_mask_function(p: TrainPy, func: ast.FunctionDef | ast.Lambda) -> None:
+def _check_mask_function(p: Program, func: ast.FunctionDef | ast.Lambda) -> None:
     """flex-attention style mask_mod(b, h, q_idx, kv_idx): it must keep kv_idx at or before q_idx."""
     params = [a.arg for a in func.args.args]
     q = next((a for a in params if a.startswith("q_idx") or a == "q_index"), None)
@@ -172,7 +172,7 @@ def _check_mask_function(p: TrainPy, func: ast.FunctionDef | ast.Lambda) -> None
 # ---------------------------------------------------------------------------------------- model code
 
 
-def _model_functions(p: TrainPy) -> list[ast.AST]:
+def _model_functions(p: Program) -> list[ast.AST]:
     """Methods of nn.Module subclasses, and the module-level functions they call (transitively)."""
     classes = {c.name: c for c in p.of(ast.ClassDef)}
     model: set[str] = set()
@@ -202,7 +202,7 @@ def _model_functions(p: TrainPy) -> list[ast.AST]:
     return functions
 
 
-def _check_scores_softmax(p: TrainPy, func: ast.AST) -> None:
+def _check_scores_softmax(p: Program, func: ast.AST) -> None:
     """softmax over q @ k^T with nothing masking on the way: full attention."""
     assigned = _local_assignments(func)
     for node in ast.walk(func):
@@ -216,14 +216,14 @@ def _check_scores_softmax(p: TrainPy, func: ast.AST) -> None:
                                   "position attends to later tokens")
 
 
-def _operand(p: TrainPy, call: ast.Call) -> ast.AST | None:
+def _operand(p: Program, call: ast.Call) -> ast.AST | None:
     """The tensor a torch function (`F.softmax(x)`, `torch.roll(x, ...)`) or a method (`x.softmax()`) acts on."""
     if _is_function_form(p, call):
         return call.args[0] if call.args else keyword(call, "input")
     return call.func.value if isinstance(call.func, ast.Attribute) else None
 
 
-def _is_function_form(p: TrainPy, call: ast.Call) -> bool:
+def _is_function_form(p: Program, call: ast.Call) -> bool:
     if isinstance(call.func, ast.Name):
         return True
     base = p.resolve(call.func.value) if isinstance(call.func, ast.Attribute) else None
@@ -285,7 +285,7 @@ def _masks(node: ast.AST) -> bool:
     return isinstance(node, ast.keyword) and bool(_MASKING.search(node.arg or ""))
 
 
-def _check_shifts(p: TrainPy, func: ast.AST) -> None:
+def _check_shifts(p: Program, func: ast.AST) -> None:
     embedded = _embedding_inputs(func)
     for node in ast.walk(func):
         if not isinstance(node, ast.Call):
@@ -308,7 +308,7 @@ def _check_shifts(p: TrainPy, func: ast.AST) -> None:
                               "stream: position t would see token t+1")
 
 
-def _check_roll(p: TrainPy, node: ast.Call, name: str, embedded: set[str]) -> None:
+def _check_roll(p: Program, node: ast.Call, name: str, embedded: set[str]) -> None:
     tensor = _operand(p, node)
     function_form = _is_function_form(p, node)
     if name == "roll":
@@ -328,7 +328,7 @@ def _check_roll(p: TrainPy, node: ast.Call, name: str, embedded: set[str]) -> No
                           "tokens reach earlier positions")
 
 
-def _check_shift_call(p: TrainPy, node: ast.Call, name: str) -> None:
+def _check_shift_call(p: Program, node: ast.Call, name: str) -> None:
     if name == "pad":
         spec = keyword(node, "pad", 1)
         if isinstance(spec, ast.Tuple | ast.List):
@@ -384,7 +384,7 @@ def _embedding_inputs(func: ast.AST) -> set[str]:
     return names
 
 
-def _module_constants(p: TrainPy) -> dict[str, object]:
+def _module_constants(p: Program) -> dict[str, object]:
     values: dict[str, list] = {}
     for node in p.tree.body:
         if isinstance(node, ast.Assign):

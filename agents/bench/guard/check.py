@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
+from agents import trainpy
 from agents.bench.guard import budget, causality, files, indirection, metrics, modules, patching, seeds, valdata
-from agents.bench.guard.hashes import EDITABLE_FILE
-from agents.bench.guard.program import TrainPy
+from agents.bench.guard.program import Program
 from agents.bench.guard.report import GuardReport, Violation, resolve_rules
+from agents.trainpy import EDITABLE_FILE
 
-# One module per rule family; each reads the parsed train.py and reports through TrainPy.hit.
+# One module per rule family; each reads the parsed train.py and reports through Program.hit.
 FAMILIES = (modules, patching, files, valdata, metrics, budget, seeds, indirection, causality)
 
 
@@ -23,23 +23,22 @@ def check_edit(old_text: str, new_text: str, changed_paths: list[str], *,
     found = [Violation("only-train-py", 0, p, f"the edit touches {p}; agents may edit only {EDITABLE_FILE}")
              for p in changed_paths if PurePosixPath(p.strip().replace("\\", "/")) != PurePosixPath(EDITABLE_FILE)]
     try:
-        tree = ast.parse(new_text)
+        new = Program(trainpy.read(new_text))
     except SyntaxError as exc:
         found.append(Violation("compiles", exc.lineno or 0, (exc.text or "").strip(),
                                f"the new {EDITABLE_FILE} does not parse ({exc.msg}); no other rule could be checked"))
     else:
-        new = TrainPy(new_text, tree)
         for family in FAMILIES:
             family.check(new)
         found += new.found
         fallbacks = new.fallbacks
         try:
-            old_tree = ast.parse(old_text)
+            old = Program(trainpy.read(old_text))
         except SyntaxError:
-            old_tree = None  # nothing to compare with: the rules above still looked at the new file
-        if old_tree is not None:
+            old = None  # nothing to compare with: the rules above still looked at the new file
+        if old is not None:
             found += seeds.seed_or_order_only(old_text, new_text)
-            found += budget.gate_changes(TrainPy(old_text, old_tree), new)
+            found += budget.gate_changes(old, new)
     kept: dict[tuple, Violation] = {}
     for v in found:
         rule = v.rule if v.rule in enabled else fallbacks.get(v)

@@ -19,10 +19,10 @@ from agents.bench.guard.policy import (
     READ_CALLS,
     WRITE_CALLS,
 )
-from agents.bench.guard.program import TrainPy, keyword, literal_str
+from agents.bench.guard.program import Program, keyword, literal_str
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Call):
         qual = p.resolve(node.func) or ""
         if qual == "builtins.open":
@@ -47,7 +47,7 @@ def check(p: TrainPy) -> None:
                 p.hit("no-val-data", node, f".{node.func.attr}() reads files directly; data comes from make_dataloader")
 
 
-def _check_open(p: TrainPy, node: ast.Call) -> None:
+def _check_open(p: Program, node: ast.Call) -> None:
     mode = keyword(node, "mode", 1)
     text = "r" if mode is None else literal_str(mode)
     if text is None or set(text) & set("wax+"):
@@ -57,7 +57,7 @@ def _check_open(p: TrainPy, node: ast.Call) -> None:
         p.hit("no-val-data", node, "open() reads files directly; data comes from make_dataloader")
 
 
-def _check_torch_save(p: TrainPy, node: ast.Call) -> None:
+def _check_torch_save(p: Program, node: ast.Call) -> None:
     path = keyword(node, "f", 1)
     text = literal_str(path) if path is not None else None
     if text is None or PurePosixPath(text).name != text.replace("\\", "/") or not text.endswith(CHECKPOINT_SUFFIXES):

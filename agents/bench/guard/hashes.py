@@ -7,7 +7,6 @@ from pathlib import Path
 
 from agents.bench.guard.report import Violation
 
-EDITABLE_FILE = "train.py"
 LOCKED_FILE = "prepare.py"
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ast
 
 from agents.bench.guard.policy import COMPUTED_NAME_CALLS, INDIRECT_ATTRS, INDIRECT_CALLS
-from agents.bench.guard.program import TrainPy, literal_str
+from agents.bench.guard.program import Program, literal_str
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Name):
         if node.id == "__builtins__":
             p.hit("no-indirection", node, "__builtins__ gives indirect access to every builtin")

@@ -18,12 +18,12 @@ from agents.bench.guard.policy import (
     MENTIONS_BPB,
     OS_ENVIRONMENT,
 )
-from agents.bench.guard.program import TrainPy, literal_str
+from agents.bench.guard.program import Program, literal_str
 
 _ENVIRONMENT = frozenset(f"os.{e}" for e in OS_ENVIRONMENT)
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Name):
         qual = p.resolve(node)
         if qual in _ENVIRONMENT:
@@ -51,7 +51,7 @@ def check(p: TrainPy) -> None:
         _check_metric_call(p, node)
 
 
-def _check_environment_use(p: TrainPy, node: ast.AST, qual: str) -> None:
+def _check_environment_use(p: Program, node: ast.AST, qual: str) -> None:
     """Only `os.environ["KNOB"] = "value"` / `os.environ.setdefault("KNOB", "value")` for torch/CUDA knobs."""
     parent = p.parents.get(node)
     key = value = None
@@ -70,7 +70,7 @@ def _check_environment_use(p: TrainPy, node: ast.AST, qual: str) -> None:
           f"budget, seed and result path); only literal writes of {', '.join(sorted(ENV_KEYS_WRITABLE))}")
 
 
-def _check_fstring(p: TrainPy, node: ast.JoinedStr) -> None:
+def _check_fstring(p: Program, node: ast.JoinedStr) -> None:
     if isinstance(p.parents.get(node), ast.FormattedValue):
         return  # a format spec
     constant = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
@@ -90,7 +90,7 @@ def _check_fstring(p: TrainPy, node: ast.JoinedStr) -> None:
             after_key = False
 
 
-def _check_metric_call(p: TrainPy, node: ast.Call) -> None:
+def _check_metric_call(p: Program, node: ast.Call) -> None:
     """print("val_bpb:", x) and "val_bpb: {}".format(x): every value shown must be evaluate_bpb's result."""
     func = node.func
     if isinstance(func, ast.Attribute) and func.attr == "format" and MENTIONS_BPB.search(literal_str(func.value) or ""):

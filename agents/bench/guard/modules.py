@@ -22,10 +22,10 @@ from agents.bench.guard.policy import (
     PREPARE_VAL_NAME,
     SYS_ALLOWED,
 )
-from agents.bench.guard.program import TrainPy
+from agents.bench.guard.program import Program
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Import):
         for a in node.names:
             _check_module(p, node, a.name)
@@ -39,7 +39,7 @@ def check(p: TrainPy) -> None:
             check_module_attr(p, node, base, node.attr)
 
 
-def _check_import_from(p: TrainPy, node: ast.ImportFrom) -> None:
+def _check_import_from(p: Program, node: ast.ImportFrom) -> None:
     if node.level:
         p.hit("allowed-imports", node, "relative imports are not allowed: train.py is a single file")
         return
@@ -54,7 +54,7 @@ def _check_import_from(p: TrainPy, node: ast.ImportFrom) -> None:
         check_module_attr(p, node, module, a.name)
 
 
-def _check_module(p: TrainPy, node: ast.AST, module: str) -> None:
+def _check_module(p: Program, node: ast.AST, module: str) -> None:
     root = module.split(".")[0]
     if root in ESCAPE_MODULES or module.startswith(ESCAPE_TORCH):
         p.hit("no-escape", node, f"imports {module}: train.py may not start processes, use the network or files",
@@ -67,7 +67,7 @@ def _check_module(p: TrainPy, node: ast.AST, module: str) -> None:
               f"imports {module}, which is not allowed (allowed: {', '.join(sorted(ALLOWED_MODULES))})")
 
 
-def check_prepare_name(p: TrainPy, node: ast.AST, name: str) -> None:
+def check_prepare_name(p: Program, node: ast.AST, name: str) -> None:
     if name in PREPARE_PUBLIC:
         return
     if PREPARE_VAL_NAME.search(name):
@@ -79,7 +79,7 @@ def check_prepare_name(p: TrainPy, node: ast.AST, name: str) -> None:
               f"uses prepare.{name}, not prepare's public API ({', '.join(sorted(PREPARE_PUBLIC))})")
 
 
-def check_module_attr(p: TrainPy, node: ast.AST, module: str, attr: str) -> None:
+def check_module_attr(p: Program, node: ast.AST, module: str, attr: str) -> None:
     """Policy for `module.attr` on the few modules train.py may only use in part."""
     if module == "os" and attr not in OS_ALLOWED:
         if attr in OS_ENVIRONMENT:

@@ -22,10 +22,10 @@ from agents.bench.guard.policy import (
     TORCH_CONFIG_PREFIXES,
     TORCH_LIBRARY_ALLOWED,
 )
-from agents.bench.guard.program import EVALUATE, TrainPy, import_source, keyword
+from agents.bench.guard.program import EVALUATE, Program, import_source, keyword
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.ClassDef):
         for base in node.bases:
             qual = p.resolve(base) or ""
@@ -59,7 +59,7 @@ def _is_global_hook(qual: str) -> bool:
         qual.startswith("torch.library.") and qual not in TORCH_LIBRARY_ALLOWED)
 
 
-def _check_call(p: TrainPy, node: ast.Call) -> None:
+def _check_call(p: Program, node: ast.Call) -> None:
     qual = p.resolve(node.func) or ""
     method = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
     if _is_global_hook(qual) or GLOBAL_HOOK_NAME.match(method or ""):
@@ -90,7 +90,7 @@ def _check_call(p: TrainPy, node: ast.Call) -> None:
                                        "its token byte lengths define the metric")
 
 
-def _check_store(p: TrainPy, target: ast.AST, verb: str) -> None:
+def _check_store(p: Program, target: ast.AST, verb: str) -> None:
     if isinstance(target, ast.Tuple | ast.List):
         for element in target.elts:
             _check_store(p, element, verb)
@@ -113,7 +113,7 @@ def _check_store(p: TrainPy, target: ast.AST, verb: str) -> None:
                                  "prepare's evaluator, the clock or the libraries it relies on do")
 
 
-def _check_bindings(p: TrainPy) -> None:
+def _check_bindings(p: Program) -> None:
     """Names bound anywhere (assignment, def, argument, loop, import...) that must not be rebound."""
     for name, node, scope in p.bindings:
         source = import_source(node, name)

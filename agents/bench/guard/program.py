@@ -1,4 +1,7 @@
-"""train.py read once for every rule family: its nodes, scopes, what each name stands for, and reporting.
+"""The guard's view of one train.py, shared by every rule family: scopes, what each name stands for, reporting.
+
+The parse itself is the one model of train.py (`agents.trainpy.read`: one parse per version, shared and
+read-only); `Program` adds what the rules need on top of it, per check.
 
 Names are resolved through the file's imports and simple aliases (`import prepare as p`,
 `F = torch.nn.functional`, `tok = Tokenizer.from_directory()`), so `p.evaluate_bpb = ...` is the same offence
@@ -13,6 +16,7 @@ import builtins
 from collections.abc import Iterable, Iterator
 
 from agents.bench.guard.report import Violation
+from agents.trainpy import TrainPy
 
 SCOPES = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
           ast.DictComp, ast.GeneratorExp)
@@ -22,16 +26,14 @@ EVALUATE = "prepare.evaluate_bpb"
 BUDGET = "prepare.TIME_BUDGET"
 
 
-class TrainPy:
-    """One parse of a train.py; the rule families (one module each) read it and report through `hit`."""
+class Program:
+    """A train.py as the rules see it; the rule families (one module each) read it and report through `hit`."""
 
-    def __init__(self, text: str, tree: ast.Module):
-        self.lines = text.splitlines()
-        self.tree = tree
-        self.nodes = list(ast.walk(tree))  # walked once; every rule iterates this list (or `of`)
-        self._by_type: dict[type, list[ast.AST]] = {}
-        for node in self.nodes:
-            self._by_type.setdefault(type(node), []).append(node)
+    def __init__(self, model: TrainPy):
+        self.model = model
+        self.lines = model.lines
+        self.tree = model.tree  # shared with every reader of this version: never changed here
+        self.nodes = model.nodes  # walked once; every rule iterates this tuple (or `of`)
         self.parents = {child: node for node in self.nodes for child in ast.iter_child_nodes(node)}
         self.found: list[Violation] = []
         # A forbidden import is reported under its specific rule; with that rule off it is still a new import.
@@ -57,11 +59,9 @@ class TrainPy:
         self.bpb_names = {(scope, name) for name, node, scope in self.bindings
                           if isinstance(node, ast.Name) and self.assigned_from_evaluate(node)}
 
-    def of(self, *kinds: type) -> list:
+    def of(self, *kinds: type) -> tuple:
         """The nodes of these exact AST types, in walk order."""
-        if len(kinds) == 1:
-            return self._by_type.get(kinds[0], [])
-        return [n for n in self.nodes if type(n) in kinds]
+        return self.model.of(*kinds)
 
     # ---------------------------------------------------------------- scopes and name resolution
     def scope_of(self, node: ast.AST) -> ast.AST | None:

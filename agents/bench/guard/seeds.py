@@ -11,15 +11,16 @@ import ast
 import difflib
 
 from agents.bench.guard.policy import MAKE_DATALOADER_SEED_POS, ORDER_KEYWORDS, SEED_FUNCS
-from agents.bench.guard.program import TrainPy, literal_str
+from agents.bench.guard.program import Program, literal_str
 from agents.bench.guard.report import Violation
+from agents.trainpy import private_tree
 
 _SEED_MASK = "<seed-or-order>"
 _SEEDING_CALLS = frozenset({"manual_seed", "manual_seed_all", "seed", "default_rng", "RandomState", "Random",
                             "Generator"})
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Call):
         qual = p.resolve(node.func) or ""
         method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
@@ -33,7 +34,7 @@ def check(p: TrainPy) -> None:
                 _check_seed_args(p, node, "make_dataloader", seeds)
 
 
-def _check_seed_args(p: TrainPy, node: ast.Call, qual: str, values: list[ast.AST]) -> None:
+def _check_seed_args(p: Program, node: ast.Call, qual: str, values: list[ast.AST]) -> None:
     mentions_seed = any(p.resolve(n) == "prepare.SEED" for v in values for n in ast.walk(v)
                         if isinstance(n, ast.Name | ast.Attribute))
     if values and not mentions_seed:
@@ -58,7 +59,7 @@ def seed_or_order_only(old_text: str, new_text: str) -> list[Violation]:
 
 def _code_only(text: str, mask_seeds: bool = False) -> str:
     """The code's AST as text, without comments and docstrings (and with seeds masked): equal means same code."""
-    tree = ast.parse(text)
+    tree = private_tree(text)  # a tree of its own: it is changed below
     for node in ast.walk(tree):  # children are queued before a node is yielded, so editing it in place is safe
         for field_name in ("body", "orelse", "finalbody"):
             statements = getattr(node, field_name, None)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ast
 
 from agents.bench.guard.policy import DATA_PATH, MAKE_DATALOADER_SPLIT_POS, VAL_LITERAL, VAL_PATH
-from agents.bench.guard.program import EVALUATE, LOOPS, TrainPy, keyword, literal_str
+from agents.bench.guard.program import EVALUATE, LOOPS, Program, keyword, literal_str
 
 
-def check(p: TrainPy) -> None:
+def check(p: Program) -> None:
     for node in p.of(ast.Name):
         if isinstance(node.ctx, ast.Load) and p.resolve(node) == EVALUATE:
             _check_evaluate_reference(p, node)
@@ -44,7 +44,7 @@ def check(p: TrainPy) -> None:
                                        "data is read only by evaluate_bpb")
 
 
-def _check_evaluate_reference(p: TrainPy, node: ast.AST) -> None:
+def _check_evaluate_reference(p: Program, node: ast.AST) -> None:
     parent = p.parents.get(node)
     if not (isinstance(parent, ast.Call) and parent.func is node):
         p.hit("no-val-data", node, "evaluate_bpb is passed around instead of called once: only the final "
