@@ -18,7 +18,7 @@ from typing import Any
 
 from agents import trainpy
 from agents.trainpy import canonical_value
-from memory.changes import CHANGE_VERBS, OFF_WORDS, ON_WORDS, STOP_WORDS, Changes, content_words, stem, word_match
+from memory.changes import Changes, content_words, stem, word_match
 
 READER_VERSION = "2"
 ABBREVIATIONS = {"lr": ("learning", "rate"), "dim": ("dimension",), "ns": ("newton", "schulz"),
@@ -249,13 +249,11 @@ def read(title: str, rationale: str, train_py: str) -> Changes:
     mentions, ambiguous = _mentions(tokens, m)
     constants: dict[str, dict[str, str]] = {}
     complete = not ambiguous
-    for k, mention in enumerate(mentions):
-        lo = 0 if k == 0 else mention.end + 1
-        hi = mentions[k + 1].start if k + 1 < len(mentions) else len(tokens)
+    for k, mention in enumerate(mentions):  # each mention owns the numbers up to the next (the first, those before it)
+        lo, hi = (0 if k == 0 else mention.end + 1), (mentions[k + 1].start if k + 1 < len(mentions) else len(tokens))
         for i in range(mention.start, mention.end + 1):
             tokens[i].used = True
-        before = range(lo, mention.start) if k == 0 else range(0)
-        token, factor, understood = _value(tokens, min(lo, mention.start) if k == 0 else mention.end + 1, hi)
+        token, factor, understood = _value(tokens, lo, hi)
         if token is None and factor is None and understood and rationale:
             token, factor, understood = _from_rationale(mention.name, rationale, m)
         values = _resolve(mention.name, token, factor, m) if understood else None
@@ -263,22 +261,18 @@ def read(title: str, rationale: str, train_py: str) -> Changes:
             complete = False
             continue
         constants[mention.name] = values
-        for i in (*before, *range(mention.end + 1, hi)):
+        for i in range(lo, hi):
             if tokens[i].kind in ("num", "arrow", "eq") or tokens[i].kind == "word" and tokens[i].value in FACTORS:
                 tokens[i].used = True
     _mark_old_states(tokens)
-    leftover = [t for t in tokens if not t.used and t.kind == "word"]
-    words = content_words(" ".join(t.value for t in leftover))
-    if constants:
-        words = frozenset(w for w in words if w not in ("on", "off"))
-        complete = complete and not words and not any(t.kind == "num" for t in tokens if not t.used)
-        return Changes({k: v for k, v in constants.items() if v}, words=frozenset() if complete else words,
-                       complete=complete, source="reading")
-    named = any(_locate(tokens, forms) for name in m.numbers for forms in _name_words(name)
-                if forms[0][0] not in OPTIONAL_LAST)
-    numbers = frozenset(t.text.lower() for t in tokens if t.kind == "num")
-    return Changes(words=words | numbers, complete=False if named or mentions else not words,
-                   source="reading")
+    words = content_words(" ".join(t.value for t in tokens if not t.used and t.kind == "word"))
+    if not constants:  # a technique in words, compared with the techniques past experiments named
+        numbers = frozenset(t.text.lower() for t in tokens if t.kind == "num")
+        return Changes(words=words | numbers, complete=False, source="reading")
+    words = frozenset(w for w in words if w not in ("on", "off"))
+    complete = complete and not words and not any(t.kind == "num" for t in tokens if not t.used)
+    return Changes({k: v for k, v in constants.items() if v}, words=frozenset() if complete else words,
+                   complete=complete, source="reading")
 
 
 def _mark_old_states(tokens: list[Token]) -> None:
@@ -309,6 +303,3 @@ def _from_rationale(name: str, rationale: str, m: Knobs) -> tuple[Token | None, 
             if understood and (token is not None or factor is not None):
                 return token, factor, True
     return None, None, True
-
-
-__all__ = ["CHANGE_VERBS", "OFF_WORDS", "ON_WORDS", "READER_VERSION", "STOP_WORDS", "read"]

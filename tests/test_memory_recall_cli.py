@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from agents.memory_cli import app
 from agents.record.results import ExperimentRecord, ResultsStore
 from memory import ExperimentMemory
-from memory.cli import app
 from memory.embeddings import load_minilm
 from memory.recall import CHARS_PER_TOKEN
 

@@ -1,7 +1,7 @@
-"""`autoresearch memory ...`: search, stats and rebuild of the experiment memory.
+"""`autoresearch memory ...`: search, stats, check and rebuild of the experiment memory (memory/).
 
-search and stats open the memory read-only (a snapshot), so they work while a loop runs; rebuild writes,
-so it needs the loop to be stopped (the writer lock says so if it is not).
+search, stats and check open the memory read-only (a snapshot), so they work while a loop runs; rebuild
+writes, so it needs the loop to be stopped (the writer lock says so if it is not).
 """
 
 from __future__ import annotations
