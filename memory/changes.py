@@ -28,7 +28,8 @@ _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 # General English of change requests (fixed: the reader does not grow phrase by phrase)
 STOP_WORDS = frozenset("""a an the of to for in at by with and or its it from into this that these those be is are
 was were as our we i our their so than then only just also very bit little slightly more less much some all each
-per every new again instead rather""".split())
+per every new again instead rather should could would think maybe perhaps please pls once retry rerun attempt
+second same fixed""".split())
 CHANGE_VERBS = frozenset("""set use using try change changing make let go going switch swap replace move adjust tune
 turn put give keep apply run start bump push pull raise increase decrease lower reduce cut shrink grow widen narrow
 scale halve double triple""".split())
@@ -249,7 +250,9 @@ def same(new: Changes, old: Changes, profile: str) -> tuple[bool | None, str]:
         if named and not old.constants and _covers(new.words, named) and _covers(named, new.words):
             return True, "the same technique: " + old.describe(profile)
         return None, "a change in words the structure cannot compare"
-    if not new.complete or not old.complete:
+    if (not new.complete or not old.complete) and not (new.source == old.source == "reading" and new.words
+                                                        and _covers(new.words, old.words)
+                                                        and _covers(old.words, new.words)):
         return None, "a change the reading did not fully understand"
     if old.parts or old.units:
         return False, "the other changed code too"

@@ -31,7 +31,11 @@ UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eigh
 TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
 FROM_MARKERS = (("from",), ("instead", "of"), ("rather", "than"), ("not",), ("was",))
+AMOUNT_WORDS = frozenset(FACTORS) | {"by", "factor"}
+UP = frozenset("raise increase grow widen bump up higher larger more boost extend lengthen deepen".split())
+DOWN = frozenset("lower reduce decrease cut shrink narrow down less smaller shorten trim".split())
 _TOKEN = re.compile(r"\((?:\s*[-+]?[\d.]+(?:e-?\d+)?\s*,)+\s*[-+]?[\d.]+(?:e-?\d+)?\s*\)"  # a tuple
+                    r"|[a-z][a-z0-9_']*(?:\^|\*\*)\d+|[a-z]+[²³]"  # relu^2, relu²: a name, not a number
                     r"|[-+]?\d+(?:\.\d+)?\s*(?:\*\*|\^)\s*\d+"  # 2**18
                     r"|[-+]?\d*\.?\d+(?:e[-+]?\d+)?(?:k\b)?%?"  # numbers, 50k, 70%
                     r"|->|=>|=|:"
@@ -62,6 +66,8 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(_number(raw))
         elif lower in UNITS or lower in TENS or lower in SCALES:
             _spelled(tokens, lower)
+        elif lower in ("percent", "pct") and tokens and tokens[-1].kind == "num":
+            tokens[-1].percent = True
         else:
             tokens.append(Token(raw, "word", stem(lower.strip("'").removesuffix("'s"))))
     return tokens
@@ -101,9 +107,15 @@ def _spelled(tokens: list[Token], word: str) -> None:
 @dataclass
 class Mention:
     name: str
-    start: int
-    end: int  # last token index
-    size: int  # words matched
+    positions: list[int]  # the tokens that name it
+
+    @property
+    def start(self) -> int:
+        return min(self.positions)
+
+    @property
+    def end(self) -> int:
+        return max(self.positions)
 
 
 def _name_words(name: str) -> list[tuple[tuple[str, ...], ...]]:
@@ -117,27 +129,25 @@ def _name_words(name: str) -> list[tuple[tuple[str, ...], ...]]:
     return out
 
 
-def _find(tokens: list[Token], name: str) -> Mention | None:
-    """Where the text names constant `name`: its code name, or every word of it close together."""
+def _find(tokens: list[Token], name: str, heads: dict[str, int]) -> Mention | None:
+    """Where the text names constant `name`: its code name; every word of it close together (a last 'ratio',
+    'size' or 'frac' may be left out); or its head noun alone where no other constant has that word."""
     for i, tok in enumerate(tokens):
         if tok.kind == "word" and tok.text.upper() == name:
-            return Mention(name, i, i, 99)
+            return Mention(name, [i])
     words = _name_words(name)
-    if len(words) > 1 and words[-1][0][0] in OPTIONAL_LAST:
-        required = words[:-1]
-    else:
-        required = words
+    optional = len(words) > 1 and words[-1][0][0] in OPTIONAL_LAST
     positions: list[int] = []
-    for forms in words:
+    for k, forms in enumerate(words):
         hit = _locate(tokens, forms)
-        if hit is None and forms not in required:
-            continue
-        if hit is None:
-            return None
-        positions.extend(hit)
+        if hit is None and not (optional and k == len(words) - 1):
+            head = words[-2 if optional else -1][0][0]
+            alone = _locate(tokens, words[-2 if optional else -1]) if heads.get(head) == 1 else None
+            return Mention(name, alone) if alone and len(words) > 1 else None
+        positions.extend(hit or [])
     if max(positions) - min(positions) > len(positions) + 2:
         return None
-    return Mention(name, min(positions), max(positions), len(positions))
+    return Mention(name, positions)
 
 
 def _locate(tokens: list[Token], forms: tuple[tuple[str, ...], ...]) -> list[int] | None:
@@ -154,13 +164,15 @@ class Knobs:
 
     numbers: dict[str, dict[str, Any]]
     profiles: tuple[str, ...]
+    described: dict[str, frozenset[str]]  # name -> words of the comment train.py writes beside it
 
 
 def knobs(train_py: str) -> Knobs:
     model = trainpy.read(train_py)
     numbers = {name: dict(c.values) for name, c in model.constants.items()
                if c.values and all(_numeric(v) for v in c.values.values())}
-    return Knobs(numbers, tuple(p.name for p in model.profiles))
+    described = {name: content_words(c.comment) for name, c in model.constants.items() if name in numbers}
+    return Knobs(numbers, tuple(p.name for p in model.profiles), described)
 
 
 def _numeric(value: Any) -> bool:
@@ -171,13 +183,17 @@ def _numeric(value: Any) -> bool:
 
 def _mentions(tokens: list[Token], m: Knobs) -> tuple[list[Mention], bool]:
     """The constants named, in text order, and whether some named constant was ambiguous."""
-    found = [x for name in m.numbers if (x := _find(tokens, name)) is not None]
+    heads: dict[str, int] = {}
+    for name in m.numbers:
+        for word in {stem(w) for w in name.lower().split("_")}:
+            heads[word] = heads.get(word, 0) + 1
+    found = [x for name in m.numbers if (x := _find(tokens, name, heads)) is not None]
     kept, ambiguous = [], False
-    for mention in sorted(found, key=lambda x: -x.size):
-        rivals = [k for k in kept if not (mention.end < k.start or k.end < mention.start)]
+    for mention in sorted(found, key=lambda x: -len(x.positions)):
+        rivals = [k for k in kept if set(k.positions) & set(mention.positions)]
         if not rivals:
             kept.append(mention)
-        elif any(r.size == mention.size and r.name != mention.name for r in rivals):
+        elif any(len(r.positions) == len(mention.positions) for r in rivals):
             ambiguous = True
     return sorted(kept, key=lambda x: x.start), ambiguous
 
@@ -185,41 +201,57 @@ def _mentions(tokens: list[Token], m: Knobs) -> tuple[list[Mention], bool]:
 # ---------------------------------------------------------------------------------------------- values
 
 
-def _value(tokens: list[Token], lo: int, hi: int) -> tuple[Any, float | None, bool]:
-    """(absolute value, factor, understood) of the tokens [lo, hi): the value after an arrow or 'to', the one
-    number left once 'from X' / 'instead of X' are set aside, or a factor word (halve, double)."""
+def _value(tokens: list[Token], lo: int, hi: int) -> tuple[Any, tuple[str, float] | None, bool]:
+    """(absolute value, relative change, understood) of the tokens [lo, hi): the value after an arrow or 'to', the
+    one number left once 'from X' / 'instead of X' are set aside, a factor word (halve, double), or a change 'by N',
+    'by N%', 'by a factor of N' in the direction its verb says (raise, lower...)."""
     span = list(range(lo, hi))
     for i in span:
         if tokens[i].kind == "arrow":
             after = [j for j in span if j > i and tokens[j].kind == "num"]
             return (tokens[after[0]], None, True) if after else (None, None, False)
-    old = set()
+    old, by = set(), None
     for i in span:
         for marker in FROM_MARKERS:
-            if all(i + k < hi and tokens[i + k].kind == "word" and tokens[i + k].value == w
-                   for k, w in enumerate(marker)):
-                after = i + len(marker)
-                if after < hi and tokens[after].kind == "num":
-                    old.add(after)
+            if _words_at(tokens, i, hi, marker) and i + len(marker) < hi and tokens[i + len(marker)].kind == "num":
+                old.add(i + len(marker))
+        for marker in (("by", "a", "factor", "of"), ("by",)):
+            if by is None and _words_at(tokens, i, hi, marker) and i + len(marker) < hi \
+                    and tokens[i + len(marker)].kind == "num":
+                by = (i + len(marker), len(marker) > 1)
     numbers = [j for j in span if tokens[j].kind == "num" and j not in old]
     factors = [FACTORS[tokens[j].value] for j in span if tokens[j].kind == "word" and tokens[j].value in FACTORS]
+    if by is not None and numbers == [by[0]] and not factors:
+        way = {1 if t.value in UP else -1 for t in tokens[lo:hi] if t.kind == "word" and t.value in UP | DOWN}
+        amount = tokens[by[0]]
+        if len(way) != 1 or isinstance(amount.value, tuple):
+            return None, None, False
+        sign = way.pop()
+        if by[1]:
+            return None, ("mul", amount.value ** sign), True
+        if amount.percent:
+            return None, ("mul", 1 + sign * amount.value / 100), True
+        return None, ("add", sign * amount.value), True
     if numbers and len({repr(tokens[j].value) for j in numbers}) == 1 and not factors:  # one value, maybe said twice
         return tokens[numbers[-1]], None, True
     if not numbers and len(factors) == 1:
-        return None, factors[0], True
+        return None, ("mul", factors[0]), True
     return None, None, not numbers and not factors  # no value at all is not a misreading; several are
 
 
-def _resolve(name: str, token: Token | None, factor: float | None, m: Knobs) -> dict[str, str] | None:
+def _words_at(tokens: list[Token], i: int, hi: int, words: tuple[str, ...]) -> bool:
+    return all(i + k < hi and tokens[i + k].kind == "word" and tokens[i + k].value == w for k, w in enumerate(words))
+
+
+def _resolve(name: str, token: Token | None, change: tuple[str, float] | None, m: Knobs) -> dict[str, str] | None:
     """The constant's new value per profile (only where it changes), None when it cannot be placed."""
-    current = m.numbers.get(name, {})
     out = {}
     for profile in m.profiles:
-        now = current.get(profile)
-        if factor is not None:
+        now = m.numbers.get(name, {}).get(profile)
+        if change is not None:
             if not isinstance(now, int | float) or isinstance(now, bool):
                 return None
-            value: Any = now * factor
+            value: Any = now * change[1] if change[0] == "mul" else now + change[1]
         elif token is not None:
             value = token.value
             if isinstance(now, tuple) != isinstance(value, tuple):
@@ -248,31 +280,34 @@ def read(title: str, rationale: str, train_py: str) -> Changes:
     tokens = tokenize(title)
     mentions, ambiguous = _mentions(tokens, m)
     constants: dict[str, dict[str, str]] = {}
-    complete = not ambiguous
+    unread = {"?ambiguous"} if ambiguous else set()
     for k, mention in enumerate(mentions):  # each mention owns the numbers up to the next (the first, those before it)
         lo, hi = (0 if k == 0 else mention.end + 1), (mentions[k + 1].start if k + 1 < len(mentions) else len(tokens))
-        for i in range(mention.start, mention.end + 1):
+        for i in mention.positions:
             tokens[i].used = True
-        token, factor, understood = _value(tokens, lo, hi)
-        if token is None and factor is None and understood and rationale:
-            token, factor, understood = _from_rationale(mention.name, rationale, m)
-        values = _resolve(mention.name, token, factor, m) if understood else None
+        token, change, understood = _value(tokens, lo, hi)
+        if token is None and change is None and understood and rationale:
+            token, change, understood = _from_rationale(mention.name, rationale, m)
+        values = _resolve(mention.name, token, change, m) if understood else None
         if values is None:
-            complete = False
+            unread.add(f"?{mention.name}")  # named, but its value not understood
             continue
         constants[mention.name] = values
         for i in range(lo, hi):
-            if tokens[i].kind in ("num", "arrow", "eq") or tokens[i].kind == "word" and tokens[i].value in FACTORS:
+            if tokens[i].kind in ("num", "arrow", "eq") or tokens[i].kind == "word" and tokens[i].value in AMOUNT_WORDS:
                 tokens[i].used = True
     _mark_old_states(tokens)
-    words = content_words(" ".join(t.value for t in tokens if not t.used and t.kind == "word"))
+    words = content_words(" ".join(t.value for t in tokens if not t.used and t.kind == "word"
+                                   and (t.value not in UP | DOWN or not constants)))
     if not constants:  # a technique in words, compared with the techniques past experiments named
         numbers = frozenset(t.text.lower() for t in tokens if t.kind == "num")
         return Changes(words=words | numbers, complete=False, source="reading")
-    words = frozenset(w for w in words if w not in ("on", "off"))
-    complete = complete and not words and not any(t.kind == "num" for t in tokens if not t.used)
-    return Changes({k: v for k, v in constants.items() if v}, words=frozenset() if complete else words,
-                   complete=complete, source="reading")
+    described = frozenset().union(*(m.described.get(name, frozenset()) for name in constants))
+    unread |= {w for w in words if w != "on" and not any(word_match(w, d) for d in described)}
+    unread |= {t.text for t in tokens if t.kind == "num" and not t.used}
+    # what a reading did not understand stays with it: two readings that leave the same words are still comparable
+    return Changes({k: v for k, v in constants.items() if v}, words=frozenset(unread), complete=not unread,
+                   source="reading")
 
 
 def _mark_old_states(tokens: list[Token]) -> None:
@@ -293,13 +328,13 @@ def _mark_old_states(tokens: list[Token]) -> None:
                 t.used = True
 
 
-def _from_rationale(name: str, rationale: str, m: Knobs) -> tuple[Token | None, float | None, bool]:
+def _from_rationale(name: str, rationale: str, m: Knobs) -> tuple[Token | None, tuple[str, float] | None, bool]:
     tokens = tokenize(rationale)
     mentions, _ = _mentions(tokens, m)
     for k, mention in enumerate(mentions):
         if mention.name == name:
             hi = mentions[k + 1].start if k + 1 < len(mentions) else len(tokens)
-            token, factor, understood = _value(tokens, mention.end + 1, hi)
-            if understood and (token is not None or factor is not None):
-                return token, factor, True
+            token, change, understood = _value(tokens, mention.end + 1, hi)
+            if understood and (token is not None or change is not None):
+                return token, change, True
     return None, None, True

@@ -91,6 +91,10 @@ def test_every_offline_move_declares_exactly_what_its_edit_does(device):
     ("ADAM_BETAS = (0.9, 0.95)", {"ADAM_BETAS": "(0.9, 0.95)"}),
     ("matrix learning rate 0.03 and warmdown ratio 0.6", {"MATRIX_LR": "0.03", "WARMDOWN_RATIO": "0.6"}),
     ("HEAD_DIM 64 instead of 128", {"HEAD_DIM": "64"}),
+    ("Raise the embedding LR by 50%", {"EMBEDDING_LR": "0.9"}),
+    ("Lower MATRIX_LR by a factor of 2", {"MATRIX_LR": "0.02"}),
+    ("Increase the softcap by 10", {"LOGIT_SOFTCAP": "25"}),  # its head word alone: no other constant has it
+    ("Weight decay 0.1 on the Muon matrices", {"WEIGHT_DECAY": "0.1"}),  # train.py's comment says where it acts
 ])
 def test_the_reader_takes_constants_and_values_it_is_sure_of(title, expected):
     change = read(title, "", TRAIN)
@@ -103,9 +107,17 @@ def test_the_reader_takes_constants_and_values_it_is_sure_of(title, expected):
     "DEPTH 10 or 12",  # two values
     "Increase DEPTH",  # no value
     "ADAM_BETAS 0.99",  # a number for a pair
+    "Weight decay 0.1 on the embeddings",  # not where train.py's weight decay acts
+    "Change the embedding LR by 50%",  # which way?
 ])
 def test_the_reader_says_when_it_is_not_sure(title):
     assert not read(title, "", TRAIN).complete
+
+
+def test_readings_that_leave_the_same_words_unexplained_still_compare():
+    attention = read("Softcap the attention scores at 50", "", TRAIN)
+    assert same(read("softcap attention scores 50", "", TRAIN), attention, "CUDA")[0]
+    assert not same(read("Softcap the output logits at 50", "", TRAIN), attention, "CUDA")[0]
 
 
 def test_the_reader_keeps_a_technique_in_words_and_its_switch():
