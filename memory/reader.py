@@ -1,12 +1,14 @@
 """The English reader: constants and values in an idea written in words, for ideas that came without `changes`.
 
-It serves `autoresearch memory check "free text"` and any idea a model proposed without filling `changes`. It
-reads what it can be sure of and says when it is not (`Changes.complete`): a constant named by its code name
-(`MLP_RATIO`, `mlp ratio`) or by the words of that name (`matrix learning rate` for MATRIX_LR), with a value
-after it (`4 -> 3`, `from 4 to 3`, `to 3`, `= 3`, `three`, `halve`, `double`, `70%` for a fraction), per
-device profile. Words it cannot place are kept as the idea's technique words (`turn QK-norm off`), compared
-with the technique names of past experiments. Its vocabulary is general English and fixed; a reading is
-stored with `READER_VERSION`, and stored readings are redone when it changes.
+It serves `autoresearch memory check "free text"` and any idea a model proposed without filling `changes`, and
+reads what it can be sure of, saying when it is not (`Changes.complete`). A constant is named by its code name
+(`MLP_RATIO`, `mlp ratio`), by the words of that name (`matrix learning rate`), or by a head word no other
+constant has (`softcap`); its value follows (`4 -> 3`, `from 4 to 3`, `to 3`, `= 3`, `three`, `halve`, `70%` of a
+fraction, `by 50%` or `by a factor of 2` in its verb's direction) and is resolved per device profile. Words it
+cannot place, other than those train.py's own comment gives the constant, leave the reading unsure; without any
+constant they are the idea's technique words (`turn QK-norm off`), compared with the techniques past experiments
+named. Its vocabulary is general English and fixed: it does not grow phrase by phrase. A reading is stored with
+`READER_VERSION`, and stored readings are redone when it changes.
 """
 
 from __future__ import annotations

@@ -131,13 +131,13 @@ _JUDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _judge(bench: Workbench) -> object | None:
-    """The crew's repeat judge (an LLM call), built once per crew; None when the reading alone decides."""
+    """The crew's repeat judge (an LLM call), built once per crew; None when the structure alone decides."""
     if bench.crew not in _JUDGES:
         try:
             _JUDGES[bench.crew] = judge_for_crew(bench.crew)
-        except Exception as exc:  # a judge that cannot be built must not stop the run: the reading decides
+        except Exception as exc:  # a judge that cannot be built must not stop the run: the structure decides
             logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
-                                                "structured reading", exc)
+                                                "structure alone", exc)
             _JUDGES[bench.crew] = None
     return _JUDGES[bench.crew]
 
