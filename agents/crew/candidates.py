@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -128,18 +129,20 @@ def _gate(bench: Workbench, exp_id: str, idea: Idea, tag: str, config_name: str,
 
 
 _JUDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_JUDGES_LOCK = threading.Lock()  # preparing threads ask at once: one judge per crew
 
 
 def _judge(bench: Workbench) -> object | None:
     """The crew's repeat judge (an LLM call), built once per crew; None when the structure alone decides."""
-    if bench.crew not in _JUDGES:
-        try:
-            _JUDGES[bench.crew] = judge_for_crew(bench.crew)
-        except Exception as exc:  # a judge that cannot be built must not stop the run: the structure decides
-            logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
-                                                "structure alone", exc)
-            _JUDGES[bench.crew] = None
-    return _JUDGES[bench.crew]
+    with _JUDGES_LOCK:
+        if bench.crew not in _JUDGES:
+            try:
+                _JUDGES[bench.crew] = judge_for_crew(bench.crew)
+            except Exception as exc:  # a judge that cannot be built must not stop the run: the structure decides
+                logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by "
+                                                    "their structure alone", exc)
+                _JUDGES[bench.crew] = None
+        return _JUDGES[bench.crew]
 
 
 def recode(bench: Workbench, stale: Candidate, base_commit: str, base_text: str, tag: str,
