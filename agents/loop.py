@@ -159,6 +159,9 @@ class _Coordinator:
             self._event("note", message=f"warning: {self.s.sandbox_notice}")
         self.repo.start_branch(self.s.tag)
         self.best = self.book.best(self.repo)
+        baselines = self.book.baselines()
+        # the researcher's own train.py, the one the run started from: only its runs add to the shared compile cache
+        self.start_commit = baselines[0].commit if baselines else self.repo.head()
         self.earlier = self.book.earlier_runs()
         bench = self._workbench()
         with open_executor(self.s, self.run_dir, self.prepare_py, lambda text: self._event("note", message=text)) \
@@ -263,9 +266,12 @@ class _Coordinator:
         if violation is not None:
             raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
         cluster = self.s.config.cluster
+        options = dict(self.runner_options)
+        if entry.kind == "baseline" and entry.commit == self.start_commit:
+            options["compile_cache_mode"] = "publish"  # trusted code: what it compiled is shared with later runs
         task = TrainingTask(entry.exp_id, entry.new_text, self.prepare_py, self.prepare_sha, entry.seed,
-                            self.cfg.time_budget, self.cfg.hard_timeout_s, dict(self.s.extra_env),
-                            dict(self.runner_options), cluster.cache)
+                            self.cfg.time_budget, self.cfg.hard_timeout_s, dict(self.s.extra_env), options,
+                            cluster.cache)
         running = self.ex.submit(task)
         entry.pid, entry.node, entry.started = running.pid, running.node, running.started
         self.journal.write(entry)

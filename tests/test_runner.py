@@ -34,6 +34,7 @@ FAKE_PREPARE = textwrap.dedent(
             "eval_seconds": 0.1,
             "seed": os.environ.get("AUTORESEARCH_SEED"),
             "time_budget": os.environ.get("AUTORESEARCH_TIME_BUDGET"),
+            "device": "cpu",
         }
         with open(path, "w") as fh:
             json.dump(record, fh)
@@ -192,6 +193,17 @@ def test_prepare_edited_during_run_is_refused(tmp_path):
     assert (bwrap.status, bwrap.sandbox) == ("crash", "bwrap")
     assert "Read-only file system" in bwrap.error
     assert (workdir / "prepare.py").read_bytes() == original  # the copy ran; the original is never touched
+
+
+def test_a_run_on_the_cpu_of_a_gpu_machine_is_refused(tmp_path, monkeypatch):
+    """A sandbox that hid the GPU would otherwise train the CPU profile silently, every run."""
+    workdir = make_workdir(tmp_path, "import prepare\nprepare.write_record(1.5)\n")
+    monkeypatch.setattr(runner, "gpu_visible", lambda env: True)
+    result = run_training(workdir, tmp_path / "runs", "e1", time_budget=1, seed=1, sandbox="none")
+    assert result.status == "crash"
+    assert "ran on the CPU although this machine has a GPU" in result.error
+    monkeypatch.setattr(runner, "gpu_visible", lambda env: False)
+    assert run_training(workdir, tmp_path / "runs", "e2", time_budget=1, seed=1, sandbox="none").ok
 
 
 def test_forged_record_hash_is_refused(tmp_path):

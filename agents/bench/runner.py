@@ -7,11 +7,13 @@ hard time limit. The harness owns the log (everything train.py prints goes throu
 `run_dir/<exp_id>.log`), the hard kill and the checks afterwards. The score comes only from the evaluator's JSON
 record that `prepare.evaluate_bpb` writes to `AUTORESEARCH_RESULT_PATH` (inside the scratch directory; copied to
 `run_dir/<exp_id>.result.json`), checked against the harness: prepare.py's hash before and after (the copy that
-ran and the original), the time budget and seed the harness set, and the harness's own clock.
+ran and the original), the time budget and seed the harness set, and the harness's own clock. torch.compile's
+caches point into the scratch directory too: a private copy of the shared compile cache (compile_cache.py).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -28,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.bench import compile_cache
 from agents.bench.sandbox import SandboxSpec, sandbox_env, select_sandbox, wrap
 from agents.bench.scratch import Scratch, make_scratch
 
@@ -40,6 +43,7 @@ LOG_TAIL_LINES = 50
 _KEPT_LINES = 1000  # enough for a long traceback and the summary block
 
 HARNESS_VARIABLES = ("AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_SEED", "AUTORESEARCH_RESULT_PATH")
+COMPILE_CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")  # set by the runner to the run's own
 SUMMARY_FIELDS = {
     "val_bpb": float,
     "training_seconds": float,
@@ -115,6 +119,7 @@ class RunResult:
     exp_id: str = ""
     result_path: Path | None = None
     sandbox: str = "none"  # the sandbox the run went through: bwrap | landlock | none
+    compile_cache: str = ""  # what the run's compile cache was: "private, cold" or "shared: N file(s) copied in..."
 
     @property
     def ok(self) -> bool:
@@ -209,6 +214,7 @@ class TrainingJob:
         expected: dict,
         keep_scratch: bool,
         on_output: Callable[[str], None] | None,
+        compiled: compile_cache.Provisioned | None = None,
     ):
         self.workdir = workdir
         self.exp_id = exp_id
@@ -216,6 +222,7 @@ class TrainingJob:
         self.result_path = (run_dir / f"{exp_id}.result.json").resolve()
         self.scratch, self.sandbox, self.expected, self.keep_scratch = scratch, sandbox, expected, keep_scratch
         self.hard_timeout_s = hard_timeout_s
+        self.compiled = compiled
         self._on_output = on_output
         self._lines: deque[str] = deque(maxlen=_KEPT_LINES)
         self._warnings: list[str] = []
@@ -223,6 +230,7 @@ class TrainingJob:
         self._kill_requested = False
         self._result: RunResult | None = None
         self._prepare_sha_at_start = _sha256(workdir / "prepare.py")
+        self._gpu_visible = gpu_visible(env)
         self._log = open(self.log_path, "w", encoding="utf-8", buffering=1)
         self._started = time.monotonic()
         self._ended: float | None = None
@@ -275,6 +283,7 @@ class TrainingJob:
             self._log.close()
             try:
                 self._result = self._build_result()
+                self._settle_compile_cache(self._result)
             finally:
                 if not self.keep_scratch:
                     self.scratch.remove()  # checkpoints and whatever else the run left go with it
@@ -285,6 +294,20 @@ class TrainingJob:
         if self._proc.poll() is None:
             self._kill_requested = True
             self._terminate_group()
+
+    def _settle_compile_cache(self, result: RunResult) -> None:
+        """Publish a trusted run's new compiled code (before its scratch goes) and say what the run had."""
+        if self.compiled is None:
+            return
+        if self.compiled.warning:
+            result.warnings.append(f"compile cache: {self.compiled.warning}")
+        published = None
+        if self.compiled.publish and result.ok:
+            try:
+                published = compile_cache.publish(self.compiled)
+            except OSError as exc:  # a full disk must not lose the run's result
+                result.warnings.append(f"compile cache: publishing failed ({exc})")
+        result.compile_cache = self.compiled.describe(published)
 
     # threads
 
@@ -399,6 +422,12 @@ class TrainingJob:
             if got is not None and not _same_number(got, wanted):
                 return "crash", (f"the evaluator ran with {key} {got} but the harness set {wanted}: the run changed "
                                  "its own settings")
+        device = record.get("device")
+        if self._gpu_visible and isinstance(device, str) and device.split(":")[0] == "cpu":
+            # inside the sandbox CUDA was missing: the run trained the CPU profile, which no GPU result compares to
+            return "crash", ("train.py ran on the CPU although this machine has a GPU the run may use (in a sandbox, "
+                             "a GPU device node such as /dev/nvidia-uvm may be missing until CUDA is first used "
+                             "outside it: see docs/GPU.md)")
         eval_seconds = result.eval_seconds
         if eval_seconds is not None and eval_seconds > result.wall_seconds + CLOCK_SLACK_S:
             return "crash", (f"the record's eval_seconds ({eval_seconds:g} s) exceed the run's wall time "
@@ -431,6 +460,14 @@ class TrainingJob:
         return record, ""
 
 
+def gpu_visible(env: Mapping[str, str]) -> bool:
+    """This machine has an NVIDIA GPU that a run with this environment may use (its device nodes exist and
+    CUDA_VISIBLE_DEVICES does not hide every device)."""
+    if env.get("CUDA_VISIBLE_DEVICES", "all").strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") and bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 _EXP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -448,19 +485,22 @@ def start_training(
     sandbox: str = "auto",
     scratch_root: Path | None = None,
     keep_scratch: bool = False,
+    compile_cache_mode: str = "use",
+    compile_cache_dir: Path | None = None,
 ) -> TrainingJob:
     """Start `python train.py` (workdir's train.py and prepare.py, copied to a scratch directory) and return at
     once; see `run_training`. `on_output` is called from a background thread, once per line of output.
 
     Raises `SandboxUnavailable` when an explicitly requested sandbox cannot start here.
     """
+    compile_cache.check_mode(compile_cache_mode)
     workdir, run_dir = Path(workdir), Path(run_dir)
     if not (workdir / "train.py").is_file():
         raise FileNotFoundError(f"no train.py in {workdir}")
     if not _EXP_ID.match(exp_id):
         raise ValueError(f"experiment id {exp_id!r} is not usable as a file name (letters, digits, . _ -)")
     for key, value in (extra_env or {}).items():
-        if key in HARNESS_VARIABLES:
+        if key in HARNESS_VARIABLES or key in COMPILE_CACHE_VARIABLES:
             raise ValueError(f"extra_env may not set {key}: the runner owns it")
         if looks_secret(key, str(value)):
             raise ValueError(f"extra_env variable {key} looks like a secret; train.py must not see secrets")
@@ -478,6 +518,9 @@ def start_training(
                                                              if p.exists()],
                        read_only_dirs=[cache] if cache.is_dir() else [], home=scratch.home, tmp=scratch.tmp)
     env.update(sandbox_env(selection.name, spec))
+    shared = Path(compile_cache_dir) if compile_cache_dir else compile_cache.default_shared_dir(cache)
+    compiled = compile_cache.provision(scratch.compile_cache, compile_cache_mode, shared, selection.name)
+    env.update(compiled.env())
     expected: dict = {"seed": int(seed)}
     if time_budget is not None:
         env["AUTORESEARCH_TIME_BUDGET"] = f"{float(time_budget):g}"
@@ -488,7 +531,8 @@ def start_training(
     limit = hard_timeout_for(time_budget) if hard_timeout_s is None else float(hard_timeout_s)
     argv = wrap(selection.name, spec, [python, "train.py"], python)
     return TrainingJob(workdir, run_dir, exp_id, env=env, hard_timeout_s=limit, argv=argv, scratch=scratch,
-                       sandbox=selection.name, expected=expected, keep_scratch=keep_scratch, on_output=on_output)
+                       sandbox=selection.name, expected=expected, keep_scratch=keep_scratch, on_output=on_output,
+                       compiled=compiled)
 
 
 def run_training(
@@ -505,6 +549,8 @@ def run_training(
     sandbox: str = "auto",
     scratch_root: Path | None = None,
     keep_scratch: bool = False,
+    compile_cache_mode: str = "use",
+    compile_cache_dir: Path | None = None,
 ) -> RunResult:
     """Run workdir's `train.py` to completion (or the hard limit) inside `sandbox` and return its result.
 
@@ -513,6 +559,10 @@ def run_training(
     one used. The run happens in a fresh scratch directory under `scratch_root` (default: the system temp
     directory), removed afterwards unless `keep_scratch`. The log goes to `run_dir/<exp_id>.log`, the evaluator's
     record to `run_dir/<exp_id>.result.json`; nothing else is written to `run_dir` or `workdir`.
+
+    `compile_cache_mode` (compile_cache.py): "use" starts torch.compile from a private copy of the shared compile
+    cache (`compile_cache_dir`, default `<data cache>/compile-cache`) when the run is sandboxed; "publish" also adds
+    what the run compiled to the shared cache once it ended ok: only for the starting train.py; "off" compiles cold.
     """
     job = start_training(
         workdir,
@@ -527,5 +577,7 @@ def run_training(
         sandbox=sandbox,
         scratch_root=scratch_root,
         keep_scratch=keep_scratch,
+        compile_cache_mode=compile_cache_mode,
+        compile_cache_dir=compile_cache_dir,
     )
     return job.wait()

@@ -3,7 +3,8 @@
 train.py never runs in the repository or the run directory, so neither can be written by it (results.parquet,
 other experiments' records and logs stay the harness's), and several experiments can run at once on one
 machine. Layout: `train.py`, `prepare.py` (the copies that run; read-only inside bwrap), `result.json` (where
-the evaluator writes its record), `home/` (the private HOME), `tmp/` (the private TMPDIR outside bwrap). The
+the evaluator writes its record), `home/` (the private HOME), `tmp/` (the private TMPDIR outside bwrap),
+`compile-cache/` (the run's own torch.compile and Triton caches, made by the runner: compile_cache.py). The
 working directory is the scratch directory itself, so `torch.save("x.pt")` lands here and goes with it.
 """
 
@@ -40,6 +41,10 @@ class Scratch:
     @property
     def tmp(self) -> Path:
         return self.dir / "tmp"
+
+    @property
+    def compile_cache(self) -> Path:
+        return self.dir / "compile-cache"
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

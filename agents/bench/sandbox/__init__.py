@@ -78,7 +78,8 @@ def wrap(name: str, spec: SandboxSpec, argv: list[str], python: str = sys.execut
 
 
 def sandbox_env(name: str, spec: SandboxSpec) -> dict[str, str]:
-    """Variables every mode sets for train.py: a private HOME and temp directory, no bytecode written."""
+    """Variables every mode sets for train.py: a private HOME and temp directory, no bytecode written; under
+    Landlock, torch.compile compiling in the train.py process."""
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
     if spec.home is not None:
         home = str(spec.home)
@@ -88,6 +89,10 @@ def sandbox_env(name: str, spec: SandboxSpec) -> dict[str, str]:
         env["TMPDIR"] = "/tmp"  # a private tmpfs
     elif spec.tmp is not None:
         env["TMPDIR"] = str(spec.tmp)
+    if name == "landlock":
+        # /dev/shm is shared by every process of the machine, so Landlock leaves it unwritable: no POSIX
+        # semaphores, hence no multiprocessing pools, and torch.compile's pool of compile workers would fail.
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     return env
 
 
@@ -123,7 +128,9 @@ def select_sandbox(choice: str, python: str = sys.executable) -> Selection:
             return Selection(name, note=note)
         reasons.append(f"{name}: {reason}")
     return Selection("none", warning="no sandbox works here, train.py runs unconfined (" + "; ".join(reasons) +
-                                     "); set `sandbox: none` in crew.yaml to accept this without the warning")
+                                     "), and every run compiles cold (compiled code is shared only between "
+                                     "sandboxed runs); set `sandbox: none` in crew.yaml to accept this without the "
+                                     "warning")
 
 
 @functools.cache

@@ -36,6 +36,17 @@ def binary() -> str:
         return shutil.which("bwrap") or "bwrap"
 
 
+def gpu_devices() -> list[str]:
+    """The GPU device nodes (and /dev/nvidia-caps, a folder) present here, each once.
+
+    `--dev /dev` gives the sandbox a fresh /dev without them, so each is bound in with `--dev-bind`. They must
+    exist before the run: CUDA inside cannot create a missing /dev/nvidia-uvm (nvidia-modprobe needs the real
+    /dev). Where the driver creates it on first use, `nvidia-modprobe -u -c=0` or any CUDA program run once
+    outside the sandbox makes it (benchmarks/gpu_check.py starts CUDA before its sandboxed runs).
+    """
+    return sorted({device for pattern in GPU_DEVICES for device in glob.glob(pattern)})
+
+
 def hidden_dirs() -> list[Path]:
     """The real directories to replace by empty ones: HOME and HIDDEN_DIRS that exist here."""
     candidates = [Path(os.path.expanduser("~")), *map(Path, HIDDEN_DIRS)]
@@ -52,9 +63,8 @@ def command(spec: SandboxSpec, argv: list[str], python: str = sys.executable, bw
     args = [bwrap or binary(), "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
             "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for pattern in GPU_DEVICES:
-        for device in sorted(glob.glob(pattern)):
-            args += ["--dev-bind", device, device]
+    for device in gpu_devices():
+        args += ["--dev-bind", device, device]
     hidden = hidden_dirs()
     for path in hidden:
         args += ["--tmpfs", str(path)]
