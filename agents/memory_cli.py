@@ -154,7 +154,8 @@ def check(
                       "NAME=VALUE for a constant, PART:TECHNIQUE for code (default: the title is read)")] = None,
     train_py: Annotated[Path | None, typer.Option("--train-py", help="read the idea against this train.py "
                                                   "(default: the repository's)")] = None,
-    device: Annotated[str, typer.Option(help="the device profile values are compared on: cpu or cuda")] = "cpu",
+    device: Annotated[str, typer.Option(help="the device profile values are compared on: cpu, cuda, or auto "
+                                        "(this machine's)")] = "auto",
     llm: Annotated[bool, typer.Option("--llm", help="ask the LLM judge crew.yaml configures (the reviewer's model "
                                       "unless memory.judge_model names another) about changes to code")] = False,
     path: PathOption = None,
@@ -168,9 +169,13 @@ def check(
     if not idea.strip():
         err.print("[red]error[/]: IDEA is empty: give the idea's title, e.g. 'MATRIX_LR 0.04 -> 0.03'")
         raise typer.Exit(2)
-    if device not in ("cpu", "cuda"):
-        err.print(f"[red]error[/]: --device must be cpu or cuda, not {device!r}")
+    if device not in ("cpu", "cuda", "auto"):
+        err.print(f"[red]error[/]: --device must be cpu, cuda or auto, not {device!r}")
         raise typer.Exit(2)
+    if device == "auto":
+        from agents.assemble import detect_device
+
+        device = detect_device()
     declared = []
     for item in change or []:
         name, eq, value = item.partition("=")
