@@ -3,6 +3,7 @@ large memory, and the quality of the idea gate's judgement.
 
     python benchmarks/memory_scale.py                 # 1k and 10k experiments
     python benchmarks/memory_scale.py --with-100k     # adds 100k (tens of minutes on 2 shared cores)
+    python benchmarks/memory_scale.py --sizes 100000 --no-quality                    # 100k alone
     python benchmarks/memory_scale.py --sizes --compare-default --random-hnsw 50000   # HNSW settings only
     python benchmarks/memory_scale.py --sizes --quality-only                         # the judgement alone
     python benchmarks/memory_scale.py --sizes --sealed                               # the sealed set, once
@@ -356,6 +357,7 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=list(PAIR_FILES), metavar="FILE",
                         help="labelled pair files in benchmarks/data to judge (default: all but the sealed one)")
     parser.add_argument("--sealed", action="store_true", help=f"only the sealed set ({SEALED}): measure it once")
+    parser.add_argument("--no-quality", action="store_true", help="skip the labelled sets (scale figures only)")
     args = parser.parse_args()
     sizes = args.sizes + ([100_000] if args.with_100k else [])
 
@@ -373,8 +375,9 @@ def main() -> None:
     print("embedding cost (all-MiniLM-L6-v2, CPU):")
     embedding_cost(texts)
     fingerprint_cost()
-    print("idea gate quality (offline judgement):")
-    gate_quality(tuple(args.pairs))
+    if not args.no_quality:
+        print("idea gate quality (offline judgement):")
+        gate_quality(tuple(args.pairs))
     bases = embed_texts([idea_text(t, "") for t in titles])
     probes = [Idea(title=t, rationale=r, expected_effect="", category="other") for t, r in sorted(ideas)[:20]]
     for n in sizes:

@@ -115,10 +115,6 @@ class Changes:
     complete: bool = True  # a reading understood everything its title asks; declared changes always are
     source: str = "declared"  # "declared" | "fingerprint" | "reading"
 
-    @property
-    def empty(self) -> bool:
-        return not self.constants and not self.parts and not self.units and not self.words
-
     def on(self, profile: str) -> dict[str, str]:
         """name -> new value for the constants this changes on `profile`."""
         return {name: per[profile] for name, per in self.constants.items() if profile in per}
