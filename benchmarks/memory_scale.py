@@ -233,10 +233,17 @@ def structured_probes() -> tuple[list[ExperimentRecord], list[tuple[str, Idea]]]
     def idea(title: str, *changes: dict) -> Idea:
         return Idea(title=title, rationale="", expected_effect="", category="other", changes=list(changes))
 
+    taken = {(name, float(v)) for old, new, values in KNOB_EDITS for v in values  # values the background ran
+             for name in [new.split(" ")[0]]}
+    chosen = {}
+    for name in names:  # odd steps, so no probe lands on a value something else ran
+        now = model.constants[name].values["CUDA"]
+        chosen[name] = (now + 3, now + 5) if isinstance(now, int) else \
+            (round(now * 1.37 if now else 0.013, 6), round(now * 1.61 if now else 0.017, 6))
+    ran_values = {(name, float(new)) for name, (new, _) in chosen.items()}
     for k, name in enumerate(names):
         now = model.constants[name].values["CUDA"]
-        new = now + 1 if isinstance(now, int) else round(now * 1.5 if now else 0.1, 6)
-        other = new + 1 if isinstance(now, int) else round(new * 1.1, 6)
+        new, other = chosen[name]
         change = {"constant": name, "value": repr(new)}
         ran.append(ExperimentRecord(exp_id=f"c{k:03d}", tag="structured", status="discard", val_bpb=1.0,
                                     description=f"{name} {now} -> {new}", changes=json.dumps([change]),
@@ -245,7 +252,8 @@ def structured_probes() -> tuple[list[ExperimentRecord], list[tuple[str, Idea]]]
                                       {"constant": name, "value": f"{new!r} * 4 / 4"})))
         probes.append(("near", idea(f"{name} to {other}", {"constant": name, "value": repr(other)})))
         sibling = names[(k + 1) % len(names)]
-        if evaluate({sibling: repr(new)}, TRAIN)[sibling]["CUDA"] != model.constants[sibling].spellings["CUDA"]:
+        moved = evaluate({sibling: repr(new)}, TRAIN)[sibling]["CUDA"] != model.constants[sibling].spellings["CUDA"]
+        if moved and (sibling, float(new)) not in ran_values | taken:
             probes.append(("near", idea(f"{sibling} to {new}", {"constant": sibling, "value": repr(new)})))
     for k, part in enumerate(parts):
         technique = f"variant {k} of {part.split('.')[-1]}"
@@ -285,8 +293,6 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
             extra, extra_vectors = synthetic(50, bases, titles, rng)
             for i, r in enumerate(extra):
                 r.tag, r.exp_id = "tonight", f"{i:04d}"
-            ran, structured = structured_probes()
-            memory.add_many(ran)
             t = time.perf_counter()
             memory.index()  # a store written without its index file: one scan builds it (and saves it)
             index_build = time.perf_counter() - t
@@ -296,6 +302,12 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
                 memory.add_many([r], vectors=v[None, :])
                 single.append(time.perf_counter() - t)
             all_vectors = np.concatenate([vectors, extra_vectors])
+            queries = all_vectors[rng.integers(0, len(all_vectors), 200)] + rng.normal(scale=0.02, size=(200, 384))
+            queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+            ids = [f"{r.tag}/{r.exp_id}" for r in records + extra]
+            ours = hit_rate(memory._collection, ids, all_vectors, queries)  # the index itself, no gate filtering
+            ran, structured = structured_probes()
+            memory.add_many(ran)
             for idea in probe_ideas:  # embed once: the timings below are the memory's own work
                 memory.embed(idea_text(idea.title, idea.rationale))
                 memory.embed(idea.title)
@@ -317,10 +329,6 @@ def scale(n: int, bases: np.ndarray, titles: list[str], probe_ideas: list[Idea],
                 memory.embed(idea_text(idea.title, idea.rationale))
             structured_times: list[float] = []
             structured_result = judge_structured(memory, structured, structured_times)
-            queries = all_vectors[rng.integers(0, len(all_vectors), 200)] + rng.normal(scale=0.02, size=(200, 384))
-            queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-            ids = [f"{r.tag}/{r.exp_id}" for r in records + extra]
-            ours = hit_rate(memory._collection, ids, all_vectors, queries)  # the index itself, no gate filtering
         t = time.perf_counter()
         with ExperimentMemory.open(path) as again:  # the index is read from beside the store, not rebuilt
             opened = time.perf_counter() - t
