@@ -174,6 +174,9 @@ class RunBook:
             record.lines_added, record.lines_removed = diff_stats(base_text, entry.new_text)
             if c is not None and c.review is not None:
                 record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)
+            if c is not None and c.findings:  # the edit departs from its idea's changes: said where results are read
+                reasons = json.loads(record.review_reasons) if record.review_reasons else []
+                record.review_reasons = json.dumps(reasons + [f"finding (idea vs edit): {f}" for f in c.findings])
             record.guard_violations = ""
         record.val_bpb = result.val_bpb
         record.best_bpb_before = base_bpb
