@@ -176,7 +176,8 @@ class RunBook:
                 record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)
             if c is not None and c.findings:  # the edit departs from its idea's changes: said where results are read
                 reasons = json.loads(record.review_reasons) if record.review_reasons else []
-                record.review_reasons = json.dumps(reasons + [f"finding (idea vs edit): {f}" for f in c.findings])
+                found = [f"finding (idea vs edit): {f}" for f in c.findings]
+                record.review_reasons = json.dumps(reasons + [f for f in found if f not in reasons])
             record.guard_violations = ""
         record.val_bpb = result.val_bpb
         record.best_bpb_before = base_bpb
