@@ -153,3 +153,29 @@ def test_an_offline_run_of_two_dozen_experiments_never_trains_a_fingerprint_twic
     report = run(tmp_path, runs=1, experiments=24)
     assert report["trained"] >= 24 and report["fingerprinted"] == report["trained"]
     assert report["duplicates"] == {} and report["distinct"] == report["fingerprinted"]
+
+
+def test_a_trained_edit_that_departs_from_its_idea_keeps_the_findings_in_its_record(tmp_path):
+    from agents.bench.runner import RunResult
+    from agents.crew.candidates import Candidate
+    from agents.crew.schemas import CodeEdit, Idea, Review
+    from agents.record.journal import JournalEntry
+    from agents.record.runbook import RunBook
+
+    class Crew:
+        degraded_roles: list[str] = []
+
+    new = TRAIN.replace("DEPTH = 8 if CUDA", "DEPTH = 10 if CUDA")
+    idea_ = Idea(title="Narrower MLP", rationale="", expected_effect="", category="architecture",
+                 changes=[{"constant": "MLP_RATIO", "value": "2"}])
+    candidate = Candidate("0001", idea_, CodeEdit(blocks=[]), "c0", TRAIN, new, review=Review(verdict="approve"),
+                          findings=["the idea sets MLP_RATIO = 2; the edit leaves MLP_RATIO unchanged"])
+    book = RunBook(tmp_path, "t", "full", Crew(), None, None, lambda *a, **k: None, lambda phase: None)
+    entry = JournalEntry(exp_id="0001", phase="trained", idea=idea_.model_dump(), new_text=new, base_commit="c0")
+    result = RunResult("ok", 1.0, {}, {}, 0, 1.0, tmp_path / "log", "")
+    for _ in range(2):  # a resumed run records it again: the findings are not repeated
+        record = book.record_for(entry, result, candidate, 1.01, TRAIN)
+        book.records.append(record)
+    assert json.loads(record.review_reasons) == [
+        "finding (idea vs edit): the idea sets MLP_RATIO = 2; the edit leaves MLP_RATIO unchanged"]
+    assert json.loads(record.changes) == [{"constant": "MLP_RATIO", "value": "2"}]
