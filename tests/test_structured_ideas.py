@@ -21,6 +21,7 @@ from agents.crew.llm import UsageLedger  # noqa: E402
 from agents.crew.llm.offline import OfflineLLM  # noqa: E402
 from agents.crew.policy import OfflinePolicy  # noqa: E402
 from agents.crew.roles import ResearchCrew, build_llms  # noqa: E402
+from agents.crew.schemas import Idea  # noqa: E402
 from agents.record.results import ExperimentRecord  # noqa: E402
 from memory import ExperimentMemory  # noqa: E402
 from memory.embeddings import load_minilm  # noqa: E402
@@ -179,3 +180,26 @@ def test_a_trained_edit_that_departs_from_its_idea_keeps_the_findings_in_its_rec
     assert json.loads(record.review_reasons) == [
         "finding (idea vs edit): the idea sets MLP_RATIO = 2; the edit leaves MLP_RATIO unchanged"]
     assert json.loads(record.changes) == [{"constant": "MLP_RATIO", "value": "2"}]
+
+
+def test_the_schema_offers_train_py_s_constants_and_parts_and_asks_again_for_others(anthropic_env):
+    from agents.crew.idea_schema import idea_schema, plain_idea
+    from agents.crew.llm import make_llm
+
+    schema = idea_schema(TRAIN)
+    properties = schema.model_json_schema()["$defs"]
+    assert "MLP_RATIO" in properties["ConstantChange"]["properties"]["constant"]["enum"]
+    assert "CUDA" not in properties["ConstantChange"]["properties"]["constant"]["enum"]  # a profile flag, not a knob
+    assert "MLP.forward" in properties["PartChange"]["properties"]["part"]["enum"]
+    wrong = idea("Narrower", {"constant": "MLP_RATO", "value": "3"})
+    not_python = idea("Narrower", {"constant": "MLP_RATIO", "value": "three please"})
+    right = idea("Narrower", {"constant": "MLP_RATIO", "value": 3})  # a JSON number is written as Python
+    replies = [Reply.json(x, input_tokens=1500, output_tokens=80) for x in (wrong, not_python, right)]
+    with ScriptedLLMServer(replies) as server:
+        anthropic_env(server)
+        llm = make_llm("anthropic/claude-test", role="hypothesis", ledger=UsageLedger(), max_retries=0,
+                       output_retries=2)
+        answer = plain_idea(llm.call("Propose one change.", response_model=schema))
+        assert "MLP_RATIO" in server.requests[1].last_user_text  # the feedback names what may be used
+        assert "not a Python expression" in server.requests[2].last_user_text
+    assert type(answer) is Idea and answer.changes[0].model_dump() == {"constant": "MLP_RATIO", "value": "3"}
