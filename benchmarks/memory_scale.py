@@ -238,7 +238,7 @@ def structured_probes() -> tuple[list[ExperimentRecord], list[tuple[str, Idea]]]
     chosen = {}
     for name in names:  # odd steps, so no probe lands on a value something else ran
         now = model.constants[name].values["CUDA"]
-        chosen[name] = (now + 3, now + 5) if isinstance(now, int) else \
+        chosen[name] = (now + 13, now + 17) if isinstance(now, int) else \
             (round(now * 1.37 if now else 0.013, 6), round(now * 1.61 if now else 0.017, 6))
     ran_values = {(name, float(new)) for name, (new, _) in chosen.items()}
     for k, name in enumerate(names):
