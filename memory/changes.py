@@ -126,6 +126,8 @@ class Changes:
     @property
     def roots(self) -> frozenset[str]:
         """The top-level functions and classes touched (declared parts, changed units)."""
+        if not self.parts and not self.units:
+            return frozenset()
         return frozenset(p.split(".")[0] for p in (*self.parts, *self.units) if p != _MODULE_UNIT)
 
     def describe(self, profile: str | None = None) -> str:

@@ -72,7 +72,7 @@ HNSW_CONFIG = {"space": "cosine", "ef_construction": 200, "ef_search": 1000, "ma
 NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the true repeat down a few places
 ADD_BATCH = 1000
 EMBED_CACHE_SIZE = 256
-WARM_INDEX_AT = 20_000  # experiments from which a missing index of what was tried is rebuilt in the background
+WARM_INDEX_AT = 20_000  # experiments from which the index of what was tried is loaded in the background on open
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
 
@@ -147,10 +147,7 @@ class ExperimentMemory:
             raise
         for notice in memory.notices:
             log.warning(notice)
-        memory._index = memory._index_file.load(memory.next_seq)
-        if memory._index is not None and memory._index_file.lines > 2 * memory.next_seq + 1000:
-            memory._index_file.write(memory._index)  # compact the lines replaced records left behind
-        if memory._index is None and memory.next_seq >= WARM_INDEX_AT:  # index it while the run does its baselines
+        if memory.next_seq >= WARM_INDEX_AT:  # a large record: load its index while the run does its baselines
             threading.Thread(target=memory._warm_index, name="memory-index", daemon=True).start()
         return memory
 
@@ -175,7 +172,6 @@ class ExperimentMemory:
                     shutil.copy(memory._index_file.path, snapshot / "index.jsonl")
             memory._index_file = IndexFile(snapshot / "index.jsonl", memory._index_file.header)
             memory._connect(create=False)
-            memory._index = memory._index_file.load(memory.next_seq)
         except MemoryStoreError:
             memory.close()
             raise
@@ -377,8 +373,7 @@ class ExperimentMemory:
             self._claims.pop(rid, None)  # its record is in: the fingerprint is the record's now
             if self._index is not None:
                 self._index.add(entry)
-        if self._index is not None:
-            self._index_file.append(entries)
+        self._index_file.append(entries)  # the file stays whole even before the index is first used
 
     def _remember(self, hit: MemoryHit) -> None:
         """Keep the bounded views in step with a write."""
@@ -397,9 +392,13 @@ class ExperimentMemory:
     # ------------------------------------------------------------------------------------------ the index
 
     def index(self) -> MemoryIndex:
-        """What was tried, by what it changed: from index.jsonl, else built with one pass over the metadata (and
-        saved); readings of an older reader are redone then."""
+        """What was tried, by what it changed: read from index.jsonl, else built with one pass over the metadata
+        (and saved); readings of an older reader are redone then."""
         with self._operation():
+            if self._index is None:
+                self._index = self._index_file.load(self._next_seq)
+                if self._index is not None and self._index_file.lines > 2 * self._next_seq + 1000:
+                    self._index_file.write(self._index)  # compact the lines replaced records left behind
             if self._index is None:
                 index = MemoryIndex(self._index_file.header)
                 stale: list[tuple[str, dict]] = []

@@ -150,17 +150,19 @@ def test_the_index_is_kept_beside_the_store_and_opening_scans_nothing(tmp_path, 
     def no_scan(self):
         raise AssertionError("the index was rebuilt by a scan")
 
+    with ExperimentMemory.open(tmp_path / "mem") as memory:  # written to before its index is first used
+        memory.add(ExperimentRecord(exp_id="0100", tag="n", status="baseline", description="baseline", val_bpb=1.0))
     with monkeypatch.context() as patch:
         patch.setattr(ExperimentMemory, "_scan", no_scan)
         with ExperimentMemory.open(tmp_path / "mem") as memory:
-            assert len(memory.index()) == 7
+            assert len(memory.index()) == 8
             assert not memory.check_idea(Idea(title="x", rationale="", expected_effect="", category="other",
                                               changes=[{"constant": "MLP_RATIO", "value": "11"}])).novel
         with ExperimentMemory.open(tmp_path / "mem", read_only=True) as snapshot:
-            assert len(snapshot.index()) == 7
+            assert len(snapshot.index()) == 8
     (tmp_path / "mem" / "index.jsonl").write_text('{"index": 1}\nnot json\n')  # damaged: rebuilt with one scan
     with ExperimentMemory.open(tmp_path / "mem") as memory:
-        assert len(memory.index()) == 7
+        assert len(memory.index()) == 8
 
 
 def test_readings_are_redone_when_the_reader_changes(tmp_path, minilm, monkeypatch):
