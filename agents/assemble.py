@@ -10,21 +10,27 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from agents.bench.sandbox import SANDBOXES, SandboxUnavailable, select_sandbox
 from agents.config import ROLE_NAMES, ClusterConfig, CrewConfig, check_keys, load_config, resolve_model
-from agents.crew.llm.offline import OfflineLLM
+from agents.crew.llm.offline import OfflineLLM, SamplerLLM
 from agents.crew.llm.usage import UsageLedger
 from agents.crew.policy import OfflinePolicy
 from agents.crew.roles import ResearchCrew, build_llms
 from agents.lock import RunLock
 from agents.loop import LoopEvent, LoopSettings
 from agents.record.gitops import ExperimentRepo
+from agents.record.journal import Journal
 from agents.record.mlflow_runs import RunContext
+from agents.record.results import ResultsStore
 from agents.record.tracking import Tracker, project_root, resolve_target
 from memory.store import ExperimentMemory
+
+if TYPE_CHECKING:
+    from agents.crew.hpo import Sampler
 
 
 class SetupError(RuntimeError):
@@ -71,6 +77,7 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     ExperimentRepo(repo_dir).ensure_git_repo()
     config = load_config(config_path)
     check_keys(config, env)
+    check_sampler(config)
     RunLock(repo_dir).ensure_free()  # before opening memory, which only one process may write
     config = _apply(config, overrides or Overrides())
     try:  # probed once, before anything runs: an explicit choice that cannot start stops here
@@ -88,7 +95,11 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     policy = OfflinePolicy(seed=config.loop.seed)
     llms = build_llms(config, ledger, lambda role: OfflineLLM(policy))
     program = program_path.read_text()
-    crew = ResearchCrew(config, program, ledger, llms)
+    device = detect_device()
+    sampler = open_sampler(config, run_dir or repo_dir / "runs" / tag, tag, device, ledger) if config.sampler else None
+    if sampler is not None and config.sampler.turns.crew:
+        program += sampler_note(config)
+    crew = ResearchCrew(config, program, ledger, llms, sampler=SamplerLLM(sampler) if sampler else None)
 
     memory_path = (overrides.memory_path if overrides and overrides.memory_path else None) or \
         (repo_dir / config.memory.path if not Path(config.memory.path).is_absolute() else Path(config.memory.path))
@@ -105,11 +116,50 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
                             sandbox_notice=sandbox.warning,
                             tracker=build_tracker(repo_dir, config, tag, config_name or config.name,
                                                   (overrides or Overrides()).tracking_experiment, env))
+    if sampler is not None:
+        settings.observers.append(sampler.observe)  # each trial's outcome reaches its study once it is written
     # fallbacks nobody asked for go where the user looks: the live view (a banner) or the plain console
     crew.listeners.append(lambda d: settings.on_event(LoopEvent("degraded", d.from_experiment or "", d.line())))
     ledger.faults.listeners.append(
         lambda n: settings.on_event(LoopEvent("note", n.experiment or "", f"{n.role}: {n.message}")))
     return settings
+
+
+def check_sampler(config: CrewConfig) -> None:
+    """SetupError (one line with the install command) when crew.yaml names a sampler whose extra is missing."""
+    from agents.crew.hpo import SamplerUnavailable, require
+
+    if config.sampler is not None:
+        try:
+            require(config.sampler.method)
+        except SamplerUnavailable as exc:
+            raise SetupError(str(exc)) from None
+
+
+def open_sampler(config: CrewConfig, run_dir: Path, tag: str, device: str, ledger: UsageLedger) -> Sampler:
+    """The run's hyperparameter sampler, its study continued from `run_dir` (told what happened while it was shut)."""
+    from agents.crew.hpo import Sampler, SamplerError
+
+    cfg = config.sampler
+    try:
+        sampler = Sampler(cfg.method, seed=config.loop.seed, box=cfg.box, startup_trials=cfg.startup_trials,
+                          turns=(cfg.turns.crew, cfg.turns.sampler), run_dir=run_dir, tag=tag, device=device,
+                          announce=lambda message: ledger.faults.announce("hypothesis", message))
+    except SamplerError as exc:
+        raise SetupError(str(exc)) from None
+    in_flight = {(e.idea or {}).get("title", "") for e in Journal(run_dir).unfinished()}
+    sampler.reconcile(ResultsStore(run_dir).load(), in_flight)
+    return sampler
+
+
+def sampler_note(config: CrewConfig) -> str:
+    """What every role reads about the division of labour when a sampler shares the hypothesis role's turns."""
+    turns = config.sampler.turns
+    return (f"\n\n## Division of labour in this crew\n\nA hyperparameter sampler ({config.sampler.method}) takes "
+            f"{turns.sampler} of every {turns.crew + turns.sampler} proposals: it sets all of train.py's numeric "
+            f"constants at once (ideas titled '{config.sampler.method} trial N: ...'). The other {turns.crew} are "
+            "yours: propose what the sampler cannot do, changes to the code itself (architecture, optimizer, "
+            "schedule, initialisation), rather than new values for constants.\n")
 
 
 def build_tracker(repo_dir: Path, config: CrewConfig, tag: str, crew_name: str, experiment: str | None,

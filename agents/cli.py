@@ -107,7 +107,8 @@ def prepare(args: list[str] = typer.Argument(None, help="passed to prepare.py, e
 def run(
     tag: str = typer.Option(None, help="run name; branch autoresearch/<tag>. An existing tag is resumed."),
     config: Path = typer.Option(None, help="crew configuration (default: ./crew.yaml)"),
-    preset: str = typer.Option(None, help="a shipped configuration: full, no-reviewer, single-agent, offline"),
+    preset: str = typer.Option(None, help="a shipped configuration: full, no-reviewer, single-agent, offline, tpe, "
+                               "cmaes, centaur"),
     experiments: int = typer.Option(None, help="stop after this many trained experiments"),
     hours: float = typer.Option(None, help="stop after this many hours"),
     usd: float = typer.Option(None, help="stop before spending more than this on LLM calls"),
@@ -248,8 +249,8 @@ def report(tag: str = typer.Option(None, help="run to report (default: today's t
 
 @app.command()
 def compare(
-    configs: list[str] = typer.Argument(None, help="presets (full, no-reviewer, single-agent, offline) or crew.yaml "
-                                        "paths", show_default=False),
+    configs: list[str] = typer.Argument(None, help="presets (full, no-reviewer, single-agent, offline, tpe, cmaes, "
+                                        "centaur) or crew.yaml paths", show_default=False),
     experiments: int = typer.Option(None, help="per run: stop after this many trained experiments"),
     hours: float = typer.Option(None, help="per run: stop after this many hours"),
     usd: float = typer.Option(None, help="per run: stop before spending more than this on LLM calls"),
@@ -271,7 +272,7 @@ def compare(
     from agents.bench.cluster import ClusterError
     from agents.compare import Budget, CompareError, plan_compare, run_compare
     from agents.config import ConfigError
-    from agents.record.compare_report import compare_table
+    from agents.record.compare_report import compare_table, efficiency_table
     from agents.record.gitops import GitError
 
     try:
@@ -296,6 +297,7 @@ def compare(
 
     report = outcome.report
     console.print(compare_table(report.rows, title=f"compare {plan.name}"))
+    console.print(efficiency_table(report.rows))
     console.print(f"report:  {report.markdown}\nplots:   {', '.join(str(p) for p in report.plots)}\n"
                   f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
     _tracking_line(plan.configs[0].path, plan.name)

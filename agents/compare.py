@@ -153,6 +153,13 @@ def plan_compare(repo_dir: Path, sources: list[str], budget: Budget, repeats: in
     for spec in specs:
         base = load_config(spec.path)
         check_keys(base, env)
+        if base.sampler is not None:
+            from agents.crew.hpo import SamplerUnavailable, require
+
+            try:
+                require(base.sampler.method)
+            except SamplerUnavailable as exc:
+                raise CompareError(f"configuration {spec.label!r}: {exc}") from None
         for k in range(1, repeats + 1):
             runs.append(PlannedRun(spec.label, k, f"{name}-{spec.label}-r{k}", spec.path,
                                    base.loop.seed + (k - 1) * SEED_STRIDE))

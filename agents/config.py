@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import string
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # in a checkout, copies in an installed wheel), and the crew.yaml variants `--preset` names.
 PROJECT_TEMPLATE_DIR = Path(__file__).resolve().parent / "project"
 PRESETS_DIR = PROJECT_TEMPLATE_DIR / "presets"
-PRESETS = ("full", "no-reviewer", "single-agent", "offline")
+PRESETS = ("full", "no-reviewer", "single-agent", "offline", "tpe", "cmaes", "centaur")
 
 
 class ConfigError(ValueError):
@@ -269,6 +270,58 @@ class MemoryConfig(_Strict):
         raise ValueError(EMBEDDING_ALLOWED)
 
 
+SAMPLER_METHODS = ("tpe", "cmaes")
+SAMPLER_ALLOWED = "expected 'tpe' or 'cmaes' (Optuna's samplers), or null for none"
+
+
+class SamplerTurns(_Strict):
+    """Who proposes, in a repeating cycle: `crew` ideas from the hypothesis role, then `sampler` trials."""
+
+    crew: int = Field(default=0, ge=0)
+    sampler: int = 1
+
+    @field_validator("sampler")
+    @classmethod
+    def _some_turns(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("the sampler needs at least 1 turn per cycle (for none, leave out the sampler section)")
+        return value
+
+
+class SamplerConfig(_Strict):
+    """A hyperparameter sampler (agents/crew/hpo.py) that proposes train.py's constants, all at once, per trial.
+
+    `sampler: tpe` is short for `{method: tpe}`. Its trials go through the same gate, guard, reviewer, noise rule
+    and budget as every idea; it needs the optional extra: pip install 'autoresearch-crew[hpo]'.
+    """
+
+    method: str
+    turns: SamplerTurns = Field(default_factory=SamplerTurns)
+    # near: the offline policy's local steps around each constant's value when the study starts (a learning rate
+    # within a factor of 4); wide: its outer bounds (a factor of 16)
+    box: Literal["near", "wide"] = "near"
+    # trials drawn at random before the sampler models the results (TPE); null: Optuna's default (10 for TPE, none
+    # for CMA-ES, which starts at train.py's values)
+    startup_trials: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"method": value}
+        if not isinstance(value, dict | BaseModel):
+            raise ValueError(f"{SAMPLER_ALLOWED}, or a mapping like {{method: tpe, turns: {{crew: 1, sampler: 3}}}}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in SAMPLER_METHODS:
+            raise ValueError(f"unknown sampler {value!r}; {SAMPLER_ALLOWED}")
+        return value
+
+
 # an MLflow tracking URI: a scheme (sqlite:///, file:///, http(s)://, postgresql://, ...) or `databricks`
 _TRACKING_URI = re.compile(r"^([a-z][a-z0-9+.-]*://\S+|databricks(://\S*)?)$")
 TRACKING_ALLOWED = ("expected 'off', or a mapping like {uri: sqlite:///path/to/mlflow.db} "
@@ -339,6 +392,8 @@ class CrewConfig(_Strict):
     # the OS sandbox train.py runs in (agents/bench/sandbox/): auto takes the strongest that starts here
     sandbox: Literal["auto", "bwrap", "landlock", "none"] = "auto"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # a hyperparameter sampler taking some or all of the hypothesis role's turns (presets tpe, cmaes, centaur)
+    sampler: SamplerConfig | None = None
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -541,6 +596,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for key in loc:
         field = model.model_fields.get(str(key))
         annotation = field.annotation if field else None
+        # an optional section (`X | None`) lists X's keys
+        annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -88,6 +88,7 @@ class LoopSettings:
     sandbox: str = "auto"  # auto | bwrap | landlock | none: where train.py runs (agents/bench/sandbox/)
     sandbox_notice: str = ""  # said once at the start of the run (e.g. "no sandbox works here ...")
     tracker: Tracker = field(default_factory=Tracker.off)  # MLflow: fed after results are written
+    observers: list = field(default_factory=list)  # callables given every record once written (a sampler's study)
 
 
 @dataclass
@@ -130,7 +131,7 @@ class _Coordinator:
         self.run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
         self.journal = Journal(self.run_dir)
         self.book = RunBook(self.run_dir, s.tag, s.config_name, s.crew, s.ledger, s.memory, self._event,
-                            self._checkpoint, tracker=s.tracker)
+                            self._checkpoint, tracker=s.tracker, observers=s.observers)
         self.started = time.monotonic()
         self.budget_stop: str | None = None
         self._checkpoints_seen: dict[str, int] = {}

@@ -4,6 +4,11 @@ A project is a folder holding the locked `prepare.py` and the editable `train.py
 `crew.yaml` beside them) under git. The package ships these files (`agents/project/`), so a user who installed
 it from a registry, without the repository, gets a ready project: the files, a `.gitignore` for the run
 outputs, `git init` and a first commit.
+
+The shipped files are committed copies of the repository's starting files, not links to them: a run in the
+repository edits its own `train.py` on an experiment branch (and a user steers with `program.md` and
+`crew.yaml`), and neither may become every new project's start. tests/test_template.py fails when a copy and
+the repository's file differ, and builds a wheel on an experiment branch to show it ships the starting files.
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ units, each with a random optimum and weight, some constants irrelevant, one lea
 size), a fixed random effect per structural variant, plus Gaussian seed noise. Every candidate is a real edit
 of train.py (`agents.crew.edits.apply_edit`), and the objective reads the constants back out of the edited text.
 
-Three searchers get the same number of runs on the same objective:
+The searchers get the same number of runs on the same objectives, with the same seeds:
   policy         OfflinePolicy proposing; keep/discard/re-run by the loop's own rule (agents.bench.decide, sigma_k 2 as
                  in crew.yaml: a 2-sigma gain, or fewer lines at equal val_bpb; a re-run counts as a run)
+  tpe, cmaes     the samplers of the `tpe` and `cmaes` presets (agents.crew.hpo: Optuna's TPESampler and
+                 CmaEsSampler over every constant at once, the `near` box), told each decided run as in the loop,
+                 under the same keep rule (needs the extra: pip install 'autoresearch-crew[hpo]')
   random-moves   one uniformly random move of the same kinds each time, same keep rule (no adaptation)
   random-search  uniform random configurations inside a box, the best measured one wins (classic HPO baseline);
                  "near" uses the box the policy's local steps span, "full" the policy's outer bounds
@@ -46,6 +49,7 @@ from agents.record.results import ExperimentRecord  # noqa: E402
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 NOISE = 0.002  # seed noise sigma of one run (val_bpb)
 KEEP_SIGMAS = 2.0
+SAMPLERS = ("tpe", "cmaes")
 WIDTH = {"log": 4.0, "linear": 4.0, "beta": 4.0, "int": 1.0, "pow2": 1.0}  # a bowl's natural width, grid units
 
 
@@ -117,6 +121,12 @@ def run_random_moves(objective: Objective, steps: int, seed: int) -> float:
     return _hill_climb(objective, steps, seed, RandomMoves(seed))
 
 
+def run_sampler(objective: Objective, steps: int, seed: int, method: str) -> float:
+    from agents.crew.hpo import Sampler
+
+    return _hill_climb(objective, steps, seed, Sampler(method, seed=seed, device=objective.device))
+
+
 class RandomMoves:
     """The policy's moves, each chosen uniformly at random among those not yet tried: no adaptation at all."""
 
@@ -140,7 +150,8 @@ def _hill_climb(objective: Objective, steps: int, seed: int, searcher) -> float:
     rng = random.Random(seed + 10_000)
     text = objective.base
     best = objective.measure(text, rng)
-    history: list[ExperimentRecord] = []
+    history = [ExperimentRecord(exp_id="0000", tag="bench", status="baseline", description="baseline", val_bpb=best)]
+    observe = getattr(searcher, "observe", None)  # a sampler's study is told every decided run
     runs = 0
     while runs < steps:
         try:
@@ -163,6 +174,8 @@ def _hill_climb(objective: Objective, steps: int, seed: int, searcher) -> float:
         history.append(ExperimentRecord(exp_id=f"{runs:04d}", tag="bench", status=status, description=idea.title,
                                         val_bpb=value, best_bpb_before=best, delta=delta, category=idea.category,
                                         decision_reason=decision.reason))
+        if observe is not None:
+            observe(history[-1])
         if status == "keep":
             text, best = new, value
     return objective.true_value(text)
@@ -207,20 +220,36 @@ def _random_config(objective: Objective, rng: random.Random, near: bool) -> str:
     return text
 
 
-def compare(steps: int, seeds: int, device: str = "cpu") -> dict[str, list[float]]:
+def compare(steps: int, seeds: int, device: str = "cpu", samplers: tuple[str, ...] = SAMPLERS) -> dict[str, list[float]]:
     """True final val_bpb per searcher, one entry per objective seed."""
     base = TRAIN_PY.read_text()
-    results: dict[str, list[float]] = {"start": [], "optimum": [], "policy": [], "random-moves": [],
-                                       "random-search near": [], "random-search full": []}
+    results: dict[str, list[float]] = {"start": [], "optimum": [], "policy": [], **{m: [] for m in samplers},
+                                       "random-moves": [], "random-search near": [], "random-search full": []}
     for seed in range(seeds):
         objective = make_objective(seed, base, device)
         results["start"].append(objective.true_value(base))
         results["optimum"].append(objective.optimum_value())
         results["policy"].append(run_policy(objective, steps, seed))
+        for method in samplers:
+            results[method].append(run_sampler(objective, steps, seed, method))
         results["random-moves"].append(run_random_moves(objective, steps, seed))
         results["random-search near"].append(run_random_search(objective, steps, seed, near=True))
         results["random-search full"].append(run_random_search(objective, steps, seed, near=False))
     return results
+
+
+def available_samplers() -> tuple[str, ...]:
+    """The samplers that can run here; each one that cannot is named, with why, and left out."""
+    from agents.crew.hpo import SamplerUnavailable, require
+
+    found = []
+    for method in SAMPLERS:
+        try:
+            require(method)
+            found.append(method)
+        except SamplerUnavailable as exc:
+            print(f"left out: {exc}")
+    return tuple(found)
 
 
 def main() -> None:
@@ -230,11 +259,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     print(f"synthetic val_bpb, noise sigma {NOISE}, {args.seeds} objectives, train.py constants for {args.device}")
+    samplers = available_samplers()
     for steps in args.steps:
-        r = compare(steps, args.seeds, args.device)
+        r = compare(steps, args.seeds, args.device, samplers)
         gap = [s - o for s, o in zip(r["start"], r["optimum"], strict=True)]
         print(f"\n{steps} runs each: true val_bpb of the final choice (mean ± sd over objectives), gap closed")
-        for name in ("start", "policy", "random-moves", "random-search near", "random-search full"):
+        for name in ("start", "policy", *samplers, "random-moves", "random-search near", "random-search full"):
             values = r[name]
             closed = statistics.fmean((s - v) / g for s, v, g in zip(r["start"], values, gap, strict=True))
             print(f"  {name:<20} {statistics.fmean(values):.5f} ± {statistics.pstdev(values):.5f}   "

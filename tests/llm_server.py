@@ -13,8 +13,11 @@ exactly as in production, with no network and no mocked SDK objects.
 
 `Reply` covers what a real provider does to a client: structured JSON (rendered as a forced `tool_use` block for
 Anthropic when tools were requested, else as message text), plain text, truncation (`stop_reason: max_tokens` /
-`finish_reason: length`), HTTP errors with `retry-after`, slow replies, garbage bytes and dropped connections.
-`ReplyQueue` plays a fixed list of replies in order.
+`finish_reason: length`), usage counts (`usage.prompt_tokens` / `input_tokens`), HTTP errors with `retry-after` or
+a real server's exact body, slow replies, garbage bytes and dropped connections. `ReplyQueue` plays a fixed list
+of replies in order (then a default reply or responder), so "a 429 on the first request only" is one line. Every
+request records when it arrived (`received_at`); requests to other endpoints (context probes) are listed in
+`other_requests`, and a behaviour may answer them with headers too.
 
 The server is bounded: it refuses more than `max_requests` requests and shuts itself down after `lifetime_s`,
 so a test that forgets to stop it, or a client that keeps retrying, cannot hang the suite. Only the standard
@@ -77,6 +80,7 @@ class ParsedRequest:
     schema: dict[str, Any] | None  # JSON schema of the forced tool (Anthropic) or json_schema response_format (OpenAI)
     schema_name: str | None
     max_tokens: int | None
+    received_at: float = 0.0  # time.monotonic() when it arrived, for tests of waiting (retry-after)
 
     @property
     def text(self) -> str:
@@ -162,9 +166,10 @@ Responder = Callable[[ParsedRequest], Reply]
 
 
 class ReplyQueue:
-    """A responder that plays `replies` in order; when they run out it answers `default` (or a clear 400)."""
+    """A responder that plays `replies` in order; when they run out it answers `default` (a reply, or a responder
+    asked with the request), or a clear 400."""
 
-    def __init__(self, replies: Iterable[Reply], default: Reply | None = None) -> None:
+    def __init__(self, replies: Iterable[Reply], default: Reply | Responder | None = None) -> None:
         self._replies = list(replies)
         self._default = default
         self._lock = threading.Lock()
@@ -173,6 +178,8 @@ class ReplyQueue:
         with self._lock:
             if self._replies:
                 return self._replies.pop(0)
+        if callable(self._default):
+            return self._default(request)
         if self._default is not None:
             return self._default
         return Reply.error(400, "scripted server: no reply left in the queue")
@@ -204,6 +211,7 @@ class ScriptedLLMServer:
         self.lifetime_s = lifetime_s
         self.max_requests = max_requests
         self.requests: list[ParsedRequest] = []
+        self.other_requests: list[tuple[str, str, float]] = []  # (method, path, monotonic time) of other endpoints
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -299,16 +307,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _other_endpoint(self, method: str, body: Any) -> None:
         """An endpoint other than chat (a model list, a server's properties), answered by the behaviour."""
-        behaviour = self.server_state.behaviour
-        answer = behaviour.route(method, self.path.split("?", 1)[0], body) if behaviour is not None else None
+        state = self.server_state
+        path = self.path.split("?", 1)[0]
+        with state._lock:
+            state.other_requests.append((method, path, time.monotonic()))
+        answer = state.behaviour.route(method, path, body) if state.behaviour is not None else None
         if answer is None:
             self._send_json(404, {"error": {"message": f"scripted server: unknown path {self.path}"}})
             return
-        status, payload = answer
+        status, payload, *rest = answer  # an optional third item: response headers (retry-after, ...)
+        headers = rest[0] if rest else None
         if isinstance(payload, bytes | str):
-            self._send_bytes(status, payload.encode() if isinstance(payload, str) else payload, "text/plain")
+            self._send_bytes(status, payload.encode() if isinstance(payload, str) else payload, "text/plain", headers)
         else:
-            self._send_json(status, payload)
+            self._send_json(status, payload, headers)
 
     def do_POST(self) -> None:
         state = self.server_state
@@ -461,6 +473,7 @@ def _parse_request(protocol: Protocol, path: str, headers: dict[str, str], body:
         titles = _SCHEMA_TITLE.findall("\n".join([system, *(text for _, text in messages)]))
         schema_name = titles[-1] if titles else None
     return ParsedRequest(
+        received_at=time.monotonic(),
         protocol=protocol,
         path=path,
         headers=headers,

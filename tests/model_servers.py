@@ -11,7 +11,8 @@ llama-cpp-python 0.3.36, captured from the real server running SmolLM2-135M:
   model's parameters (num_ctx); a prompt over num_ctx is cut silently, and prompt_tokens says how much was read.
 - `LlamaServerKind`: llama.cpp's llama-server. json_schema and json_object + schema (grammar-constrained);
   /props has the per-slot n_ctx; a prompt of n_ctx tokens or more is HTTP 400 `exceed_context_size_error`; a
-  reply that runs into the end of the window stops with finish_reason "length".
+  reply that runs into the end of the window, or past the server's `--n-predict` (`n_predict=`), stops with
+  finish_reason "length".
 - `LlamaCppPythonKind`: `python -m llama_cpp.server`. json_schema is refused with HTTP 500 and a pydantic
   validation body; json_object + schema works; a prompt over n_ctx is HTTP 400 `context_length_exceeded`;
   max_tokens is lowered silently to what the window leaves.
@@ -41,6 +42,7 @@ class ServerKind:
 
     n_ctx: int = 8192
     chars_per_token: float = 3.0
+    n_predict: int | None = None  # the server's own limit on a reply (llama-server --n-predict), below max_tokens
 
     name = "server"
 
@@ -64,11 +66,12 @@ class ServerKind:
         return (request.body.get("response_format") or {}).get("type")
 
     def cut_to_window(self, request: ParsedRequest, reply: Reply, prompt: int) -> Reply:
-        """The reply, stopped where the context window (prompt + reply) is full."""
+        """The reply, stopped where the context window (prompt + reply) is full, or at the server's own limit on a
+        reply (`n_predict`), whichever comes first: finish_reason "length" either way."""
         room = self.n_ctx - prompt
         text = reply.text if reply.text is not None else json.dumps(reply.structured)
         wanted = math.ceil(len(text) / self.chars_per_token)
-        limit = min(room, request.max_tokens or room)
+        limit = min(room, request.max_tokens or room, self.n_predict or room)
         if wanted <= limit:
             return replace(reply, input_tokens=prompt, output_tokens=wanted)
         cut = text[: max(1, int(limit * self.chars_per_token))]

@@ -161,6 +161,7 @@ def test_every_command_outside_a_project_says_so_and_suggests_init(tmp_path, mon
     (["run", "--usd", "0"], "--usd must be > 0"),
     (["compare", "offline", "--repeats", "0"], "--repeats must be >= 1"),
     (["compare", "offline", "--experiments", "0"], "--experiments must be >= 1"),
+    (["run", "--experiments", "1", "--workers", "0"], "--workers must be a whole number of at least 1"),
 ])
 def test_bad_numbers_are_one_clear_error(toy, args, named):
     result = _run(args)

@@ -15,11 +15,12 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from agents.compare import Budget, CompareError, plan_compare, run_compare
+from agents.config import PRESETS_DIR
 from agents.record.results import ResultsStore
 from memory.store import ExperimentMemory
 from tests.llm_server import ScriptedLLMServer
 from tests.test_loop_llm import ScriptedCrew
-from tests.toyrepo import ROOT, make_toy_repo
+from tests.toyrepo import make_toy_repo
 
 TRAINED = ("keep", "discard", "crash")
 LLM_TITLES = ["MATRIX_LR 0.01 -> 0.04", "DEPTH 2 -> 4", "EMBEDDING_LR 0.6 -> 3.0"]
@@ -45,7 +46,7 @@ def toy_with_variants(tmp_path: Path, **variants: dict) -> tuple[Path, dict[str,
 def llm_variant() -> dict:
     """The full crew, every role on an Anthropic model (served by the scripted local server)."""
     role = {"model": "anthropic/claude-sonnet-4-5", "max_retries": 2, "timeout_s": 10}
-    return {"extends": str(ROOT / "presets" / "full.yaml"), "name": "llm", "single_agent": {"model": "auto"},
+    return {"extends": str(PRESETS_DIR / "full.yaml"), "name": "llm", "single_agent": {"model": "auto"},
             "roles": {r: dict(role) for r in ("hypothesis", "coder", "reviewer", "analyst")}}
 
 

@@ -303,3 +303,24 @@ def test_sandbox_and_wall_time_keys(tmp_path, base):
     base["loop"]["plausibility"]["wall_time_tolerance"] = -1
     message = _error(_write(tmp_path, base))
     assert "loop.plausibility.wall_time_tolerance" in message
+
+
+@pytest.mark.parametrize(("sampler", "field", "says"), [
+    ("random", "sampler.method", "unknown sampler 'random'; expected 'tpe' or 'cmaes'"),
+    ({"method": "tpe", "turns": {"crew": 1, "sampler": 0}}, "sampler.turns.sampler", "at least 1 turn per cycle"),
+    ({"method": "tpe", "turns": {"crew": -1}}, "sampler.turns.crew", "greater than or equal to 0"),
+    ({"method": "cmaes", "box": "far"}, "sampler.box", "'near' or 'wide'"),
+    ({"method": "tpe", "trials": 5}, "sampler.trials", "allowed here: method, turns, box, startup_trials"),
+    (3, "sampler", "expected 'tpe' or 'cmaes'"),
+])
+def test_a_bad_sampler_section_is_one_line_naming_the_field(tmp_path, base, sampler, field, says):
+    base["sampler"] = sampler
+    message = _error(_write(tmp_path, base))
+    assert f"{field}: " in message and says in message, message
+
+
+def test_a_sampler_is_off_unless_named_and_has_a_short_form(tmp_path, base):
+    assert load_config(_write(tmp_path, base)).sampler is None
+    base["sampler"] = "cmaes"
+    sampler = load_config(_write(tmp_path, base)).sampler
+    assert (sampler.method, sampler.turns.crew, sampler.turns.sampler, sampler.box) == ("cmaes", 0, 1, "near")

@@ -203,3 +203,72 @@ if __name__ == "__main__":
     passed = sum(run_case(case).ok for case in LEGIT)
     print(f"\ngaming vetoed by the right rule: {vetoed}/{len(GAMING)} ({100 * vetoed / len(GAMING):.0f}%)")
     print(f"legitimate edits passed:         {passed}/{len(LEGIT)} ({100 * passed / len(LEGIT):.0f}%)")
+
+
+# ---------------------------------------------------------------- rules that follow what the code does
+
+_ATTENTION_CALL = ("y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), "
+                   "is_causal=True)\n")
+
+
+def _with_free_attention(keep: str) -> str:
+    """train.py whose attention runs in a module-level helper masking with `keep` (True: the key is visible)."""
+    helper = ("def attend(q, k, v):\n    T = q.size(-2)\n    i = torch.arange(T, device=q.device)[:, None]\n"
+              "    j = torch.arange(T, device=q.device)[None, :]\n    ones = torch.ones(T, T, device=q.device)\n"
+              f"    keep = {keep}\n    s = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5\n"
+              "    return s.masked_fill(~keep, float('-inf')).softmax(dim=-1) @ v\n\n\n")
+    new = TRAIN_PY.replace("class CausalSelfAttention(nn.Module):\n",
+                           helper + "class CausalSelfAttention(nn.Module):\n", 1)
+    return new.replace(_ATTENTION_CALL, "y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))\n", 1)
+
+
+@pytest.mark.parametrize("keep, causal", [
+    ("i >= j", True),
+    ("j <= i", True),
+    ("ones.tril().bool()", True),
+    ("torch.tril(ones, diagonal=0) == 1", True),
+    ("~torch.triu(ones, diagonal=1).bool()", True),
+    ("(i >= j) & (i - j < 128)", True),
+    ("(i - j >= 0) & ((i - j) < 2)", True),
+    ("i > j", True),  # stricter than causal (a position does not see itself): no later token either
+    ("ones.bool()", False),  # hides nothing
+    ("i <= j", False),  # the future instead of the past
+    ("ones.triu().bool()", False),
+    ("torch.tril(ones, diagonal=1).bool()", False),  # one token ahead
+    ("(i - j).abs() < 3", False),  # a window both ways
+    ("(i >= j) | (j == i + 1)", False),
+], ids=lambda v: str(v))
+def test_manual_attention_is_judged_by_what_its_mask_computes(keep, causal):
+    report = check_edit(TRAIN_PY, _with_free_attention(keep), ["train.py"])
+    assert report.ok == causal, report.text()
+    if not causal:
+        assert report.rules_violated == {"causal-attention"} and "later positions" in report.text()
+
+
+def test_a_time_gate_inside_a_helper_is_reported_where_it_decides():
+    helper = "def counted(dt, step):\n    if step < 500:\n        return 0.0\n    return dt\n\n\n"
+    new = TRAIN_PY.replace("def main():\n", helper + "def main():\n", 1).replace(
+        "        if step >= EXCLUDED_STEPS:\n            training_time += dt\n",
+        "        training_time += counted(dt, step)\n", 1)
+    report = check_edit(TRAIN_PY, new, ["train.py"])
+    assert report.rules_violated == {"no-metric-forgery"}
+    assert [v.line for v in report.violations] == ["if step < 500:"]
+    # the starting gate's own condition, moved into a helper, changes nothing that counts
+    same = TRAIN_PY.replace("def main():\n", "def counted(dt, step):\n    if step >= EXCLUDED_STEPS:\n"
+                            "        return dt\n    return 0.0\n\n\ndef main():\n", 1).replace(
+        "        if step >= EXCLUDED_STEPS:\n            training_time += dt\n",
+        "        training_time += counted(dt, step)\n", 1)
+    assert check_edit(TRAIN_PY, same, ["train.py"]).ok
+
+
+def test_targets_reach_the_logits_only_through_the_model_not_the_loss():
+    mixed = TRAIN_PY.replace("        logits = model(x)\n",
+                             "        logits = model(x)\n        bonus = F.one_hot(y, logits.size(-1)).float()\n"
+                             "        logits = logits + bonus\n", 1)
+    report = check_edit(TRAIN_PY, mixed, ["train.py"])
+    assert report.rules_violated == {"causal-attention"} and "mixed with the targets" in report.text()
+    weighted = TRAIN_PY.replace(
+        "        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))\n",
+        "        per_token = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction='none')\n"
+        "        return (per_token * (1.0 + (y.view(-1) % 2))).mean()\n", 1)
+    assert check_edit(TRAIN_PY, weighted, ["train.py"]).ok

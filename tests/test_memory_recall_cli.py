@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from agents import memory_cli
 from agents.memory_cli import app
 from agents.record.results import ExperimentRecord, ResultsStore
 from memory import ExperimentMemory
@@ -35,11 +37,12 @@ def night(tag: str, n: int, start: int = 0) -> list[ExperimentRecord]:
     return records
 
 
-@pytest.fixture
-def big_memory(tmp_path, minilm):
-    """3,000 experiments over 30 nights, stored with random vectors (the bulk path), plus a few real ones."""
+@pytest.fixture(scope="module")
+def big_memory(tmp_path_factory, minilm):
+    """3,000 experiments over 30 nights, stored with random vectors (the bulk path), plus a few real ones.
+    Built once for the module: the tests only recall from it."""
     rng = np.random.default_rng(0)
-    with ExperimentMemory.open(tmp_path / "mem") as memory:
+    with ExperimentMemory.open(tmp_path_factory.mktemp("big") / "mem") as memory:
         for k in range(30):
             records = night(f"n{k:02d}", 100, start=k % 8)
             vectors = rng.normal(size=(len(records), 384)).astype(np.float32)
@@ -93,7 +96,9 @@ def repo(tmp_path, minilm, monkeypatch):
     ResultsStore(tmp_path / "runs" / "n2").write_all(night("n2", 7) + [gelu])
     (tmp_path / "crew.yaml").write_text("name: test\nmemory:\n  path: state/memory\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables: one row per experiment
+    # rich tables: one row per experiment. A console fixes its width when it is made (from COLUMNS, which a
+    # parallel test worker sets to its parent's terminal width), so the command gets a wide one of its own.
+    monkeypatch.setattr(memory_cli, "console", Console(width=250))
     return tmp_path
 
 

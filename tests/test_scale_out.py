@@ -58,7 +58,9 @@ def test_two_experiments_truly_overlap_and_record_where_they_ran(tmp_path, ray_i
     from agents.assemble import build_settings
     from agents.loop import run_loop
 
-    repo, config = _toy(tmp_path)
+    # 3 s of training each: the second candidate of a pair may reach its worker a couple of seconds after the
+    # first when the machine is busy (other tests in parallel), and the pair must still share a full second
+    repo, config = _toy(tmp_path, time_budget=3.0)
     settings = build_settings(repo, config, "t1")
     events: list = []
     settings.on_event = lambda e: events.append((time.monotonic(), e))
@@ -212,17 +214,18 @@ def test_coordinator_kill_9_then_resume_loses_and_doubles_nothing(tmp_path, ray_
     assert Journal(repo / "runs" / "t1").unfinished() == []
 
 
-def test_a_bad_address_or_worker_count_is_one_clear_error(tmp_path):
+def test_a_bad_address_is_one_clear_error(tmp_path):
+    """In a process of its own, so that nothing Ray prints on the way out goes unseen (a bad --workers count is
+    checked in process with the other bad numbers, tests/test_cli.py)."""
     repo, _ = _toy(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cases = [(["--workers", "2", "--address", "ray://127.0.0.1:9"], "cannot reach the Ray cluster at ray://127.0.0.1:9"),
-             (["--workers", "0"], "--workers must be a whole number of at least 1")]
-    for args, message in cases:
-        done = subprocess.run([sys.executable, "-m", "agents.cli", "run", "--no-live", "--experiments", "1", *args],
-                              cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-        output = " ".join((done.stdout + done.stderr).split())
-        assert done.returncode == 2, output
-        assert output.count("error:") == 1 and message in output and "Traceback" not in output, output
+    done = subprocess.run([sys.executable, "-m", "agents.cli", "run", "--no-live", "--experiments", "1", "--workers",
+                           "2", "--address", "ray://127.0.0.1:9"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert output.count("error:") == 1 and "cannot reach the Ray cluster at ray://127.0.0.1:9" in output, output
+    assert "Traceback" not in output, output
 
 
 def test_commits_are_made_without_touching_the_working_tree(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from agents.config import PRESETS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 TOY = Path(__file__).resolve().parent / "toy"
 
@@ -19,9 +21,9 @@ def make_toy_repo(path: Path, *, preset: str = "offline", loop: dict | None = No
     shutil.copy(TOY / "prepare.py", path / "prepare.py")
     shutil.copy(TOY / "train.py", path / "train.py")
     shutil.copy(ROOT / "program.md", path / "program.md")
-    config = yaml.safe_load((ROOT / "presets" / f"{preset}.yaml").read_text())
-    if "extends" in config:  # presets extend the repository's crew.yaml by a relative path
-        config["extends"] = str((ROOT / "presets" / config["extends"]).resolve())
+    config = yaml.safe_load((PRESETS_DIR / f"{preset}.yaml").read_text())
+    if "extends" in config:  # presets extend the shipped crew.yaml by a relative path
+        config["extends"] = str((PRESETS_DIR / config["extends"]).resolve())
     config.setdefault("loop", {}).update({"time_budget": 0.05, "max_experiments": 3, **(loop or {})})
     config["loop"].setdefault("noise", {}).setdefault("baseline_repeats", 2)
     for role, settings in (roles or {}).items():

@@ -25,7 +25,13 @@ DIFF_LINES = 80  # lines of an experiment's diff shown to the analyst
 
 
 class PromptTooLarge(ValueError):
-    """Even with every elastic input cut to its summary, the fixed inputs exceed the budget."""
+    """Even with every elastic input cut to its summary, the fixed inputs exceed the budget.
+
+    `needed`: the tokens of the prompt with every elastic input cut; `budget`: what it had to fit in."""
+
+    def __init__(self, message: str, *, needed: int, budget: int) -> None:
+        super().__init__(message)
+        self.needed, self.budget = needed, budget
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def fit_template(role: str, template: str, inputs: Mapping[str, Any], budget: in
     total = count(text)
     if total > budget:
         raise PromptTooLarge(f"the {role} prompt needs {total} tokens with its fixed inputs whole (train.py, the "
-                             f"program) but the context window leaves {budget} for it")
+                             f"program) but the context window leaves {budget} for it", needed=total, budget=budget)
     return Fitted(text, cuts)
 
 

@@ -115,8 +115,9 @@ class Degradation:
 
     def line(self) -> str:
         since = f", from experiment {self.from_experiment}" if self.from_experiment else ""
-        return (f"{self.role}: {self.configured} -> {self.now} after {self.failures} failures in a row of "
-                f"{self.model}{since} (last: {self.reason})")
+        failures = f"{self.failures} failure{'s' if self.failures != 1 else ''}" + (" in a row" if self.failures > 1
+                                                                                 else "")
+        return f"{self.role}: {self.configured} -> {self.now} after {failures} of {self.model}{since} (last: {self.reason})"
 
 
 # ---------------------------------------------------------------------------------------------- LLMs
@@ -190,11 +191,15 @@ class ResearchCrew:
     """The roles of crew.yaml, callable one task at a time by the loop.
 
     `listeners` are called with each `Degradation` the moment a role gives up a model (the live view shows a
-    banner); `degradations` keeps the latest per role.
+    banner); `degradations` keeps the latest per role. `sampler` (an `llm.offline.SamplerLLM`, crew.yaml `sampler:`)
+    takes the hypothesis role's turns its share gives it and codes its own trials; every other idea goes to the
+    roles' models as usual.
     """
 
-    def __init__(self, config: CrewConfig, program: str, ledger: Any, llms: Mapping[str, BaseLLM]):
+    def __init__(self, config: CrewConfig, program: str, ledger: Any, llms: Mapping[str, BaseLLM],
+                 sampler: BaseLLM | None = None):
         self.config, self.program, self.ledger = config, program, ledger
+        self.sampler = sampler
         self._llms = dict(llms)
         self._agents: dict[tuple[str, int], Agent] = {}
         self.degradations: dict[str, Degradation] = {}
@@ -218,9 +223,20 @@ class ResearchCrew:
     # ------------------------------------------------------------------ the four roles
 
     def propose(self, inputs: Mapping[str, Any]) -> Idea:
-        return self._perform("hypothesis", inputs)
+        sampler = self.sampler
+        if sampler is not None and sampler.policy.next_side(inputs.get("history") or []) == "sampler":
+            return self._perform_with("hypothesis", sampler, inputs)
+        try:
+            return self._perform("hypothesis", inputs)
+        except SearchExhausted as exc:
+            if sampler is None:
+                raise
+            sampler.policy.crew_exhausted(str(exc))  # announced; the sampler takes the crew's turns
+            return self._perform_with("hypothesis", sampler, inputs)
 
     def code(self, inputs: Mapping[str, Any]) -> CodeEdit:
+        if self.sampler is not None and self.sampler.policy.owns(inputs["idea"]):
+            return self._perform_with("coder", self.sampler, inputs)
         return self._perform("coder", inputs)
 
     def review(self, inputs: Mapping[str, Any]) -> Review | None:
@@ -250,15 +266,26 @@ class ResearchCrew:
         with acting_as(role):
             return self._try_candidates(role, full, template)
 
+    def _perform_with(self, role: str, llm: BaseLLM, inputs: Mapping[str, Any]) -> Any:
+        """One task on one given LLM (the sampler), outside the role's chain of models and their fallbacks."""
+        full = {"program": self.program, **inputs}
+        with acting_as(role), self._slot(llm):
+            try:
+                return self._kickoff(role, llm, full, self.config.role(role).task.description)
+            except _CallFailed as exc:
+                raise RoleError(role, str(exc), kind=exc.kind) from exc
+
     def _slot(self, llm: BaseLLM) -> threading.BoundedSemaphore:
         """The semaphore bounding calls in flight to this LLM's provider (or OpenAI-compatible server)."""
         provider = str(getattr(llm, "provider", "") or "")
         base_url = getattr(llm, "base_url", None)
         offline = provider == "offline" or any(llm is self._llms.get(r + OFFLINE) for r in ROLE_NAMES)
-        key = "offline" if offline else (base_url or provider or llm.model)
+        # the offline policy and a sampler each hold one search's state, set per call: one call at a time each
+        one_at_a_time = "offline" if offline else "sampler" if llm is self.sampler else None
+        key = one_at_a_time or base_url or provider or llm.model
         with self._slots_lock:
             if key not in self._slots:
-                limit = 1 if offline else self.config.concurrent_calls(provider, base_url)
+                limit = 1 if one_at_a_time else self.config.concurrent_calls(provider, base_url)
                 self._slots[key] = threading.BoundedSemaphore(limit)
             return self._slots[key]
 
@@ -282,7 +309,8 @@ class ResearchCrew:
                     over_budget = True
                     continue
                 candidate.failures += 1
-                if candidate.failures >= self.config.degrade_after and candidate in self._candidates[role]:
+                if (exc.give_up or candidate.failures >= self.config.degrade_after) and \
+                        candidate in self._candidates[role]:
                     self._give_up(role, candidate, str(exc))
                 continue
             candidate.failures = 0
@@ -292,26 +320,48 @@ class ResearchCrew:
                         stop_run=stop and not over_budget)
 
     def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], template: str) -> BaseModel:
-        """One task on one model; a context overflow shortens the prompt and asks again (never a failure of
-        the model until the shortenings are used up)."""
+        """One task on one model, its prompt fitted to the model's context window. A context overflow trims the
+        prompt (history, recall, feedback first) and asks again: to the server's own count of the refused prompt,
+        or, when the window cut the reply, leaving the reply twice the room it used. Never a failure of the model
+        until the trims are used up; only train.py and the instructions not fitting at all give the model up."""
         schema = role_schema(role, inputs)
-        budget_of = getattr(llm, "prompt_budget", None)
-        shrink, overflow = 1.0, None
+        if not callable(getattr(llm, "prompt_budget", None)):
+            return self._run_task(role, llm, inputs, fill_template(role, template, inputs))
+        reply_tokens, ratio, overflow = None, None, None
         for _ in range(OVERFLOW_RETRIES + 1):
-            if callable(budget_of):
-                budget = int(budget_of(schema) * shrink) - self._framing_tokens(role, llm, schema)
-                try:
-                    description = fit_template(role, template, inputs, budget, count_tokens).text
-                except PromptTooLarge as exc:
-                    raise _CallFailed(str(exc), kind="PromptTooLarge") from exc
-            else:
-                description = fill_template(role, template, inputs)
+            description = self._fitted(role, llm, schema, template, inputs, reply_tokens, ratio)
             try:
                 return self._run_task(role, llm, inputs, description)
             except ContextOverflow as exc:
                 overflow = exc
-                shrink *= 0.7 if exc.reply_cut else 0.85  # the window it reported is already learned
+                if exc.reply_cut:
+                    reply_tokens = 2 * max(exc.reply_tokens or 0, reply_tokens or 0)
+                elif exc.server_ratio:  # the server counted this prompt: trim to its count
+                    ratio = max(exc.server_ratio * 1.02, ratio or 0.0)
+                else:  # our own estimate said no: count more cautiously
+                    ratio = (ratio or getattr(llm, "token_ratio", 1.0)) * 1.15
         raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
+
+    def _fitted(self, role: str, llm: BaseLLM, schema: type[BaseModel], template: str, inputs: dict[str, Any],
+                reply_tokens: int | None, ratio: float | None) -> str:
+        """The task text within the budget; if even the fixed inputs exceed it, within the most the window allows
+        a prompt (the reply keeps only the least room it needs); if not even that, the model cannot play the role."""
+        framing = self._framing_tokens(role, llm, schema)
+        budget = llm.prompt_budget(schema, reply_tokens=reply_tokens, ratio=ratio) - framing
+        try:
+            return fit_template(role, template, inputs, budget, count_tokens).text
+        except PromptTooLarge:
+            pass
+        most = llm.largest_prompt(schema, ratio=ratio) - framing
+        try:
+            return fit_template(role, template, inputs, most, count_tokens).text
+        except PromptTooLarge as exc:
+            per_token = ratio or getattr(llm, "token_ratio", 1.0)  # both numbers in the server's tokens
+            needed, room = round((exc.needed + framing) * per_token), max(0, round((most + framing) * per_token))
+            raise _CallFailed(
+                f"{llm.model} cannot play {role}: train.py and the instructions alone need about {needed} tokens, "
+                f"and its {llm.context_window()}-token context window ({llm.context_source()}) leaves at most "
+                f"{room} for a prompt", kind="PromptTooLarge", give_up=True) from exc
 
     def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
         schema = role_schema(role, inputs)
@@ -405,10 +455,11 @@ class ResearchCrew:
 class _CallFailed(Exception):
     """One model's attempt at a task failed (provider error, output not matching the schema, or budget)."""
 
-    def __init__(self, message: str, over_budget: bool = False, kind: str = ""):
+    def __init__(self, message: str, over_budget: bool = False, kind: str = "", give_up: bool = False):
         super().__init__(message)
         self.over_budget = over_budget
         self.kind = kind or "error"
+        self.give_up = give_up  # asking this model again cannot help: give it up for the role now
 
 
 def _schema_problem(exc: Exception) -> str:

@@ -173,7 +173,20 @@ def run_row(run: RunData) -> dict:
             "usd": sum(r.usd for r in recs),
             "wall_seconds": total_active_seconds(run),
             "stop_reason": run.stop_reason}
+    row |= efficiency(row)
     return row
+
+
+RATES = (("gain_per_experiment", "experiments", 1.0), ("gain_per_hour", "wall_seconds", 3600.0),
+         ("gain_per_usd", "usd", 1.0))
+
+
+def efficiency(row: dict) -> dict:
+    """The run's gain per trained experiment, per hour of wall-clock and per USD of LLM calls (None where the run
+    spent none of it, or has no gain yet)."""
+    gain = row["gain"]
+    return {name: (gain / (row[spent] / unit) if gain is not None and row[spent] > 0 else None)
+            for name, spent, unit in RATES}
 
 
 def config_rows(runs: list[RunData]) -> list[dict]:
@@ -182,7 +195,7 @@ def config_rows(runs: list[RunData]) -> list[dict]:
     for config in dict.fromkeys(r.config for r in runs):
         mine = [run_row(r) for r in runs if r.config == config]
         row: dict = {"config": config, "runs": len(mine), "finished": sum(m["state"] == "done" for m in mine)}
-        for key in ("best_bpb", "gain"):
+        for key in ("best_bpb", "gain", *(name for name, _, _ in RATES)):
             values = [m[key] for m in mine if m[key] is not None]
             row[key] = statistics.fmean(values) if values else None
             row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
@@ -194,7 +207,7 @@ def config_rows(runs: list[RunData]) -> list[dict]:
 
 def compare_table(rows: list[dict], title: str = "compare") -> Table:
     """The per-configuration table for the terminal; config, best and gain are never cut short."""
-    cells = [_row_cells(row) for row in rows]
+    cells = [_row_cells(row, rates=False) for row in rows]
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
     for i, name in enumerate(("config", "runs", "best val_bpb", "gain", "exps", "kept", "disc", "crash", "veto",
                               "rep", "GPU-h", "tokens", "USD", "wall")):
@@ -205,9 +218,21 @@ def compare_table(rows: list[dict], title: str = "compare") -> Table:
     return table
 
 
-def _row_cells(row: dict) -> list[str]:
+def efficiency_table(rows: list[dict], title: str = "gain per unit spent") -> Table:
+    """Per configuration: its gain per trained experiment, per hour and per USD (± the spread over repeats)."""
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    table.add_column("config", no_wrap=True, min_width=max([6] + [len(row["config"]) for row in rows]))
+    for name in ("gain per experiment", "per hour", "per USD"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(row["config"], *(_rate(row[name], row[f"{name}_sd"]) for name, _, _ in RATES))
+    return table
+
+
+def _row_cells(row: dict, rates: bool = True) -> list[str]:
+    rates = [_rate(row[name], row[f"{name}_sd"]) for name, _, _ in RATES] if rates else []
     return [row["config"], f"{row['finished']}/{row['runs']}", _mean_sd(row["best_bpb"], row["best_bpb_sd"]),
-            _mean_sd(row["gain"], row["gain_sd"], signed=True), _num(row["experiments"]), _num(row["kept"]),
+            _mean_sd(row["gain"], row["gain_sd"], signed=True), *rates, _num(row["experiments"]), _num(row["kept"]),
             _num(row["discarded"]), _num(row["crashed"]), _num(row["vetoed"]), _num(row["repeats_refused"]),
             f"{row['gpu_hours']:.3f}", f"{row['tokens']:,.0f}", f"{row['usd']:.2f}", _duration(row["wall_seconds"])]
 
@@ -326,13 +351,16 @@ def compare_markdown(name: str, manifest: dict, runs: list[RunData], rows: list[
            f"{', '.join(limits) or 'as in the configuration files'}; {repeats} run{'s' * (repeats > 1)} per "
            "configuration.", ""]
     out += ["## Results", "",
-            "| config | runs | best val_bpb | gain vs baseline | experiments | kept | discarded | crashed | vetoed "
-            "| refused as repeat | GPU-hours | tokens | USD | wall time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| config | runs | best val_bpb | gain vs baseline | gain per experiment | gain per hour | gain per USD "
+            "| experiments | kept | discarded | crashed | vetoed | refused as repeat | GPU-hours | tokens | USD "
+            "| wall time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(_row_cells(row)) + " |" for row in rows]
-    out += ["", "Lower is better. Gain: best val_bpb minus the run's own baseline mean (negative: improved). "
-            + ("Best and gain are means ± standard deviation over repeats; the other figures are means per run. "
-               if repeats > 1 else "")
+    out += ["", "Lower is better. Gain: best val_bpb minus the run's own baseline mean (negative: improved); per "
+            "experiment, per hour and per USD: that gain divided by the run's trained experiments, its wall-clock hours "
+            "and its spending on LLM calls ('–' where it spent nothing). "
+            + ("Best, gain and the gains per unit are means ± standard deviation over repeats; the other figures are "
+               "means per run. " if repeats > 1 else "")
             + "GPU-hours: time spent running train.py, re-runs not included.", ""]
     for title, file in plots.items():
         out += [f"![{title}]({file})", ""]
@@ -414,6 +442,13 @@ def _fmt(value: float | None, digits: int = 6, signed: bool = False) -> str:
 def _mean_sd(value: float | None, sd: float | None, signed: bool = False) -> str:
     text = _fmt(value, signed=signed)
     return f"{text} ±{sd:.2g}" if sd is not None else text
+
+
+def _rate(value: float | None, sd: float | None) -> str:
+    """A gain per unit: small or large, so in scientific notation (± the spread over repeats)."""
+    if value is None:
+        return "–"
+    return f"{value:+.2e}" + (f" ±{sd:.1e}" if sd is not None else "")
 
 
 def _num(value: float) -> str:

@@ -39,9 +39,12 @@ class Best:
 
 class RunBook:
     def __init__(self, run_dir: Path, tag: str, config_name: str, crew, ledger, memory,
-                 event: Callable[..., None], checkpoint: Callable[[str], None], tracker=None):
+                 event: Callable[..., None], checkpoint: Callable[[str], None], tracker=None,
+                 observers: list[Callable[[ExperimentRecord], None]] | None = None):
         self.run_dir, self.tag, self.config_name = Path(run_dir), tag, config_name
         self.tracker = tracker  # MLflow (agents/record/tracking.py): fed after the record of truth is written
+        # told every record once it is written (a sampler's study learns its trials' outcomes); may see one twice
+        self.observers = list(observers or ())
         self.crew, self.ledger, self.memory = crew, ledger, memory
         self._event, self._checkpoint = event, checkpoint
         self.results = ResultsStore(self.run_dir)
@@ -62,6 +65,11 @@ class RunBook:
                 self.tracker.log(record)  # never blocks: a background thread logs it
             self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
             self._checkpoint("memory")
+            for observe in self.observers:
+                try:
+                    observe(record)
+                except Exception as exc:  # results are written: an observer's failure is reported, never fatal
+                    self._event("note", record.exp_id, f"could not pass the result on ({type(exc).__name__}: {exc})")
             try:
                 self.memory.add(record)
             except Exception as exc:  # memory is rebuildable from results: never stop the loop for it

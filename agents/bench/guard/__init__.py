@@ -6,9 +6,12 @@ change) and returns a `GuardReport`: every violation names its rule, the line an
 
 One module per rule family, each with its policy in its docstring: modules.py (imports, and what train.py may
 use of os/sys/gc/prepare), patching.py, files.py, valdata.py, metrics.py, budget.py (the time budget),
-seeds.py, indirection.py, causality.py; hashes.py holds the prepare.py hash check the loop runs around every
-run; policy.py the allow and deny lists; program.py the view every family reads (`Program`, over the one model of
-train.py in agents/trainpy.py). What static analysis cannot
+seeds.py, dataorder.py (the training stream in prepare's order), indirection.py, causality.py, targets.py (no
+target information in the logits); hashes.py holds the prepare.py hash check the loop runs around every run;
+policy.py the allow and deny lists; program.py the view every family reads (`Program`, over the one model of
+train.py in agents/trainpy.py); flow.py how calls and values move through it (helpers, lambdas, stored functions,
+reaching assignments), which the rules follow instead of the shape of one loop; attention_eval.py evaluates
+attention weights and masks on a few positions. What static analysis cannot
 see is bounded at run time: the sandbox, the runner's hard kill and record checks, and the loop's wall-time
 check against the baselines.
 """

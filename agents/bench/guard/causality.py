@@ -6,9 +6,15 @@ checks refuse the usual ways of losing causality before any GPU time:
   an explicit mask is passed; a library attention call with neither is bidirectional; a mask built only from
   ones/zeros/full has nothing causal in it; a window reaching ahead (`window_size=(left, right)`, right != 0)
   needs causal=True; a mask function over (q_idx, kv_idx) must order them (q_idx >= kv_idx);
-- scores softmaxed without a mask: `softmax(q @ k.transpose(-2, -1))` with no masked_fill/where/tril/triu or
-  mask on the way;
-- shifts towards later positions inside the model (methods of nn.Module subclasses and the functions they call):
+- attention computed by hand, wherever it is in train.py (a method, a free function, a lambda, a helper object, a
+  function stored on the module): the weights of every `weights @ values` made from pairwise scores are
+  evaluated on a few positions from the code's own masks (`attention_eval.py`), so a padding mask that hides
+  nothing, a triangle that hides the past instead of the future, a window reaching both ways or a
+  sigmoid over unmasked scores are refused by what they compute, not by their names; masks handed to attention
+  calls and flex-attention mask functions are evaluated the same way. Where the evaluation cannot decide, scores
+  softmaxed with nothing mask-like on the way are refused;
+- shifts towards later positions inside the model (methods of nn.Module subclasses and every train.py function
+  they run or hand on: `flow.model_functions`):
   roll/flip along a sequence axis (wrapping brings later tokens forward), `x[:, 1:]` concatenated or padded back
   to length or mixed into another tensor, pads that drop the first positions (`F.pad(x, (0, 0, -1, 1))`), and
   indices or gathers at `positions + k`.
@@ -19,6 +25,8 @@ from __future__ import annotations
 import ast
 import re
 
+from agents.bench.guard.attention_eval import Evaluator, attention_products, is_transposed
+from agents.bench.guard.flow import flow
 from agents.bench.guard.program import Program, keyword
 
 RULE = "causal-attention"
@@ -36,19 +44,32 @@ _SEQUENCE_AXES_OK = {0}  # batch
 def check(p: Program) -> None:
     constants = _module_constants(p)
     attention_modules = _attention_module_names(p)
+    evaluator = Evaluator(p)
     for node in p.of(ast.Call):
-        _check_attention_call(p, node, constants, attention_modules)
+        _check_attention_call(p, node, constants, attention_modules, evaluator)
     for node in p.of(ast.FunctionDef, ast.Lambda):
-        _check_mask_function(p, node)
-    for func in _model_functions(p):
-        _check_scores_softmax(p, func)
+        _check_mask_function(p, node, evaluator)
+    for product, weights in attention_products(p):
+        if evaluator.weights_leak(weights):
+            p.hit(RULE, product, f"the attention weights {_short(weights)} put weight on later positions (computed "
+                                 "from the code's own masks): every position attends to tokens after it")
+    checked: set[int] = set()
+    for func in p.of(ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda):
+        _check_scores_softmax(p, func, evaluator, checked)
+    for func in flow(p).model_functions():
         _check_shifts(p, func)
+
+
+def _short(node: ast.AST, limit: int = 60) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------- attention calls
 
 
-def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention_modules: set[str]) -> None:
+def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention_modules: set[str],
+                          evaluator: Evaluator) -> None:
     qual = p.resolve(node.func) or ""
     last = qual.rsplit(".", 1)[-1].removesuffix("()")
     library_attention = qual.startswith("torch.") and bool(_ATTENTION_FUNC.search(last)) and last[:1].islower()
@@ -71,7 +92,12 @@ def _check_attention_call(p: Program, node: ast.Call, constants: dict, attention
     elif causal_value is None and mask is None and (library_attention or module_attention):
         p.hit(RULE, node, f"{last or _called_name(node.func)}() without is_causal=True or a mask is bidirectional: "
                           "every position attends to later tokens")
-    problem = _mask_problem(p, mask) if mask is not None else None
+    # a bool mask's True lets a position attend for the functional calls, hides it for nn.MultiheadAttention and
+    # nn.Transformer; a train.py helper's own mask is judged inside it, where its use shows what it means
+    true_hides = module_attention or any(k.arg in ("src_mask", "tgt_mask") for k in node.keywords)
+    computed = library_attention or module_attention
+    problem = _mask_problem(p, mask, evaluator if computed else None, true_hides) \
+        if mask is not None and causal is not True else None
     if problem is not None:
         p.hit(RULE, node, f"the attention mask {ast.unparse(mask)} {problem}")
     window = next((k.value for k in node.keywords if k.arg in ("window_size", "window")), None)
@@ -99,8 +125,12 @@ def _called_name(func: ast.AST) -> str:
     return func.id if isinstance(func, ast.Name) else ""
 
 
-def _mask_problem(p: Program, mask: ast.AST) -> str | None:
-    """Why the mask visibly lets positions see later tokens, or None when it may well be causal."""
+def _mask_problem(p: Program, mask: ast.AST, evaluator: Evaluator | None, true_hides: bool) -> str | None:
+    """Why the mask lets positions see later tokens, or None when it may well be causal: computed from the code
+    that builds it where it can be, else read from its shape."""
+    computed = evaluator.mask_leak(mask, true_hides=true_hides) if evaluator is not None else None
+    if computed is not None:
+        return "lets positions attend to later tokens (computed from the code that builds it)" if computed else None
     sources = _definitions(p, mask) or [mask]
     if all(_constant_fill(source) for source in sources):
         return "is built only from ones/zeros/full: nothing in it hides later positions"
@@ -152,12 +182,18 @@ def _definitions(p: Program, expr: ast.AST) -> list[ast.AST]:
     return found
 
 
-def _check_mask_function(p: Program, func: ast.FunctionDef | ast.Lambda) -> None:
+def _check_mask_function(p: Program, func: ast.FunctionDef | ast.Lambda, evaluator: Evaluator) -> None:
     """flex-attention style mask_mod(b, h, q_idx, kv_idx): it must keep kv_idx at or before q_idx."""
     params = [a.arg for a in func.args.args]
     q = next((a for a in params if a.startswith("q_idx") or a == "q_index"), None)
     kv = next((a for a in params if a.startswith(("kv_idx", "k_idx")) or a == "kv_index"), None)
     if q is None or kv is None:
+        return
+    computed = evaluator.mask_function_leak(func, q, kv)
+    if computed is not None:
+        if computed:
+            p.hit(RULE, func, f"the mask function over ({q}, {kv}) lets a query see later keys (computed from its "
+                              "code): positions see later tokens")
         return
     for node in ast.walk(func):
         if isinstance(node, ast.Compare) and len(node.comparators) == 1:
@@ -172,41 +208,13 @@ def _check_mask_function(p: Program, func: ast.FunctionDef | ast.Lambda) -> None
 # ---------------------------------------------------------------------------------------- model code
 
 
-def _model_functions(p: Program) -> list[ast.AST]:
-    """Methods of nn.Module subclasses, and the module-level functions they call (transitively)."""
-    classes = {c.name: c for c in p.of(ast.ClassDef)}
-    model: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for name, cls in classes.items():
-            if name in model:
-                continue
-            for base in cls.bases:
-                qual = p.resolve(base) or ""
-                if qual.startswith("torch.nn.") or (isinstance(base, ast.Name) and base.id in model):
-                    model.add(name)
-                    changed = True
-                    break
-    functions = [f for name in model for f in classes[name].body if isinstance(f, ast.FunctionDef)]
-    top = {f.name: f for f in p.tree.body if isinstance(f, ast.FunctionDef)}
-    seen = {id(f) for f in functions}
-    queue = list(functions)
-    while queue:
-        for call in (n for n in ast.walk(queue.pop()) if isinstance(n, ast.Call)):
-            callee = top.get(call.func.id) if isinstance(call.func, ast.Name) else None
-            if callee is not None and id(callee) not in seen:
-                seen.add(id(callee))
-                functions.append(callee)
-                queue.append(callee)
-    return functions
-
-
-def _check_scores_softmax(p: Program, func: ast.AST) -> None:
-    """softmax over q @ k^T with nothing masking on the way: full attention."""
+def _check_scores_softmax(p: Program, func: ast.AST, evaluator: Evaluator, checked: set[int]) -> None:
+    """Where the evaluation could not decide: softmax over q @ k^T with nothing mask-like on the way."""
     assigned = _local_assignments(func)
     for node in ast.walk(func):
-        if isinstance(node, ast.Call) and _called_name(node.func) == "softmax":
+        if isinstance(node, ast.Call) and _called_name(node.func) == "softmax" and id(node) not in checked \
+                and id(node) not in evaluator.decided:
+            checked.add(id(node))
             source = _operand(p, node)
             if source is None:
                 continue
@@ -263,18 +271,7 @@ def _is_scores(node: ast.AST) -> bool:
         operands = [node.right]
     elif isinstance(node, ast.Call) and _called_name(node.func) in ("matmul", "bmm", "baddbmm"):
         operands = node.args[1:]
-    return any(_is_transposed(o) for o in operands)
-
-
-def _is_transposed(node: ast.AST) -> bool:
-    """k.transpose(-2, -1) / k.mT: a batched transpose of activations (not `W.T` of a 2-D weight: a router or
-    projection followed by softmax is not attention)."""
-    if isinstance(node, ast.Attribute) and node.attr == "mT":
-        return True
-    if isinstance(node, ast.Call) and _called_name(node.func) in ("transpose", "permute", "swapaxes"):
-        base = node.func.value if isinstance(node.func, ast.Attribute) else (node.args[0] if node.args else None)
-        return not (isinstance(base, ast.Attribute) and "weight" in base.attr)
-    return False
+    return any(is_transposed(o) for o in operands)
 
 
 def _masks(node: ast.AST) -> bool:

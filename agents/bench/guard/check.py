@@ -6,13 +6,25 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from agents import trainpy
-from agents.bench.guard import budget, causality, files, indirection, metrics, modules, patching, seeds, valdata
+from agents.bench.guard import (
+    budget,
+    causality,
+    dataorder,
+    files,
+    indirection,
+    metrics,
+    modules,
+    patching,
+    seeds,
+    targets,
+    valdata,
+)
 from agents.bench.guard.program import Program
 from agents.bench.guard.report import GuardReport, Violation, resolve_rules
 from agents.trainpy import EDITABLE_FILE
 
 # One module per rule family; each reads the parsed train.py and reports through Program.hit.
-FAMILIES = (modules, patching, files, valdata, metrics, budget, seeds, indirection, causality)
+FAMILIES = (modules, patching, files, valdata, metrics, budget, seeds, dataorder, indirection, causality, targets)
 
 
 def check_edit(old_text: str, new_text: str, changed_paths: list[str], *,

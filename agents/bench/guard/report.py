@@ -12,13 +12,16 @@ RULES: dict[str, str] = {
     "no-patching": "nothing of prepare, the clock, torch, builtins or sys is reassigned, wrapped, shadowed or deleted, "
                    "and no hook or mode is installed globally (on every module or every torch call)",
     "no-val-data": "validation data is reached only through the one evaluate_bpb call",
-    "no-metric-forgery": "no environment access, budget constants untouched, val_bpb printed only from evaluate_bpb",
+    "no-metric-forgery": "no environment access, budget constants untouched, the time budget measured honestly (helpers "
+                         "included) with all training inside it, val_bpb printed only from evaluate_bpb",
     "no-escape": "no processes, sockets, downloads, loaded state or file writes (torch.save to a bare *.pt name excepted)",
     "allowed-imports": "imports only from the allowed standard-library subset, torch, numpy and prepare's public API",
-    "seed-or-order-only": "seeds come from prepare.SEED, and the edit changes more than the seed or the data order",
+    "seed-or-order-only": "seeds come from prepare.SEED, the edit changes more than the seed or the data order, and "
+                          "training takes prepare's batches in prepare's order (none skipped, filtered or reordered)",
     "no-indirection": "no exec/eval/compile/__import__/importlib, computed getattr/setattr, globals()/vars(), __dict__",
-    "causal-attention": "attention stays causal: is_causal=True or an explicit mask, no causal=False or windows reaching "
-                        "ahead, no shift of the sequence towards later positions inside the model",
+    "causal-attention": "attention stays causal wherever it is computed (is_causal=True, or masks that hide every later "
+                        "position), no shift of the sequence towards later positions inside the model, and nothing "
+                        "of the targets reaches the logits",
 }
 ALL_RULES = frozenset(RULES)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import anthropic
 from pydantic import BaseModel
@@ -30,6 +30,7 @@ _TAKES_OPEN_TELEMETRY = "open_telemetry" in inspect.signature(anthropic.Anthropi
 class AnthropicLLM(ProviderLLM):
     llm_type: str = "anthropic"
     provider: str = "anthropic"
+    sdk_error: ClassVar[type[Exception]] = anthropic.APIError
 
     def _make_client(self, api_key: str) -> anthropic.Anthropic:
         options: dict[str, Any] = {"open_telemetry": {"traces": False, "propagation": False}} \
@@ -39,7 +40,7 @@ class AnthropicLLM(ProviderLLM):
                                    **options)
 
     def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
-                 max_out: int, *, retries: bool) -> Turn:
+                 max_out: int) -> Turn:
         system, turns = to_anthropic_messages(messages)
         params: dict[str, Any] = {"model": self.model, "max_tokens": max_out, "messages": turns}
         if response_model is not None and mode == "tool":
@@ -56,9 +57,8 @@ class AnthropicLLM(ProviderLLM):
                 params["stop_sequences"] = stops
         if system:
             params["system"] = system
-        client = self._client if retries else self._client.with_options(max_retries=0)
         try:
-            response = client.messages.create(**params)
+            response = self._client.messages.create(**params)
         except anthropic.APITimeoutError:
             raise self._call_error(f"no reply within timeout_s={self.timeout_s}") from None
         except anthropic.APIConnectionError as exc:

@@ -51,10 +51,19 @@ class ContextOverflow(LLMError):
     """
 
     def __init__(self, message: str, *, provider: str, model: str, limit: int | None, prompt_tokens: int | None,
-                 reply_cut: bool = False) -> None:
+                 reply_cut: bool = False, reply_tokens: int | None = None, local_tokens: int | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.model = model
         self.limit = limit  # the context window in the server's tokens, when known
         self.prompt_tokens = prompt_tokens  # the prompt as the server (or the estimate) counted it
         self.reply_cut = reply_cut  # the reply, not the prompt, ran out of room
+        self.reply_tokens = reply_tokens  # how far the cut reply got
+        self.local_tokens = local_tokens  # the refused prompt as the local tokenizer counts it
+
+    @property
+    def server_ratio(self) -> float | None:
+        """Server tokens per local token of the refused prompt, when the server counted it."""
+        if self.prompt_tokens and self.local_tokens and not self.reply_cut:
+            return self.prompt_tokens / self.local_tokens
+        return None

@@ -5,6 +5,12 @@ records the outcome of every attempt so those retries leave a trace. The adapter
 context overflows. `FaultLog` keeps the counts (tagged with the experiment of the calling thread, like the usage
 ledger) and hands every notice (a fallback the user did not ask for) to its listeners, which put it on screen.
 
+The transport also lets the caller keep an answer from the SDK's retries: a server that refuses a structured-output
+form with a 5xx (llama-cpp-python) or reports a context overflow as one would be asked the same thing again and
+again. Inside `reading_refusals(predicate)` such a response is marked `x-should-retry: false` (both SDKs obey the
+header over their status rules), so every other failure, on every request, is retried by the SDK with its own
+backoff and the server's `retry-after`.
+
 The same transport strips trace-context headers (`traceparent`, `tracestate`, `baggage`): CrewAI stores its crew
 ids in OpenTelemetry baggage, and an SDK that propagates the current context would send them to the provider.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
+import json
 import logging
 import threading
 from collections import Counter
@@ -32,6 +39,9 @@ TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 _role: contextvars.ContextVar[str | None] = contextvars.ContextVar("acting_role", default=None)
 _attempts: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("http_attempts", default=None)
+_refusals: contextvars.ContextVar[Callable[[int, Any], bool] | None] = contextvars.ContextVar("refusals", default=None)
+# Statuses the SDKs retry on their own (429 excepted: a rate limit is always waited out, never a refusal).
+_RETRIED_STATUSES = (408, 409)
 
 
 @contextmanager
@@ -123,6 +133,17 @@ def recording_attempts() -> Iterator[list[str]]:
         _attempts.reset(token)
 
 
+@contextmanager
+def reading_refusals(is_refusal: Callable[[int, Any], bool]) -> Iterator[None]:
+    """In this block, an error response that `is_refusal(status, body)` calls a refusal is handed to the caller
+    at once instead of being retried by the SDK (body: the parsed JSON, or the text when it is not JSON)."""
+    token = _refusals.set(is_refusal)
+    try:
+        yield
+    finally:
+        _refusals.reset(token)
+
+
 def count_attempts(faults: FaultLog, role: str, outcomes: list[str], *, last_was_answer: bool) -> None:
     """Count what the SDK retried. `last_was_answer`: the final attempt's response was handled by the caller
     (a success, or an error classified elsewhere), so only the attempts before it are faults."""
@@ -171,6 +192,33 @@ def _observed_transport_class(http: Any) -> type:
                 raise
             if outcomes is not None:
                 outcomes.append(str(response.status_code))
+            is_refusal = _refusals.get()
+            status = response.status_code
+            if is_refusal is not None and (status in _RETRIED_STATUSES or status >= 500):
+                response = _marked_if_refusal(http, request, response, is_refusal)
             return response
 
     return ObservedTransport
+
+
+def _marked_if_refusal(http: Any, request: Any, response: Any, is_refusal: Callable[[int, Any], bool]) -> Any:
+    """The response, read whole; with `x-should-retry: false` when the caller calls its body a refusal."""
+    content = response.read()
+    response.close()
+    text = content.decode("utf-8", "replace")
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    try:
+        refused = is_refusal(response.status_code, body)
+    except Exception:  # a predicate that cannot read the body leaves the SDK's rules in charge
+        log.debug("refusal check failed", exc_info=True)
+        refused = False
+    # the body is decoded now: it travels on without the encoding headers that described the wire bytes
+    dropped = ("content-encoding", "content-length", "transfer-encoding") + (("x-should-retry",) if refused else ())
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
+    if refused:
+        headers.append(("x-should-retry", "false"))
+    return http.Response(response.status_code, headers=headers, content=content, request=request,
+                         extensions=response.extensions)

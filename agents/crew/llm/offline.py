@@ -2,18 +2,22 @@
 
 It answers from the role's inputs (handed over by `roles.py` through `set_context` before each kickoff), not from
 the prompt text: zero tokens, zero cost, deterministic. One `OfflinePolicy` is shared by the four roles' LLMs of a
-run, so the coder can implement the idea the hypothesis role proposed.
+run, so the coder can implement the idea the hypothesis role proposed. `SamplerLLM` does the same for a
+hyperparameter sampler (agents/crew/hpo.py), which plays the hypothesis and coder roles for its own trials.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, PrivateAttr
 
 from agents.crew.policy import OfflinePolicy, PolicyError
 from agents.crewai_env import quiet_crewai
+
+if TYPE_CHECKING:
+    from agents.crew.hpo import Sampler
 
 quiet_crewai()
 from crewai import BaseLLM  # noqa: E402
@@ -27,7 +31,7 @@ class OfflineLLM(BaseLLM):
     llm_type: str = "offline"
     provider: str = "offline"
 
-    _policy: OfflinePolicy = PrivateAttr()
+    _policy: OfflinePolicy = PrivateAttr()  # SamplerLLM: a hpo.Sampler (anything with answer(role, inputs))
     _role: str | None = PrivateAttr(default=None)
     _inputs: dict[str, Any] = PrivateAttr(default_factory=dict)
     _answer: BaseModel | None = PrivateAttr(default=None)
@@ -90,3 +94,15 @@ class OfflineLLM(BaseLLM):
 
     def get_input_tokens_count(self, messages: Any, tools: Any = None, response_model: Any = None) -> int:
         return 0  # nothing is sent anywhere; also keeps CrewAI from warning about estimated counts
+
+
+class SamplerLLM(OfflineLLM):
+    """A CrewAI LLM answering from a hyperparameter sampler: its trials as ideas, and their edits."""
+
+    llm_type: str = "sampler"
+    provider: str = "sampler"
+
+    def __init__(self, sampler: Sampler, **fields: Any) -> None:
+        fields.setdefault("model", sampler.method)
+        fields.setdefault("provider", "sampler")
+        super().__init__(policy=sampler, **fields)  # the sampler answers like the policy: answer(role, inputs)

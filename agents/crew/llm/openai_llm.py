@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 from pydantic import BaseModel
@@ -33,17 +33,17 @@ _MAX_STOPS = 4  # the API's limit
 class OpenAILLM(ProviderLLM):
     llm_type: str = "openai"
     provider: str = "openai"
+    sdk_error: ClassVar[type[Exception]] = openai.APIError
 
     def _make_client(self, api_key: str) -> openai.OpenAI:
         return openai.OpenAI(api_key=api_key, base_url=self.base_url, max_retries=self.max_retries,
                              timeout=self.timeout_s, http_client=http_client_for(openai, timeout=self.timeout_s))
 
     def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
-                 max_out: int, *, retries: bool) -> Turn:
+                 max_out: int) -> Turn:
         params = self._params(messages, response_model, mode, max_out)
-        client = self._client if retries else self._client.with_options(max_retries=0)
         try:
-            response = client.chat.completions.create(**params)
+            response = self._client.chat.completions.create(**params)
         except openai.APITimeoutError:
             raise self._call_error(f"no reply within timeout_s={self.timeout_s}") from None
         except openai.APIConnectionError as exc:

@@ -7,13 +7,19 @@ and returns a `Turn` (or raises `HTTPFailure` with the server's status and body)
   first call, remembered per server for the run, and announced when a form is given up (`servers.py`);
 - the context: the prompt is counted before sending, `max_tokens` is lowered to what the window leaves, and a
   prompt that cannot fit, a server's overflow error and a reply cut off by a full window all raise
-  `ContextOverflow`, so the caller shortens the prompt (never a change of form);
+  `ContextOverflow` (with the server's count of the refused prompt next to ours), so the caller trims the prompt
+  (never a change of form); the token ratio is learned from the prompt_tokens of the server's replies;
+- a reply cut short is asked for once more: cut by the window, the caller trims the prompt to give the reply more
+  room; cut at max_tokens or at the server's own reply limit, the model is asked for a concise reply (and a
+  server that caps replies below max_tokens is announced). One cut reply never changes the learned window;
 - the faults: every HTTP attempt the SDK retried, malformed replies and overflows are counted per role;
 - output retries: a reply that arrived but cannot be used is asked for again, at most `output_retries` times;
   each retry is the original conversation plus a note on what was wrong, never a pile of failed replies.
 
-Transport failures (429, 5xx, timeouts, dropped connections) are retried by the SDK itself (`max_retries`,
-exponential backoff honouring `retry-after`).
+Transport failures (429, 5xx, timeouts, dropped connections) are retried by the SDK itself on every request, the
+first one to a server and the context probes included (`max_retries`, exponential backoff honouring
+`retry-after`); only a response the caller must read itself (a refused form, an overflow) is handed back at once
+(`faults.reading_refusals`).
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, PrivateAttr
 
 from agents.crew.llm.errors import ContextOverflow, LLMCallError, LLMConfigError, LLMOutputError
-from agents.crew.llm.faults import count_attempts, recording_attempts
+from agents.crew.llm.faults import count_attempts, reading_refusals, recording_attempts
 from agents.crew.llm.pricing import Price, context_window, price_for
 from agents.crew.llm.servers import (
+    CUT_TOLERANCE,
     DEFAULT_CONTEXT,
     LADDERS,
     PRIOR_TOKEN_RATIO,
+    PROBE_TIMEOUT_S,
     Refusal,
     ServerFacts,
     ServerRegistry,
@@ -73,6 +81,7 @@ class Turn:
     output_tokens: int = 0
     usage_reported: bool = True  # False: the counts are our estimates (the server sent no usage)
     max_out: int = 0  # the max_tokens this request was sent with
+    accepted_before: int = 0  # the most tokens the server had processed in one request before this one
 
 
 class UnreadableResponse(Exception):
@@ -106,6 +115,7 @@ class ProviderLLM(BaseLLM):
     _secret: str = PrivateAttr(default="")
     _price: Price = PrivateAttr()
     _facts: ServerFacts = PrivateAttr()
+    sdk_error: ClassVar[type[Exception]] = Exception  # the SDK's base error class (set by each adapter)
 
     def __init__(self, *, ledger: UsageLedger, api_key: str, servers: ServerRegistry | None = None,
                  **fields: Any) -> None:
@@ -148,10 +158,24 @@ class ProviderLLM(BaseLLM):
         raise NotImplementedError
 
     def _request(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
-                 max_out: int, *, retries: bool) -> Turn:
+                 max_out: int) -> Turn:
         """One request through the SDK in form `mode` (None: plain text). Raises HTTPFailure on an error status,
         LLMCallError on timeouts and connection failures, UnreadableResponse on a body that cannot be read."""
         raise NotImplementedError
+
+    def _fetch(self, method: str, url: str, body: Any) -> Any:
+        """One request to another endpoint of the server (its context probes) through the SDK client, so its
+        retries and `retry-after` hold there too; the JSON answer, or None on an error status or failure."""
+        client = self._client.with_options(timeout=PROBE_TIMEOUT_S)
+        with recording_attempts() as outcomes:
+            try:
+                if method == "GET":
+                    return client.get(url, cast_to=object)
+                return client.post(url, body=body, cast_to=object)
+            except self.sdk_error:
+                return None
+            finally:
+                count_attempts(self._ledger.faults, self.role, outcomes, last_was_answer=True)
 
     def _make_price(self) -> Price:
         return price_for(self.model, usd_per_mtok_in=self.usd_per_mtok_in, usd_per_mtok_out=self.usd_per_mtok_out)
@@ -228,7 +252,7 @@ class ProviderLLM(BaseLLM):
                 probe = not self._facts.probed
                 self._facts.probed = True
             if probe:
-                found = probe_context(self.base_url or "", self.model, self._probe_headers())
+                found = probe_context(self.base_url or "", self.model, self._fetch)
                 if found:
                     self._facts.learn_context(*found)
         reported = self._facts.context_tokens
@@ -248,15 +272,30 @@ class ProviderLLM(BaseLLM):
             return "crew.yaml context_tokens"
         return "the default for this kind of server" if self.compatible_server else "the model table"
 
-    def prompt_budget(self, response_model: type[BaseModel] | None) -> int:
-        """Local tokens (`tokens.count_tokens`) the messages may take, leaving the reply its share of the window."""
+    def prompt_budget(self, response_model: type[BaseModel] | None, *, reply_tokens: int | None = None,
+                      ratio: float | None = None) -> int:
+        """Local tokens (`tokens.count_tokens`) the messages may take, leaving the reply its share of the window
+        or `reply_tokens` if more (never more than max_tokens), at `ratio` server tokens per local token (default:
+        the learned ratio)."""
         window = self.context_window()
-        reply = min(int(self.max_tokens or 4096), max(REPLY_FLOOR, window // REPLY_SHARE))
-        schema = count_tokens(json.dumps(response_model.model_json_schema())) if response_model else 0
-        return int((window * SAFETY - reply) / self._facts.token_ratio) - schema - 2 * MESSAGE_OVERHEAD
+        most = int(self.max_tokens or 4096)
+        reply_tokens = min(most, max(REPLY_FLOOR, window // REPLY_SHARE, reply_tokens or 0))
+        return self._budget(response_model, reply_tokens, ratio)
 
-    def _probe_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+    def largest_prompt(self, response_model: type[BaseModel] | None, *, ratio: float | None = None) -> int:
+        """The most local tokens a prompt may take at all: the window less the least room a reply needs."""
+        return self._budget(response_model, min(int(self.max_tokens or 4096), MIN_REPLY_TOKENS), ratio)
+
+    def _budget(self, response_model: type[BaseModel] | None, reply_tokens: int, ratio: float | None) -> int:
+        window = self.context_window()
+        schema = count_tokens(json.dumps(response_model.model_json_schema())) if response_model else 0
+        return int((window * SAFETY - reply_tokens) / (ratio or self._facts.token_ratio)) - schema \
+            - 2 * MESSAGE_OVERHEAD
+
+    @property
+    def token_ratio(self) -> float:
+        """Server tokens per local token, as learned from the server's replies (a prior until then)."""
+        return self._facts.token_ratio
 
     def _prompt_texts(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> list[str]:
         texts = [m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content"), default=str)
@@ -271,6 +310,7 @@ class ProviderLLM(BaseLLM):
         conversation = list(messages)
         problem = ""
         attempts = self.output_retries + 1
+        cut_before = False
         for attempt in range(1, attempts + 1):
             try:
                 turn = self._metered_send(conversation, response_model)
@@ -281,8 +321,8 @@ class ProviderLLM(BaseLLM):
                 if response_model is None:
                     return self._apply_stop_words(turn.text)
                 if turn.truncated:
-                    self._check_cut_by_context(turn)
-                    problem = f"the reply was cut off at max_tokens={turn.max_out} before the JSON was complete"
+                    problem = self._read_cut(turn, again=cut_before)
+                    cut_before = True
                 else:
                     value, problem = validate_output(response_model, data=turn.data, text=turn.text)
                     if value is not None:
@@ -307,24 +347,51 @@ class ProviderLLM(BaseLLM):
     def _feedback(self, problem: str, response_model: type[BaseModel] | None) -> list[dict[str, Any]]:
         return [{"role": "user", "content": feedback_text(response_model, problem)}] if response_model else []
 
-    def _check_cut_by_context(self, turn: Turn) -> None:
-        """A reply that stopped short of its max_tokens, or whose max_tokens the window had lowered, ran out of
-        context, not of max_tokens: the prompt must shrink (ContextOverflow), asking again would not help."""
-        window = self.context_window()
-        lowered = turn.max_out < int(self.max_tokens or 0)
-        # hosted APIs refuse an over-long request instead; self-hosted servers fill the window and stop
-        stopped_early = self.compatible_server and turn.usage_reported and 0 < turn.output_tokens < turn.max_out - 8
-        if not (lowered or stopped_early):
-            return
-        used = turn.input_tokens + turn.output_tokens
-        if stopped_early:
-            self._facts.learn_context(used, "a reply cut off when the context filled")
-        self._ledger.faults.count("overflow", self.role)
-        raise ContextOverflow(
-            f"{self.provider}/{self.model} (role {self.role!r}): the reply was cut off by the context window "
-            f"({window} tokens, from {self.context_source()}; prompt {turn.input_tokens} + reply "
-            f"{turn.output_tokens} tokens) before the JSON was complete, not by max_tokens={self.max_tokens}",
-            provider=self.provider, model=self.model, limit=window, prompt_tokens=turn.input_tokens, reply_cut=True)
+    def _read_cut(self, turn: Turn, *, again: bool) -> str:
+        """Why a structured reply was cut short, as the note for asking once more; ContextOverflow when the window
+        cut it (a shorter prompt leaves the reply more room), LLMOutputError when it is cut a second time."""
+        wanted = int(self.max_tokens or 0)
+        stopped_early = turn.usage_reported and 0 < turn.output_tokens < turn.max_out - CUT_TOLERANCE
+        if stopped_early and self.compatible_server:
+            verdict = self._facts.read_cut(turn.input_tokens, turn.output_tokens, turn.accepted_before)
+        else:  # it used all the room it had: the window's, when that was less than max_tokens
+            verdict = "window" if turn.max_out < wanted else "max_tokens"
+        if verdict == "window":
+            window = self.context_window()
+            self._ledger.faults.count("overflow", self.role)
+            raise ContextOverflow(
+                f"{self.provider}/{self.model} (role {self.role!r}): the reply was cut off by the context window "
+                f"({window} tokens, from {self.context_source()}; prompt {turn.input_tokens} + reply "
+                f"{turn.output_tokens} tokens) before the JSON was complete, not by max_tokens={self.max_tokens}",
+                provider=self.provider, model=self.model, limit=window, prompt_tokens=turn.input_tokens,
+                reply_cut=True, reply_tokens=turn.output_tokens)
+        if verdict == "cap":
+            self._announce_reply_cap(turn.output_tokens)
+            problem = (f"the server stopped the reply after {turn.output_tokens} tokens (its own limit on a reply) "
+                       "before the JSON was complete")
+        elif verdict == "unknown":
+            problem = f"the reply stopped after {turn.output_tokens} tokens before the JSON was complete"
+        else:
+            problem = f"the reply was cut off at max_tokens={turn.max_out} before the JSON was complete"
+        if again:
+            self._ledger.faults.count("malformed", self.role)
+            raise LLMOutputError(
+                f"{self.provider}/{self.model} (role {self.role!r}): {problem}, and again when asked for a concise "
+                "reply" + (f"; the server's reply limit ({turn.output_tokens} tokens) is below max_tokens={wanted}: "
+                           "raise it on the server" if verdict == "cap" else ""),
+                provider=self.provider, model=self.model, attempts=2, last_problem=problem)
+        return problem
+
+    def _announce_reply_cap(self, cap: int) -> None:
+        with self._facts.lock:
+            if self._facts.cap_announced:
+                return
+            self._facts.cap_announced = True
+        self._ledger.faults.announce(
+            self.role, f"{self.endpoint} ({self.model}) stops replies after about {cap} tokens though max_tokens="
+            f"{self.max_tokens} and the context window had room: a reply limit of the server itself (llama-server "
+            "--n-predict, Ollama num_predict). Replies cut there are asked for again, concisely; raise the "
+            "server's limit to stop this.")
 
     def _metered_send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None) -> Turn:
         """Fit check, then `_send` between a budget reservation (worst case) and the ledger entry (real use)."""
@@ -351,6 +418,8 @@ class ProviderLLM(BaseLLM):
         if not turn.usage_reported:
             turn.input_tokens = estimate
         turn.max_out = max_out
+        if turn.usage_reported:
+            turn.accepted_before = self._facts.accept(turn.input_tokens + turn.output_tokens)
         self._ledger.settle(reservation, input_tokens=turn.input_tokens, output_tokens=turn.output_tokens,
                             usd=self._price.cost(turn.input_tokens, turn.output_tokens))
         self._track_token_usage_internal({"prompt_tokens": turn.input_tokens, "completion_tokens": turn.output_tokens})
@@ -359,7 +428,8 @@ class ProviderLLM(BaseLLM):
         return turn
 
     def _learn_from_usage(self, local: int, estimate: int, turn: Turn) -> None:
-        """Calibrate the token count; notice a server that silently cut the prompt to its window (Ollama does)."""
+        """Calibrate the token count from the server's own prompt_tokens; notice a server that silently cut the
+        prompt to its window (Ollama does)."""
         if local > 500 and turn.input_tokens < 0.6 * local:
             seen = turn.input_tokens + turn.output_tokens
             self._facts.learn_context(seen, "a prompt the server cut short")
@@ -382,23 +452,19 @@ class ProviderLLM(BaseLLM):
 
     def _send(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, max_out: int) -> Turn:
         structured = response_model is not None
-        # On a self-hosted server the first structured request goes out without the SDK's retries: some refuse a
-        # form with a 5xx (llama-cpp-python), which the SDK would retry max_retries times before we could read it.
+        # the first structured request to a self-hosted server with `auto` also finds the form it honours
         probing = (structured and self.compatible_server and self.structured == "auto" and self._facts.mode is None
                    and len(self.ladder) > 1)
         while True:
             mode = self.current_mode() if structured else None
             try:
-                turn = self._attempt(messages, response_model, mode, max_out, retries=not probing)
+                turn = self._attempt(messages, response_model, mode, max_out)
             except HTTPFailure as failure:
                 refusal = classify_error(failure.status, failure.body, failure.message, mode=mode)
                 if refusal.kind == "context":
                     raise self._overflow(refusal, messages, response_model) from None
                 if refusal.kind == "format" and mode and self._give_up_mode(mode, f"HTTP {failure.status}: "
                                                                                  f"{refusal.detail}"):
-                    continue
-                if probing:  # an ordinary failure while finding the form: ask again with the SDK's retries
-                    probing = False
                     continue
                 self._count_final(failure.status)
                 raise self._status_error(failure, refusal) from None
@@ -413,11 +479,16 @@ class ProviderLLM(BaseLLM):
             return turn
 
     def _attempt(self, messages: list[dict[str, Any]], response_model: type[BaseModel] | None, mode: str | None,
-                 max_out: int, *, retries: bool) -> Turn:
-        """`_request` with every HTTP attempt the SDK made counted as a fault of this role."""
-        with recording_attempts() as outcomes:
+                 max_out: int) -> Turn:
+        """`_request` with every HTTP attempt the SDK made counted as a fault of this role. A refusal of the form
+        or an overflow is not retried by the SDK (asking again would get the same answer): it is read here."""
+
+        def is_refusal(status: int, body: Any) -> bool:
+            return classify_error(status, body, mode=mode).kind != "other"
+
+        with recording_attempts() as outcomes, reading_refusals(is_refusal):
             try:
-                turn = self._request(messages, response_model, mode, max_out, retries=retries)
+                turn = self._request(messages, response_model, mode, max_out)
             except (HTTPFailure, UnreadableResponse):
                 count_attempts(self._ledger.faults, self.role, outcomes, last_was_answer=True)
                 raise
@@ -451,22 +522,22 @@ class ProviderLLM(BaseLLM):
 
     def _overflow(self, refusal: Refusal, messages: list[dict[str, Any]],
                   response_model: type[BaseModel] | None) -> ContextOverflow:
+        # the window it states is learned; its count of this one prompt is handed to the caller to trim by, not
+        # learned as the ratio (that comes from prompts it answered)
         self._facts.learn_context(refusal.limit, "the server's overflow error")
-        if refusal.prompt_tokens:
-            self._facts.learn_ratio(count_messages(self._prompt_texts(messages, response_model)),
-                                    refusal.prompt_tokens)
         self._ledger.faults.count("overflow", self.role)
         window = self.context_window()
         counted = f"{refusal.prompt_tokens} prompt tokens" if refusal.prompt_tokens else "the prompt"
         return ContextOverflow(
             f"{self.provider}/{self.model} (role {self.role!r}): the server refused {counted} as longer than its "
             f"context window ({window} tokens, from {self.context_source()})",
-            provider=self.provider, model=self.model, limit=window, prompt_tokens=refusal.prompt_tokens)
+            provider=self.provider, model=self.model, limit=window, prompt_tokens=refusal.prompt_tokens,
+            local_tokens=count_messages(self._prompt_texts(messages, response_model)))
 
     # -- errors --------------------------------------------------------------------------------------------
 
     def _status_error(self, failure: HTTPFailure, refusal: Refusal) -> LLMCallError:
-        retried = failure.status in (408, 409, 429) or failure.status >= 500
+        retried = refusal.kind == "other" and (failure.status in (408, 409, 429) or failure.status >= 500)
         what = f"HTTP {failure.status} {refusal.detail}"
         if refusal.kind == "format":
             what += f" (structured: {self.structured} was refused; try structured: auto)"

@@ -10,18 +10,19 @@ context overflow with HTTP 400), remembered for the rest of the run, and announc
 
 A server's context window comes from what it reports (llama-server's /props, vLLM's max_model_len in
 /v1/models, Ollama's num_ctx from /api/show, or the numbers in an overflow error), and the local token count is
-calibrated against the prompt_tokens it reports.
+calibrated against the prompt_tokens it reports on its replies. A reply cut short is read with care: a server
+may stop replies at its own limit (llama-server's --n-predict, Ollama's num_predict) far below its window.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import httpx
 
 STRUCTURED_MODES = ("auto", "tool", "json_schema", "json_object", "prompt")
 # `auto`, strongest first, by kind of endpoint
@@ -41,6 +42,8 @@ OLLAMA_DEFAULT_NUM_CTX = 4_096  # what Ollama runs a model with unless num_ctx /
 # over-long prompt says by how much, and the prompt is shortened and sent again.
 PRIOR_TOKEN_RATIO = {"anthropic": 1.15, "openai": 1.05, "compatible": 1.15}
 PROBE_TIMEOUT_S = 5.0
+RATIO_WINDOW = 15  # the token ratio is the median of this many recent prompts
+CUT_TOLERANCE = 8  # tokens: cut replies that end this close together end at the same place
 
 
 @dataclass
@@ -137,7 +140,13 @@ def _short(text: object, limit: int = 240) -> str:
 
 @dataclass
 class ServerFacts:
-    """One (endpoint, model): the structured-output form that works, its context window, its token ratio."""
+    """One (endpoint, model): the structured-output form that works, its context window, its token ratio.
+
+    The window is only ever what the server states (its report, the numbers of an overflow error, a prompt it
+    visibly cut short) or what two replies cut off at the same total prove; one cut reply proves nothing (a
+    server may stop replies at its own limit, far below its window). The token ratio is learned from the
+    prompt_tokens of the server's replies, as the median of recent ones (one outlier does not set it for the run).
+    """
 
     key: str
     token_ratio: float
@@ -147,22 +156,67 @@ class ServerFacts:
     context_source: str = ""
     probed: bool = False
     calibrated: bool = False
+    accepted_total: int = 0  # the most tokens (prompt + reply) the server has processed in one request
+    reply_cap: int | None = None  # the server stops replies here, whatever max_tokens says
+    cap_announced: bool = False
+    cuts: list[tuple[int, int]] = field(default_factory=list)  # (prompt, reply) of replies stopped short
+    ratios: list[float] = field(default_factory=list)  # server / local tokens of recent prompts
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def learn_ratio(self, local_tokens: int, server_tokens: int) -> None:
-        """Calibrate local counts against the server's; from prompts big enough to dwarf the framing."""
+        """Calibrate local counts against the server's prompt_tokens, from prompts big enough to dwarf the framing:
+        the median of the recent observations, so no single count (an outlier, a slip) sets it for the run."""
         if local_tokens < 200 or server_tokens <= 0:
             return
-        observed = min(3.0, max(0.5, server_tokens / local_tokens))
         with self.lock:
-            self.token_ratio = observed if not self.calibrated else max(self.token_ratio, observed)
+            self.ratios = [*self.ratios[-(RATIO_WINDOW - 1):], server_tokens / local_tokens]
+            self.token_ratio = min(3.0, max(0.5, statistics.median(self.ratios)))
             self.calibrated = True
 
     def learn_context(self, tokens: int | None, source: str) -> None:
+        """The window as the server stated it; never below what it has already processed in one request."""
         if tokens and tokens > 0:
             with self.lock:
-                if self.context_tokens is None or tokens < self.context_tokens or source != "estimate":
-                    self.context_tokens, self.context_source = tokens, source
+                self.context_tokens, self.context_source = max(tokens, self.accepted_total), source
+
+    def accept(self, total: int) -> int:
+        """Note a request of `total` tokens (prompt + reply) the server processed; returns the previous most."""
+        with self.lock:
+            before = self.accepted_total
+            self.accepted_total = max(before, total)
+            return before
+
+    def read_cut(self, prompt: int, reply: int, accepted_before: int) -> Literal["window", "cap", "unknown"]:
+        """What stopped a reply short of its max_tokens: the window filling up, or the server's own reply limit.
+
+        Two cut replies tell them apart: at the window, replies to prompts of different length end at the same
+        total; at a reply limit, they have the same length. A cut below a total the server has already
+        processed is a reply limit at once.
+        """
+        total = prompt + reply
+        with self.lock:
+            if self.reply_cap is not None and abs(reply - self.reply_cap) <= CUT_TOLERANCE:
+                return "cap"
+            if self.context_tokens is not None and total >= self.context_tokens - CUT_TOLERANCE:
+                return "window"
+            if total < accepted_before - CUT_TOLERANCE or (
+                    self.context_tokens is not None and total < self.context_tokens - CUT_TOLERANCE):
+                verdict: Literal["window", "cap", "unknown"] = "cap"
+            else:
+                verdict = "unknown"
+                for earlier_prompt, earlier_reply in self.cuts:
+                    if abs(earlier_prompt - prompt) < 2 * CUT_TOLERANCE:
+                        continue  # the same prompt again: no new evidence
+                    if abs(earlier_prompt + earlier_reply - total) <= CUT_TOLERANCE:
+                        verdict = "window"
+                    elif abs(earlier_reply - reply) <= CUT_TOLERANCE:
+                        verdict = "cap"
+            self.cuts = [*self.cuts[-7:], (prompt, reply)]
+            if verdict == "cap":
+                self.reply_cap = reply
+        if verdict == "window" and (self.context_tokens is None or total < self.context_tokens):
+            self.learn_context(total, "replies cut off at the same total length (the context filled)")
+        return verdict
 
 
 class ServerRegistry:
@@ -183,47 +237,30 @@ class ServerRegistry:
 # -- asking a compatible server for its context window -------------------------------------------------------
 
 
-def probe_context(base_url: str, model: str, headers: dict[str, str] | None = None) -> tuple[int, str] | None:
+Fetch = Callable[[str, str, Any], Any]  # (method, url, JSON body or None) -> the JSON answer, or None
+
+
+def probe_context(base_url: str, model: str, fetch: Fetch) -> tuple[int, str] | None:
     """The context window an OpenAI-compatible server reports, and where it said so; None if it says nothing.
 
-    Tried in turn, each a cheap request with a short timeout: llama-server's `/props` (per-slot n_ctx), vLLM's
-    `/v1/models` (max_model_len), Ollama's `/api/show` (num_ctx among the model's parameters, else Ollama's
-    default). A server that answers none of them keeps the configured or default window.
+    Tried in turn: llama-server's `/props` (per-slot n_ctx), vLLM's `/v1/models` (max_model_len), Ollama's
+    `/api/show` (num_ctx among the model's parameters, else Ollama's default). `fetch` makes each request through
+    the adapter's SDK client (short timeout, the SDK's retries and `retry-after`) and answers None for an error
+    status. A server that answers none of them keeps the configured or default window.
     """
     base = base_url.rstrip("/")
     root = base[: -len("/v1")] if base.endswith("/v1") else base
-    try:
-        with httpx.Client(timeout=PROBE_TIMEOUT_S, headers=headers or {}) as client:
-            return (_from_props(client, root) or _from_models(client, base, model)
-                    or _from_ollama(client, root, model))
-    except httpx.HTTPError:
-        return None
+    return (_from_props(fetch("GET", f"{root}/props", None)) or _from_models(fetch("GET", f"{base}/models", None), model)
+            or _from_ollama(fetch("POST", f"{root}/api/show", {"model": model})))
 
 
-def _json(response: httpx.Response) -> Any:
-    if response.status_code != 200:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _from_props(client: httpx.Client, root: str) -> tuple[int, str] | None:
-    try:
-        data = _json(client.get(f"{root}/props"))
-    except httpx.HTTPError:
-        return None
-    n_ctx = _int(((data or {}).get("default_generation_settings") or {}).get("n_ctx")) if isinstance(data, dict) \
-        else None
+def _from_props(data: Any) -> tuple[int, str] | None:
+    settings = data.get("default_generation_settings") if isinstance(data, dict) else None
+    n_ctx = _int(settings.get("n_ctx")) if isinstance(settings, dict) else None
     return (n_ctx, "the server's /props (n_ctx)") if n_ctx else None
 
 
-def _from_models(client: httpx.Client, base: str, model: str) -> tuple[int, str] | None:
-    try:
-        data = _json(client.get(f"{base}/models"))
-    except httpx.HTTPError:
-        return None
+def _from_models(data: Any, model: str) -> tuple[int, str] | None:
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         return None
@@ -235,11 +272,7 @@ def _from_models(client: httpx.Client, base: str, model: str) -> tuple[int, str]
     return None
 
 
-def _from_ollama(client: httpx.Client, root: str, model: str) -> tuple[int, str] | None:
-    try:
-        data = _json(client.post(f"{root}/api/show", json={"model": model}))
-    except httpx.HTTPError:
-        return None
+def _from_ollama(data: Any) -> tuple[int, str] | None:
     if not isinstance(data, dict) or "model_info" not in data:
         return None
     if m := re.search(r"^\s*num_ctx\s+(\d+)", str(data.get("parameters") or ""), re.M):
