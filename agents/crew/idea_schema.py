@@ -8,7 +8,7 @@ reply naming another is refused by validation and asked again. A value must be a
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import Field, create_model, field_validator
 
@@ -27,25 +27,30 @@ def _python(cls: type, value: str) -> str:
 
 @lru_cache(maxsize=16)
 def idea_schema(train_py: str) -> type[Idea]:
-    """`Idea` with `changes` restricted to train.py's CAPS constants and its functions, classes and methods;
-    plain `Idea` when train.py does not parse (the reply is free then, and the fingerprint judges the edit)."""
+    """`Idea` with `changes` naming train.py's CAPS constants and its functions, classes and methods; plain `Idea`
+    (no `changes` offered: memory reads the idea's words, the fingerprint judges the edit) when train.py does not
+    parse."""
     try:
         model = trainpy.read(train_py)
     except (SyntaxError, ValueError, RecursionError):
         return Idea
     constants = tuple(sorted(name for name in model.constants if name.isupper() and name not in model.flags))
     parts = parts_of(train_py)
-    if not constants or not parts:
+    if not constants and not parts:
         return Idea
-    constant = create_model(
-        "ConstantChange", __base__=ConstantChange, __doc__=ConstantChange.__doc__,
-        __validators__={"value_is_python": field_validator("value")(_python)},
-        constant=(Literal[constants], Field(description=ConstantChange.model_fields["constant"].description)))
-    part = create_model(
-        "PartChange", __base__=PartChange, __doc__=PartChange.__doc__,
-        part=(Literal[parts], Field(description=PartChange.model_fields["part"].description)))
+    kinds: list[type] = []
+    if constants:
+        kinds.append(create_model(
+            "ConstantChange", __base__=ConstantChange, __doc__=ConstantChange.__doc__,
+            __validators__={"value_is_python": field_validator("value")(_python)},
+            constant=(Literal[constants], Field(description=ConstantChange.model_fields["constant"].description))))
+    if parts:
+        kinds.append(create_model(
+            "PartChange", __base__=PartChange, __doc__=PartChange.__doc__,
+            part=(Literal[parts], Field(description=PartChange.model_fields["part"].description))))
+    item = Union[tuple(kinds)] if len(kinds) > 1 else kinds[0]  # noqa: UP007 (built at run time)
     return create_model("Idea", __base__=Idea, __doc__=Idea.__doc__,
-                        changes=(list[constant | part], Field(default_factory=list, description=CHANGES_DESCRIPTION)))
+                        changes=(list[item], Field(default_factory=list, description=CHANGES_DESCRIPTION)))
 
 
 def plain_idea(idea: Idea) -> Idea:

@@ -10,6 +10,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from agents.trainpy import EDITABLE_FILE
 
@@ -69,7 +70,10 @@ class Idea(BaseModel):
         description="Only when deliberately retrying an earlier experiment: its id (the reason goes in the "
         "rationale). Otherwise null.",
     )
-    changes: list[ConstantChange | PartChange] = Field(default_factory=list, description=CHANGES_DESCRIPTION)
+    # offered in the hypothesis's schema for one train.py (crew/idea_schema.py: its constants and parts as enums);
+    # the bare schema leaves it out, so a reply never names constants it was not shown
+    changes: SkipJsonSchema[list[ConstantChange | PartChange]] = Field(default_factory=list,
+                                                                      description=CHANGES_DESCRIPTION)
 
     @field_validator("category", mode="before")
     @classmethod
