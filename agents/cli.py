@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from agents import stop
 from agents.crewai_env import quiet_crewai
 
 quiet_crewai()
@@ -150,7 +151,7 @@ def run(
         err.print(Text.assemble(("warning:", "yellow"), f" {settings.sandbox_notice}"), soft_wrap=True)
     settings.on_event = view.handle
     try:
-        with view:
+        with view, stop.SWITCH.on_signals(view.say):
             outcome = run_loop(settings)
     except (GitError, RunLockError, BaselineCrashed, ClusterError, ConfigError) as exc:
         _fail(str(exc))
@@ -159,9 +160,8 @@ def run(
             raise
         _fail(f"disk full while writing results ({exc.filename or exc.strerror})",
               "free some space and run the same command again: the journal resumes the interrupted experiment")
-    except KeyboardInterrupt:
-        err.print(Text.assemble(("interrupted", "yellow"), ": run the same command again to resume where it stopped"))
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # the second Ctrl-C: in-flight calls abandoned, train.py stopped, lock released
+        _stopped_now("run the same command again to resume where it stopped", settings.memory.close)
     finally:
         settings.memory.close()
 
@@ -176,8 +176,21 @@ def run(
     console.print(f"results: {outcome.run_dir / 'results.tsv'}\nplot:    {png}\nreport:  {outcome.run_dir / 'report.md'}",
                   highlight=False)
     console.print(settings.tracker.summary(), highlight=False, soft_wrap=True)
-    if settings.config.on_model_failure == "stop" and "on_model_failure: stop" in (outcome.stop_reason or ""):
-        raise typer.Exit(1)
+    if outcome.exit_code:  # stopped on request (130), or the crew made no progress / lost a role's model (1)
+        raise typer.Exit(outcome.exit_code)
+
+
+def _stopped_now(resume_hint: str, *closing) -> None:
+    """After the second Ctrl-C: one line, then end the process without waiting for threads still blocked on a
+    model's reply (the journal, results and git are written; the kernel releases the run's lock)."""
+    err.print(Text.assemble(("stopped now", "yellow"), f": in-flight model calls abandoned, training stopped; "
+                            f"{resume_hint}"), soft_wrap=True)
+    for close in closing:
+        try:
+            close()
+        except Exception:  # leaving anyway
+            pass
+    stop.exit_now(stop.EXIT_CODE)
 
 
 def _say_model_policy(settings) -> None:
@@ -287,13 +300,16 @@ def compare(
         if event.text:
             console.print(f"[{event.run or plan.name}] {event.text}", highlight=False)
 
+    def say(line: str) -> None:
+        err.print(Text(line, style="bold yellow"), soft_wrap=True)
+
     try:
-        outcome = run_compare(plan, on_event=show, **engine)
+        with stop.SWITCH.on_signals(say, what="the compare"):
+            outcome = run_compare(plan, on_event=show, **engine)
     except (CompareError, GitError, ClusterError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        err.print(Text.assemble(("interrupted", "yellow"), ": run the same command again to continue where it stopped"))
-        raise typer.Exit(130) from None
+        _stopped_now("run the same command again to continue where it stopped")
 
     report = outcome.report
     console.print(compare_table(report.rows, title=f"compare {plan.name}"))
@@ -301,6 +317,10 @@ def compare(
     console.print(f"report:  {report.markdown}\nplots:   {', '.join(str(p) for p in report.plots)}\n"
                   f"table:   {report.table_csv}\ndata:    {report.dataset}", highlight=False)
     _tracking_line(plan.configs[0].path, plan.name)
+    if outcome.interrupted:
+        err.print(Text.assemble(("stopped", "yellow"), f": {', '.join(outcome.interrupted)} interrupted; run the same "
+                                "command again to continue where it stopped"), soft_wrap=True)
+        raise typer.Exit(stop.EXIT_CODE)
     if outcome.failed:
         err.print(Text.assemble((f"{len(outcome.failed)} run(s) failed", "bold red"), f": {', '.join(outcome.failed)} "
                                 "(see their error in runs/<name>/manifest.json; run the same command again to retry them)"))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from agents import stop
 from agents.config import PRESETS, CrewConfig, check_keys, load_config, preset_path, resolve_model
 from agents.lock import RunLock, RunLockError
 from agents.record.gitops import BRANCH_PREFIX, ExperimentRepo, GitError
@@ -310,6 +311,11 @@ class CompareOutcome:
     def failed(self) -> list[str]:
         return [tag for tag, s in self.states.items() if s["state"] == "failed"]
 
+    @property
+    def interrupted(self) -> list[str]:
+        """Runs stopped on the user's request (Ctrl-C): the same command continues them."""
+        return [tag for tag, s in self.states.items() if s["state"] == "interrupted"]
+
 
 def run_compare(plan: ComparePlan, on_event: Callable[[CompareEvent], None] = lambda event: None,
                 workers: int | str = 1, address: str | None = None) -> CompareOutcome:
@@ -354,6 +360,8 @@ class _Compare:
                 self._say(run.tag, "already finished; kept as it is")
         try:
             for run in pending:
+                if stop.SWITCH.stopping:  # Ctrl-C: the runs not started stay pending for the next time
+                    break
                 self._run_here(run)
         finally:
             for tag in list(self.worktrees):
@@ -445,8 +453,12 @@ class _Compare:
             self._set_state(run.tag, state="failed", error=_one_line(exc))
             self._say(run.tag, f"failed: {_one_line(exc)} (traceback in {self.plan.run_dir(run) / 'error.log'})")
         else:
-            self._set_state(run.tag, state="done", error="", **result)
-            self._say(run.tag, f"finished: {result['stop_reason']}")
+            if stop.SWITCH.stopping:  # the loop stopped on request and journalled what was in flight
+                self._set_state(run.tag, state="interrupted")
+                self._say(run.tag, f"interrupted: {result['stop_reason']}")
+            else:
+                self._set_state(run.tag, state="done", error="", **result)
+                self._say(run.tag, f"finished: {result['stop_reason']}")
         finally:
             self._remove_worktree(run.tag)
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -208,7 +209,13 @@ class LoopConfig(_Strict):
     max_hours: float | None = Field(default=None, gt=0)
     max_usd: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_refusals_in_a_row: int = Field(default=20, ge=1)  # the crew is stuck: stop rather than spin
+    # candidates started per trained experiment; past it the crew is not making progress and the run stops
+    # (bounds every configuration; `max_refusals_in_a_row`, its earlier name, is still read)
+    max_candidates_per_experiment: int = Field(
+        default=20, ge=1, validation_alias=AliasChoices("max_candidates_per_experiment", "max_refusals_in_a_row"))
+    # candidates in a row that stall for the same role's reason (its edits do not apply, its ideas repeat, ...)
+    # before that role is given up as on_model_failure says (the offline policy plays it, or the run stops)
+    max_stalled: int = Field(default=5, ge=1)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
     # least idea similarity (cosine) at which a past experiment found by embedding is shown to the repeat judge;

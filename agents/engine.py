@@ -31,7 +31,7 @@ def open_executor(settings, run_dir: Path, prepare_py: str, on_note: Callable[[s
         try:
             yield executor
         finally:
-            executor.close()
+            executor.close(hurry=_hurry())
         return
     from agents.bench.cluster import ClusterError, RayExecutor, connect, disconnect
 
@@ -51,9 +51,14 @@ def open_executor(settings, run_dir: Path, prepare_py: str, on_note: Callable[[s
         try:
             yield executor
         finally:
-            executor.close()
+            executor.close(hurry=_hurry())
     finally:
         disconnect(owned)
+
+
+def _hurry() -> bool:
+    """Leaving on a second Ctrl-C (KeyboardInterrupt): runs are killed without a grace period."""
+    return sys.exc_info()[0] is KeyboardInterrupt
 
 
 def data_fingerprint(repo_dir: Path, cache_dir: str | None) -> dict:

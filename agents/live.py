@@ -2,11 +2,13 @@
 
 Fed by the loop's events; with no terminal (CI, a pipe) it prints one line per finished experiment. A role
 that gives up its model raises a banner that stays on screen for the rest of the run (printed at once
-without a terminal); a refused experiment's line names the rule that refused it.
+without a terminal); a refused experiment's line names the rule that refused it. Events may come from the crew's
+threads and `say` from a signal handler: one re-entrant lock keeps the view whole.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from rich.console import Console, Group
@@ -19,7 +21,7 @@ from rich.text import Text
 from agents.loop import LoopEvent
 
 STATUS_STYLE = {"keep": "green", "discard": "white", "crash": "red", "veto": "magenta", "repeat": "yellow",
-                "skipped": "yellow", "baseline": "cyan"}
+                "skipped": "yellow", "error": "red", "baseline": "cyan"}
 
 
 class LiveView:
@@ -33,6 +35,8 @@ class LiveView:
         self.notes: deque = deque(maxlen=3)
         self.training: dict[str, tuple[str, float]] = {}  # exp id -> (worker, elapsed seconds), while it trains
         self._live: Live | None = None
+        self._lock = threading.RLock()
+        self.said = ""  # a line for the user that stays on top (the stop line)
 
     def __enter__(self) -> LiveView:
         if self.enabled:
@@ -44,7 +48,20 @@ class LiveView:
         if self._live is not None:
             self._live.__exit__(*exc)
 
+    def say(self, line: str) -> None:
+        """One line the user must see now (the stop line after Ctrl-C): on top of the live view, or printed."""
+        with self._lock:
+            self.said = line
+            if self._live is not None:
+                self._live.update(self._render())
+            else:
+                self.console.print(Text(line, style="bold yellow"), soft_wrap=True)
+
     def handle(self, event: LoopEvent) -> None:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: LoopEvent) -> None:
         if event.best_bpb is not None:
             self.best = event.best_bpb
         if event.kind == "phase":
@@ -79,8 +96,8 @@ class LiveView:
         best = f"{self.best:.6f}" if self.best is not None else "-"
         head = Text.assemble(("experiment ", "dim"), (self.exp_id or "-", "bold"), ("   phase ", "dim"),
                              (self.phase, "bold"), ("   best val_bpb ", "dim"), (best, "bold green"))
-        parts: list = [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in
-                       self.banners.values()]
+        parts: list = [Text(self.said, style="bold yellow")] if self.said else []
+        parts += [Text.assemble(("MODEL GIVEN UP ", "bold white on red"), line) for line in self.banners.values()]
         parts.append(head)
         if len(self.training) > 1 or any(worker for worker, _ in self.training.values()):
             workers = Table(box=None, pad_edge=False)

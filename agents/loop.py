@@ -2,25 +2,26 @@
 
 setup (lock, branch, memory, crew, executor) → resume whatever a crash left in flight → baseline runs (σ),
 in parallel across workers → until a stop condition: keep N + 1 reviewed candidates prepared (the crew works
-in threads, candidates.py) → commit each on its base without touching the working tree → hand it to a worker
-(executor.py: this machine, or a Ray cluster) → judge each result against the base it trained on (decide.py:
-numbers decide) → the branch advances on a keep → results + memory → the analyst explains in a thread.
+in threads, candidates.py; what each preparation came to is recorded here) → commit each on its base without
+touching the working tree → hand it to a worker (executor.py: this machine, or a Ray cluster) → judge each
+result against the base it trained on (decide.py: numbers decide) → the branch advances on a keep → results +
+memory → the analyst explains in a thread.
 
 With one worker (the default) this is the classic loop: one experiment trains while the next is prepared.
 With several, a result whose base is no longer the best is judged against its own base; a winner is then
 re-applied on the new best (three-way merge) and confirmed by a run there before it is kept.
 
-The coordinator is the only writer of git, the results, the journal and the memory. Every phase is written
-ahead to the journal (journal.py) so a kill at any moment loses nothing: the same command resumes, and what
-was in flight is trained again.
+The coordinator is the only writer of git, the results, the journal and the memory; the preparing threads only
+read (see docs/ARCHITECTURE.md, "What the preparing threads share"). Every phase is written ahead to the journal
+(journal.py) so a kill at any moment loses nothing: the same command resumes, and what was in flight is trained
+again. Progress is watched (progress.py): a role whose candidates keep stalling is given up as
+`on_model_failure` says, and the candidates per trained experiment are capped. A stop asked for by the user
+(agents/stop.py: Ctrl-C, SIGTERM) starts nothing new and lets what is in flight finish; a second one abandons it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
 import statistics
 import sys
 import threading
@@ -28,45 +29,39 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents import stop
 from agents.bench.decide import Decision, Plausibility, WallTimeLimit, decide
 from agents.bench.executor import Finished, Running, TrainingTask
 from agents.bench.guard import check_edit, check_prepare_hash, file_sha256
 from agents.config import CrewConfig
-from agents.crew.candidates import Candidate, Workbench, prepare_candidate, recode
+from agents.crew.candidates import Candidate, Prepared, Workbench, gate_idea, prepare_candidate
+from agents.crew.progress import Progress, Stall
 from agents.crew.roles import ResearchCrew, RoleError
 from agents.crew.schemas import Analysis, CodeEdit, Idea
 from agents.crew.supply import CandidateSupply
 from agents.engine import open_executor
+from agents.events import EventKind, LoopEvent
 from agents.lock import RunLock
+from agents.ports import Ledger, Memory
 from agents.record.gitops import ExperimentRepo
-from agents.record.journal import Journal, JournalEntry
-from agents.record.results import ExperimentRecord
-from agents.record.runbook import RunBook, result_dict, result_from_dict, stop_orphan
+from agents.record.journal import FollowUp, Journal, JournalEntry, Phase, RunKind
+from agents.record.results import TRAINED, ExperimentRecord, Status
+from agents.record.runbook import Best, RunBook, result_dict, result_from_dict, stop_orphan
 from agents.record.tracking import Tracker
 
-TRAINED = ("keep", "discard", "crash")
+__all__ = ["BaselineCrashed", "EventKind", "LoopEvent", "LoopOutcome", "LoopSettings", "run_loop"]
+
 MAX_REAPPLY = 2  # a winner re-applied this many times while the best kept moving is not chased further
+EXIT_STUCK = 1  # the crew made no progress, or a role lost its model under on_model_failure: stop
+EXIT_INTERRUPTED = 130  # stopped on the user's request (Ctrl-C, SIGTERM): the same command resumes
 
 
 class BaselineCrashed(RuntimeError):
     """The unmodified train.py does not run: nothing can be compared against it."""
-
-
-@dataclass
-class LoopEvent:
-    """What the live view shows: a phase change, training progress, a finished record, or a note."""
-
-    kind: str  # "phase" | "progress" | "record" | "note"
-    exp_id: str = ""
-    message: str = ""
-    elapsed: float = 0.0
-    budget: float = 0.0
-    record: ExperimentRecord | None = None
-    best_bpb: float | None = None
-    worker: str = ""  # where a run trains ("host #2"), for progress and "training" phase events
 
 
 @dataclass
@@ -77,8 +72,8 @@ class LoopSettings:
     config_name: str
     program: str
     crew: ResearchCrew
-    ledger: object  # agents.crew.llm.usage.UsageLedger
-    memory: object  # memory.store.ExperimentMemory
+    ledger: Ledger
+    memory: Memory
     run_dir: Path | None = None
     python: str = sys.executable
     device: str = "cpu"
@@ -98,11 +93,37 @@ class LoopOutcome:
     best_bpb: float | None
     best_commit: str
     run_dir: Path
+    exit_code: int = 0  # 0, EXIT_STUCK, or EXIT_INTERRUPTED
+
+
+@dataclass
+class _Run:
+    """A training run to hand out: an experiment or a baseline, or one of an experiment's follow-ups."""
+
+    entry: JournalEntry
+    follow_up: FollowUp | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.follow_up.run_id if self.follow_up else self.entry.exp_id
+
+    @property
+    def kind(self) -> RunKind:
+        return self.follow_up.kind if self.follow_up else self.entry.kind
+
+    @property
+    def seed(self) -> int:
+        return self.follow_up.seed if self.follow_up else self.entry.seed
+
+    @property
+    def counts(self) -> bool:
+        """An experiment of its own (its follow-ups belong to it; baselines are not experiments)."""
+        return self.follow_up is None and self.entry.kind == RunKind.EXPERIMENT
 
 
 @dataclass
 class _InFlight:
-    entry: JournalEntry
+    run: _Run
     candidate: Candidate | None
     running: Running
 
@@ -113,14 +134,47 @@ def run_loop(s: LoopSettings) -> LoopOutcome:
     repo.ensure_clean(["train.py", "prepare.py"])
     with RunLock(s.repo_dir) as lock:
         if lock.took_over_from:
-            s.on_event(LoopEvent("note", message=f"took over a stale lock left by {lock.took_over_from}"))
+            s.on_event(LoopEvent(EventKind.NOTE, message=f"took over a stale lock left by {lock.took_over_from}"))
         s.tracker.start(s.run_dir or s.repo_dir / "runs" / s.tag,
-                        warn=lambda message: s.on_event(LoopEvent("note", message=message)))
+                        warn=lambda message: s.on_event(LoopEvent(EventKind.NOTE, message=message)))
         coordinator = _Coordinator(s, repo)
         try:
             return coordinator.run()
         finally:  # the parent run gets the plot and report; a failing store never holds the run for long
             s.tracker.finish(coordinator.book.records, interrupted=sys.exc_info()[0] is not None)
+
+
+class _RunView:
+    """What the preparing threads may read of the run (candidates.RunContext): thread-safe by construction.
+
+    The best is a frozen `Best` replaced, never changed; the ideas in flight a tuple the coordinator publishes;
+    the records are copied under the book's lock; experiment ids are handed out under a lock.
+    """
+
+    def __init__(self, coordinator: _Coordinator):
+        self._c = coordinator
+        self._lock = threading.Lock()
+        self.free_ids: deque[str] = deque()  # reserved for a proposal that failed: the next candidate takes it
+        self.in_flight: tuple[ExperimentRecord, ...] = ()
+
+    def new_exp_id(self) -> str:
+        with self._lock:
+            exp_id = self.free_ids.popleft() if self.free_ids else self._c.book.reserve_id(self._c.journal)
+        self._c._event(EventKind.PHASE, exp_id, "proposing")
+        return exp_id
+
+    def history(self) -> list[ExperimentRecord]:
+        return self._c.earlier + self._c.book.snapshot() + list(self.in_flight)
+
+    def best_summary(self) -> str:
+        return self._c.book.best_summary(self._c.best)
+
+    def usage_scope(self, exp_id: str) -> AbstractContextManager:
+        return self._c.s.ledger.experiment(exp_id)
+
+    def give_back(self, exp_id: str) -> None:
+        with self._lock:
+            self.free_ids.append(exp_id)
 
 
 class _Coordinator:
@@ -131,10 +185,14 @@ class _Coordinator:
         self.run_dir = s.run_dir or s.repo_dir / "runs" / s.tag
         self.journal = Journal(self.run_dir)
         self.book = RunBook(self.run_dir, s.tag, s.config_name, s.crew, s.ledger, s.memory, self._event,
-                            self._checkpoint, tracker=s.tracker, observers=s.observers)
+                            tracker=s.tracker, observers=s.observers)
+        self.view = _RunView(self)
         self.started = time.monotonic()
         self.budget_stop: str | None = None
-        self._checkpoints_seen: dict[str, int] = {}
+        self.role_lost = False  # the budget stop is a role without a model (on_model_failure: stop)
+        self.stuck_reason = ""  # why the crew makes no progress (a stall under on_model_failure: stop, or the cap)
+        self.stall_stop: str | None = None
+        self.progress = Progress(self.cfg.max_stalled, self.cfg.max_candidates_per_experiment)
         self.prepare_py = (s.repo_dir / "prepare.py").read_text(encoding="utf-8")
         self.prepare_sha = file_sha256(s.repo_dir / "prepare.py")
         self.plausibility = Plausibility(floor=self.cfg.plausibility.val_bpb_floor,
@@ -143,9 +201,9 @@ class _Coordinator:
                                         slack_s=self.cfg.plausibility.wall_time_slack_s)
         # every run goes through the sandbox chosen at setup; `auto` is probed again on each worker node
         self.runner_options = {"sandbox": s.sandbox, **s.runner_options}
-        self.queue: deque[JournalEntry] = deque()  # runs to hand out before new candidates (re-queued, re-runs)
+        self.queue: deque[_Run] = deque()  # runs to hand out before new candidates (re-queued, follow-ups)
         self.flight: dict[str, _InFlight] = {}  # run id -> what trains there
-        self.waiting: dict[str, tuple[JournalEntry, Candidate | None]] = {}  # experiments awaiting a re-run
+        self.waiting: dict[str, tuple[JournalEntry, Candidate | None]] = {}  # experiments awaiting a follow-up
         self.deferred: list[tuple[JournalEntry, Candidate | None]] = []  # results waiting for the baselines
         self.analyses: dict[Future, ExperimentRecord] = {}
         self._prep_seconds: deque[float] = deque(maxlen=8)
@@ -153,11 +211,12 @@ class _Coordinator:
         # the crew must not propose them again, wherever they are on the way to a worker
         self.prepared: dict[str, Idea] = {}
         self._run_seconds: deque[float] = deque(maxlen=8)
+        self._said_stopping = False
 
     # ---------------------------------------------------------------- the cycle
     def run(self) -> LoopOutcome:
         if self.s.sandbox_notice:
-            self._event("note", message=f"warning: {self.s.sandbox_notice}")
+            self._event(EventKind.NOTE, message=f"warning: {self.s.sandbox_notice}")
         self.repo.start_branch(self.s.tag)
         self.best = self.book.best(self.repo)
         baselines = self.book.baselines()
@@ -165,81 +224,183 @@ class _Coordinator:
         self.start_commit = baselines[0].commit if baselines else self.repo.head()
         self.earlier = self.book.earlier_runs()
         bench = self._workbench()
-        with open_executor(self.s, self.run_dir, self.prepare_py, lambda text: self._event("note", message=text)) \
-                as self.ex:
+        with open_executor(self.s, self.run_dir, self.prepare_py,
+                           lambda text: self._event(EventKind.NOTE, message=text)) as self.ex:
             self.supply = CandidateSupply(lambda: self._prepare(bench), max_parallel=4 * self.ex.slots + 4)
-            analyst = ThreadPoolExecutor(max_workers=max(1, self.ex.slots), thread_name_prefix="analyst")
-            self.analyst = analyst
+            self.analyst = ThreadPoolExecutor(max_workers=max(1, self.ex.slots), thread_name_prefix="analyst")
             try:
                 self._resume(bench)
                 self._queue_baselines()
-                stop = self._cycle(bench)
-            finally:
-                self.supply.close()
-                analyst.shutdown(wait=True)
+                stop_reason = self._cycle(bench)
+                # preparations and analyses in flight finish (no new call starts once stopping); theirs is kept
+                self.supply.close(wait=True)
+                self._collect_prepared(bench)
+                self.analyst.shutdown(wait=True)
                 self._collect_analyses()
+            except BaseException:  # a second Ctrl-C or a failure: what is in flight is abandoned, unwritten
+                self.supply.close(wait=False)
+                self.analyst.shutdown(wait=False, cancel_futures=True)
+                raise
         for c in self.supply.leftovers():  # prepared but never trained: the journal keeps them for the next run
-            self._event("note", c.exp_id, "prepared candidate kept for the next run")
+            self._event(EventKind.NOTE, c.exp_id, "prepared candidate kept for the next run")
         self._reconcile_memory()
         self.repo.reset_hard(self.best.commit)
-        return LoopOutcome(stop, self.book.records, self.best.bpb, self.best.commit, self.run_dir)
+        return LoopOutcome(stop_reason, self.book.records, self.best.bpb, self.best.commit, self.run_dir,
+                           self._exit_code(stop_reason))
 
     def _reconcile_memory(self) -> None:
         """Results are the record of truth: whatever of this run memory lacks (a write that failed) is added now."""
         try:
             added = self.s.memory.sync_from([self.run_dir / "results.parquet"])
         except Exception as exc:  # memory is rebuildable: say so, never fail the run for it
-            self._event("note", message=f"memory: could not check it against the results ({type(exc).__name__}); "
-                        "run `autoresearch memory rebuild`")
+            self._event(EventKind.NOTE, message=f"memory: could not check it against the results "
+                        f"({type(exc).__name__}); run `autoresearch memory rebuild`")
             return
         if added:
-            self._event("note", message=f"memory: {added} experiment(s) of this run were missing; added them "
-                        "from results.parquet")
+            self._event(EventKind.NOTE, message=f"memory: {added} experiment(s) of this run were missing; added "
+                        "them from results.parquet")
 
     def _cycle(self, bench: Workbench) -> str:
         while True:
+            self._collect_prepared(bench)
             self._collect_analyses()
-            stop = self._stop_reason()
-            self._dispatch(bench, stop)
-            if not self.flight and not self.queue and not self.waiting:
-                if stop is not None:
-                    return stop
-                if self.supply.exhausted and not self.supply.ready and not self.supply.preparing:
-                    return self.supply.exhausted
+            stop_reason = self._stop_reason()
+            self._dispatch(bench, stop_reason)
+            if stop.SWITCH.stopping:  # asked to stop: what trains finishes, nothing starts
+                self._say_stopping()
+                if not self.flight:
+                    return stop_reason or "stopped on request"
+            elif not self.flight and not self.queue and not self.waiting:
+                if stop_reason is not None:
+                    return stop_reason
                 self.supply.wait_for_one(0.2)
             finished = self.ex.wait(0.2 if self.flight else 0.0)
             if finished and self.ex.slots > 1:
                 # freed workers start their next run before the results are recorded (with one worker the next
                 # candidate waits for the decision instead, so a keep moves it onto the new best first)
-                self._dispatch(bench, stop)
+                self._dispatch(bench, stop_reason)
             for done in finished:
                 self._finished(bench, done)
                 self._dispatch(bench, self._stop_reason())
             for run_id, fl in self.flight.items():
-                self._event("progress", run_id, elapsed=fl.running.elapsed, budget=self.cfg.time_budget or 0.0,
-                            worker=fl.running.worker)
+                self._event(EventKind.PROGRESS, run_id, elapsed=fl.running.elapsed,
+                            budget=self.cfg.time_budget or 0.0, worker=fl.running.worker)
+
+    # ---------------------------------------------------------------- what the crew prepared
+    def _prepare(self, bench: Workbench) -> Prepared:
+        """A reviewed candidate on the current best (in a preparing thread: reads only, writes nothing)."""
+        best = self.best
+        return prepare_candidate(bench, self.s.tag, self.s.config_name, best.commit, best.text)
+
+    def _collect_prepared(self, bench: Workbench) -> None:
+        """Record what each finished preparation came to, in this thread: candidates are written ahead to the
+        journal, refusals and failures to the results; the stall guard counts them."""
+        for p in self.supply.outcomes():
+            self._prep_seconds.append(p.seconds)
+            for exc in p.role_errors:
+                self._note_budget(exc)
+                if exc.role == "hypothesis":
+                    bench.feedback.add(f"the last proposal failed: {exc}")
+            if p.exhausted:
+                self.supply.exhausted = p.exhausted
+            if p.candidate is not None:
+                with stop.SWITCH.critical():
+                    self.journal.write(self._entry_for(p.candidate))
+                self.prepared[p.exp_id] = p.candidate.idea
+                self.supply.put_ready(p.candidate)
+                self.progress.reached_training()
+                bench.feedback.clear()
+            elif p.refusal is not None:
+                self._refuse(p.refusal.record)
+                bench.feedback.add(p.refusal.feedback)
+                stall = self.progress.refused(p.refusal, p.serial)
+                if stall is not None:
+                    self._stalled(stall)
+            elif p.error:
+                self._failed_preparation(p)
+            elif p.idea is not None and p.stopped:  # cut short by a stop: the journal keeps the idea
+                with stop.SWITCH.critical():
+                    self.journal.write(JournalEntry(exp_id=p.exp_id, phase=Phase.PROPOSED, idea=p.idea.model_dump(),
+                                                    base_commit=p.base_commit, seed=self.cfg.seed))
+                self.prepared[p.exp_id] = p.idea
+            elif p.exp_id and self.journal.read(p.exp_id) is None:  # no idea came of it: the id is free again
+                self.view.give_back(p.exp_id)
+        self._publish_in_flight()
+
+    def _refuse(self, record: ExperimentRecord) -> None:
+        """A candidate refused before any GPU time (or failed while prepared): results, memory, journal."""
+        self.book.refuse(record)
+        entry = self.journal.read(record.exp_id)  # an idea re-gated after a resume or a conflict
+        if entry is not None and entry.phase != Phase.DONE:
+            self.journal.advance(entry, Phase.DONE)
+
+    def _failed_preparation(self, p: Prepared) -> None:
+        """A failure of the harness while preparing one candidate: that candidate's, named and shown; the run
+        goes on (only the coordinator's own state ends a run)."""
+        if not p.exp_id:
+            p.exp_id = self.book.reserve_id(self.journal)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / f"{p.exp_id}.error.log").write_text(p.trace or p.error)
+        self._event(EventKind.NOTE, p.exp_id, f"preparing this candidate failed: {p.error} (the run goes on; "
+                    f"traceback in {self.run_dir / (p.exp_id + '.error.log')})")
+        self._refuse(p.failure_record(self.s.tag, self.s.config_name))
+        self.progress.failed()
+
+    def _stalled(self, stall: Stall) -> None:
+        """A role whose candidates keep stalling: given up for the offline policy, or the run stops."""
+        if self.s.config.on_model_failure == "stop":
+            self.stall_stop = (f"stalled: {stall.line()} (loop.max_stalled {self.cfg.max_stalled}; "
+                               "on_model_failure: stop)")
+            self._event(EventKind.NOTE, message=self.stall_stop)
+            return
+        degraded_before = set(self.s.crew.degradations)
+        if self.s.crew.give_up_role(stall.role, f"{stall.why}; last: {stall.last}", stalled=stall.count):
+            for role in set(self.s.crew.degradations) - degraded_before | {stall.role}:
+                self.progress.replaced(role, self.supply.started)
+            self._event(EventKind.NOTE, message=f"stalled: {stall.line()}; the offline policy plays the "
+                        f"{stall.role} from now on (loop.max_stalled {self.cfg.max_stalled})")
+        else:
+            self._event(EventKind.NOTE, message=f"stalled: {stall.line()}; the {stall.role} already runs on the "
+                        "offline policy (the run stops if nothing trains within "
+                        f"loop.max_candidates_per_experiment {self.cfg.max_candidates_per_experiment})")
+
+    def _publish_in_flight(self) -> None:
+        """Experiments training now or prepared to train (resumed ones too), so the crew does not propose them
+        again before memory knows them: a fresh tuple the preparing threads read."""
+        entries = [fl.run.entry for fl in self.flight.values() if fl.run.counts]
+        entries += [e for e, _ in self.waiting.values()]
+        ideas = {e.exp_id: (e.idea["title"], e.idea.get("category", "")) for e in entries if e.idea}
+        recorded = {r.exp_id for r in self.book.snapshot()}
+        ideas |= {exp_id: (idea.title, idea.category) for exp_id, idea in self.prepared.items()
+                  if exp_id not in recorded}
+        self.view.in_flight = tuple(ExperimentRecord(exp_id=exp_id, tag=self.s.tag, status="training",
+                                                     description=title, category=category)
+                                    for exp_id, (title, category) in ideas.items())
 
     # ---------------------------------------------------------------- handing out runs
-    def _dispatch(self, bench: Workbench, stop: str | None) -> None:
-        """Fill free workers: queued runs first, then new candidates (none once a stop condition holds)."""
+    def _dispatch(self, bench: Workbench, stop_reason: str | None) -> None:
+        """Fill free workers: queued runs first, then new candidates (none once a stop condition holds; nothing
+        at all once the user asked to stop)."""
+        if stop.SWITCH.stopping:
+            return
         while self.ex.free_slots() > 0:
             if self.queue:
-                entry = self.queue.popleft()
-                self._submit(entry, self._candidate_from_entry(entry))
+                run = self.queue.popleft()
+                self._submit(run, self._candidate_from_entry(run.entry))
                 continue
-            if stop is not None or self._underway() >= self._remaining():
+            if stop_reason is not None or self._underway() >= self._remaining():
                 break
             candidate = self.supply.take()
             if candidate is None:
                 break
             candidate = self._rebase(bench, candidate)
             if candidate is not None:
-                self._submit(self._commit(candidate), candidate)
-        self.supply.top_up(self._wanted_ahead(stop))
+                self._submit(_Run(self._commit(candidate)), candidate)
+        self.supply.top_up(self._wanted_ahead(stop_reason), limit=self.progress.room(self.supply.started))
 
-    def _wanted_ahead(self, stop: str | None) -> int:
+    def _wanted_ahead(self, stop_reason: str | None) -> int:
         """Candidates to hold (ready + preparing): N + 1, plus what the workers use up while one is prepared."""
-        if stop is not None:
+        if stop_reason is not None:
             return 0
         left = self._remaining() - self._underway()
         if not self.cfg.pipelining:  # one at a time, prepared only when a worker is free for it
@@ -254,54 +415,56 @@ class _Coordinator:
 
     def _commit(self, c: Candidate) -> JournalEntry:
         entry = self._entry_for(c)  # re-written: a rebase may have changed the text and base
-        self.journal.write(entry)
-        self._checkpoint("commit")
-        entry.commit = self.repo.commit_text("train.py", c.new_text, c.base_commit, f"{c.exp_id}: {c.idea.title}")
-        self.repo.keep_ref(self.s.tag, c.exp_id, entry.commit)
-        self.journal.advance(entry, "committed")
+        with stop.SWITCH.critical():
+            self.journal.write(entry)
+            entry.commit = self.repo.commit_text("train.py", c.new_text, c.base_commit, f"{c.exp_id}: {c.idea.title}")
+            self.repo.keep_ref(self.s.tag, c.exp_id, entry.commit)
+            self.journal.advance(entry, Phase.COMMITTED)
         return entry
 
-    def _submit(self, entry: JournalEntry, candidate: Candidate | None) -> None:
-        self._checkpoint("train")
+    def _submit(self, run: _Run, candidate: Candidate | None) -> None:
         violation = check_prepare_hash(self.s.repo_dir, self.prepare_sha)
         if violation is not None:
             raise RuntimeError(f"prepare.py changed outside the loop: {violation.message}; restore it and run again")
-        cluster = self.s.config.cluster
+        cluster, entry = self.s.config.cluster, run.entry
         options = dict(self.runner_options)
-        if entry.kind == "baseline" and entry.commit == self.start_commit:
+        if run.kind == RunKind.BASELINE and entry.commit == self.start_commit:
             options["compile_cache_mode"] = "publish"  # trusted code: what it compiled is shared with later runs
-        task = TrainingTask(entry.exp_id, entry.new_text, self.prepare_py, self.prepare_sha, entry.seed,
+        task = TrainingTask(run.run_id, entry.new_text, self.prepare_py, self.prepare_sha, run.seed,
                             self.cfg.time_budget, self.cfg.hard_timeout_s, dict(self.s.extra_env), options,
                             cluster.cache)
-        running = self.ex.submit(task)
-        entry.pid, entry.node, entry.started = running.pid, running.node, running.started
-        self.journal.write(entry)
-        self.flight[entry.exp_id] = _InFlight(entry, candidate, running)
-        self._event("phase", entry.exp_id, "training", worker=running.worker)
-        self._checkpoint("training")
+        with stop.SWITCH.critical():
+            running = self.ex.submit(task)
+            where = run.follow_up or entry
+            where.pid, where.node, where.started = running.pid, running.node, running.started
+            self.journal.write(entry)
+        self.flight[run.run_id] = _InFlight(run, candidate, running)
+        self._event(EventKind.PHASE, run.run_id, "training", worker=running.worker)
 
     def _finished(self, bench: Workbench, done: Finished) -> None:
         fl = self.flight.pop(done.exp_id)
-        entry = fl.entry
-        self._event("phase", entry.exp_id, "trained" if not done.lost else "lost", worker=fl.running.worker)
+        run, entry = fl.run, fl.run.entry
+        self._event(EventKind.PHASE, run.run_id, "trained" if not done.lost else "lost", worker=fl.running.worker)
         if done.lost:  # the worker or its machine vanished: the run goes back in the queue, counted once
-            self._event("note", entry.exp_id, f"{done.lost}; re-queued")
-            entry.pid = 0
+            self._event(EventKind.NOTE, run.run_id, f"{done.lost}; re-queued")
+            (run.follow_up or entry).pid = 0
             self.journal.write(entry)
-            self.queue.appendleft(entry)
+            self.queue.appendleft(run)
             return
         self._run_seconds.append(fl.running.elapsed)
+        if run.follow_up is not None:
+            fu = run.follow_up
+            fu.result, fu.node, fu.gpu = result_dict(done.result), done.node or fu.node, done.gpu
+            self._follow_up_done(bench, entry, fu, done.result)
+            return
         entry.result, entry.node, entry.gpu = result_dict(done.result), done.node or entry.node, done.gpu
-        self.journal.advance(entry, "trained")
-        self._checkpoint("trained")
-        if entry.kind == "baseline":
+        self.journal.advance(entry, Phase.TRAINED)
+        if entry.kind == RunKind.BASELINE:
             self._finish(entry, _baseline_decision(done.result), None)
             if done.result.val_bpb is None:
                 raise BaselineCrashed(f"the starting train.py crashed ({done.result.error}); see "
                                       f"{done.result.log_path}")
             self._flush_deferred(bench)
-        elif entry.kind in ("rerun", "confirm"):
-            self._follow_up_done(bench, entry, done.result)
         else:
             self._judge(bench, entry, fl.candidate)
 
@@ -320,9 +483,9 @@ class _Coordinator:
         if entry.stretch:  # the latest run trained past its budget: its val_bpb never counts
             decision = decide(result.val_bpb, base_bpb, sigma=self.best.sigma, min_delta=self.cfg.noise.min_delta,
                               sigma_k=self.cfg.noise.sigma_k, plausibility=self.plausibility,
-                              confirmed=bool(self._follow_up_ids(entry, "rerun")), stretch=entry.stretch)
+                              confirmed=bool(entry.follow_ups_of(RunKind.RERUN)), stretch=entry.stretch)
             if decision.action == "rerun":
-                self._follow_up(entry, candidate, "rerun", f"re-running with another seed: {decision.reason}")
+                self._follow_up(entry, candidate, RunKind.RERUN, f"re-running with another seed: {decision.reason}")
                 return
         elif not entry.runs:
             decision = Decision("crash", result.error or "crashed", 0.0)
@@ -335,7 +498,7 @@ class _Coordinator:
                               runs=entry.runs if many else ())
             if decision.action == "rerun" and len(entry.runs) <= self.cfg.noise.max_reruns:
                 # borderline or implausible: the same commit with another seed, the mean decides
-                self._follow_up(entry, candidate, "rerun", f"re-running with another seed: {decision.reason}")
+                self._follow_up(entry, candidate, RunKind.RERUN, f"re-running with another seed: {decision.reason}")
                 return
             if decision.action == "rerun":
                 decision = Decision("discard", f"not confirmed after re-runs: {decision.reason}", decision.threshold)
@@ -355,7 +518,7 @@ class _Coordinator:
     def _reapply(self, bench: Workbench, entry: JournalEntry, candidate: Candidate | None,
                  won: Decision) -> Decision | None:
         """A winner over its own base while the best moved: merge it onto the new best and confirm it there."""
-        attempts = len(self._follow_up_ids(entry, "confirm")) if entry.first_commit else 0
+        attempts = len(entry.follow_ups_of(RunKind.CONFIRM)) if entry.first_commit else 0
         if attempts >= MAX_REAPPLY:
             return Decision("discard", f"beat its own base, but the best moved {attempts + 1} times while it was "
                             f"being confirmed; not chased further ({won.reason})", won.threshold)
@@ -369,46 +532,40 @@ class _Coordinator:
         elif not (report := check_edit(self.best.text, merged, ["train.py"], rules=bench.guard_rules)).ok:
             problem = f"re-applied on the new best it breaks a guard rule ({report.text()})"
         if problem is not None:
-            bench.feedback.append(f"{entry.exp_id} '{(entry.idea or {}).get('title', '')}' beat its own base, but "
-                                  f"{problem}; propose it again on the new best if it still applies")
+            bench.feedback.add(f"{entry.exp_id} '{(entry.idea or {}).get('title', '')}' beat its own base, but "
+                               f"{problem}; propose it again on the new best if it still applies")
             return Decision("discard", f"beat its own base, but {problem}; not kept ({won.reason})", won.threshold)
         entry.first_commit = entry.first_commit or entry.commit
         entry.first_base = entry.first_base or entry.base_commit
         entry.base_commit, entry.new_text, entry.runs = self.best.commit, merged, []
-        entry.commit = self.repo.commit_text("train.py", merged, self.best.commit,
-                                             f"{entry.exp_id}: {(entry.idea or {}).get('title', '')} (re-applied)")
-        self.repo.keep_ref(self.s.tag, entry.exp_id, entry.commit)
-        self.repo.keep_ref(self.s.tag, f"{entry.exp_id}.first", entry.first_commit)
-        self.journal.write(entry)
-        self._follow_up(entry, candidate, "confirm", f"beat its own base while the best moved ({won.reason}); "
+        with stop.SWITCH.critical():
+            entry.commit = self.repo.commit_text("train.py", merged, self.best.commit,
+                                                 f"{entry.exp_id}: {(entry.idea or {}).get('title', '')} (re-applied)")
+            self.repo.keep_ref(self.s.tag, entry.exp_id, entry.commit)
+            self.repo.keep_ref(self.s.tag, f"{entry.exp_id}.first", entry.first_commit)
+            self.journal.write(entry)
+        self._follow_up(entry, candidate, RunKind.CONFIRM, f"beat its own base while the best moved ({won.reason}); "
                         f"re-applied on the new best {self.best.commit[:7]}, confirming there")
         return None
 
-    def _follow_up_ids(self, entry: JournalEntry, kind: str) -> list[str]:
-        mark = "c" if kind == "confirm" else "r"
-        return [p.stem for p in self.journal.dir.glob(f"{entry.exp_id}.{mark}*.json")]
-
-    def _follow_up(self, entry: JournalEntry, candidate: Candidate | None, kind: str, note: str) -> None:
+    def _follow_up(self, entry: JournalEntry, candidate: Candidate | None, kind: RunKind, note: str) -> None:
         """A re-run (same commit, another seed) or a confirmation (on the new best) decides `entry` later."""
-        number = len(self._follow_up_ids(entry, kind)) + 1
-        seed = entry.seed + 1000 * number if kind == "rerun" else entry.seed
-        child = JournalEntry(exp_id=f"{entry.exp_id}.{kind[0]}{number}", phase="committed", kind=kind,
-                             base_commit=entry.base_commit, commit=entry.commit, new_text=entry.new_text, seed=seed,
-                             parent=entry.exp_id)
-        self.journal.write(child)
+        follow_up = entry.add_follow_up(kind)
+        self.journal.write(entry)
         self.waiting[entry.exp_id] = (entry, candidate)
-        self._event("note", entry.exp_id, note)
-        self.queue.appendleft(child)
+        self._event(EventKind.NOTE, entry.exp_id, note)
+        self.queue.appendleft(_Run(entry, follow_up))
 
-    def _follow_up_done(self, bench: Workbench, child: JournalEntry, result) -> None:
-        entry, candidate = self.waiting.pop(child.parent)
-        self.journal.advance(child, "done")
+    def _follow_up_done(self, bench: Workbench, entry: JournalEntry, follow_up: FollowUp, result) -> None:
+        _, candidate = self.waiting.pop(entry.exp_id)
+        follow_up.done = True
         if result.val_bpb is None:
-            what = "re-run" if child.kind == "rerun" else "confirmation run on the new best"
+            self.journal.write(entry)
+            what = "re-run" if follow_up.kind == RunKind.RERUN else "confirmation run on the new best"
             self._finish(entry, Decision("discard", f"{what} crashed ({result.error}); not confirmed", 0.0), candidate)
             return
-        if child.kind == "confirm":  # the run on the new base is the one the record shows
-            entry.result, entry.node, entry.gpu = child.result, child.node, child.gpu
+        if follow_up.kind == RunKind.CONFIRM:  # the run on the new base is the one the record shows
+            entry.result, entry.node, entry.gpu = follow_up.result, follow_up.node, follow_up.gpu
         entry.stretch = self._stretch(result) or ""
         if not entry.stretch:  # a run past its budget never counts
             entry.runs = [*entry.runs, result.val_bpb]
@@ -418,8 +575,9 @@ class _Coordinator:
     def _finish(self, entry: JournalEntry, decision: Decision, candidate: Candidate | None) -> ExperimentRecord:
         """Move git, write results and memory. Idempotent: resume may call it again with the journalled decision."""
         result = result_from_dict(entry.result)
-        base_bpb = None if entry.kind == "baseline" else self.book.bpb_of(entry.base_commit, default=self.best.bpb)
-        base_text = self.repo.read_file_at(entry.base_commit, "train.py") if entry.kind != "baseline" else ""
+        baseline = entry.kind == RunKind.BASELINE
+        base_bpb = None if baseline else self.book.bpb_of(entry.base_commit, default=self.best.bpb)
+        base_text = self.repo.read_file_at(entry.base_commit, "train.py") if not baseline else ""
         record = self.book.record_for(entry, result, candidate, base_bpb, base_text)
         if len(entry.runs) > 1 or (entry.runs and entry.runs[0] != result.val_bpb):  # re-runs, or one past its budget
             record.val_bpb = statistics.fmean(entry.runs)
@@ -431,25 +589,26 @@ class _Coordinator:
                                 f"re-applied on {entry.base_commit[:7]}", decision.threshold)
         record.status, record.decision_reason = decision.action, decision.reason
         entry.decision = {"action": decision.action, "reason": decision.reason, "threshold": decision.threshold}
-        self.journal.advance(entry, "decided")
-        self._checkpoint("decide")
-        if record.status == "keep":
-            self.best = self.book.new_best(entry.commit, entry.new_text, record.val_bpb, self.best.sigma)
-            self.repo.reset_hard(self.best.commit)  # the branch advances; the working tree shows the best
+        with stop.SWITCH.critical():
+            self.journal.advance(entry, Phase.DECIDED)
+            if record.status == Status.KEEP:
+                self.best = self.book.new_best(entry.commit, entry.new_text, record.val_bpb, self.best.sigma)
+                self.repo.reset_hard(self.best.commit)  # the branch advances; the working tree shows the best
         self.book.append(record)
-        if entry.kind == "baseline":
+        if baseline:
             self.best = self.book.best(self.repo)  # the baseline mean and sigma change with every repeat
-        self.journal.advance(entry, "recorded" if record.status in TRAINED else "done")
-        self._checkpoint("record")
-        self._event("record", entry.exp_id, record.status, record=record)
+        self.journal.advance(entry, Phase.RECORDED if record.status in TRAINED else Phase.DONE)
+        self._event(EventKind.RECORD, entry.exp_id, record.status, record=record)
         if record.status in TRAINED:
+            self.progress.trained(self.supply.started)
             self._analyse(record)
         return record
 
     # ---------------------------------------------------------------- the analyst
     def _analyse(self, record: ExperimentRecord) -> None:
-        self._event("phase", record.exp_id, "analysing")
-        self._checkpoint("analyse")
+        if stop.SWITCH.stopping:  # a model call: not after Ctrl-C (the journal's `recorded` resumes it)
+            return
+        self._event(EventKind.PHASE, record.exp_id, "analysing")
         history = list(self.book.records)
         if self.cfg.pipelining:  # explained in a thread while the workers go on
             self.analyses[self.analyst.submit(self._explain, record, history)] = record
@@ -460,7 +619,7 @@ class _Coordinator:
         for future in [f for f in self.analyses if f.done()]:
             self._record_lesson(self.analyses.pop(future), future.result())
 
-    def _explain(self, record: ExperimentRecord, history: list[ExperimentRecord]) -> Analysis | RoleError:
+    def _explain(self, record: ExperimentRecord, history: list[ExperimentRecord]) -> Analysis | RoleError | None:
         """The analyst's reading; only the LLM call, so it may run in a thread while the workers train."""
         log_tail = ""
         if record.log_path and Path(record.log_path).exists():
@@ -474,18 +633,21 @@ class _Coordinator:
                 return self.s.crew.analyse(inputs)
         except RoleError as exc:
             return exc
+        except stop.StopRequested:  # stopped before its call: the journal's `recorded` resumes it
+            return None
 
-    def _record_lesson(self, record: ExperimentRecord, outcome: Analysis | RoleError) -> None:
+    def _record_lesson(self, record: ExperimentRecord, outcome: Analysis | RoleError | None) -> None:
+        if outcome is None:
+            return
         if isinstance(outcome, RoleError):
             self._note_budget(outcome)
             record.lesson = record.lesson or f"(analyst unavailable: {outcome}) {record.decision_reason}"
         else:
             record.explanation, record.lesson = outcome.explanation, outcome.lesson
         self.book.append(record)
-        entry_path = self.journal.dir / f"{record.exp_id}.json"
-        if entry_path.exists():
-            entry = JournalEntry(**json.loads(entry_path.read_text()))
-            self.journal.advance(entry, "done")
+        entry = self.journal.read(record.exp_id)
+        if entry is not None:
+            self.journal.advance(entry, Phase.DONE)
 
     # ---------------------------------------------------------------- candidates
     def _rebase(self, bench: Workbench, c: Candidate) -> Candidate | None:
@@ -496,40 +658,24 @@ class _Coordinator:
         if merged is not None and merged != self.best.text:
             report = check_edit(self.best.text, merged, ["train.py"], rules=bench.guard_rules)
             if report.ok:
-                self._event("note", c.exp_id, "re-applied on the new best (three-way merge)")
+                self._event(EventKind.NOTE, c.exp_id, "re-applied on the new best (three-way merge)")
                 return Candidate(c.exp_id, c.idea, c.edit, self.best.commit, self.best.text, merged,
                                  c.review, report.text())
-        self._event("note", c.exp_id, "conflict with the new best: re-coding")
-        self.supply.rework(lambda best=self.best: self._recode(bench, c, best))  # LLM calls: not in this thread
+        self._event(EventKind.NOTE, c.exp_id, "conflict with the new best: re-coding")
+        self._regate(bench, c.exp_id, c.idea)
         return None
 
-    def _recode(self, bench: Workbench, c: Candidate, best) -> Candidate | None:
-        recoded = recode(bench, c, best.commit, best.text, self.s.tag, self.s.config_name)
-        if recoded is None:  # recorded as skipped by the crew's refusal: nothing left to resume
-            self.journal.advance(self._entry_for(c), "done")
-        else:
-            self.journal.write(self._entry_for(recoded))
-            self.prepared[recoded.exp_id] = recoded.idea
-        return recoded
-
-    def _prepare(self, bench: Workbench) -> Candidate | None:
-        """A reviewed candidate on the current best, written ahead so a kill cannot lose it (in a thread)."""
-        started = time.monotonic()
-        best = self.best
-        c = prepare_candidate(bench, self.s.tag, self.s.config_name, best.commit, best.text)
-        self._prep_seconds.append(time.monotonic() - started)
-        if c is not None:
-            self.journal.write(self._entry_for(c))
-            self.prepared[c.exp_id] = c.idea
-            self._checkpoint("reviewed")
-        return c
+    def _regate(self, bench: Workbench, exp_id: str, idea: Idea) -> None:
+        """An idea already proposed, taken through the gate again on the best (LLM calls: in a preparing thread)."""
+        self.supply.rework(lambda best=self.best: gate_idea(bench, exp_id, idea, best.commit, best.text, self.s.tag,
+                                                            self.s.config_name))
 
     def _entry_for(self, c: Candidate) -> JournalEntry:
-        return JournalEntry(exp_id=c.exp_id, phase="reviewed", idea=c.idea.model_dump(), edit=c.edit.model_dump(),
+        return JournalEntry(exp_id=c.exp_id, phase=Phase.REVIEWED, idea=c.idea.model_dump(), edit=c.edit.model_dump(),
                             new_text=c.new_text, base_commit=c.base_commit, seed=self.cfg.seed)
 
     def _candidate_from_entry(self, entry: JournalEntry) -> Candidate | None:
-        if entry.kind != "experiment" or not entry.idea:
+        if entry.kind != RunKind.EXPERIMENT or not entry.idea or not entry.edit:
             return None
         base_text = self.repo.read_file_at(entry.base_commit, "train.py")
         return Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit), entry.base_commit, base_text,
@@ -537,79 +683,81 @@ class _Coordinator:
 
     def _workbench(self) -> Workbench:
         return Workbench(
-            crew=self.s.crew, memory=self.s.memory, program=self.s.program, device=self.s.device,
+            crew=self.s.crew, memory=self.s.memory, run=self.view, program=self.s.program, device=self.s.device,
             novelty_threshold=self.cfg.novelty_threshold, coder_retries=self.cfg.coder_retries,
             review_rounds=self.cfg.review_rounds, guard_rules=self.s.config.guard.enabled_rules(),
-            new_exp_id=self._reserve_exp_id, refuse=self.book.refuse,
-            history=lambda: self.earlier + self.book.snapshot() + self._in_flight_records(),
-            usage_scope=self.s.ledger.experiment, on_role_error=self._note_budget,
-            recall=lambda direction: self.s.memory.recall(direction, token_budget=1500),
-            best_summary=lambda: self.book.best_summary(self.best),
+            judge=_repeat_judge(self.s.crew),
         )
-
-    def _in_flight_records(self) -> list[ExperimentRecord]:
-        """Experiments training now or prepared to train (resumed ones too), so the crew does not propose them
-        again before memory knows them."""
-        entries = [fl.entry for fl in list(self.flight.values()) if fl.entry.kind == "experiment"]
-        entries += [e for e, _ in list(self.waiting.values())]
-        ideas = {e.exp_id: (e.idea["title"], e.idea.get("category", "")) for e in entries if e.idea}
-        recorded = {r.exp_id for r in self.book.snapshot()}
-        ideas |= {exp_id: (idea.title, idea.category) for exp_id, idea in dict(self.prepared).items()
-                  if exp_id not in recorded}
-        return [ExperimentRecord(exp_id=exp_id, tag=self.s.tag, status="training", description=title,
-                                 category=category) for exp_id, (title, category) in ideas.items()]
-
-    def _reserve_exp_id(self) -> str:
-        exp_id = self.book.reserve_id(self.journal)
-        self._event("phase", exp_id, "proposing")
-        self._checkpoint("propose")
-        return exp_id
 
     # ---------------------------------------------------------------- resume
     def _resume(self, bench: Workbench) -> None:
-        """Complete, re-decide or re-queue whatever the last run left half-done."""
+        """Complete, re-decide or re-queue whatever the last run left half-done, by the phase it reached."""
+        resume_at: dict[Phase, Callable[[Workbench, JournalEntry], None]] = {
+            Phase.PROPOSED: self._resume_idea,
+            Phase.CODED: self._resume_candidate,
+            Phase.REVIEWED: self._resume_candidate,
+            Phase.COMMITTED: self._resume_committed,
+            Phase.TRAINED: self._resume_trained,
+            Phase.DECIDED: self._resume_decided,
+            Phase.RECORDED: self._resume_recorded,
+        }
         for entry in self.journal.unfinished():
-            self._event("note", entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
-            if entry.kind == "experiment" and entry.idea:
+            self._event(EventKind.NOTE, entry.exp_id, f"resuming an experiment interrupted at '{entry.phase}'")
+            if entry.kind == RunKind.EXPERIMENT and entry.idea:
                 self.prepared[entry.exp_id] = Idea(**entry.idea)
-            if entry.kind in ("rerun", "confirm"):
-                self.journal.advance(entry, "done")  # its parent decides again from its own result
-            elif entry.phase in ("proposed", "coded", "reviewed"):
-                # no GPU time spent yet: the idea is queued again (re-applied on the best when it is handed out)
-                self.supply.add(Candidate(entry.exp_id, Idea(**entry.idea), CodeEdit(**entry.edit),
-                                          entry.base_commit, self.repo.read_file_at(entry.base_commit, "train.py"),
-                                          entry.new_text))
-            elif entry.phase == "committed":
-                stop_orphan(entry.pid, entry.node)
-                self.queue.append(entry)  # trained again, wherever a worker is free
-            elif entry.phase == "trained" and entry.kind == "baseline":
-                self._finish(entry, _baseline_decision(result_from_dict(entry.result)), None)
-            elif entry.phase == "trained" and entry.first_commit and not entry.runs:
-                # re-applied on a newer best, its confirmation cut short: confirm it again
-                self._follow_up(entry, self._candidate_from_entry(entry), "confirm", "confirming again on the "
-                                f"best it was re-applied on ({entry.base_commit[:7]})")
-            elif entry.phase == "trained":
-                self._judge(bench, entry, self._candidate_from_entry(entry))
-            elif entry.phase == "decided":
-                self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
-            elif entry.phase == "recorded":
-                record = self.book.find(entry.exp_id)
-                if record is not None:
-                    self._analyse(record)
-                else:
-                    self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
+            resume_at[entry.phase](bench, entry)
         self._flush_deferred(bench)
+        self._publish_in_flight()
         self.repo.reset_hard(self.best.commit)
 
+    def _resume_idea(self, bench: Workbench, entry: JournalEntry) -> None:
+        """Proposed, not coded (a stop cut it short): through the gate again, on today's best."""
+        self._regate(bench, entry.exp_id, Idea(**entry.idea))
+
+    def _resume_candidate(self, bench: Workbench, entry: JournalEntry) -> None:
+        """No GPU time spent yet: queued again (re-applied on the best when it is handed out)."""
+        self.supply.add(self._candidate_from_entry(entry))
+
+    def _resume_committed(self, bench: Workbench, entry: JournalEntry) -> None:
+        """Handed to a worker, no result: trained again wherever a worker is free."""
+        stop_orphan(entry.pid, entry.node)
+        self.queue.append(_Run(entry))
+
+    def _resume_trained(self, bench: Workbench, entry: JournalEntry) -> None:
+        for follow_up in entry.follow_ups:
+            stop_orphan(follow_up.pid, follow_up.node)
+        if entry.kind == RunKind.BASELINE:
+            self._finish(entry, _baseline_decision(result_from_dict(entry.result)), None)
+        elif entry.pending is not None:  # its re-run or confirmation had not finished: trained again
+            self.waiting[entry.exp_id] = (entry, self._candidate_from_entry(entry))
+            self.queue.appendleft(_Run(entry, entry.pending))
+        elif entry.first_commit and not entry.runs:
+            # re-applied on a newer best, its confirmation cut short (an older journal): confirm it again
+            self._follow_up(entry, self._candidate_from_entry(entry), RunKind.CONFIRM, "confirming again on the "
+                            f"best it was re-applied on ({entry.base_commit[:7]})")
+        else:
+            self._judge(bench, entry, self._candidate_from_entry(entry))
+
+    def _resume_decided(self, bench: Workbench, entry: JournalEntry) -> None:
+        self._finish(entry, Decision(**entry.decision), self._candidate_from_entry(entry))
+
+    def _resume_recorded(self, bench: Workbench, entry: JournalEntry) -> None:
+        """Recorded; the analyst's lesson is missing."""
+        record = self.book.find(entry.exp_id)
+        if record is not None:
+            self._analyse(record)
+        else:
+            self._resume_decided(bench, entry)
+
     def _queue_baselines(self) -> None:
-        queued = sum(e.kind == "baseline" for e in self.queue)
+        queued = sum(run.kind == RunKind.BASELINE for run in self.queue)
         for i in range(self.cfg.noise.baseline_repeats - len(self.book.baselines()) - queued):
             seed = self.cfg.seed + len(self.book.baselines()) + queued + i
-            entry = JournalEntry(exp_id=self.book.reserve_id(self.journal), phase="committed", kind="baseline",
-                                 base_commit=self.best.commit, commit=self.best.commit, seed=seed,
+            entry = JournalEntry(exp_id=self.book.reserve_id(self.journal), phase=Phase.COMMITTED,
+                                 kind=RunKind.BASELINE, base_commit=self.best.commit, commit=self.best.commit, seed=seed,
                                  new_text=self.best.text)
             self.journal.write(entry)
-            self.queue.append(entry)
+            self.queue.append(_Run(entry))
 
     # ---------------------------------------------------------------- bookkeeping
     def _baselines_missing(self) -> bool:
@@ -617,8 +765,8 @@ class _Coordinator:
 
     def _underway(self) -> int:
         """Experiments handed out and not yet recorded (re-runs and confirmations belong to their experiment)."""
-        running = sum(fl.entry.kind == "experiment" for fl in self.flight.values())
-        queued = sum(e.kind == "experiment" for e in self.queue)
+        running = sum(fl.run.counts for fl in self.flight.values())
+        queued = sum(run.counts for run in self.queue)
         return running + queued + len(self.waiting) + len(self.deferred)
 
     def _remaining(self) -> int:
@@ -627,6 +775,8 @@ class _Coordinator:
         return self.cfg.max_experiments - len(self.book.trained())
 
     def _stop_reason(self) -> str | None:
+        if stop.SWITCH.stopping:
+            return f"stopped on request ({stop.SWITCH.reason}); run the same command again to resume"
         if self.cfg.max_experiments is not None and len(self.book.trained()) >= self.cfg.max_experiments:
             return f"reached max_experiments ({self.cfg.max_experiments})"
         if self.cfg.max_hours is not None and (time.monotonic() - self.started) / 3600 >= self.cfg.max_hours:
@@ -638,16 +788,41 @@ class _Coordinator:
             return f"reached max_usd ({self.cfg.max_usd})"
         if self.cfg.max_tokens is not None and totals.tokens >= self.cfg.max_tokens:
             return f"reached max_tokens ({self.cfg.max_tokens})"
-        streak = self.book.refusal_streak()
-        if streak >= self.cfg.max_refusals_in_a_row:
-            return f"{streak} proposals in a row were refused; the crew seems stuck (see results.tsv)"
-        if self.supply.exhausted and not self.supply.ready and not self.supply.preparing:
+        if self.stall_stop:
+            self.stuck_reason = self.stall_stop
+            return self.stuck_reason
+        idle = self.supply.idle and not self._underway()
+        if idle and self.progress.room(self.supply.started) == 0:
+            self.stuck_reason = self.progress.cap_line()
+            return self.stuck_reason
+        if idle and self.supply.exhausted:
             return self.supply.exhausted
         return None
+
+    def _exit_code(self, stop_reason: str) -> int:
+        if stop.SWITCH.stopping:
+            return EXIT_INTERRUPTED
+        lost = self.role_lost and stop_reason == self.budget_stop
+        return EXIT_STUCK if lost or stop_reason == self.stuck_reason else 0
+
+    def _say_stopping(self) -> None:
+        """Once, after the stop line: what the run still waits for."""
+        if self._said_stopping:
+            return
+        self._said_stopping = True
+        training = [fl.run.run_id for fl in self.flight.values()]
+        preparing = self.supply.preparing
+        waits = [f"{len(training)} run(s) training ({', '.join(training)})" if training else "",
+                 f"{preparing} candidate(s) being prepared" if preparing else "",
+                 f"{len(self.analyses)} analysis(es)" if self.analyses else ""]
+        waits = [w for w in waits if w]
+        self._event(EventKind.NOTE, message="stopping: waiting for " + " and ".join(waits) if waits
+                    else "stopping: nothing in flight")
 
     def _note_budget(self, exc: RoleError) -> None:
         if exc.stop_reason:  # the budget refused a call, or a role lost its model with on_model_failure: stop
             self.budget_stop = exc.stop_reason
+            self.role_lost = exc.stop_run
 
     def _stretch(self, result) -> str | None:
         """Why a run looks like it trained past its budget (harness clock vs the baselines'), or None."""
@@ -656,25 +831,25 @@ class _Coordinator:
                                        reported_training_s=(result.summary or {}).get("training_seconds"),
                                        time_budget=self.cfg.time_budget)
 
-    def _event(self, kind: str, exp_id: str = "", message: str = "", **kw) -> None:
-        self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=self.best.bpb if hasattr(self, "best") else None,
-                                  **kw))
-
-    def _checkpoint(self, phase: str) -> None:
-        """Test hook: AUTORESEARCH_TEST_KILL_AT=phase[@n] dies at the n-th pass here, as a power cut would."""
-        target = os.environ.get("AUTORESEARCH_TEST_KILL_AT", "")
-        name, _, nth = target.partition("@")
-        if name != phase:
-            return
-        with _CHECKPOINT_LOCK:
-            self._checkpoints_seen[phase] = self._checkpoints_seen.get(phase, 0) + 1
-            if self._checkpoints_seen[phase] == int(nth or 1):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-_CHECKPOINT_LOCK = threading.Lock()
+    def _event(self, kind: EventKind, exp_id: str = "", message: str = "", **kw) -> None:
+        best: Best | None = getattr(self, "best", None)
+        self.s.on_event(LoopEvent(kind, exp_id, message, best_bpb=best.bpb if best else None, **kw))
 
 
 def _baseline_decision(result) -> Decision:
     ok = result.val_bpb is not None
     return Decision("baseline" if ok else "crash", "baseline run" if ok else (result.error or "crashed"), 0.0)
+
+
+def _repeat_judge(crew: ResearchCrew) -> object | None:
+    """The memory's repeat judge (an LLM call), built once here rather than lazily in a preparing thread."""
+    import logging
+
+    from memory.judge import judge_for_crew
+
+    try:
+        return judge_for_crew(crew)
+    except Exception as exc:  # a judge that cannot be built must not stop the run: the structure decides
+        logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
+                                            "structure alone", exc)
+        return None

@@ -131,7 +131,7 @@ def one_size(workers: int, budget: float, latency: float, rounds: int, tmp: Path
     repo = tmp / f"repo{workers}"
     experiments = rounds * workers
     config = make_toy_repo(repo, loop={"time_budget": budget, "max_experiments": experiments,
-                                       "noise": {"baseline_repeats": 1}, "max_refusals_in_a_row": 1000},
+                                       "noise": {"baseline_repeats": 1}, "max_candidates_per_experiment": 1000},
                            crew_extra={"max_concurrent_calls": {"stub": 8 * workers + 8}})
     knobs = "\n".join(f"KNOB_{i:02d}_LR = 0.01" for i in range(KNOBS))
     names = ", ".join(f"KNOB_{i:02d}_LR" for i in range(KNOBS))

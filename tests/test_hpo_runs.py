@@ -29,18 +29,6 @@ from tests.toyrepo import ROOT, check_consistency, make_toy_repo, run_toy
 
 pytestmark = pytest.mark.slow  # subprocess loops and many toy runs
 
-RUN_LOOP = """
-import sys
-from pathlib import Path
-from agents.assemble import build_settings
-from agents.loop import run_loop
-settings = build_settings(Path(sys.argv[1]), Path(sys.argv[2]), "t1")
-outcome = run_loop(settings)
-settings.memory.close()
-print("STOP:", outcome.stop_reason)
-"""
-
-
 def studies(run_dir: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
     storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
     return {name: optuna.load_study(study_name=name, storage=storage).get_trials()
@@ -76,12 +64,10 @@ def check_study(repo: Path, tag: str = "t1") -> tuple[list, list]:
 
 
 def _loop_process(repo: Path, config: Path, kill_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_TEST_KILL_AT"}
-    if kill_at:
-        env["AUTORESEARCH_TEST_KILL_AT"] = kill_at
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-c", RUN_LOOP, str(repo), str(config)], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """The loop in a subprocess, SIGKILLed at `kill_at` (tests/kill_points.py), or run to its end."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tests.kill_points", str(repo), str(config), kill_at or ""], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize(("phase", "nth"), [

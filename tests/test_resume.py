@@ -16,20 +16,8 @@ from tests.toyrepo import ROOT, check_consistency, make_toy_repo
 
 pytestmark = pytest.mark.slow  # training runs, Ray, subprocess loops
 
-RUN_LOOP = """
-import sys
-from pathlib import Path
-from agents.assemble import build_settings
-from agents.loop import run_loop
-repo, config = Path(sys.argv[1]), Path(sys.argv[2])
-settings = build_settings(repo, config, "t1")
-outcome = run_loop(settings)
-settings.memory.close()
-print("STOP:", outcome.stop_reason)
-"""
-
-# One kill point per phase an experiment passes through; the n-th pass counts from the process start,
-# so a 3rd pass is the first experiment after the two baseline runs.
+# One kill point per phase an experiment passes through (tests/kill_points.py installs them); the n-th pass
+# counts from the process start, so a 3rd pass is the first experiment after the two baseline runs.
 KILL_POINTS = [
     ("propose", 1),  # the crew is proposing: nothing is written yet
     ("reviewed", 1),  # coded and reviewed, written ahead, not committed
@@ -42,12 +30,9 @@ KILL_POINTS = [
 
 
 def _loop_process(repo: Path, config: Path, kill_at: str | None, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_TEST_KILL_AT"}
-    if kill_at:
-        env["AUTORESEARCH_TEST_KILL_AT"] = kill_at
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-c", RUN_LOOP, str(repo), str(config)], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tests.kill_points", str(repo), str(config), kill_at or ""], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _memory_ids(repo: Path) -> list[str]:
@@ -91,7 +76,7 @@ def test_a_second_runner_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     repo = tmp_path / "repo"
     config = make_toy_repo(repo, loop={"max_experiments": 1, "time_budget": 3.0})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-c", RUN_LOOP, str(repo), str(config)], cwd=repo, env=env,
+    first = subprocess.Popen([sys.executable, "-m", "tests.kill_points", str(repo), str(config)], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.record.journal import Journal
+from agents.record.journal import Journal, Phase, RunKind
 from tests.llm_server import ScriptedLLMServer
 from tests.test_loop_llm import ScriptedCrew
 from tests.toyrepo import ROOT, check_consistency, make_toy_repo
@@ -121,29 +121,46 @@ def test_a_winner_on_a_stale_base_is_re_applied_and_confirmed(tmp_path, ray_inst
     assert outcome.best_commit == second.commit
     text = (repo / "train.py").read_text()
     assert "MATRIX_LR = 0.04 if CUDA else 0.04" in text and "DEPTH = 4 if CUDA else 4" in text
-    assert (Journal(repo / "runs" / "t1").dir / f"{second.exp_id}.c1.json").exists()
+    entry = Journal(repo / "runs" / "t1").read(second.exp_id)
+    assert [f.run_id for f in entry.follow_ups_of(RunKind.CONFIRM)] == [f"{second.exp_id}.c1"]  # in its own entry
+
+
+def _training(marker: str) -> dict[str, int]:
+    """Experiments (not baselines) whose train.py runs now with this test's marker: exp id -> the pid of the
+    outermost process of the run (the sandbox's, when there is one), whose parent is the worker."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes() if b"train.py" in cmdline else b""
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker.encode() not in environ:
+            continue
+        # the experiment's scratch folder, named by its id, from the environment (a sandbox hides its cwd)
+        variables = dict(v.split("=", 1) for v in environ.decode(errors="replace").split("\0") if "=" in v)
+        scratch = Path(variables.get("AUTORESEARCH_RESULT_PATH", "/")).parent.name  # autoresearch-<id>-<random>
+        exp_id = scratch.split("-")[1] if scratch.count("-") >= 2 else ""
+        if exp_id not in ("0000", "0001", "") and "." not in exp_id:
+            found.setdefault(exp_id, []).append((int(pid), parent))
+    outermost = {}
+    for exp_id, processes in found.items():
+        pids = {pid for pid, _ in processes}
+        outermost[exp_id] = next((pid for pid, parent in processes if parent not in pids), processes[0][0])
+    return outermost
 
 
 def _kill_one_worker(marker: str, killed: list, stop: threading.Event) -> None:
     """Kill -9 the Ray worker running this test's first experiment (not a baseline) as soon as it trains."""
     while not stop.is_set() and not killed:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                environ = Path(f"/proc/{pid}/environ").read_bytes() if b"train.py" in cmdline else b""
-            except OSError:
-                continue
-            # the experiment's scratch folder, named by its id, from the environment (a sandbox hides its cwd)
-            variables = dict(v.split("=", 1) for v in environ.decode(errors="replace").split("\0") if "=" in v)
-            scratch = Path(variables.get("AUTORESEARCH_RESULT_PATH", "/")).parent.name  # autoresearch-<id>-<random>
-            exp_id = scratch.split("-")[1] if scratch.count("-") >= 2 else ""
-            if marker.encode() in environ and exp_id not in ("0000", "0001", ""):
-                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                os.kill(parent, signal.SIGKILL)
-                killed.append(exp_id)
-                return
+        for exp_id, pid in _training(marker).items():
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            os.kill(parent, signal.SIGKILL)
+            killed.append(exp_id)
+            return
         time.sleep(0.05)
 
 
@@ -175,40 +192,41 @@ def test_a_worker_killed_mid_run_is_re_queued_and_recorded_once(tmp_path, ray_in
     assert any(n.startswith(victim) and "lost" in n and "re-queued" in n for n in notes), notes
 
 
-RUN_LOOP = """
-import sys
-from pathlib import Path
-from agents.assemble import Overrides, build_settings
-from agents.loop import run_loop
-repo, config, address = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-settings = build_settings(repo, config, "t1", Overrides(address=address))
-outcome = run_loop(settings)
-settings.memory.close()
-print("STOP:", outcome.stop_reason)
-"""
-
-
 def test_coordinator_kill_9_then_resume_loses_and_doubles_nothing(tmp_path, ray_instance):
-    repo, config = _toy(tmp_path, time_budget=1.0)
+    """SIGKILL the coordinator when both experiments are training (seen as their train.py processes, however
+    loaded the machine is); the next run trains exactly those two again and records each once."""
+    repo, config = _toy(tmp_path, time_budget=4.0)
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_RUN_MARKER": marker}
 
-    def loop(kill_at: str | None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_TEST_KILL_AT"}
-        env["PYTHONPATH"] = str(ROOT)
-        if kill_at:
-            env["AUTORESEARCH_TEST_KILL_AT"] = kill_at
-        return subprocess.run([sys.executable, "-c", RUN_LOOP, str(repo), str(config), ray_instance], cwd=repo,
-                              env=env, capture_output=True, text=True, timeout=300)
+    def loop() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tests.kill_points", str(repo), str(config), "", ray_instance],
+                                cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    killed = loop("training@4")  # both experiments handed to workers, neither finished
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    in_flight = [e.exp_id for e in Journal(repo / "runs" / "t1").unfinished() if e.phase == "committed"]
-    assert len(in_flight) == 2, in_flight
-    resumed = loop(None)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "STOP: reached max_experiments" in resumed.stdout
+    first, seen = loop(), {}
+    try:
+        deadline = time.monotonic() + 300
+        while first.poll() is None and time.monotonic() < deadline and len(seen) < 2:
+            seen = _training(marker)
+            time.sleep(0.05)
+        if len(seen) == 2:
+            os.kill(first.pid, signal.SIGKILL)
+    finally:
+        if first.poll() is None and len(seen) < 2:
+            first.kill()
+        output = first.communicate(timeout=60)[0]
+    assert len(seen) == 2, f"the two experiments never trained at the same time:\n{output}"
+    assert first.returncode == -signal.SIGKILL, output
+    in_flight = [e.exp_id for e in Journal(repo / "runs" / "t1").unfinished() if e.phase == Phase.COMMITTED]
+    assert sorted(in_flight) == sorted(seen), (in_flight, seen)
+
+    resumed = loop()
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "STOP: reached max_experiments" in output
     records = check_consistency(repo, "t1")
     trained = [r for r in records if r.status in TRAINED]
-    assert sorted(r.exp_id for r in trained) == sorted(in_flight)
+    assert sorted(r.exp_id for r in trained) == sorted(seen)
     assert sum(r.status == "baseline" for r in records) == 2
     assert all(r.lesson for r in trained)
     assert Journal(repo / "runs" / "t1").unfinished() == []

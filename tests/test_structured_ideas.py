@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="crewai-test-"))
 
 from agents.config import load_config  # noqa: E402
-from agents.crew.candidates import Workbench, prepare_candidate  # noqa: E402
+from agents.crew.candidates import Candidate, Feedback, Workbench, prepare_candidate  # noqa: E402
 from agents.crew.llm import UsageLedger  # noqa: E402
 from agents.crew.llm.offline import OfflineLLM  # noqa: E402
 from agents.crew.policy import OfflinePolicy  # noqa: E402
@@ -26,6 +26,7 @@ from agents.record.results import ExperimentRecord  # noqa: E402
 from memory import ExperimentMemory  # noqa: E402
 from memory.embeddings import load_minilm  # noqa: E402
 from memory.fingerprint import fingerprint  # noqa: E402
+from memory.judge import judge_for_crew  # noqa: E402
 from tests.llm_server import ParsedRequest, Reply, ScriptedLLMServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,19 +72,47 @@ class Crew:
         return [r for r in self.requests if r.schema_name == schema]
 
 
-def bench(memory: ExperimentMemory, ledger: UsageLedger, refused: list[ExperimentRecord]) -> Workbench:
+class Run:  # candidates.RunContext
+    def __init__(self) -> None:
+        self.ids = iter(f"{i:04d}" for i in range(1, 100))
+
+    def new_exp_id(self) -> str:
+        return next(self.ids)
+
+    def history(self) -> list[ExperimentRecord]:
+        return []
+
+    def best_summary(self) -> str:
+        return "no result yet"
+
+    def usage_scope(self, exp_id: str):
+        return nullcontext()
+
+
+def bench(memory: ExperimentMemory, ledger: UsageLedger) -> Workbench:
     config = load_config(REPO / "crew.yaml")
     for role in ("hypothesis", "coder", "reviewer", "analyst"):
         getattr(config.roles, role).model = "anthropic/claude-test"
         getattr(config.roles, role).max_retries = 0
     policy = OfflinePolicy()
     crew = ResearchCrew(config, "Lower val_bpb.", ledger, build_llms(config, ledger, lambda r: OfflineLLM(policy)))
-    ids = iter(f"{i:04d}" for i in range(1, 100))
-    return Workbench(crew=crew, memory=memory, program="Lower val_bpb.", device="cuda", novelty_threshold=0.3,
-                     coder_retries=1, review_rounds=2, guard_rules=None, new_exp_id=lambda: next(ids),
-                     refuse=lambda r: (refused.append(r), memory.add(r)), history=lambda: [], recall=lambda d: "",
-                     best_summary=lambda: "no result yet", usage_scope=lambda exp_id: nullcontext(),
-                     on_role_error=lambda exc: None)
+    return Workbench(crew=crew, memory=memory, run=Run(), program="Lower val_bpb.", device="cuda",
+                     novelty_threshold=0.3, coder_retries=1, review_rounds=2, guard_rules=None,
+                     judge=judge_for_crew(crew), feedback=Feedback())  # built once, as the loop builds it
+
+
+def prepare_until_one(bench: Workbench, refused: list[ExperimentRecord], proposals: int) -> Candidate | None:
+    """Preparations one after another, each refusal recorded as the coordinator records it (memory, feedback)."""
+    for _ in range(proposals):
+        prepared = prepare_candidate(bench, "night2", "full", "c0", TRAIN)
+        assert not prepared.error, prepared.trace
+        if prepared.candidate is not None:
+            return prepared.candidate
+        if prepared.refusal is not None:
+            refused.append(prepared.refusal.record)
+            bench.memory.add(prepared.refusal.record)
+            bench.feedback.add(prepared.refusal.feedback)
+    return None
 
 
 def past(memory: ExperimentMemory) -> None:
@@ -107,7 +136,7 @@ def test_re_proposals_under_new_titles_are_refused_before_coding(tmp_path, minil
     with ScriptedLLMServer(crew) as server, ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
         anthropic_env(server)
         past(memory)
-        candidate = prepare_candidate(bench(memory, UsageLedger(), refused), "night2", "full", "c0", TRAIN)
+        candidate = prepare_until_one(bench(memory, UsageLedger()), refused, proposals=5)
     # the schema offered train.py's constants and parts as enums
     schema = json.dumps(crew.of("Idea")[0].schema)
     assert '"MLP_RATIO"' in schema and '"MLP.forward"' in schema
@@ -131,8 +160,7 @@ def test_an_edit_that_departs_from_its_declared_changes_is_caught_by_the_fingerp
     with ScriptedLLMServer(crew) as server, ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
         anthropic_env(server)
         past(memory)
-        candidate = prepare_candidate(bench(memory, UsageLedger(), refused), "night2", "full", "c0", TRAIN,
-                                      max_proposals=2)
+        candidate = prepare_until_one(bench(memory, UsageLedger()), refused, proposals=2)
     assert candidate is None
     codes = crew.of("CodeEdit")
     named = "the idea sets MLP_RATIO = 2; the edit leaves MLP_RATIO unchanged"

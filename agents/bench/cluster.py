@@ -171,8 +171,9 @@ class RayExecutor:
     def running(self) -> dict[str, Running]:
         return {task.exp_id: running for task, running, _ in self._refs.values()}
 
-    def close(self) -> None:
-        """Cancel what still runs: politely first (the task then stops its train.py), by force after 10 s."""
+    def close(self, hurry: bool = False) -> None:
+        """Cancel what still runs: politely first (the task then stops its train.py), by force after 10 s (1 s
+        when the user asked to stop now)."""
         refs = list(self._refs)
         for force in (False, True):
             for ref in refs:
@@ -181,7 +182,7 @@ class RayExecutor:
                 except Exception:  # already finished or its node is gone: nothing left to stop
                     pass
             if not force and refs:
-                _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=10.0)
+                _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=1.0 if hurry else 10.0)
         self._refs.clear()
 
     # ------------------------------------------------------------------ results

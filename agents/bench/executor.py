@@ -83,7 +83,7 @@ class Executor(Protocol):
 
     def running(self) -> dict[str, Running]: ...
 
-    def close(self) -> None: ...
+    def close(self, hurry: bool = False) -> None: ...  # stop what runs; `hurry`: the user asked to stop now
 
 
 class PrepareMismatch(RuntimeError):
@@ -172,12 +172,14 @@ class LocalExecutor:
     def running(self) -> dict[str, Running]:
         return {exp_id: running for exp_id, (_, running) in self._jobs.items()}
 
-    def close(self) -> None:
-        """Stop whatever still runs (an interrupted loop); the journal re-queues it next time."""
-        for job, _ in self._jobs.values():
-            if isinstance(job, TrainingJob):
-                job.kill()
-                job.wait()
+    def close(self, hurry: bool = False) -> None:
+        """Stop whatever still runs (an interrupted loop); the journal re-queues it next time. Every run is told
+        at once; `hurry` (a second Ctrl-C) kills without the grace period."""
+        jobs = [job for job, _ in self._jobs.values() if isinstance(job, TrainingJob)]
+        for job in jobs:
+            job.kill(now=hurry)
+        for job in jobs:
+            job.wait()
         self._jobs.clear()
 
     def _scratch(self, exp_id: str) -> Path:

@@ -289,11 +289,14 @@ class TrainingJob:
                     self.scratch.remove()  # checkpoints and whatever else the run left go with it
         return self._result
 
-    def kill(self) -> None:
-        """Stop the run and all its children now; the result gets status "killed"."""
+    def kill(self, now: bool = False) -> None:
+        """Stop the run and all its children; the result gets status "killed". `now`: SIGKILL, no grace period."""
         if self._proc.poll() is None:
             self._kill_requested = True
-            self._terminate_group()
+            if now:
+                self._signal_group(signal.SIGKILL)
+            else:
+                self._terminate_group()
 
     def _settle_compile_cache(self, result: RunResult) -> None:
         """Publish a trusted run's new compiled code (before its scratch goes) and say what the run had."""

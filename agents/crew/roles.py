@@ -8,7 +8,8 @@ Python objects, to an LLM that has `set_context`. A context overflow shortens th
 Reliability: a failed call is tried again with the role's `fallback_model`; a model that fails
 `degrade_after` calls in a row is given up for the run, and once none is left the role is played by the
 offline policy (`on_model_failure: offline`, announced to every listener) or the run stops
-(`on_model_failure: stop`). A coder that falls back to the offline policy takes the hypothesis role with it:
+(`on_model_failure: stop`). The loop's stall guard gives a role up the same way (`give_up_role`) when its
+answers parse but its candidates never reach training. After Ctrl-C no call starts (`agents.stop`). A coder that falls back to the offline policy takes the hypothesis role with it:
 the offline coder implements only the offline policy's own ideas. A call that fails anyway raises
 `RoleError`, whose text names only the failure's class: provider error text never reaches a prompt.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agents import stop
 from agents.config import ROLE_NAMES, CrewConfig, key_env_for, provider_of, resolve_model
 from agents.crew.idea_schema import idea_schema, plain_idea
 from agents.crew.llm.errors import BudgetExceeded, ContextOverflow
@@ -33,6 +35,7 @@ from agents.crew.llm.servers import ServerRegistry
 from agents.crew.llm.tokens import count_tokens
 from agents.crew.policy import SearchExhausted
 from agents.crew.prompts import PromptTooLarge, fill_template, fit_template
+from agents.crew.replies import placeholder_problem
 from agents.crew.schemas import Analysis, CodeEdit, Idea, Review
 from agents.crewai_env import quiet_crewai
 
@@ -108,6 +111,7 @@ class Degradation:
     failures: int
     from_experiment: str | None
     reason: str
+    stalled: int = 0  # given up by the stall guard: candidates in a row that never reached training
 
     @property
     def offline(self) -> bool:
@@ -115,6 +119,11 @@ class Degradation:
 
     def line(self) -> str:
         since = f", from experiment {self.from_experiment}" if self.from_experiment else ""
+        if self.stalled:
+            return (f"{self.role}: {self.configured} -> {self.now} after {self.stalled} candidates in a row that "
+                    f"never reached training{since} ({self.reason})")
+        if not self.failures:  # given up with another role
+            return f"{self.role}: {self.configured} -> {self.now}{since} ({self.reason})"
         failures = f"{self.failures} failure{'s' if self.failures != 1 else ''}" + (" in a row" if self.failures > 1
                                                                                  else "")
         return f"{self.role}: {self.configured} -> {self.now} after {failures} of {self.model}{since} (last: {self.reason})"
@@ -206,6 +215,7 @@ class ResearchCrew:
         self.listeners: list[Callable[[Degradation], None]] = []
         self._candidates: dict[str, list[_Candidate]] = {}
         self._state = threading.Lock()
+        self._health = threading.Lock()  # failure counts and given-up flags: preparing threads share them
         # several candidates are prepared at once: calls overlap, at most `max_concurrent_calls` per provider
         # (the offline policy is one shared, stateful search: it answers one call at a time)
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -290,7 +300,8 @@ class ResearchCrew:
             return self._slots[key]
 
     def _try_candidates(self, role: str, inputs: dict[str, Any], template: str) -> Any:
-        candidates = [c for c in self._candidates[role] if not c.given_up]
+        with self._health:
+            candidates = [c for c in self._candidates[role] if not c.given_up]
         if not candidates:
             if self.config.on_model_failure == "stop":
                 last = self.degradations.get(role)
@@ -301,6 +312,7 @@ class ResearchCrew:
         for candidate in candidates:
             try:
                 with self._slot(candidate.llm):
+                    stop.check()  # after Ctrl-C no call starts (nor a fallback's), even one that waited for a slot
                     output = self._kickoff(role, candidate.llm, inputs, template)
             except _CallFailed as exc:
                 errors.append(f"{candidate.llm.model}: {exc}")
@@ -308,16 +320,37 @@ class ResearchCrew:
                 if exc.over_budget:  # the spending limit said no: not the model's fault
                     over_budget = True
                     continue
-                candidate.failures += 1
-                if (exc.give_up or candidate.failures >= self.config.degrade_after) and \
-                        candidate in self._candidates[role]:
-                    self._give_up(role, candidate, str(exc))
+                with self._health:  # several preparing threads count failures of the same model
+                    candidate.failures += 1
+                    give_up = ((exc.give_up or candidate.failures >= self.config.degrade_after)
+                               and not candidate.given_up and candidate in self._candidates[role])
+                if give_up:
+                    self._give_up(role, [candidate], str(exc))
                 continue
-            candidate.failures = 0
+            with self._health:
+                candidate.failures = 0
             return output
-        stop = self.config.on_model_failure == "stop" and not any(not c.given_up for c in self._candidates[role])
+        with self._health:
+            left = any(not c.given_up for c in self._candidates[role])
+        stop_run = self.config.on_model_failure == "stop" and not left
         raise RoleError(role, "; ".join(errors), budget_exceeded=over_budget, kind=", ".join(dict.fromkeys(kinds)),
-                        stop_run=stop and not over_budget)
+                        stop_run=stop_run and not over_budget)
+
+    def give_up_role(self, role: str, reason: str, stalled: int) -> bool:
+        """Give up every model the role still has (the stall guard: its candidates never reach training).
+
+        True when the offline policy plays the role from now on (announced like any degradation); False when
+        nothing was given up: the role already runs on the offline policy, or `on_model_failure: stop` says the
+        run must stop instead.
+        """
+        if self.config.on_model_failure == "stop":
+            return False
+        with self._health:
+            remaining = [c for c in self._candidates.get(role, []) if not c.given_up]
+        if not remaining:
+            return False
+        self._give_up(role, remaining, reason, stalled=stalled)
+        return True
 
     def _kickoff(self, role: str, llm: BaseLLM, inputs: dict[str, Any], template: str) -> BaseModel:
         """One task on one model, its prompt fitted to the model's context window. A context overflow trims the
@@ -389,14 +422,16 @@ class ResearchCrew:
         except SystemExit as exc:  # CrewAI's answer to a context-length error: must not end the loop
             raise _CallFailed(f"context window exceeded ({_one_line(exc)})", kind="ContextOverflow") from exc
         output = result.pydantic
-        if isinstance(output, schema):
-            return plain_idea(output) if isinstance(output, Idea) else output
-        try:  # some backends hand back the raw JSON text
-            output = schema.model_validate_json(result.raw)
-            return plain_idea(output) if isinstance(output, Idea) else output
-        except ValueError:
-            raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}",
-                              kind="ValidationError") from None
+        if not isinstance(output, schema):
+            try:  # some backends hand back the raw JSON text
+                output = schema.model_validate_json(result.raw)
+            except ValueError:
+                raise _CallFailed(f"the answer is not a valid {schema.__name__}: {_one_line(result.raw)}",
+                                  kind="ValidationError") from None
+        placeholder = placeholder_problem(output) if llm is not self._llms.get(role + OFFLINE) else ""
+        if placeholder:  # the provider adapters retry these themselves; this catches any other backend
+            raise _CallFailed(f"the answer is not a real {schema.__name__}: {placeholder}", kind="ValidationError")
+        return plain_idea(output) if isinstance(output, Idea) else output
 
     def _framing_tokens(self, role: str, llm: BaseLLM, schema: type[BaseModel]) -> int:
         """Tokens of what CrewAI adds around the task text: the persona, the expected output, the schema."""
@@ -425,24 +460,31 @@ class ResearchCrew:
             )
         return self._agents[key]
 
-    def _give_up(self, role: str, candidate: _Candidate, reason: str) -> None:
-        candidate.given_up = True
-        remaining = [c for c in self._candidates[role] if not c.given_up]
-        stop = self.config.on_model_failure == "stop"
+    def _give_up(self, role: str, given_up: list[_Candidate], reason: str, stalled: int = 0) -> None:
+        with self._health:
+            given_up = [c for c in given_up if not c.given_up]
+            for candidate in given_up:
+                candidate.given_up = True
+            remaining = [c for c in self._candidates[role] if not c.given_up]
+            followers = []
+            stop = self.config.on_model_failure == "stop"
+            if role == "coder" and not remaining and not stop:
+                # the offline coder implements only the offline policy's ideas: an LLM idea would be skipped unbuilt
+                followers = [c for c in self._candidates.get("hypothesis", []) if not c.given_up]
+                for other in followers:
+                    other.given_up = True
+        if not given_up:
+            return
         now = remaining[0].llm.model if remaining else ("nothing (the run stops)" if stop else "offline policy")
         configured = self._candidates[role][0].llm.model
         experiment = self.ledger.current_experiment() if hasattr(self.ledger, "current_experiment") else None
-        self._announce(Degradation(role, configured, now, candidate.llm.model, candidate.failures, experiment,
-                                   reason))
-        if role == "coder" and not remaining and not stop:
-            # the offline coder implements only the offline policy's ideas: an LLM idea would be skipped unbuilt
-            for other in self._candidates.get("hypothesis", []):
-                if not other.given_up:
-                    other.given_up = True
-                    self._announce(Degradation(
-                        "hypothesis", self._candidates["hypothesis"][0].llm.model, "offline policy",
-                        other.llm.model, 0, experiment,
-                        "the coder runs the offline policy, which implements only the offline policy's own ideas"))
+        models = " and ".join(dict.fromkeys(c.llm.model for c in given_up))
+        self._announce(Degradation(role, configured, now, models, max(c.failures for c in given_up), experiment,
+                                   reason, stalled))
+        for other in followers:
+            self._announce(Degradation(
+                "hypothesis", self._candidates["hypothesis"][0].llm.model, "offline policy", other.llm.model, 0,
+                experiment, "the coder runs the offline policy, which implements only the offline policy's own ideas"))
 
     def _announce(self, degradation: Degradation) -> None:
         with self._state:

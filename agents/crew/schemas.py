@@ -7,11 +7,12 @@ never needs to know which one produced them.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from agents.crew.replies import VERBATIM
 from agents.trainpy import EDITABLE_FILE
 
 CATEGORIES = (
@@ -33,7 +34,9 @@ class ConstantChange(BaseModel):
     """Set a constant of train.py."""
 
     constant: str = Field(description="Its name in train.py.")
-    value: str = Field(description="New value as train.py would write it; 'A if CUDA else B' where profiles differ.")
+    # Python, taken as it is (`None` is a value here, not a placeholder; validation checks it is an expression)
+    value: Annotated[str, VERBATIM] = Field(
+        description="New value as train.py would write it; 'A if CUDA else B' where profiles differ.")
 
     @field_validator("value", mode="before")
     @classmethod
@@ -96,8 +99,8 @@ class Idea(BaseModel):
 class EditBlock(BaseModel):
     """Replace the exact text `search` (which must occur once in train.py) by `replace`."""
 
-    search: str
-    replace: str
+    search: Annotated[str, VERBATIM]  # code, taken as it is: an empty `replace` deletes
+    replace: Annotated[str, VERBATIM]
 
 
 class CodeEdit(BaseModel):

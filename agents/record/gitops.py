@@ -22,6 +22,19 @@ class GitError(RuntimeError):
     """A git operation that cannot be done safely; the message names the file or ref concerned."""
 
 
+class _Git(git.Git):
+    """git commands (the long-lived `git cat-file` readers too) in a process group of their own: a Ctrl-C at the
+    terminal reaches the whole foreground group, and the loop, not the signal, decides what stops under it."""
+
+    def execute(self, command, *args, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("process_group", 0)
+        return super().execute(command, *args, **kwargs)
+
+
+class _Repo(git.Repo):
+    GitCommandWrapperType = _Git
+
+
 class ExperimentRepo:
     """The git repository holding train.py. Paths given to methods are relative to `path`."""
 
@@ -44,7 +57,7 @@ class ExperimentRepo:
         if self._repo is not None:
             return self
         try:
-            repo = git.Repo(self.path, search_parent_directories=True)
+            repo = _Repo(self.path, search_parent_directories=True)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise GitError(f"not a git repository: {self.path}") from None
         if repo.bare or repo.working_tree_dir is None:
@@ -234,7 +247,7 @@ class ExperimentRepo:
                 file = Path(tmp) / name
                 file.write_text(text, encoding="utf-8", newline="")
                 files.append(str(file))
-            status, out, err = git.Git(tmp).execute(
+            status, out, err = _Git(tmp).execute(
                 [git.Git.GIT_PYTHON_GIT_EXECUTABLE, "merge-file", "-p", *files],
                 with_extended_output=True,
                 with_exceptions=False,

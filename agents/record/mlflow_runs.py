@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agents.record.results import PERSISTED_FIELDS, ExperimentRecord
+from agents.record.results import PERSISTED_FIELDS, REFUSED, ExperimentRecord
 
 KIND_TAG = "autoresearch.kind"  # "experiment" or "research_run" (the parent of a run's experiments)
 SYNC_TAG = "autoresearch.sync"  # digest of what was logged: equal means nothing to do
@@ -170,7 +170,7 @@ def experiment_content(record: ExperimentRecord, context: RunContext, run_dir: P
         texts["train.log"] = log
     if evaluator is not None:
         texts["evaluator.json"] = evaluator
-    train_py = _train_py_at(context.repo_dir, record.commit) if record.status not in ("veto", "repeat", "skipped") else None
+    train_py = _train_py_at(context.repo_dir, record.commit) if record.status not in REFUSED else None
     if train_py is not None:
         texts["train.py"] = train_py
     return RunContent(

@@ -16,9 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.crew.llm.faults import FAULT_KINDS, FAULT_LABELS
-from agents.record.results import STATUSES, ExperimentRecord
+from agents.record.results import REFUSED, STATUSES, ExperimentRecord
 
-NOT_TRAINED = ("veto", "repeat", "skipped")  # refused before any training: never have a val_bpb
+NOT_TRAINED = REFUSED  # refused (or failed) before any training: never have a val_bpb
 _STATUS_STYLE = {
     "baseline": "cyan",
     "keep": "bold green",
@@ -27,6 +27,7 @@ _STATUS_STYLE = {
     "veto": "yellow",
     "repeat": "yellow",
     "skipped": "yellow",
+    "error": "red",
 }
 
 

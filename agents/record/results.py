@@ -12,13 +12,31 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
-STATUSES = ("baseline", "keep", "discard", "crash", "veto", "repeat", "skipped")
+
+
+class Status(StrEnum):
+    """What became of an experiment (a str: records, tables and memory hold the plain value)."""
+
+    BASELINE = "baseline"  # a run of the starting code, repeated to estimate noise
+    KEEP = "keep"
+    DISCARD = "discard"
+    CRASH = "crash"  # trained and crashed (or gave no result)
+    VETO = "veto"  # refused before any GPU time by the guard or the reviewer
+    REPEAT = "repeat"  # refused by the novelty gate
+    SKIPPED = "skipped"  # the coder gave no edit that applies and compiles
+    ERROR = "error"  # preparing it failed in the harness itself (not the crew's refusal); the run went on
+
+
+STATUSES = tuple(Status)
+TRAINED = (Status.KEEP, Status.DISCARD, Status.CRASH)
+REFUSED = (Status.VETO, Status.REPEAT, Status.SKIPPED, Status.ERROR)  # never trained: no val_bpb
 
 
 @dataclass

@@ -16,21 +16,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agents import stop
 from agents.bench.decide import estimate_sigma
 from agents.bench.runner import RunResult
 from agents.crew.candidates import Candidate
 from agents.crew.edits import diff_stats, unified_diff
+from agents.ports import Ledger, Memory
 from agents.record.gitops import ExperimentRepo
-from agents.record.journal import Journal, JournalEntry
-from agents.record.results import ExperimentRecord, ResultsStore
+from agents.record.journal import Journal, JournalEntry, RunKind
+from agents.record.results import TRAINED, ExperimentRecord, ResultsStore, Status
 from memory.fingerprint import fingerprint_or_none
 from memory.novelty import normalised_diff_hash
 
-TRAINED = ("keep", "discard", "crash")
 
-
-@dataclass
+@dataclass(frozen=True)
 class Best:
+    """The best so far; replaced, never changed (the preparing threads read it while the coordinator moves on)."""
+
     commit: str
     text: str
     bpb: float | None = None
@@ -38,15 +40,15 @@ class Best:
 
 
 class RunBook:
-    def __init__(self, run_dir: Path, tag: str, config_name: str, crew, ledger, memory,
-                 event: Callable[..., None], checkpoint: Callable[[str], None], tracker=None,
+    def __init__(self, run_dir: Path, tag: str, config_name: str, crew, ledger: Ledger, memory: Memory,
+                 event: Callable[..., None], tracker=None,
                  observers: list[Callable[[ExperimentRecord], None]] | None = None):
         self.run_dir, self.tag, self.config_name = Path(run_dir), tag, config_name
         self.tracker = tracker  # MLflow (agents/record/tracking.py): fed after the record of truth is written
         # told every record once it is written (a sampler's study learns its trials' outcomes); may see one twice
         self.observers = list(observers or ())
         self.crew, self.ledger, self.memory = crew, ledger, memory
-        self._event, self._checkpoint = event, checkpoint
+        self._event = event
         self.results = ResultsStore(self.run_dir)
         self.records: list[ExperimentRecord] = self.results.load()
         self._lock = threading.RLock()
@@ -54,17 +56,20 @@ class RunBook:
 
     # ---------------------------------------------------------------- writing
     def append(self, record: ExperimentRecord) -> None:
-        """Results first (the history everything is rebuilt from), then memory. The one place results are written."""
+        """Results first (the history everything is rebuilt from), then memory. The one place results are written.
+
+        Only the results are written whole before a second Ctrl-C takes effect; the memory write may be cut
+        short (memory is made good from the results at the end of the next run)."""
         with self._lock:
-            self._usage_into(record)
-            if record.diff:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
-            self.results.append(record)
+            with stop.SWITCH.critical():
+                self._usage_into(record)
+                if record.diff:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    (self.run_dir / f"{record.exp_id}.patch").write_text(record.diff)
+                self.results.append(record)
+                self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
             if self.tracker is not None:
                 self.tracker.log(record)  # never blocks: a background thread logs it
-            self.records = [r for r in self.records if r.exp_id != record.exp_id] + [record]
-            self._checkpoint("memory")
             for observe in self.observers:
                 try:
                     observe(record)
@@ -77,7 +82,7 @@ class RunBook:
                             "run `autoresearch memory rebuild` later")
 
     def refuse(self, record: ExperimentRecord) -> None:
-        """A candidate refused before any GPU time (repeat, veto, skipped); called from preparing threads."""
+        """A candidate refused before any GPU time (repeat, veto, skipped), or whose preparation failed (error)."""
         record.finished_at = now()
         record.started_at = record.started_at or record.finished_at
         self.append(record)
@@ -86,9 +91,7 @@ class RunBook:
     def reserve_id(self, journal: Journal) -> str:
         """One past every id in the results, the journal and those handed out (re-runs are '<id>.r1', ...)."""
         with self._lock:
-            taken = {r.exp_id for r in self.records}
-            if journal.dir.exists():
-                taken |= {p.stem for p in journal.dir.glob("*.json")}
+            taken = {r.exp_id for r in self.records} | journal.ids()
             numbers = [int(head) for head in (t.split(".")[0] for t in taken) if head.isdigit()]
             number = max([*numbers, *self._reserved], default=-1) + 1
             self._reserved.add(number)
@@ -103,25 +106,17 @@ class RunBook:
         return next((r for r in self.snapshot() if r.exp_id == exp_id), None)
 
     def baselines(self) -> list[ExperimentRecord]:
-        return [r for r in self.snapshot() if r.status == "baseline"]
+        return [r for r in self.snapshot() if r.status == Status.BASELINE]
 
     def trained(self) -> list[ExperimentRecord]:
         return [r for r in self.snapshot() if r.status in TRAINED]
-
-    def refusal_streak(self) -> int:
-        streak = 0
-        for r in reversed(self.snapshot()):
-            if r.status in TRAINED or r.status == "baseline":
-                break
-            streak += 1
-        return streak
 
     def best(self, repo: ExperimentRepo) -> Best:
         """The last kept experiment, else the starting commit at the baselines' mean; σ from the baselines."""
         baselines = self.baselines()
         bpbs = [r.val_bpb for r in baselines if r.val_bpb is not None]
         sigma = estimate_sigma(bpbs) if bpbs else 0.0
-        kept = [r for r in self.snapshot() if r.status == "keep"]
+        kept = [r for r in self.snapshot() if r.status == Status.KEEP]
         if kept:
             last = kept[-1]
             return Best(last.commit, repo.read_file_at(last.commit, "train.py"), last.val_bpb, sigma)
@@ -135,16 +130,16 @@ class RunBook:
     def bpb_of(self, commit: str, default: float | None) -> float | None:
         """The val_bpb of a commit that was the best at some point: a kept experiment, or the start (baselines)."""
         records = self.snapshot()
-        kept = [r.val_bpb for r in records if r.status == "keep" and r.commit == commit]
+        kept = [r.val_bpb for r in records if r.status == Status.KEEP and r.commit == commit]
         if kept:
             return kept[-1]
-        baselines = [r.val_bpb for r in records if r.status == "baseline" and r.commit == commit and r.val_bpb]
+        baselines = [r.val_bpb for r in records if r.status == Status.BASELINE and r.commit == commit and r.val_bpb]
         return statistics.fmean(baselines) if baselines else default
 
     def best_summary(self, best: Best) -> str:
         if best.bpb is None:
             return "no result yet"
-        kept = [r for r in self.snapshot() if r.status == "keep"]
+        kept = [r for r in self.snapshot() if r.status == Status.KEEP]
         chain = "; ".join(f"{r.description} ({r.delta:+.4f})" for r in kept[-10:] if r.delta is not None)
         return (f"best val_bpb {best.bpb:.6f} at commit {best.commit[:7]}, noise sigma {best.sigma:.5f}"
                 + (f"; kept so far: {chain}" if chain else ""))
@@ -165,10 +160,10 @@ class RunBook:
                    base_text: str) -> ExperimentRecord:
         existing = self.find(entry.exp_id)
         summary = result.summary or {}
-        record = existing or ExperimentRecord(exp_id=entry.exp_id, tag=self.tag, status="discard", description="",
+        record = existing or ExperimentRecord(exp_id=entry.exp_id, tag=self.tag, status=Status.DISCARD, description="",
                                               config=self.config_name)
         record.commit, record.parent_commit, record.seed = entry.commit, entry.base_commit, entry.seed
-        if entry.kind == "baseline":
+        if entry.kind == RunKind.BASELINE:
             record.description, record.category = f"baseline (seed {entry.seed})", "baseline"
         elif entry.idea:
             idea = c.idea.model_dump() if c is not None else entry.idea

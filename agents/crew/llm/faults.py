@@ -11,6 +11,9 @@ again. Inside `reading_refusals(predicate)` such a response is marked `x-should-
 header over their status rules), so every other failure, on every request, is retried by the SDK with its own
 backoff and the server's `retry-after`.
 
+The same transport sends nothing once the user asked the run to stop (`agents.stop`): a retry after a 429 or a
+malformed reply is a new request, and it must not go out after Ctrl-C.
+
 The same transport strips trace-context headers (`traceparent`, `tracestate`, `baggage`): CrewAI stores its crew
 ids in OpenTelemetry baggage, and an SDK that propagates the current context would send them to the provider.
 """
@@ -28,6 +31,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from agents import stop
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,7 @@ def _observed_transport_class(http: Any) -> type:
 
     class ObservedTransport(http.HTTPTransport):  # type: ignore[name-defined,misc]
         def handle_request(self, request: Any) -> Any:
+            stop.check()  # raises StopRequested (not an HTTP error: no retry, no fault counted)
             for name in TRACE_HEADERS:
                 if name in request.headers:
                     del request.headers[name]

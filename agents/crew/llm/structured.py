@@ -13,6 +13,8 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ValidationError
 
+from agents.crew.replies import placeholder_problem
+
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _TOOL_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _MAX_PROBLEM_CHARS = 1500
@@ -81,17 +83,24 @@ def describe_validation_error(error: ValidationError) -> str:
 def validate_output(
     model: type[BaseModel], *, data: Any = None, text: str | None = None
 ) -> tuple[BaseModel | None, str]:
-    """Validate parsed `data`, or the JSON found in `text`; returns (instance, "") or (None, problem)."""
+    """Validate parsed `data`, or the JSON found in `text`; returns (instance, "") or (None, problem).
+
+    A reply that validates but holds placeholders (a field's name or description copied back, "string", "…",
+    a blank required field: agents/crew/replies.py) is a problem too."""
     if data is None:
         try:
             data = extract_json(text or "")
         except ValueError as exc:
             return None, str(exc)
     try:
-        return model.model_validate(data), ""
+        value = model.model_validate(data)
     except ValidationError as exc:
         problem = f"the JSON does not match the {model.__name__} schema: {describe_validation_error(exc)}"
         return None, problem[:_MAX_PROBLEM_CHARS]
+    placeholder = placeholder_problem(value)  # parses, but fills the schema with its own words
+    if placeholder:
+        return None, f"the JSON is not a real {model.__name__}: {placeholder}"[:_MAX_PROBLEM_CHARS]
+    return value, ""
 
 
 def feedback_text(model: type[BaseModel], problem: str) -> str:
