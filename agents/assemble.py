@@ -107,7 +107,9 @@ def build_settings(repo_dir: Path, config_path: Path, tag: str, overrides: Overr
     parquets = sorted((repo_dir / "runs").glob("*/results.parquet"))
     if run_dir is not None and (run_dir / "results.parquet").exists():
         parquets.append(run_dir / "results.parquet")
-    memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets)
+    device = detect_device()
+    memory = ExperimentMemory.open(memory_path, embedding=config.memory.embedding, rebuild_from=parquets,
+                                   repo=repo_dir, device=device)
     settings = LoopSettings(repo_dir=repo_dir, tag=tag, config=config, config_name=config_name or config.name,
                             program=program, crew=crew, ledger=ledger, memory=memory, run_dir=run_dir,
                             python=sys.executable, device=device, sandbox=sandbox.name,

@@ -364,8 +364,8 @@ def _tracking_line(config: Path, experiment: str) -> None:
 
 
 def _mount_subapps() -> None:
+    from agents.memory_cli import app as memory_app
     from agents.tracking_cli import export_app, ui
-    from memory.cli import app as memory_app
 
     def in_a_project() -> None:
         if not {"--help", "-h"} & set(sys.argv[1:]):

@@ -852,7 +852,7 @@ def _repeat_judge(crew: ResearchCrew) -> object | None:
 
     try:
         return judge_for_crew(crew)
-    except Exception as exc:  # a judge that cannot be built must not stop the run: the reading decides
+    except Exception as exc:  # a judge that cannot be built must not stop the run: the structure decides
         logging.getLogger("memory").warning("the repeat judge is unavailable (%s); ideas are judged by their "
-                                            "structured reading", exc)
+                                            "structure alone", exc)
         return None

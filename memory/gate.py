@@ -1,13 +1,18 @@
-"""The idea gate: is a proposed idea an experiment already tried? Embeddings retrieve, readings (or an LLM) judge.
+"""The idea gate: is a proposed idea an experiment already tried? Structure decides; for parts, a judge.
 
-Candidates are the experiments that changed the same knobs or parts (the index's structural lookup, however
-far their wording is from the idea's) and those nearest in embedding. Only what was tried counts: runs
-that were kept, discarded or crashed, and refusals of those; a vetoed or skipped idea never blocks another.
+Candidates are the tried experiments that changed the same constants or parts (the index's lookup, however far
+their wording is from the idea's) and those nearest in embedding. Only what ran counts: a vetoed or skipped idea
+never blocks another.
 
-Offline, the idea's structured reading is compared with each candidate's (its fingerprint corrected for what
-the code really changed): the same targets with the same values make a repeat. With an LLM judge, the judge
-sees the idea and the candidates with their fingerprints and outcomes and names the one it repeats, or none.
-Unsure means admit: the nearest related experiments go to the coder as context instead.
+- Constants: the same constants with the same values on the run's device profile are the same experiment (by
+  value: `0.6 * 0.05` is `0.03`), whatever the titles say; another value, another constant, or code changed
+  besides is another experiment. No judge is asked.
+- Parts: with an LLM judge (an LLM crew), the judge sees the idea and the candidates with what they changed and
+  names the one it repeats, or none; offline, or when the judge cannot answer, the same part with the same
+  technique name decides.
+- Ideas that came without changes are read by `memory.reader`; a reading that is not sure of everything its
+  title asks goes to the judge, else it admits.
+Unsure means admit: the related experiments go to the coder as context instead.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agents.crew.schemas import Idea
-from memory.comparison import Reading, compare
+from memory.changes import Changes, same
 from memory.index import Entry, MemoryIndex
 from memory.novelty import NoveltyVerdict, idea_verdict
 from memory.records import MemoryHit
@@ -38,66 +43,61 @@ class RepeatJudge(Protocol):
 
 
 class JudgeUnavailable(RuntimeError):
-    """The judge could not answer this time; the reading decides instead (and the verdict says so)."""
+    """The judge could not answer this time; the structure decides instead (and the verdict says so)."""
 
 
 @dataclass
 class GateInputs:
     idea: Idea
-    reading: Reading
-    structural: list[Entry]  # same targets (index lookup), most recent first
+    change: Changes  # declared (resolved against the idea's train.py) or read from its words
+    profile: str  # the device profile the run uses: values are compared there
+    structural: list[Entry]  # same constants or parts (index lookup), most recent first
     nearest: list[MemoryHit]  # embedding neighbours that were tried, most similar first
     cited: MemoryHit | None  # the experiment retry_of names
 
 
 def decide(inputs: GateInputs, index: MemoryIndex, fetch: Callable[[list[str]], list[MemoryHit]],
            judge: RepeatJudge | None = None) -> NoveltyVerdict:
-    idea, reading = inputs.idea, inputs.reading
+    idea, change = inputs.idea, inputs.change
     nearest = inputs.nearest[0] if inputs.nearest else None
-    offline_match, offline_reason = _offline(reading, inputs, index)
-    judged_by, note = "reading", ""
-    match_id, reason = offline_match, offline_reason
-    if judge is not None:
+    match_id, reason = _structural(inputs, index)
+    judged_by = "structure" if change.source == "declared" else "reading"
+    note = ""
+    if judge is not None and (change.parts or change.source == "reading" and not change.complete):
         candidates = _judge_candidates(inputs, fetch)
         if candidates:
             try:
                 match_id, reason = judge.decide(idea, candidates)
                 judged_by = judge.name
             except JudgeUnavailable as exc:
-                note = f"the judge {judge.name} could not answer ({exc}); the structured reading decided"
+                note = f"the judge {judge.name} could not answer ({exc}); the structure decided"
                 log.warning("memory: %s", note)
     match = _cited_original(match_id, index, fetch) if match_id else None
-    related = _related(reading, inputs, index, fetch, exclude=match.id if match else "")
-    if match is None:
-        why = reason if match_id is None and reason else ""
-        if note:
-            why = f"{why}; {note}" if why else note
-        return idea_verdict(None, why, idea.retry_of, inputs.cited, nearest, related, judged_by)
-    verdict = idea_verdict(match, reason + (f"; {note}" if note else ""), idea.retry_of, inputs.cited, nearest,
-                           related, judged_by)
-    return verdict
+    related = _related(inputs, index, fetch, exclude=match.id if match else "")
+    reason = "; ".join(x for x in (reason, note) if x)
+    return idea_verdict(match, reason, idea.retry_of, inputs.cited, nearest, related, judged_by)
 
 
-def _offline(reading: Reading, inputs: GateInputs, index: MemoryIndex) -> tuple[str | None, str]:
-    """The first tried experiment whose reading is the same change (structural candidates first)."""
+def _structural(inputs: GateInputs, index: MemoryIndex) -> tuple[str | None, str]:
+    """The first tried experiment that is the same change (structural candidates first), else why the closest
+    one is not."""
     seen: set[str] = set()
-    closest_reason = ""
+    closest = ""
     for entry in [*inputs.structural, *(index.entries.get(h.id) for h in inputs.nearest)]:
         if entry is None or entry.id in seen or not entry.tried:
             continue
         seen.add(entry.id)
-        result = compare(reading, entry.reading, old_crashed=entry.status == "crash")
-        if result.same:
-            return entry.id, result.reason
-        if not closest_reason and result.same is False:
-            closest_reason = result.reason
-    return None, closest_reason
+        verdict, reason = same(inputs.change, index.change(entry.id), inputs.profile)
+        if verdict:
+            return entry.id, reason
+        if not closest and verdict is False:
+            closest = reason
+    return None, closest
 
 
 def _judge_candidates(inputs: GateInputs, fetch: Callable[[list[str]], list[MemoryHit]]) -> list[MemoryHit]:
-    structural = fetch([e.id for e in inputs.structural[:JUDGE_CANDIDATES]])
-    seen = {h.id for h in structural}
-    out = list(structural)
+    out = fetch([e.id for e in inputs.structural[:JUDGE_CANDIDATES]])
+    seen = {h.id for h in out}
     for hit in inputs.nearest:
         if len(out) >= JUDGE_CANDIDATES:
             break
@@ -117,18 +117,20 @@ def _cited_original(record_id: str, index: MemoryIndex, fetch: Callable[[list[st
     return hits[0] if hits else None
 
 
-def _related(reading: Reading, inputs: GateInputs, index: MemoryIndex,
-             fetch: Callable[[list[str]], list[MemoryHit]], exclude: str) -> list[MemoryHit]:
-    """Tried experiments on the same knobs or parts (other values), then the nearest ones: context for the coder."""
+def _related(inputs: GateInputs, index: MemoryIndex, fetch: Callable[[list[str]], list[MemoryHit]],
+             exclude: str) -> list[MemoryHit]:
+    """Tried experiments on the same constants or parts (other values), then the nearest ones that touch them:
+    context for the coder."""
     ids = [e.id for e in inputs.structural if e.id != exclude][:RELATED_SHOWN]
-    if len(ids) < RELATED_SHOWN and reading.targets:
-        for hit in inputs.nearest:
-            entry = index.entries.get(hit.id)
-            if entry is not None and entry.reading.targets & reading.targets and hit.id not in ids \
-                    and hit.id != exclude:
+    ours = set(inputs.change.constants) | inputs.change.roots
+    for hit in inputs.nearest:
+        if len(ids) >= RELATED_SHOWN:
+            break
+        entry = index.entries.get(hit.id)
+        if entry is not None and hit.id not in ids and hit.id != exclude:
+            theirs = index.change(hit.id)
+            if ours & (set(theirs.constants) | theirs.roots) or not ours:
                 ids.append(hit.id)
-            if len(ids) >= RELATED_SHOWN:
-                break
     by_id = {h.id: h for h in inputs.nearest}
     missing = [i for i in ids if i not in by_id]
     by_id.update({h.id: h for h in fetch(missing)} if missing else {})

@@ -4,7 +4,7 @@ The judge is the reviewer's model unless crew.yaml names another (`memory.judge_
 crew's own provider adapters (agents.crew.llm.make_llm), metered by the run's ledger under role "judge".
 It is shown the idea and the candidate experiments with their fingerprints (what the code changed) and
 outcomes, and answers `{same_as, reason}`. An answer naming no candidate, or a failed call, leaves the
-decision to the structured reading (memory.gate), and the verdict says so.
+decision to the structure (memory.gate), and the verdict says so.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agents.crew.prompts import describe_changes
 from agents.crew.schemas import Idea
 from memory.gate import JudgeUnavailable
 from memory.records import MemoryHit
@@ -50,7 +51,8 @@ def describe_candidate(hit: MemoryHit) -> str:
 
 def judge_prompt(idea: Idea, candidates: Sequence[MemoryHit]) -> str:
     shown = "\n\n".join(describe_candidate(h) for h in candidates)
-    return (f"{INSTRUCTIONS}\n\n# Proposed experiment\ntitle: {idea.title}\nrationale: {idea.rationale}\n\n"
+    declared = f"\nits changes: {describe_changes(idea.changes)}" if idea.changes else ""
+    return (f"{INSTRUCTIONS}\n\n# Proposed experiment\ntitle: {idea.title}\nrationale: {idea.rationale}{declared}\n\n"
             f"# Past experiments\n{shown}")
 
 
@@ -67,7 +69,7 @@ class LLMJudge:
             answer = self.llm.call(messages, response_model=JudgeAnswer)
             if not isinstance(answer, JudgeAnswer):
                 answer = JudgeAnswer.model_validate_json(str(answer))
-        except Exception as exc:  # a provider error or unusable output: the reading decides
+        except Exception as exc:  # a provider error or unusable output: the structure decides
             raise JudgeUnavailable(" ".join(f"{type(exc).__name__}: {exc}".split())[:300]) from None
         ids = {h.id: h.id for h in candidates} | {h.exp_id: h.id for h in candidates}
         if answer.same_as and answer.same_as.strip() not in ids:
@@ -77,7 +79,7 @@ class LLMJudge:
 
 
 def judge_for_crew(crew: Any) -> LLMJudge | None:
-    """The judge a crew's configuration asks for, or None for the structured reading alone (offline models)."""
+    """The judge a crew's configuration asks for, or None for the structure alone (offline models)."""
     from agents.config import key_env_for, resolve_model
 
     config = crew.config

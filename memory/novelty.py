@@ -1,7 +1,7 @@
 """The novelty gate's verdicts, and the normalised diff hash of changes recorded before fingerprints existed.
 
 Two checks refuse an experiment that was already tried (memory.gate decides, this module words it):
-- before coding, the idea is judged against past experiments (memory.gate: structured reading or an LLM);
+- before coding, the idea is judged against past experiments (memory.gate: its structured changes, or an LLM);
 - after coding, the change's fingerprint (memory.fingerprint) equals a past experiment's; records from
   before fingerprints are matched by `normalised_diff_hash`.
 
@@ -37,7 +37,7 @@ class NoveltyVerdict:
     match: MemoryHit | None
     message: str
     related: list[MemoryHit] = field(default_factory=list)  # similar past experiments that are not repeats
-    judged_by: str = ""  # "reading", "llm <model>", "fingerprint"
+    judged_by: str = ""  # "structure", "reading", "llm <model>", "fingerprint"
 
     @property
     def context(self) -> str:

@@ -91,11 +91,6 @@ def _query(direction: str, kept: list[MemoryHit], recent: list[MemoryHit]) -> tu
     return "baseline training run", "the baseline"
 
 
-def format_hits(hits: list[MemoryHit]) -> str:
-    """Past experiments as short lines, e.g. for the reviewer's `similar` input."""
-    return "\n".join(_line(h, similarity=True) for h in hits) or "(no similar past experiments)"
-
-
 def _recent_failures(memory: ExperimentMemory, recent: list[MemoryHit], tag: str | None) -> list[MemoryHit]:
     """Failures among the latest experiments (of the run, when given), newest first; a run that is not among
     the latest is looked up by a filter (its own failures are bounded by its length)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.record.results import PERSISTED_FIELDS, STATUSES, ExperimentRecord
+from memory.changes import Changes
 from memory.fingerprint import ChangeFingerprint
 
 MAX_DIFF_EXCERPT_LINES = 8
@@ -39,7 +40,7 @@ class MemoryHit:
     timestamp: str = ""
     diff_hash: str = ""
     fingerprint: str = ""  # ChangeFingerprint JSON ("" when the experiment was never coded)
-    reading: str = ""  # Reading JSON of its idea
+    changes: str = ""  # memory.changes.Changes JSON: what memory compares it by
     repeat_of: str = ""
     rationale: str = ""
     lesson: str = ""
@@ -49,9 +50,12 @@ class MemoryHit:
     document: str = ""
 
     def describe_change(self) -> str:
-        """The coded change in words, or "" when the experiment was never coded."""
+        """The coded change in words (and the techniques its idea named), or "" when there is nothing to show."""
         fp = ChangeFingerprint.from_json(self.fingerprint)
-        return fp.describe() if fp is not None else ""
+        change = Changes.from_json(self.changes)
+        named = "; ".join(f"{part}: {technique}" for part, technique in change.parts.items() if technique) \
+            if change is not None else ""
+        return "; ".join(x for x in (fp.describe() if fp is not None else "", named) if x)
 
     def cite(self) -> str:
         """`exp <tag>/<id> (discard, val_bpb 1.0123)`: how verdicts and recall name an experiment."""
@@ -143,9 +147,9 @@ def record_document(record: ExperimentRecord) -> str:
     return "\n".join(lines)
 
 
-def record_metadata(record: ExperimentRecord, seq: int, reading: str = "", signature: str = "") -> dict[str, Any]:
-    """Chroma metadata: scalar values only, and no None (an absent key means unknown). `reading` is the structured
-    reading of the idea (JSON) and `signature` what it changes, for the gate's structural lookup."""
+def record_metadata(record: ExperimentRecord, seq: int, changes: str = "", reader: str = "") -> dict[str, Any]:
+    """Chroma metadata: scalar values only, and no None (an absent key means unknown). `changes` is what memory
+    compares the experiment by (memory.changes JSON); `reader` the reader's version when words decided it."""
     timestamp, epoch = record_timestamp(record)
     meta: dict[str, Any] = {
         "exp_id": record.exp_id,
@@ -154,12 +158,14 @@ def record_metadata(record: ExperimentRecord, seq: int, reading: str = "", signa
         "title": record.description[:MAX_LESSON_CHARS],
         "category": record.category,
         "commit": record.commit,
+        "parent_commit": record.parent_commit,
         "config": record.config,
         "diff_hash": record.diff_hash,
         "fingerprint": record.fingerprint,
         "fp_key": fingerprint_key(record.fingerprint),
-        "reading": reading,
-        "signature": signature,
+        "declared": record.changes,
+        "changes": changes,
+        "reader": reader,
         "repeat_of": record.repeat_of,
         "rationale": " ".join(record.rationale.split())[:MAX_LESSON_CHARS],
         "lesson": record.lesson[:MAX_LESSON_CHARS],
@@ -190,7 +196,7 @@ def hit_from_chroma(record_id_: str, meta: dict[str, Any], document: str | None,
         timestamp=str(meta.get("timestamp", "")),
         diff_hash=str(meta.get("diff_hash", "")),
         fingerprint=str(meta.get("fingerprint", "")),
-        reading=str(meta.get("reading", "")),
+        changes=str(meta.get("changes", "")),
         repeat_of=str(meta.get("repeat_of", "")),
         rationale=str(meta.get("rationale", "")),
         lesson=str(meta.get("lesson", "")),

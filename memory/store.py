@@ -36,16 +36,18 @@ import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import ChromaError
 
+from agents import trainpy
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord
 from memory import gate, novelty
-from memory.comparison import show_value
+from memory.bases import BaseTexts, effective
+from memory.changes import Changes, declared, profile_of
 from memory.embeddings import DEFAULT_EMBEDDING, collection_name, make_embedding_function
 from memory.errors import MemoryLockedError, MemoryNotFoundError, MemoryStoreError, MemoryUnavailableError
 from memory.fingerprint import fingerprint_or_none
-from memory.index import TRIED_STATUSES, MemoryIndex
+from memory.index import TRIED_STATUSES, IndexFile, MemoryIndex, entry_from_meta
 from memory.locks import _acquire_writer_lock, _flocked, _forget_failed_client, _open_lock_file
-from memory.reading import read_idea
+from memory.reader import READER_VERSION, read
 from memory.records import (
     MemoryHit,
     _load_many,
@@ -56,7 +58,6 @@ from memory.records import (
     record_metadata,
     validate_record,
 )
-from memory.vocabulary import Vocabulary, default_train_py, learn_vocabulary
 
 log = logging.getLogger("memory")
 
@@ -71,8 +72,7 @@ HNSW_CONFIG = {"space": "cosine", "ef_construction": 200, "ef_search": 1000, "ma
 NEAREST_K = 10  # neighbours the novelty gate looks at; near-misses can push the true repeat down a few places
 ADD_BATCH = 1000
 EMBED_CACHE_SIZE = 256
-READING_CACHE_SIZE = 4096
-WARM_INDEX_AT = 20_000  # experiments from which the index of what was tried is built in the background on open
+WARM_INDEX_AT = 20_000  # experiments from which the index of what was tried is loaded in the background on open
 RECENT_CACHED = 200  # latest experiments kept at hand for recall
 CHAIN_STATUSES = ("keep", "baseline")
 
@@ -83,10 +83,13 @@ CHAIN_STATUSES = ("keep", "baseline")
 class ExperimentMemory:
     """One Chroma record per experiment (id `<tag>/<exp_id>`), plus the novelty gate and recall on top."""
 
-    def __init__(self, path: Path, embedding: str, chroma_dir: Path, read_only: bool):
+    def __init__(self, path: Path, embedding: str, chroma_dir: Path, read_only: bool, repo: Path | None = None,
+                 device: str = "cpu"):
         self.path = path
         self.embedding = embedding
         self.read_only = read_only
+        self.device = device  # the device profile values are compared on ("cpu" / "cuda")
+        self.bases = BaseTexts(repo if repo is not None else _repo_of(path))  # train.py at each base commit
         self.notices: list[str] = []  # what happened on open (rebuilt, synced): for the loop to show
         self._chroma_dir = chroma_dir
         self._ef = make_embedding_function(embedding)
@@ -103,12 +106,12 @@ class ExperimentMemory:
         self._recent: deque[MemoryHit] = deque(maxlen=RECENT_CACHED)
         self._chains: dict[str, list[MemoryHit]] = {}  # tag -> its keep and baseline experiments
         self._thread_lock = threading.RLock()
-        self._reading_lock = threading.Lock()
         self._op_depth = 0
         self._embed_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._index: MemoryIndex | None = None  # built on first use from one scan of the metadata
-        self._reading_cache: dict[tuple[str, str], str] = {}
-        self._train_py: str | None = None  # the train.py ideas are read against (set_context), else the repo's
+        self._index: MemoryIndex | None = None  # loaded from index.jsonl, else built from one scan of the metadata
+        self._index_file = IndexFile(path / "index.jsonl", {"reader": READER_VERSION, "collection": self._name})
+        # prepared candidates not yet recorded, by the fingerprint key they hold: record id -> (key, title)
+        self._claims: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------------------------------ opening
 
@@ -120,14 +123,18 @@ class ExperimentMemory:
         embedding: str = DEFAULT_EMBEDDING,
         rebuild_from: Sequence[Path] = (),
         read_only: bool = False,
+        repo: Path | None = None,
+        device: str = "cpu",
     ) -> ExperimentMemory:
         """Open the memory at `path`. The writer (the loop) rebuilds a missing or corrupted store from
         `rebuild_from` (results.parquet files) and adds any experiment they hold that the store lacks.
-        `read_only` opens a snapshot, safe while the loop writes; it never repairs anything."""
+        `read_only` opens a snapshot, safe while the loop writes; it never repairs anything. `repo`: the git
+        repository whose commits experiments were made on (default: the one holding `path`); `device`: the
+        profile ideas are compared on."""
         path = Path(path)
         if read_only:
-            return cls._open_snapshot(path, embedding)
-        memory = cls(path, embedding, path / "chroma", read_only=False)
+            return cls._open_snapshot(path, embedding, repo, device)
+        memory = cls(path, embedding, path / "chroma", read_only=False, repo=repo, device=device)
         memory._writer_lock = _acquire_writer_lock(path / "writer.lock")
         memory._io_lock = _open_lock_file(path / "io.lock")
         memory._rebuild_from = [Path(p) for p in rebuild_from]
@@ -140,7 +147,7 @@ class ExperimentMemory:
             raise
         for notice in memory.notices:
             log.warning(notice)
-        if memory.next_seq >= WARM_INDEX_AT:  # a large record: index it while the run does its baselines
+        if memory.next_seq >= WARM_INDEX_AT:  # a large record: load its index while the run does its baselines
             threading.Thread(target=memory._warm_index, name="memory-index", daemon=True).start()
         return memory
 
@@ -151,16 +158,19 @@ class ExperimentMemory:
             log.warning("memory: indexing what was tried in the background failed (%s: %s)", type(exc).__name__, exc)
 
     @classmethod
-    def _open_snapshot(cls, path: Path, embedding: str) -> ExperimentMemory:
+    def _open_snapshot(cls, path: Path, embedding: str, repo: Path | None, device: str) -> ExperimentMemory:
         source = path / "chroma"
         if not (source / "chroma.sqlite3").exists():
             raise MemoryNotFoundError(f"no experiment memory at {path} yet (it is created by `autoresearch run`)")
         snapshot = Path(tempfile.mkdtemp(prefix="autoresearch-memory-"))
-        memory = cls(path, embedding, snapshot / "chroma", read_only=True)
+        memory = cls(path, embedding, snapshot / "chroma", read_only=True, repo=repo, device=device)
         memory._snapshot_dir = snapshot
         try:
             with _open_lock_file(path / "io.lock") as io_lock, _flocked(io_lock, fcntl.LOCK_SH):
                 shutil.copytree(source, memory._chroma_dir)
+                if memory._index_file.path.exists():
+                    shutil.copy(memory._index_file.path, snapshot / "index.jsonl")
+            memory._index_file = IndexFile(snapshot / "index.jsonl", memory._index_file.header)
             memory._connect(create=False)
         except MemoryStoreError:
             memory.close()
@@ -219,6 +229,8 @@ class ExperimentMemory:
 
     def _move_aside(self, reason: str) -> None:
         self._disconnect()
+        self._index_file.drop()
+        self._index = None
         _forget_failed_client(self._chroma_dir)
         aside = self._chroma_dir.with_name(f"chroma.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         if self._chroma_dir.exists():
@@ -344,8 +356,9 @@ class ExperimentMemory:
             if seq is None:  # a new experiment takes the next place in the order; a replaced one keeps its own
                 seq, self._next_seq = self._next_seq, self._next_seq + 1
                 existing[rid] = seq
-            reading = self._reading_json(record.description, record.rationale)
-            metas.append(record_metadata(record, seq, reading))
+            changes, reader = effective(record.description, record.rationale, record.changes, record.fingerprint,
+                                        record.parent_commit, self.bases)
+            metas.append(record_metadata(record, seq, changes, reader))
         for start in range(0, len(ids), ADD_BATCH):
             end = start + ADD_BATCH
             self._collection.upsert(
@@ -354,10 +367,13 @@ class ExperimentMemory:
                 documents=[record_document(r) for r in records[start:end]],
                 metadatas=metas[start:end],
             )
-        for rid, meta in zip(ids, metas, strict=True):
+        entries = [entry_from_meta(rid, meta) for rid, meta in zip(ids, metas, strict=True)]
+        for rid, meta, entry in zip(ids, metas, entries, strict=True):
             self._remember(hit_from_chroma(rid, meta, None))
+            self._claims.pop(rid, None)  # its record is in: the fingerprint is the record's now
             if self._index is not None:
-                self._index.add(rid, meta)
+                self._index.add(entry)
+        self._index_file.append(entries)  # the file stays whole even before the index is first used
 
     def _remember(self, hit: MemoryHit) -> None:
         """Keep the bounded views in step with a write."""
@@ -373,44 +389,40 @@ class ExperimentMemory:
                 chain.append(hit)
                 chain.sort(key=lambda h: h.seq)
 
-    # ------------------------------------------------------------------------------------------ reading ideas
-
-    def set_context(self, train_py: str) -> None:
-        """The train.py ideas are read against from now on (the current best): its knobs, values and names."""
-        self._train_py = train_py
-        with self._reading_lock:
-            self._reading_cache.clear()
-
-    def vocabulary(self, train_py: str | None = None) -> Vocabulary:
-        """What train.py calls its knobs: of `train_py`, else the context set, else the repository's train.py."""
-        return learn_vocabulary(train_py if train_py is not None else self._train_py
-                                if self._train_py is not None else default_train_py(self.path))
-
-    def _reading_json(self, title: str, rationale: str) -> str:
-        key = (title, rationale)
-        with self._reading_lock:  # the crew's preparing threads read ideas at once
-            cached = self._reading_cache.get(key)
-        if cached is None:
-            cached = read_idea(title, rationale, self.vocabulary()).to_json()
-            with self._reading_lock:
-                self._reading_cache[key] = cached
-                if len(self._reading_cache) > READING_CACHE_SIZE:
-                    self._reading_cache.pop(next(iter(self._reading_cache)))
-        return cached
+    # ------------------------------------------------------------------------------------------ the index
 
     def index(self) -> MemoryIndex:
-        """What was tried, by what it changed (built on first use: one pass over the metadata)."""
+        """What was tried, by what it changed: read from index.jsonl, else built with one pass over the metadata
+        (and saved); readings of an older reader are redone then."""
         with self._operation():
             if self._index is None:
-                index = MemoryIndex()
+                self._index = self._index_file.load(self._next_seq)
+                if self._index is not None and self._index_file.lines > 2 * self._next_seq + 1000:
+                    self._index_file.write(self._index)  # compact the lines replaced records left behind
+            if self._index is None:
+                index = MemoryIndex(self._index_file.header)
+                stale: list[tuple[str, dict]] = []
                 for rid, meta in self._scan():
-                    index.add(rid, meta)
+                    if "changes" not in meta or meta.get("reader") not in ("", READER_VERSION):
+                        meta = dict(meta)
+                        meta["changes"], meta["reader"] = effective(
+                            str(meta.get("title", "")), str(meta.get("rationale", "")), str(meta.get("declared", "")),
+                            str(meta.get("fingerprint", "")), str(meta.get("parent_commit", "")), self.bases)
+                        stale.append((rid, meta))
+                    index.add(entry_from_meta(rid, meta))
+                if stale and not self.read_only:  # the store itself carries the current readings from now on
+                    for start in range(0, len(stale), ADD_BATCH):
+                        batch = stale[start:start + ADD_BATCH]
+                        self._collection.update(ids=[r for r, _ in batch], metadatas=[m for _, m in batch])
+                self._index_file.write(index)
                 self._index = index
+                if self.bases.note() and self.bases.note() not in self.notices:
+                    self.notices.append(self.bases.note())
+                    log.warning(self.bases.note())
             return self._index
 
     def _scan(self, page: int = 5000) -> Iterator[tuple[str, dict]]:
-        total = self._next_seq
-        for offset in range(0, total, page):
+        for offset in range(0, self._next_seq, page):
             res = self._guarded("get", lambda o=offset: self._collection.get(limit=page, offset=o, include=["metadatas"]))
             yield from zip(res["ids"], res["metadatas"], strict=True)
 
@@ -461,6 +473,8 @@ class ExperimentMemory:
         added = self._sync(self._rebuild_from)
         if added:
             self.notices.append(f"memory: added {added} experiment(s) from results.parquet that the store lacked")
+        if self.bases.note():
+            self.notices.append(self.bases.note())
 
     def rebuild(self, parquet_paths: list[Path]) -> int:
         """Drop the collection and fill it again from results.parquet files; returns how many were stored."""
@@ -476,6 +490,7 @@ class ExperimentMemory:
             )
             self._next_seq = 0
             self._index = None
+            self._index_file.drop()
             self._seed_caches()
             self._sync([Path(p) for p in parquet_paths])
             return self._collection.count()
@@ -537,27 +552,45 @@ class ExperimentMemory:
         """Order number the next new experiment will get (= how many are stored)."""
         return self._next_seq
 
+    def read_idea(self, idea: Idea, train_py: str | None = None) -> Changes:
+        """What an idea changes: its declared changes resolved against `train_py` (default: the repository's), or,
+        for an idea without them (or with a value that is not Python), the English reader's reading."""
+        text = train_py if train_py is not None else self.bases.current()
+        if idea.changes:
+            try:
+                return declared(idea.changes, text)
+            except (SyntaxError, ValueError, RecursionError):
+                pass
+        return read(idea.title, idea.rationale, text)
+
     def check_idea(self, idea: Idea, *, threshold: float = novelty.DEFAULT_THRESHOLD, train_py: str | None = None,
-                   judge: gate.RepeatJudge | None = None) -> novelty.NoveltyVerdict:
+                   judge: gate.RepeatJudge | None = None, device: str | None = None) -> novelty.NoveltyVerdict:
         """Before coding: does this idea repeat an experiment already tried? `train_py` is the file the idea was
-        proposed on (default: the context set, else the repository's); `judge` an LLM judge (else the reading
-        decides); `threshold` the least similarity at which an embedding neighbour is considered."""
-        vocab = self.vocabulary(train_py)
-        reading = read_idea(idea.title, idea.rationale, vocab)
+        proposed on (default: the repository's); `device` the profile values are compared on (default: the
+        memory's); `judge` an LLM judge for changes to code (else the structure decides); `threshold` the least
+        similarity at which an embedding neighbour is considered."""
+        text = train_py if train_py is not None else self.bases.current()
+        change = self.read_idea(idea, text)
+        profile = profile_of(text, device or self.device)
         index = self.index()
-        structural = index.lookup(reading)
+        structural = index.lookup(change)
         neighbours = self.nearest(self.embed(idea_text(idea.title, idea.rationale)), NEAREST_K)
         nearest = [h for h in neighbours if h.similarity >= threshold and
                    (h.status in TRIED_STATUSES or h.status == "repeat" and h.repeat_of)]
         cited = self.find(idea.retry_of) if idea.retry_of else None
-        inputs = gate.GateInputs(idea, reading, structural, nearest, cited)
+        inputs = gate.GateInputs(idea, change, profile, structural, nearest, cited)
         return gate.decide(inputs, index, self.hits, judge)
 
-    def check_change(self, base_text: str, new_text: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
-        """After coding, before any GPU time: was this change (by its fingerprint) tried before?"""
+    def check_change(self, base_text: str, new_text: str, *, retry_of: str | None = None,
+                     claimant: str = "") -> novelty.NoveltyVerdict:
+        """After coding, before any GPU time: was this change (by its fingerprint) tried before, or is it held by
+        another prepared candidate (`claimant`: this candidate's record id, `<tag>/<exp_id>`)?"""
         fp = fingerprint_or_none(base_text, new_text)
         if fp is None:
             return self.check_diff(novelty.normalised_diff_hash(base_text, new_text), retry_of=retry_of)
+        held = self._holder(fp.key, claimant)
+        if held is not None:
+            return held
         same = self.hits([e.id for e in self.index().same_change(fp.key)][:20])
         verdict = novelty.diff_verdict(same, retry_of)
         if verdict.novel and verdict.kind == "novel":  # experiments recorded before fingerprints existed
@@ -565,6 +598,28 @@ class ExperimentMemory:
             if not legacy.novel or legacy.kind == "retry":
                 return legacy
         return verdict
+
+    def claim(self, claimant: str, base_text: str, new_text: str, title: str) -> novelty.NoveltyVerdict:
+        """Hold this change's fingerprint for a prepared candidate until its record is added (any status): another
+        candidate with the same change is refused meanwhile, so two threads never train one change twice."""
+        fp = fingerprint_or_none(base_text, new_text)
+        if fp is None:
+            return novelty.novel_verdict(judged_by="fingerprint")
+        with self._thread_lock:
+            held = self._holder(fp.key, claimant)
+            if held is None:
+                self._claims[claimant] = (fp.key, title)
+        return held or novelty.novel_verdict(judged_by="fingerprint")
+
+    def _holder(self, key: str, claimant: str) -> novelty.NoveltyVerdict | None:
+        with self._thread_lock:
+            holder = next(((rid, title) for rid, (k, title) in self._claims.items() if k == key and rid != claimant),
+                          None)
+        if holder is None:
+            return None
+        tag, _, exp_id = holder[0].rpartition("/")
+        hit = MemoryHit(id=holder[0], exp_id=exp_id, tag=tag, status="prepared", title=holder[1])
+        return novelty.diff_verdict([hit])
 
     def check_diff(self, diff_hash: str, *, retry_of: str | None = None) -> novelty.NoveltyVerdict:
         """Was exactly this change (normalised diff hash) tried before? For records without a fingerprint."""
@@ -588,13 +643,16 @@ class ExperimentMemory:
         return build_recall(self, direction, token_budget=token_budget, tag=tag)
 
     def tried_map(self, budget_chars: int) -> str:
-        """Per knob or technique, the values tried and their outcomes, within `budget_chars`."""
+        """Per constant or part, the values or techniques tried and their outcomes, within `budget_chars`."""
         from memory import triedmap
 
-        vocab = self.vocabulary()
-        profile = vocab.profiles[0] if vocab.profiles else ""
-        current = {name: show_value(knob.current(profile)) for name, knob in vocab.knobs.items()}
-        return triedmap.render(self.index().tried_targets(), budget_chars, current)
+        try:
+            model = trainpy.read(self.bases.current())
+        except SyntaxError:
+            return ""
+        profile = model.profile(self.device).name
+        current = {name: c.spellings[profile] for name, c in model.constants.items() if profile in c.spellings}
+        return triedmap.render(self.index().tried_targets(profile), budget_chars, current)
 
     def similar(self, text: str, k: int = 5) -> list[MemoryHit]:
         """Past experiments nearest to a text (refused repeats left out: they duplicate what they cite)."""
@@ -609,3 +667,10 @@ class ExperimentMemory:
         from memory.stats import memory_stats
 
         return memory_stats(self.path, self.embedding, self.count(), self._scan())
+
+
+def _repo_of(path: Path) -> Path:
+    """The repository a memory directory belongs to: `<repo>/.autoresearch/memory` by default, else the working
+    directory."""
+    candidate = Path(path).resolve().parent.parent
+    return candidate if (candidate / ".git").exists() or (candidate / "train.py").exists() else Path.cwd()

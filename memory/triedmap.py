@@ -1,8 +1,9 @@
 """The map of what was tried: per knob or technique, the values tried and how they ended, in a fixed budget.
 
-Built from the index (fingerprints where the code was changed, readings otherwise), so it does not grow
-with the number of experiments: each knob gets one line, whose detail shrinks to a summary ("9 values from
-0.01 to 0.09, best 0.035 keep -0.0040") when room is short. Every constant ever tried keeps its line.
+Built from the index (fingerprints where the code was changed, declared changes or readings otherwise) on the
+device profile the run uses, so it does not grow with the number of experiments: each knob gets one line, whose
+detail shrinks to a summary ("9 values from 0.01 to 0.09, best 0.035 keep -0.0040") when room is short. Every
+constant ever tried keeps its line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memory.comparison import Change
+from memory.changes import Changes
 from memory.index import Entry
 
 STATUS_RANK = {"keep": 0, "discard": 1, "crash": 2}
@@ -45,11 +46,8 @@ class Outcome:
 @dataclass
 class Target:
     name: str
+    constant: bool = True  # a constant of train.py (else a part and its techniques)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-
-    @property
-    def constant(self) -> bool:
-        return self.name.split("@")[0].isupper()
 
     @property
     def runs(self) -> int:
@@ -98,20 +96,22 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _value_of(change: Change) -> Any:
-    if change.values:
-        return change.values[0]
-    return "up" if change.direction > 0 else "down" if change.direction < 0 else "changed"
+def _number(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
-def collect(entries: Iterable[Entry]) -> dict[str, Target]:
+def collect(entries: Iterable[tuple[Entry, Changes]], profile: str) -> dict[str, Target]:
+    """Per constant (its value on `profile`) and per part (the technique named), the outcomes of what was tried."""
     targets: dict[str, Target] = {}
-    for entry in entries:
-        for change in entry.reading.changes:
-            target = targets.setdefault(change.target, Target(change.target))
-            value = _value_of(change)
-            key = _show(value)
-            target.outcomes.setdefault(key, Outcome(value)).add(entry)
+    for entry, change in entries:
+        tried = [(name, _number(value), True) for name, value in change.on(profile).items()]
+        tried += [(part, technique or "changed", False) for part, technique in change.parts.items()]
+        for name, value, constant in tried:
+            target = targets.setdefault(name, Target(name, constant))
+            target.outcomes.setdefault(_show(value), Outcome(value)).add(entry)
     return targets
 
 

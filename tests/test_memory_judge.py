@@ -71,12 +71,41 @@ def test_a_judge_that_names_no_repeat_admits_the_idea(memory):
 
 
 @pytest.mark.parametrize("reply", [Reply.json({"same_as": "n9/9999", "reason": "made up"}), Reply.error(400, "bad")])
-def test_an_unusable_judge_leaves_the_decision_to_the_reading_and_says_so(memory, reply):
+def test_an_unusable_judge_leaves_the_decision_to_the_structure_and_says_so(memory, reply):
+    memory.add(ExperimentRecord(exp_id="0009", tag="n1", status="discard", description="SwiGLU", val_bpb=1.01,
+                                changes='[{"part": "MLP.forward", "technique": "SwiGLU"}]'))
+    swiglu = Idea(title="Gated MLP", rationale="", expected_effect="", category="other",
+                  changes=[{"part": "MLP.forward", "technique": "swiglu"}])
     with ScriptedLLMServer([reply]) as server:
-        verdict = memory.check_idea(Idea(title="MLP_RATIO 4 -> 3", rationale="", expected_effect="",
-                                         category="other"), judge=judge(server, UsageLedger()))
-    assert not verdict.novel and verdict.match.id == "n1/0007"  # the fingerprint-corrected reading matches
-    assert "structured reading decided" in verdict.message
+        verdict = memory.check_idea(swiglu, judge=judge(server, UsageLedger()))
+    assert not verdict.novel and verdict.match.id == "n1/0009"  # the same part with the same technique
+    assert "the structure decided" in verdict.message
+
+
+def test_constants_are_decided_by_structure_without_asking_the_judge(memory):
+    with ScriptedLLMServer([Reply.error(500, "must not be called")]) as server:
+        verdict = memory.check_idea(Idea(title="x", rationale="", expected_effect="", category="other",
+                                         changes=[{"constant": "MLP_RATIO", "value": "3"}]),
+                                    judge=judge(server, UsageLedger()))
+        assert server.requests == []
+    assert not verdict.novel and verdict.match.id == "n1/0007" and verdict.judged_by == "structure"
+
+
+def test_the_judge_decides_words_the_structure_cannot(memory):
+    """'stop normalizing the token embeddings' after 'embedding norm: on -> off': the judge reads it."""
+    memory.add(ExperimentRecord(exp_id="0010", tag="n1", status="discard", description="embedding norm: on -> off",
+                                val_bpb=1.01, changes='[{"part": "GPT.forward", "technique": "embedding norm off"}]'))
+    seen: list[ParsedRequest] = []
+
+    def responder(request: ParsedRequest) -> Reply:
+        seen.append(request)
+        return Reply.json({"same_as": "n1/0010", "reason": "switching off the embedding norm"})
+
+    with ScriptedLLMServer(responder) as server:
+        verdict = memory.check_idea(Idea(title="stop normalizing the token embeddings", rationale="",
+                                         expected_effect="", category="other"), judge=judge(server, UsageLedger()))
+    assert not verdict.novel and verdict.match.id == "n1/0010"
+    assert "GPT.forward: embedding norm off" in seen[0].text  # the candidate is shown with the technique it named
 
 
 def test_which_judge_a_crew_gets(tmp_path, monkeypatch):

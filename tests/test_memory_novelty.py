@@ -1,18 +1,18 @@
-"""The novelty gate: normalised diff hashes, the labelled idea pairs, retries."""
+"""The novelty gate: structured changes decide (by value, per device profile), the fingerprint after coding,
+normalised diff hashes for old records, retries, and changes held by prepared candidates."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord
-from memory import DEFAULT_THRESHOLD, ExperimentMemory, normalised_diff_hash
+from memory import ExperimentMemory, normalised_diff_hash
 from memory.embeddings import load_minilm
 from memory.fingerprint import fingerprint
-
-PAIRS = Path(__file__).parent / "data" / "judgement_pairs_tune.jsonl"
 
 TRAIN = """\
 import math
@@ -72,62 +72,122 @@ def test_diff_hash_survives_code_that_does_not_tokenise():
 # ------------------------------------------------------------------------------------------ idea gate
 
 
-def idea(title: str, rationale: str = "", retry_of: str | None = None) -> Idea:
-    return Idea(title=title, rationale=rationale, expected_effect="", category="other", retry_of=retry_of)
+REPO_TRAIN = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 
 
-def test_a_repeat_is_found_among_many_near_misses_on_the_same_knob(tmp_path, minilm):
-    """Near-misses are closer in embedding than paraphrases: the structural lookup still finds the repeat."""
-    with ExperimentMemory.open(tmp_path / "mem") as memory:
-        memory.add(ExperimentRecord(exp_id="0001", tag="old", status="discard", description="MATRIX_LR 0.04 -> 0.03",
-                                    rationale="Loss spikes.", val_bpb=1.003, delta=0.002, lesson="0.03 is too low."))
+def idea(title: str, *changes: dict, rationale: str = "", retry_of: str | None = None) -> Idea:
+    return Idea(title=title, rationale=rationale, expected_effect="", category="other", changes=list(changes),
+                retry_of=retry_of)
+
+
+def ran(exp_id: str, title: str, *changes: dict, status: str = "discard", new_text: str | None = None,
+        **fields) -> ExperimentRecord:
+    """A past experiment as the loop stores it: its declared changes and, when coded, its fingerprint."""
+    fp = fingerprint(REPO_TRAIN, new_text).to_json() if new_text is not None else ""
+    return ExperimentRecord(exp_id=exp_id, tag="n", status=status, description=title, changes=json.dumps(changes),
+                            fingerprint=fp, val_bpb=None if status == "crash" else 1.0, **fields)
+
+
+def const(name: str, value: str) -> dict:
+    return {"constant": name, "value": value}
+
+
+def part(name: str, technique: str) -> dict:
+    return {"part": name, "technique": technique}
+
+
+def test_a_repeat_under_another_title_is_found_among_many_near_misses(tmp_path, minilm):
+    with ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
+        memory.add(ran("0001", "MATRIX_LR 0.04 -> 0.03", const("MATRIX_LR", "0.03 if CUDA else 0.05"),
+                       lesson="0.03 is too low."))
         values = [0.01 * k for k in range(1, 9) if k != 3] + [0.045, 0.055, 0.035, 0.025]
-        memory.add_many([ExperimentRecord(exp_id=f"{i + 2:04d}", tag="old", status="discard",
-                                          description=f"MATRIX_LR 0.04 -> {v:g}", rationale="Tune the Muon LR.",
-                                          val_bpb=1.0 + i / 1000) for i, v in enumerate(values)])
-        verdict = memory.check_idea(idea("Lower the learning rate of the Muon-optimised matrices to three hundredths "
-                                         "... i.e. 0.03, since the early loss spikes look like overshooting"))
-        assert (verdict.novel, verdict.match.id) == (False, "old/0001"), verdict.message
-        assert "0.03 is too low" in verdict.message and verdict.judged_by == "reading"
-        near = memory.check_idea(idea("Muon learning rate 0.0375"))
-        assert near.novel and near.related and "MATRIX_LR" in near.context
+        memory.add_many([ran(f"{i + 2:04d}", f"MATRIX_LR 0.04 -> {v:g}", const("MATRIX_LR", f"{v:g} if CUDA else 0.05"))
+                         for i, v in enumerate(values)])
+        again = memory.check_idea(idea("Calmer Muon steps against the early loss spikes",
+                                       const("MATRIX_LR", "0.6 * 0.05 if CUDA else 0.05")))
+        assert (again.novel, again.kind, again.match.id, again.judged_by) == (False, "semantic", "n/0001", "structure")
+        assert "0.03 is too low" in again.message
+        near = memory.check_idea(idea("Calmer Muon steps", const("MATRIX_LR", "0.032 if CUDA else 0.05")))
+        assert near.novel and "MATRIX_LR: 0.032 vs" in near.message
+        assert len(near.related) == 3, "the experiments on the same constant go to the coder as context"
+        assert memory.check_idea(idea("Calmer Muon steps", const("EMBEDDING_LR", "0.03"))).novel
+        both = memory.check_idea(idea("x", const("MATRIX_LR", "0.03 if CUDA else 0.05"), part("MLP", "SwiGLU")))
+        assert both.novel, "a change to code besides is another experiment"
+
+
+def test_values_are_compared_on_the_device_profile_the_run_uses(tmp_path, minilm):
+    new = REPO_TRAIN.replace("DEPTH = 8 if CUDA else 2", "DEPTH = 8 if CUDA else 3")
+    with ExperimentMemory.open(tmp_path / "mem") as memory:  # a CPU run: DEPTH 2 -> 3 on the CPU profile
+        memory.add(ran("0001", "DEPTH 2 -> 3", const("DEPTH", "8 if CUDA else 3"), new_text=new))
+        plain = idea("Three blocks", const("DEPTH", "3"))  # 3 on every profile: on this CPU the same experiment
+        assert not memory.check_idea(plain, device="cpu").novel
+        assert memory.check_idea(plain, device="cuda").novel  # on a GPU DEPTH 8 -> 3 never ran
+        assert memory.check_idea(idea("Deeper on the GPU", const("DEPTH", "10 if CUDA else 2")), device="cpu").novel
 
 
 def test_vetoed_and_skipped_ideas_never_block(tmp_path, minilm):
     with ExperimentMemory.open(tmp_path / "mem") as memory:
-        memory.add(ExperimentRecord(exp_id="0001", tag="n", status="veto", description="DEPTH 8 -> 12",
-                                    rationale="Deeper.", review_reasons="too slow"))
-        memory.add(ExperimentRecord(exp_id="0002", tag="n", status="skipped", description="Use SwiGLU in the MLP",
-                                    rationale="Gated.", error="no edit applies"))
-        for title in ("DEPTH 8 -> 12", "DEPTH 8 -> 16", "Use SwiGLU in the MLP"):
-            assert memory.check_idea(idea(title)).novel, title
+        memory.add(ran("0001", "DEPTH 8 -> 12", const("DEPTH", "12"), status="veto", review_reasons="too slow"))
+        memory.add(ran("0002", "Use SwiGLU in the MLP", part("MLP.forward", "SwiGLU"), status="skipped",
+                       error="no edit applies"))
+        for proposal in (idea("a", const("DEPTH", "12")), idea("b", part("MLP.forward", "swiglu")),
+                         idea("DEPTH 8 -> 12")):
+            assert memory.check_idea(proposal).novel, proposal.title
 
 
 def test_a_refused_repeat_sends_later_repeats_to_the_original(tmp_path, minilm):
     with ExperimentMemory.open(tmp_path / "mem") as memory:
-        memory.add(ExperimentRecord(exp_id="0001", tag="n", status="keep", description="WARMDOWN_RATIO 0.5 -> 0.6",
-                                    rationale="Longer cooldown.", val_bpb=0.99, delta=-0.004))
-        first = memory.check_idea(idea("Start decaying the LR at 40% of training"))
-        assert not first.novel and first.match.id == "n/0001"
+        memory.add(ran("0001", "Longer cooldown", const("WARMDOWN_RATIO", "0.6"), status="keep", delta=-0.004))
         memory.add(ExperimentRecord(exp_id="0002", tag="n", status="repeat", repeat_of="n/0001",
-                                    description="Start decaying the LR at 40% of training", rationale=""))
-        again = memory.check_idea(idea("cool down over the last 60 percent of the run"))
+                                    description="Start decaying the LR at 40% of training",
+                                    changes=json.dumps([const("WARMDOWN_RATIO", "0.6")])))
+        again = memory.check_idea(idea("cool down over the last 60 percent", const("WARMDOWN_RATIO", "3 / 5")))
         assert not again.novel and again.match.id == "n/0001"
 
 
-def test_a_coded_change_is_refused_by_its_fingerprint_whatever_its_title(tmp_path, minilm):
-    base = (Path(__file__).resolve().parents[1] / "train.py").read_text()
-    new = base.replace("MLP_RATIO = 4", "MLP_RATIO = 3")
+def test_the_code_decides_what_a_past_experiment_changed(tmp_path, minilm):
+    new = REPO_TRAIN.replace("MLP_RATIO = 4", "MLP_RATIO = 3")
     with ExperimentMemory.open(tmp_path / "mem") as memory:
-        memory.add(ExperimentRecord(exp_id="0001", tag="n", status="discard", description="Cheaper MLP",
-                                    rationale="", val_bpb=1.01, fingerprint=fingerprint(base, new).to_json()))
-        restyled = base.replace("MLP_RATIO = 4", "MLP_RATIO = 6 // 2  # three times the width")
-        verdict = memory.check_change(base, restyled)
+        # its idea declared DEPTH, its code changed MLP_RATIO: the fingerprint is the authority
+        memory.add(ran("0001", "Cheaper MLP", const("DEPTH", "10"), new_text=new))
+        restyled = REPO_TRAIN.replace("MLP_RATIO = 4", "MLP_RATIO = 6 // 2  # three times the width")
+        verdict = memory.check_change(REPO_TRAIN, restyled)
         assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "exact", "n/0001")
         assert "MLP_RATIO 4 -> 3" in verdict.message
-        assert memory.check_change(base, base.replace("MLP_RATIO = 4", "MLP_RATIO = 2")).novel
-        # the reading of a past experiment is corrected by what its code did
-        assert not memory.check_idea(idea("shrink the feed-forward expansion to three times the width")).novel
+        assert memory.check_change(REPO_TRAIN, REPO_TRAIN.replace("MLP_RATIO = 4", "MLP_RATIO = 2")).novel
+        assert not memory.check_idea(idea("Narrow the feed-forward block", const("MLP_RATIO", "3"))).novel
+        assert memory.check_idea(idea("Deeper", const("DEPTH", "10"))).novel
+
+
+def test_parts_offline_same_part_and_technique_name_decide(tmp_path, minilm):
+    gelu = REPO_TRAIN.replace("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")
+    with ExperimentMemory.open(tmp_path / "mem") as memory:
+        memory.add(ran("0001", "MLP activation: ReLU^2 -> GELU", part("MLP.forward", "MLP activation GELU"),
+                       new_text=gelu))
+        memory.add(ran("0002", "Attention sinks", new_text=REPO_TRAIN.replace("y = F.scaled_dot_product_attention",
+                                                                              "y = 1.0 * F.scaled_dot_product_attention")))
+        same = memory.check_idea(idea("Smoother non-linearity", part("MLP.forward", "mlp activation: gelu")))
+        assert (same.novel, same.match.id) == (False, "n/0001")
+        assert memory.check_idea(idea("Smoother non-linearity", part("MLP.forward", "MLP activation SiLU"))).novel
+        assert memory.check_idea(idea("GELU in attention", part("CausalSelfAttention.forward", "GELU"))).novel
+        unnamed = memory.check_idea(idea("Sinks", part("CausalSelfAttention.forward", "attention sinks")))
+        assert unnamed.novel and [h.id for h in unnamed.related] == ["n/0002"], "unsure admits, with context"
+
+
+def test_english_without_changes_is_read_and_unsure_admits(tmp_path, minilm):
+    with ExperimentMemory.open(tmp_path / "mem") as memory:
+        memory.add(ran("0001", "QK-norm: on -> off", part("CausalSelfAttention.forward", "QK-norm off")))
+        memory.add(ran("0002", "embedding norm: on -> off", part("GPT.forward", "embedding norm off")))
+        memory.add(ran("0003", "WARMDOWN_RATIO 0.5 -> 0.7", const("WARMDOWN_RATIO", "0.7")))
+        off = memory.check_idea(idea("turn QK-norm off"))
+        assert (off.novel, off.match.id, off.judged_by) == (False, "n/0001", "reading")
+        assert memory.check_idea(idea("turn QK-norm on")).novel
+        assert not memory.check_idea(idea("set the warmdown ratio to 0.7")).novel
+        assert memory.check_idea(idea("set the warmdown ratio to 0.7 and add dropout")).novel
+        words = memory.check_idea(idea("stop normalizing the token embeddings"))
+        assert words.novel and "n/0002" in [h.id for h in words.related], "the related experiment goes to the coder"
+        named = memory.check_idea(idea("stop normalizing the token embeddings", part("GPT.forward", "embedding norm off")))
+        assert not named.novel and named.match.id == "n/0002"
 
 
 # --------------------------------------------------------------------------------------------- retries
@@ -136,42 +196,39 @@ def test_a_coded_change_is_refused_by_its_fingerprint_whatever_its_title(tmp_pat
 @pytest.fixture
 def memory_with_history(tmp_path, minilm):
     with ExperimentMemory.open(tmp_path / "mem") as memory:
-        memory.add(ExperimentRecord(exp_id="0004", tag="n1", status="crash", description="Replace ReLU squared with GELU",
-                                    rationale="Smoother activation.", error="NameError: gelu", diff_hash="h-gelu"))
-        memory.add(ExperimentRecord(exp_id="0005", tag="n1", status="discard", description="Increase depth from 8 to 10",
-                                    rationale="More capacity.", val_bpb=1.01, lesson="Too slow per step.",
-                                    diff_hash="h-depth"))
+        memory.add(ran("0004", "Replace ReLU squared with GELU", part("MLP.forward", "GELU"), status="crash",
+                       error="NameError: gelu", diff_hash="h-gelu"))
+        memory.add(ran("0005", "Increase depth from 8 to 10", const("DEPTH", "10 if CUDA else 2"),
+                       lesson="Too slow per step.", diff_hash="h-depth"))
         yield memory
 
 
-GELU_AGAIN = dict(title="Swap the squared ReLU for GELU", rationale="A smooth activation; fixed the missing import.",
-                  expected_effect="", category="architecture")
+GELU_AGAIN = part("MLP.forward", "gelu")
 
 
 def test_repeat_of_a_crash_is_refused_with_a_hint_to_retry(memory_with_history):
-    verdict = memory_with_history.check_idea(Idea(**GELU_AGAIN), threshold=DEFAULT_THRESHOLD)
-    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "semantic", "n1/0004")
+    verdict = memory_with_history.check_idea(idea("Swap the squared ReLU for GELU", GELU_AGAIN))
+    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "semantic", "n/0004")
     assert "retry_of='0004'" in verdict.message and "NameError" in verdict.message
 
 
 def test_deliberate_retry_of_a_crash_is_admitted(memory_with_history):
-    verdict = memory_with_history.check_idea(Idea(**GELU_AGAIN, retry_of="0004"), threshold=DEFAULT_THRESHOLD)
-    assert (verdict.novel, verdict.kind, verdict.match.id) == (True, "retry", "n1/0004")
+    verdict = memory_with_history.check_idea(idea("Swap the squared ReLU for GELU", GELU_AGAIN, retry_of="0004"))
+    assert (verdict.novel, verdict.kind, verdict.match.id) == (True, "retry", "n/0004")
     assert "did not complete" in verdict.message
 
 
 def test_retry_of_a_completed_experiment_is_refused(memory_with_history):
-    idea = Idea(title="Make it deeper: 8 to 10 layers", rationale="More capacity.", expected_effect="",
-                category="architecture", retry_of="0005")
-    verdict = memory_with_history.check_idea(idea, threshold=DEFAULT_THRESHOLD)
-    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "semantic", "n1/0005")
+    verdict = memory_with_history.check_idea(idea("Make it deeper", const("DEPTH", "10 if CUDA else 2"),
+                                                  retry_of="0005"), device="cuda")
+    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "semantic", "n/0005")
     assert "only crashed or skipped experiments are retried" in verdict.message
     assert "Too slow per step" in verdict.message
 
 
 def test_exact_repeat_of_a_change_is_refused(memory_with_history):
     verdict = memory_with_history.check_diff("h-depth")
-    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "exact", "n1/0005")
+    assert (verdict.novel, verdict.kind, verdict.match.id) == (False, "exact", "n/0005")
     assert memory_with_history.check_diff("h-new").novel
 
 
@@ -179,3 +236,18 @@ def test_same_change_as_a_crash_passes_only_as_a_deliberate_retry(memory_with_hi
     assert not memory_with_history.check_diff("h-gelu").novel
     verdict = memory_with_history.check_diff("h-gelu", retry_of="0004")
     assert (verdict.novel, verdict.kind) == (True, "retry")
+
+
+# ------------------------------------------------------------------------------------ prepared candidates
+
+
+def test_a_change_held_by_a_prepared_candidate_is_refused_until_its_record_is_in(tmp_path, minilm):
+    new = REPO_TRAIN.replace("MLP_RATIO = 4", "MLP_RATIO = 3")
+    with ExperimentMemory.open(tmp_path / "mem") as memory:
+        assert memory.claim("run/0001", REPO_TRAIN, new, "MLP_RATIO 4 -> 3").novel
+        held = memory.check_change(REPO_TRAIN, new, claimant="run/0002")
+        assert (held.novel, held.match.id, held.match.status) == (False, "run/0001", "prepared")
+        assert not memory.claim("run/0002", REPO_TRAIN, new, "Narrower MLP").novel
+        assert memory.check_change(REPO_TRAIN, new, claimant="run/0001").novel  # its own claim is no repeat
+        memory.add(ExperimentRecord(exp_id="0001", tag="run", status="veto", description="MLP_RATIO 4 -> 3"))
+        assert memory.check_change(REPO_TRAIN, new, claimant="run/0002").novel  # vetoed: it never ran

@@ -9,10 +9,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from agents import memory_cli
+from agents.memory_cli import app
 from agents.record.results import ExperimentRecord, ResultsStore
 from memory import ExperimentMemory
-from memory import cli as memory_cli
-from memory.cli import app
 from memory.embeddings import load_minilm
 from memory.recall import CHARS_PER_TOKEN
 
@@ -29,7 +29,7 @@ def night(tag: str, n: int, start: int = 0) -> list[ExperimentRecord]:
     for i in range(n):
         status = STATUS_CYCLE[i % len(STATUS_CYCLE)]
         records.append(ExperimentRecord(
-            exp_id=f"{i:04d}", tag=tag, status=status, description=f"{tag} idea {i}: MATRIX_LR 0.04 -> 0.0{i % 9 + 1}",
+            exp_id=f"{i:04d}", tag=tag, status=status, description=f"MATRIX_LR 0.04 -> 0.0{i % 9 + 1}",
             rationale="Tune the matrix learning rate.", val_bpb=1.0 - 0.001 * i if status != "crash" else None,
             delta=-0.001 if status == "keep" else 0.002, lesson=f"lesson of {tag} {i}" if status != "crash" else "",
             error="CUDA out of memory" if status == "crash" else "", started_at=f"2026-11-{20 + start}T{i % 24:02d}:00:00",
@@ -145,18 +145,10 @@ def test_cli_explains_a_missing_memory_and_missing_files(repo):
 # ------------------------------------------------------------------------------------- map of what was tried
 
 
-def _fp_record(i: int, name: str, old: str, new: str, status: str) -> dict:
-    from memory.fingerprint import ChangeFingerprint
-
-    fp = ChangeFingerprint({name: {"CUDA": [old, new], "not CUDA": [old, new]}}, {})
-    return {"status": status, "seq": i, "title": f"{name} {old} -> {new}", "fingerprint": fp.to_json(),
-            "delta": 0.001 * ((i % 7) - 3), "lesson": f"lesson {i}", "reading": ""}
-
-
 def test_every_constant_ever_tried_appears_within_the_budget_at_10k():
     """10,000 experiments over 21 constants, 60 techniques and hundreds of values: one line per constant."""
-    from memory.comparison import Change, Reading
-    from memory.index import MemoryIndex
+    from memory.changes import Changes
+    from memory.index import Entry, MemoryIndex
     from memory.triedmap import render
 
     constants = [f"KNOB_{k:02d}" for k in range(21)]
@@ -166,22 +158,22 @@ def test_every_constant_ever_tried_appears_within_the_budget_at_10k():
         status = ["discard", "discard", "keep", "crash"][i % 4]
         if i % 3:
             name, tried = constants[tried % len(constants)], tried + 1
-            index.add(f"t/{i}", _fp_record(i, name, "1", str(1 + (i % 400) / 100), status))
+            change = Changes({name: {"CUDA": str(1 + (i % 400) / 100)}}, source="fingerprint")
         else:
-            technique = Reading((Change(f"switch:idea{i % 60}@*", (float(i % 50),), 1),))
-            index.add(f"t/{i}", {"status": status, "seq": i, "title": "t", "reading": technique.to_json()})
+            change = Changes(parts={f"Part{i % 60}.forward": f"idea {i % 50}"})
+        index.add(Entry(f"t/{i}", status, i, "t", change.to_json(), delta=0.001 * ((i % 7) - 3), lesson=f"lesson {i}"))
     for budget_tokens in (300, 1500):
-        text = render(index.tried_targets(), int(budget_tokens * 0.4 * CHARS_PER_TOKEN))
+        text = render(index.tried_targets("CUDA"), int(budget_tokens * 0.4 * CHARS_PER_TOKEN))
         assert all(name in text for name in constants)
         assert len(text) <= budget_tokens * CHARS_PER_TOKEN * 0.4 * 1.05
-    assert "switch:idea" in render(index.tried_targets(), 6000)
+    assert "- Part12.forward: 5 values" in render(index.tried_targets("CUDA"), 6000)
 
 
 def test_recall_shows_the_map_and_a_real_query(tmp_path, minilm):
     base = (Path(__file__).resolve().parents[1] / "train.py").read_text()
     from memory.fingerprint import fingerprint
 
-    with ExperimentMemory.open(tmp_path / "mem") as memory:
+    with ExperimentMemory.open(tmp_path / "mem", device="cuda") as memory:
         memory.add(ExperimentRecord(exp_id="0000", tag="r", status="baseline", description="baseline", val_bpb=1.0))
         for i, value in enumerate(("0.03", "0.05", "0.06")):
             new = base.replace("MATRIX_LR = 0.04 if CUDA", f"MATRIX_LR = {value} if CUDA")
@@ -207,12 +199,20 @@ def test_stats_show_the_best_kept_result_else_the_baseline_mean(tmp_path, minilm
 def test_cli_check_explains_the_verdict(repo):
     runner = CliRunner()
     assert runner.invoke(app, ["rebuild"]).exit_code == 0
-    out = runner.invoke(app, ["check", "n1 idea 2: MATRIX_LR 0.04 -> 0.03"])
+    out = runner.invoke(app, ["check", "Lower the matrix LR to 0.03"])
     assert out.exit_code == 0, out.output
-    assert "reading: MATRIX_LR = 0.03" in flat(out) and "refused" in flat(out)
+    assert "changes (read from its words): MATRIX_LR = 0.03" in flat(out) and "refused" in flat(out)
     assert "n1/0002" in flat(out) or "n2/0002" in flat(out)
+    declared = runner.invoke(app, ["check", "A calmer optimiser", "--change", "MATRIX_LR=0.06 / 2"])
+    assert declared.exit_code == 0 and "changes (declared): MATRIX_LR = 0.03" in flat(declared)
+    assert "refused" in flat(declared)
     fresh = runner.invoke(app, ["check", "Use a cosine learning-rate schedule"])
     assert fresh.exit_code == 0 and "admitted" in flat(fresh)
+    unsure = runner.invoke(app, ["check", "GELU instead of the squared ReLU in the MLP"])
+    assert unsure.exit_code == 0 and "admitted" in flat(unsure) and "n2/0007" in flat(unsure)
+    assert "--change" in flat(unsure) and "--llm" in flat(unsure)  # says what would decide it
+    bad = runner.invoke(app, ["check", "x", "--change", "no separator"])
+    assert bad.exit_code == 2 and "NAME=VALUE" in flat(bad)
     empty = runner.invoke(app, ["check", "  "])
     assert empty.exit_code == 2 and "IDEA is empty" in flat(empty)
     missing = runner.invoke(app, ["check", "x", "--train-py", str(repo / "nope.py")])

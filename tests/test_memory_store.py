@@ -60,7 +60,7 @@ def idea(title: str, rationale: str = "", retry_of: str | None = None) -> Idea:
     return Idea(title=title, rationale=rationale, expected_effect="", category="other", retry_of=retry_of)
 
 
-PARAPHRASE = idea("Lower the Muon matrix learning rate from 0.04 to 0.03", "Smaller matrix LR to calm the loss spikes.")
+PARAPHRASE = idea("Set the matrix learning rate to 0.03", "Smaller matrix LR to calm the loss spikes.")
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_a_context_overflow_is_never_taken_for_a_refused_form():
 
 def test_overflow_at_the_server_shortens_the_prompt_and_keeps_the_form():
     # the server's tokenizer counts far more finely than the client expects: its first prompt is too long
-    kind = LlamaServerKind(n_ctx=4096, chars_per_token=2.2)
+    kind = LlamaServerKind(n_ctx=4800, chars_per_token=2.2)  # room for the Idea schema (its changes)
     train_py = "\n".join(f"CONSTANT_{i} = {i}  # a line of train.py that must reach the model whole" for i in range(20))
     history = [ExperimentRecord(exp_id=f"{i:04d}", tag="t", status="discard", description=f"idea number {i} " * 6,
                                 val_bpb=1.0 + i / 1000, lesson="a lesson worth a few words " * 4) for i in range(20)]

@@ -289,6 +289,25 @@ def test_a_role_is_given_up_only_when_train_py_and_the_instructions_cannot_fit()
     assert needed > room > 0
 
 
+def test_a_window_too_small_for_the_schema_made_for_train_py_gets_the_plain_idea_schema_announced() -> None:
+    # a 7k local server holds the real train.py with the plain Idea schema, not with the one that lists its
+    # constants and parts: the hypothesis still answers (without declared changes), and the user is told once
+    train_py = (Path(__file__).resolve().parents[1] / "train.py").read_text()
+    config, ledger = _config_for("hypothesis"), UsageLedger()
+    with ScriptedLLMServer(_answer, behaviour=LlamaServerKind(n_ctx=7168)) as server:
+        config.roles.hypothesis.base_url = server.base_url_openai
+        crew = ResearchCrew(config, "# Research program\nLower val_bpb.", ledger,
+                            build_llms(config, ledger, _offline, env={}))
+        degraded = []
+        crew.listeners.append(degraded.append)
+        ideas = [crew.propose(_hypothesis_inputs(train_py, [])) for _ in range(2)]
+    assert ideas == [Idea(**IDEA)] * 2 and not degraded
+    asked = [r for r in server.requests if r.schema_name == "Idea"]
+    assert len(asked) == 2 and all("MLP_RATIO" not in str(r.schema) for r in asked)
+    told = [n.message for n in ledger.faults.notices if "plain Idea schema" in n.message]
+    assert len(told) == 1 and "cannot hold train.py" in told[0], ledger.faults.notices
+
+
 # -- several candidates in flight ------------------------------------------------------------------------------
 
 

@@ -51,6 +51,16 @@ def test_every_role_and_nested_field_is_checked_but_code_is_taken_as_it_is():
     assert placeholder_problem(CodeEdit(blocks=[{"search": "x", "replace": "y"}], summary="")) == ""  # optional
 
 
+def test_a_declared_value_is_python_taken_as_it_is_but_its_technique_is_checked():
+    from agents.crew.idea_schema import idea_schema
+
+    schema = idea_schema("DEPTH = 2\nWINDOW = 128\n\ndef mlp(x):\n    return x\n")
+    unset = schema(**GOOD, changes=[{"constant": "WINDOW", "value": "None"}])  # None is a value, not "null"
+    assert placeholder_problem(unset) == ""
+    swapped = schema(**GOOD, changes=[{"part": "mlp", "technique": "string"}])
+    assert placeholder_problem(swapped).startswith("changes[0].technique"), placeholder_problem(swapped)
+
+
 def test_validate_output_names_the_placeholder():
     value, problem = validate_output(Idea, data={**GOOD, "title": "Explanation"})
     assert value is None and "title is a placeholder" in problem

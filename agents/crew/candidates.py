@@ -1,12 +1,16 @@
 """From an idea to a reviewed edit of train.py, before any GPU time is spent.
 
-propose → novelty gate (semantic) → code (bounded retries fed the error) → no-op on this device's profile
-(agents/bench/noop.py) → novelty gate (exact diff) → guard (deterministic rules) → reviewer (bounded revise
-rounds). Each refusal becomes an experiment
-record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so the
-morning report shows it too.
+propose → novelty gate (the idea's declared changes; memory.gate) → code (bounded retries fed the error)
+→ fingerprint (the authority: a change that already ran is refused; so is one that changes nothing on this
+device's profile, agents/bench/noop.py; an edit that departs from the idea's
+declared changes goes back to the coder once with the mismatch named, then to the reviewer as a finding)
+→ guard (deterministic rules) → reviewer (bounded revise rounds) → claim (the fingerprint is held until the
+candidate's record is in, so two preparing threads never train one change twice). Each refusal becomes an
+experiment record of its own (status `repeat`, `skipped` or `veto`, with the rule that refused it in `rule`) so
+the morning report shows it too.
 
-This runs in the crew's preparing threads (supply.py) and writes nothing: one preparation is one candidate and
+This runs in the crew's preparing threads (supply.py) and writes nothing (the claim on a fingerprint is held in
+the memory's process, not written; adding the candidate's record releases it): one preparation is one candidate and
 comes back as a `Prepared` (a candidate, a refusal naming the role whose reason it is, a proposal that failed,
 an idea a stop cut short, or a failure of the preparation itself), which the coordinator records in its own
 thread. What the threads read is immutable (the best's text, the ideas in flight) or thread-safe (the crew,
@@ -40,6 +44,7 @@ from agents.ports import Memory
 from agents.record.results import ExperimentRecord, Status
 from agents.stop import StopRequested
 from agents.trainpy import EDITABLE_FILE
+from memory.changes import declared, mismatch, profile_of
 from memory.fingerprint import fingerprint_or_none
 from memory.novelty import normalised_diff_hash
 
@@ -58,6 +63,7 @@ class Candidate:
     new_text: str
     review: Review | None = None
     guard_text: str = ""
+    findings: list[str] = field(default_factory=list)  # where the edit departs from the idea's declared changes
 
     @property
     def diff(self) -> str:
@@ -123,7 +129,7 @@ class Workbench:
     coder_retries: int
     review_rounds: int
     guard_rules: set[str] | None
-    judge: object | None = None  # the memory's repeat judge (an LLM call), or None: the reading decides
+    judge: object | None = None  # the memory's repeat judge (an LLM call), or None: the structure decides
     feedback: Feedback = field(default_factory=Feedback)
 
 
@@ -237,10 +243,10 @@ def _gate(bench: Workbench, prepared: Prepared, tag: str, config_name: str, base
     assert idea is not None
     record = ExperimentRecord(exp_id=prepared.exp_id, tag=tag, config=config_name, status=Status.REPEAT,
                               description=idea.title, category=idea.category, rationale=idea.rationale,
-                              expected_effect=idea.expected_effect, parent_commit=prepared.base_commit)
-    bench.memory.set_context(base_text)  # ideas (and the refusals stored) are read against the current best
+                              expected_effect=idea.expected_effect, parent_commit=prepared.base_commit,
+                              changes=changes_json(idea))
     verdict = bench.memory.check_idea(idea, threshold=bench.novelty_threshold, train_py=base_text,
-                                      judge=bench.judge)
+                                      judge=bench.judge, device=bench.device)
     if not verdict.novel:
         record.repeat_of = verdict.match.id if verdict.match is not None else ""
         _refused(prepared, record, Status.REPEAT, verdict.message, HYPOTHESIS_REPEATS, rule=f"novelty-{verdict.kind}")
@@ -285,24 +291,26 @@ def _code_and_review(bench: Workbench, prepared: Prepared, base_text: str, recor
             _refused(prepared, record, Status.SKIPPED, f"no edit that applies and compiles: {coded}", CODER_FAILS)
             return
         edit, new_text = coded
-        candidate = Candidate(prepared.exp_id, idea, edit, prepared.base_commit, base_text, new_text)
-        record.diff, record.diff_hash = candidate.diff, candidate.diff_hash
-        record.fingerprint = candidate.fingerprint
-        record.lines_added, record.lines_removed = candidate.lines
-
-        nothing_here = noop_reason(base_text, new_text, bench.device)
-        if nothing_here is not None:  # it would measure the unchanged model: nothing to learn, noise to keep
-            _refused(prepared, record, Status.SKIPPED, nothing_here, HYPOTHESIS_NOOPS, rule=NOOP_RULE)
+        if _ran_before(bench, prepared, base_text, new_text, record) or _nothing_here(bench, prepared, base_text,
+                                                                                     new_text, record):
             return
-
-        verdict = bench.memory.check_change(base_text, new_text, retry_of=idea.retry_of)
-        if not verdict.novel:
-            record.repeat_of = verdict.match.id if verdict.match is not None else ""
-            _refused(prepared, record, Status.REPEAT, verdict.message, CODER_REPEATS, rule=f"novelty-{verdict.kind}")
-            return
+        findings = _findings(bench, idea, base_text, new_text)
+        if findings:  # back to the coder once, with the mismatch named
+            again = _code(bench, idea, base_text, "\n".join(x for x in (feedback, _mismatch_feedback(findings)) if x),
+                          prepared)
+            if prepared.stopped:
+                return
+            if isinstance(again, tuple):
+                edit, new_text = again
+                if _ran_before(bench, prepared, base_text, new_text, record) or _nothing_here(
+                        bench, prepared, base_text, new_text, record):
+                    return
+                findings = _findings(bench, idea, base_text, new_text)
+        candidate = Candidate(prepared.exp_id, idea, edit, prepared.base_commit, base_text, new_text,
+                              findings=findings)
 
         report = check_edit(base_text, new_text, [edit.path], rules=bench.guard_rules)
-        candidate.guard_text = report.text()
+        candidate.guard_text = report.text() + "".join(f"\nfinding (idea vs edit): {f}" for f in findings)
         if not report.ok:
             record.guard_violations = candidate.guard_text
             _refused(prepared, record, Status.VETO, candidate.guard_text, CODER_VETOED, rule=_rules(report))
@@ -311,6 +319,11 @@ def _code_and_review(bench: Workbench, prepared: Prepared, base_text: str, recor
         review = _review(bench, candidate, prepared)
         candidate.review = review
         if review is None or review.verdict == "approve":
+            held = bench.memory.claim(f"{record.tag}/{record.exp_id}", base_text, new_text, idea.title)
+            if not held.novel:  # another preparing thread holds the same change
+                record.repeat_of = held.match.id if held.match is not None else ""
+                _refused(prepared, record, Status.REPEAT, held.message, CODER_REPEATS, rule=f"novelty-{held.kind}")
+                return
             prepared.candidate = candidate
             return
         record.review_verdict, record.review_reasons = review.verdict, json.dumps(review.reasons)
@@ -322,6 +335,57 @@ def _code_and_review(bench: Workbench, prepared: Prepared, base_text: str, recor
                              if x)
     _refused(prepared, record, Status.VETO, "still not approved after the allowed revise rounds: " + feedback,
              REVIEWER_VETOES, rule="reviewer-revise-rounds")
+
+
+def _ran_before(bench: Workbench, prepared: Prepared, base_text: str, new_text: str, record: ExperimentRecord) -> bool:
+    """The fingerprint's verdict on a coded edit; a change that already ran (or another candidate holds) is
+    refused as a repeat, citing it."""
+    fp = fingerprint_or_none(base_text, new_text)
+    record.diff, record.diff_hash = unified_diff(base_text, new_text), normalised_diff_hash(base_text, new_text)
+    record.fingerprint = fp.to_json() if fp is not None else ""
+    record.lines_added, record.lines_removed = diff_stats(base_text, new_text)
+    retry_of = prepared.idea.retry_of if prepared.idea is not None else None
+    verdict = bench.memory.check_change(base_text, new_text, retry_of=retry_of,
+                                        claimant=f"{record.tag}/{record.exp_id}")
+    if verdict.novel:
+        return False
+    record.repeat_of = verdict.match.id if verdict.match is not None else ""
+    _refused(prepared, record, Status.REPEAT, verdict.message, CODER_REPEATS, rule=f"novelty-{verdict.kind}")
+    return True
+
+
+def _nothing_here(bench: Workbench, prepared: Prepared, base_text: str, new_text: str,
+                  record: ExperimentRecord) -> bool:
+    """An edit that changes nothing on this device's profile is refused: it would measure the unchanged model,
+    nothing to learn and noise to keep."""
+    reason = noop_reason(base_text, new_text, bench.device)
+    if reason is None:
+        return False
+    _refused(prepared, record, Status.SKIPPED, reason, HYPOTHESIS_NOOPS, rule=NOOP_RULE)
+    return True
+
+
+def _findings(bench: Workbench, idea: Idea, base_text: str, new_text: str) -> list[str]:
+    """Where the edit's fingerprint departs from the idea's declared changes ([] for an idea without them)."""
+    if not idea.changes:
+        return []
+    fp = fingerprint_or_none(base_text, new_text)
+    try:
+        wanted = declared(idea.changes, base_text)
+        profile = profile_of(base_text, bench.device)
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    return mismatch(wanted, fp, profile) if fp is not None else []
+
+
+def _mismatch_feedback(findings: list[str]) -> str:
+    return ("Your edit does not do what the idea declares (its fingerprint: " + "; ".join(findings)
+            + "). Implement exactly the idea's changes, nothing else.")
+
+
+def changes_json(idea: Idea) -> str:
+    """The idea's declared changes as a record keeps them ("" when it has none)."""
+    return json.dumps([c.model_dump() for c in idea.changes]) if idea.changes else ""
 
 
 def _rules(report: GuardReport) -> str:
@@ -364,7 +428,8 @@ def _code(bench: Workbench, idea: Idea, base_text: str, feedback: str,
 def _review(bench: Workbench, candidate: Candidate, prepared: Prepared) -> Review | None:
     similar = "\n".join(f"- {h.exp_id} [{h.status}] {h.title}" for h in bench.memory.similar(candidate.idea.title, k=5))
     inputs = {"program": bench.program, "idea": candidate.idea, "diff": candidate.diff,
-              "guard_report": candidate.guard_text, "guard_ok": True, "similar": similar}
+              "guard_report": candidate.guard_text, "guard_ok": True, "similar": similar,
+              "findings": list(candidate.findings)}
     try:
         return bench.crew.review(inputs)
     except RoleError as exc:

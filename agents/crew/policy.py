@@ -35,7 +35,7 @@ from typing import Any
 
 from agents.bench.noop import noop_reason
 from agents.crew.edits import apply_edit
-from agents.crew.schemas import Analysis, CodeEdit, Idea, Review
+from agents.crew.schemas import Analysis, CodeEdit, ConstantChange, Idea, PartChange, Review
 from agents.crew.searchspace import (  # noqa: F401 (PolicyError, Feature and Removal are part of the policy's interface)
     FEATURES,
     REMOVALS,
@@ -90,10 +90,11 @@ class Move:
     rationale: str
     expected_effect: str
     device: str
+    changes: tuple[ConstantChange | PartChange, ...] = ()  # what the edit will do, as memory compares it
 
     def idea(self) -> Idea:
         return Idea(title=self.title, rationale=self.rationale, expected_effect=self.expected_effect,
-                    category=self.category)
+                    category=self.category, changes=list(self.changes))
 
     def edit(self, text: str) -> CodeEdit:
         """The edit against `text` (the current train.py, which may have moved on since the proposal)."""
@@ -282,15 +283,20 @@ class OfflinePolicy:
             for label, _, _ in feature.variants:
                 title = f"{feature.name}: {current} -> {label}"
                 if label != current and label not in state.tried and self._fresh(title):
+                    code = next(c for lab, c, _ in feature.variants if lab == current)
+                    parts = _units_at(space, [space.text.index(code)])
                     yield Move(arm, "feature", label, title, "simplification" if label == feature.lean else
                                feature.category, f"Switch {feature.name} from {current} to {label}: {feature.why}.",
                                "val_bpb at or below the best; equal counts as a win when the code gets simpler.",
-                               space.device)
+                               space.device, tuple(PartChange(part=p, technique=f"{feature.name} {label}")
+                                                   for p in parts))
         elif arm not in state.tried and self._fresh(arm):
             removal = next(r for r in REMOVALS if r.title == arm)
             why = f"{removal.why[0].upper()}{removal.why[1:]}; an equal result with less code is a win."
+            sites = [m.start() for pattern, _ in removal.sites for m in re.finditer(pattern, space.text, re.M)]
             yield Move(arm, "removal", "", arm, "simplification", why,
-                       "val_bpb within noise of the best with fewer lines, or better.", space.device)
+                       "val_bpb within noise of the best with fewer lines, or better.", space.device,
+                       tuple(PartChange(part=p, technique=removal.title) for p in _units_at(space, sites)))
 
     def _knob_moves(self, space: SearchSpace, knob: Knob, state: ArmState, tier: int) -> Iterator[Move]:
         first, local, widest = STEPS[knob.kind]
@@ -312,7 +318,7 @@ class OfflinePolicy:
                 continue
             title = f"{knob.name} {current} -> {text}"
             if self._fresh(title):
-                yield _knob_move(knob, value, title, state.last, space.device)
+                yield _knob_move(knob, value, title, state.last, space.device, _assigned(space, knob, value))
 
     def options(self, train_py: str, history: Sequence[ExperimentRecord], device: str = "cpu") -> list[Move]:
         """Every move still open, in no order of preference (for baselines that pick among them)."""
@@ -342,8 +348,13 @@ class OfflinePolicy:
         return move.edit(train_py)
 
     # ------------------------------------------------------------------ reviewer
-    def review(self, idea: Idea, diff: str, guard_ok: bool, guard_report: str = "") -> Review:
-        """Approve what the guard passed, unless the diff only touches seeds or data order."""
+    def review(self, idea: Idea, diff: str, guard_ok: bool, guard_report: str = "",
+               findings: Sequence[str] = ()) -> Review:
+        """Approve what the guard passed, unless the diff only touches seeds or data order, or does something
+        other than the idea declares (its fingerprint's findings): then ask for a revision naming them."""
+        if findings:
+            return Review(verdict="revise", reasons=[f"the edit does not do what the idea declares: {f}"
+                                                     for f in findings])
         if not guard_ok:
             reasons = [line.strip() for line in guard_report.splitlines() if line.strip()]
             return Review(verdict="reject", reasons=reasons or ["the deterministic guard failed"])
@@ -406,7 +417,7 @@ class OfflinePolicy:
                 return self.code(_as_idea(inputs["idea"]), inputs["train_py"])
             if role == "reviewer":
                 return self.review(_as_idea(inputs["idea"]), inputs.get("diff", ""), bool(inputs["guard_ok"]),
-                                   inputs.get("guard_report", ""))
+                                   inputs.get("guard_report", ""), inputs.get("findings") or ())
             if role == "analyst":
                 return self.analyse(_as_idea(inputs["idea"]), inputs["record"])
         except KeyError as exc:
@@ -521,7 +532,29 @@ def _preferred_steps(last: tuple[str, float] | None, first: int, local: int, dir
     return list(dict.fromkeys(u for u in steps if u))
 
 
-def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, float] | None, device: str) -> Move:
+def _assigned(space: SearchSpace, knob: Knob, value: float | int) -> ConstantChange:
+    """The knob's constant as its line will read: `DEPTH = 8 if CUDA else 3` gives value '8 if CUDA else 3'."""
+    start, end = space.model.span(space.model.constants[knob.const].expression)
+    new_text = space.with_knobs({knob.name: value})
+    return ConstantChange(constant=knob.const,
+                          value=" ".join(new_text[start:end + len(new_text) - len(space.text)].split()))
+
+
+def _units_at(space: SearchSpace, offsets: list[int]) -> list[str]:
+    """The functions or methods (else classes) of train.py holding these character offsets, in order."""
+    found: list[str] = []
+    for offset in offsets:
+        line = space.model.line_of(offset)
+        holding = [u for u in space.model.units.values() if u.kind != "module" and u.line <= line <= u.end_line]
+        inner = [u for u in holding if u.kind != "class"] or holding
+        for unit in inner[:1]:
+            if unit.name not in found:
+                found.append(unit.name)
+    return found
+
+
+def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, float] | None, device: str,
+               change: ConstantChange) -> Move:
     way = "raise" if value > knob.value else "lower"
     same_way = last is not None and (value > knob.value) == (last[1] > 0)
     if last is None or not last[1]:
@@ -537,7 +570,7 @@ def _knob_move(knob: Knob, value: float | int, title: str, last: tuple[str, floa
     category = _category(knob)
     rationale = f"{why}. {_CATEGORY_WHY[category]}"
     expected = f"val_bpb below the best by more than the noise if {knob.name} was off its optimum; no gain otherwise."
-    return Move(knob.name, "knob", _fmt(value), title, category, rationale, expected, device)
+    return Move(knob.name, "knob", _fmt(value), title, category, rationale, expected, device, (change,))
 
 
 def _category(knob: Knob) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from agents.config import template_fields
-from agents.crew.schemas import Idea
+from agents.crew.schemas import ConstantChange, Idea
 from agents.record.results import ExperimentRecord
 
 HISTORY_LINES = 20  # experiments shown in {history}; memory recall covers the older ones
@@ -184,7 +184,15 @@ def describe_idea(idea: Idea) -> str:
              f"Expected effect: {idea.expected_effect}"]
     if idea.retry_of:
         lines.append(f"Retries experiment: {idea.retry_of}")
+    if idea.changes:
+        lines.append("Changes (implement exactly these): " + describe_changes(idea.changes))
     return "\n".join(lines)
+
+
+def describe_changes(changes: list) -> str:
+    """`MLP_RATIO = 3; MLP.forward: SwiGLU`: an idea's declared changes on one line."""
+    return "; ".join(f"{c.constant} = {c.value}" if isinstance(c, ConstantChange) else f"{c.part}: {c.technique}"
+                     for c in changes)
 
 
 def describe_record(r: ExperimentRecord) -> str:

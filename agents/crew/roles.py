@@ -4,6 +4,8 @@
 and return the role's schema. The task description is the role's template from crew.yaml filled with
 those inputs as text and fitted to the model's context window (`prompts.py`); the same inputs go, as
 Python objects, to an LLM that has `set_context`. A context overflow shortens the prompt and asks again.
+A window too small for train.py with the hypothesis schema made for it (its constants and parts as enums)
+gets the plain `Idea` schema instead, announced once per model.
 
 Reliability: a failed call is tried again with the role's `fallback_model`; a model that fails
 `degrade_after` calls in a row is given up for the run, and once none is left the role is played by the
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from agents import stop
 from agents.config import ROLE_NAMES, CrewConfig, key_env_for, provider_of, resolve_model
+from agents.crew.idea_schema import idea_schema, plain_idea
 from agents.crew.llm.errors import BudgetExceeded, ContextOverflow
 from agents.crew.llm.faults import acting_as
 from agents.crew.llm.servers import ServerRegistry
@@ -54,6 +57,13 @@ ROLE_SCHEMAS: dict[str, type[BaseModel]] = {
     "reviewer": Review,
     "analyst": Analysis,
 }
+
+def role_schema(role: str, inputs: Mapping[str, Any]) -> type[BaseModel]:
+    """The schema a role answers in: the hypothesis's names the constants and parts of the train.py it is shown."""
+    if role == "hypothesis" and isinstance(inputs.get("train_py"), str):
+        return idea_schema(inputs["train_py"])
+    return ROLE_SCHEMAS[role]
+
 
 # Keys of the map `build_llms` returns: "<role>" is the role's model, "<role>.fallback" its fallback,
 # "<role>.offline" the offline policy it degrades to.
@@ -207,6 +217,7 @@ class ResearchCrew:
         self.listeners: list[Callable[[Degradation], None]] = []
         self._candidates: dict[str, list[_Candidate]] = {}
         self._state = threading.Lock()
+        self._lean_told: set[tuple[str, str]] = set()  # (role, model) told it answers in the plain schema
         self._health = threading.Lock()  # failure counts and given-up flags: preparing threads share them
         # several candidates are prepared at once: calls overlap, at most `max_concurrent_calls` per provider
         # (the offline policy is one shared, stateful search: it answers one call at a time)
@@ -349,14 +360,20 @@ class ResearchCrew:
         prompt (history, recall, feedback first) and asks again: to the server's own count of the refused prompt,
         or, when the window cut the reply, leaving the reply twice the room it used. Never a failure of the model
         until the trims are used up; only train.py and the instructions not fitting at all give the model up."""
-        schema = ROLE_SCHEMAS[role]
+        schema = role_schema(role, inputs)
         if not callable(getattr(llm, "prompt_budget", None)):
-            return self._run_task(role, llm, inputs, fill_template(role, template, inputs))
+            return self._run_task(role, llm, inputs, fill_template(role, template, inputs), schema)
         reply_tokens, ratio, overflow = None, None, None
         for _ in range(OVERFLOW_RETRIES + 1):
-            description = self._fitted(role, llm, schema, template, inputs, reply_tokens, ratio)
             try:
-                return self._run_task(role, llm, inputs, description)
+                description = self._fitted(role, llm, schema, template, inputs, reply_tokens, ratio)
+            except _CallFailed as exc:
+                if exc.kind != "PromptTooLarge" or schema is ROLE_SCHEMAS[role]:
+                    raise
+                schema = self._lean_schema(role, llm, schema)
+                description = self._fitted(role, llm, schema, template, inputs, reply_tokens, ratio)
+            try:
+                return self._run_task(role, llm, inputs, description, schema)
             except ContextOverflow as exc:
                 overflow = exc
                 if exc.reply_cut:
@@ -366,6 +383,20 @@ class ResearchCrew:
                 else:  # our own estimate said no: count more cautiously
                     ratio = (ratio or getattr(llm, "token_ratio", 1.0)) * 1.15
         raise _CallFailed(f"{overflow} (still after {OVERFLOW_RETRIES} shorter prompts)", kind="ContextOverflow")
+
+    def _lean_schema(self, role: str, llm: BaseLLM, schema: type[BaseModel]) -> type[BaseModel]:
+        """The role's plain schema, for a model whose window cannot hold train.py with the schema made for it (its
+        constants and parts as enums): the idea comes without `changes`, memory reads its words, and the
+        fingerprint still judges the edit. Announced once per model."""
+        with self._state:
+            told = (role, llm.model) in self._lean_told
+            self._lean_told.add((role, llm.model))
+        if not told and hasattr(self.ledger, "faults"):
+            self.ledger.faults.announce(role, f"{llm.model}'s context window cannot hold train.py with the {role} "
+                                              f"schema that lists its constants and parts; it answers in the plain "
+                                              f"{ROLE_SCHEMAS[role].__name__} schema (ideas without declared changes: "
+                                              f"memory reads their words, the fingerprint judges the edit)")
+        return ROLE_SCHEMAS[role]
 
     def _fitted(self, role: str, llm: BaseLLM, schema: type[BaseModel], template: str, inputs: dict[str, Any],
                 reply_tokens: int | None, ratio: float | None) -> str:
@@ -388,8 +419,8 @@ class ResearchCrew:
                 f"and its {llm.context_window()}-token context window ({llm.context_source()}) leaves at most "
                 f"{room} for a prompt", kind="PromptTooLarge", give_up=True) from exc
 
-    def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str) -> BaseModel:
-        schema = ROLE_SCHEMAS[role]
+    def _run_task(self, role: str, llm: BaseLLM, inputs: dict[str, Any], description: str,
+                  schema: type[BaseModel]) -> BaseModel:
         set_context = getattr(llm, "set_context", None)
         if callable(set_context):
             set_context(role, inputs)
@@ -423,7 +454,7 @@ class ResearchCrew:
         placeholder = placeholder_problem(output) if llm is not self._llms.get(role + OFFLINE) else ""
         if placeholder:  # the provider adapters retry these themselves; this catches any other backend
             raise _CallFailed(f"the answer is not a real {schema.__name__}: {placeholder}", kind="ValidationError")
-        return output
+        return plain_idea(output) if isinstance(output, Idea) else output
 
     def _framing_tokens(self, role: str, llm: BaseLLM, schema: type[BaseModel]) -> int:
         """Tokens of what CrewAI adds around the task text: the persona, the expected output, the schema."""

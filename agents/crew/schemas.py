@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from agents.crew.replies import VERBATIM
 from agents.trainpy import EDITABLE_FILE
@@ -29,6 +30,37 @@ Category = Literal[CATEGORIES]  # type: ignore[valid-type]  # a closed set: an e
 _NO_VALUE = re.compile(r"^\s*(|none|null|nil|n/?a|no|false|-+|0)\s*$", re.IGNORECASE)
 
 
+class ConstantChange(BaseModel):
+    """Set a constant of train.py."""
+
+    constant: str = Field(description="Its name in train.py.")
+    # Python, taken as it is (`None` is a value here, not a placeholder; validation checks it is an expression)
+    value: Annotated[str, VERBATIM] = Field(
+        description="New value as train.py would write it; 'A if CUDA else B' where profiles differ.")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _as_python(cls, value: object) -> object:
+        """A number or a list given as JSON is written as Python: 3 -> '3', [0.9, 0.95] -> '(0.9, 0.95)'."""
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list | tuple):
+            return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return value
+
+
+class PartChange(BaseModel):
+    """Rewrite code of train.py."""
+
+    part: str = Field(description="Function, class or method, e.g. 'MLP.forward'.")
+    technique: str = Field(description="What is done to it, in a few words, e.g. 'SwiGLU'.")
+
+
+CHANGES_DESCRIPTION = "Every change, one item each: memory compares experiments by these, not by the title."
+
+
 class Idea(BaseModel):
     """The hypothesis role's proposal for the next experiment."""
 
@@ -41,6 +73,10 @@ class Idea(BaseModel):
         description="Only when deliberately retrying an earlier experiment: its id (the reason goes in the "
         "rationale). Otherwise null.",
     )
+    # offered in the hypothesis's schema for one train.py (crew/idea_schema.py: its constants and parts as enums);
+    # the bare schema leaves it out, so a reply never names constants it was not shown
+    changes: SkipJsonSchema[list[ConstantChange | PartChange]] = Field(default_factory=list,
+                                                                      description=CHANGES_DESCRIPTION)
 
     @field_validator("category", mode="before")
     @classmethod

@@ -62,6 +62,7 @@ class ExperimentRecord:
     diff_hash: str = ""
     fingerprint: str = ""  # the change canonically (memory.fingerprint): constants old -> new, code units changed
     repeat_of: str = ""  # for a refused repeat: the experiment it repeats (<tag>/<exp_id>)
+    changes: str = ""  # the idea's declared changes, JSON: [{"constant", "value"} | {"part", "technique"}, ...]
     lines_added: int = 0
     lines_removed: int = 0
     review_verdict: str = ""

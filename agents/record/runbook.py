@@ -185,6 +185,7 @@ class RunBook:
             idea = c.idea.model_dump() if c is not None else entry.idea
             record.description, record.category = idea["title"], idea.get("category", "")
             record.rationale, record.expected_effect = idea.get("rationale", ""), idea.get("expected_effect", "")
+            record.changes = json.dumps(idea["changes"]) if idea.get("changes") else ""
             record.diff = unified_diff(base_text, entry.new_text)
             record.diff_hash = normalised_diff_hash(base_text, entry.new_text)
             fingerprint = fingerprint_or_none(base_text, entry.new_text)  # what memory judges repeats by
@@ -192,6 +193,10 @@ class RunBook:
             record.lines_added, record.lines_removed = diff_stats(base_text, entry.new_text)
             if c is not None and c.review is not None:
                 record.review_verdict, record.review_reasons = c.review.verdict, json.dumps(c.review.reasons)
+            if c is not None and c.findings:  # the edit departs from its idea's changes: said where results are read
+                reasons = json.loads(record.review_reasons) if record.review_reasons else []
+                found = [f"finding (idea vs edit): {f}" for f in c.findings]
+                record.review_reasons = json.dumps(reasons + [f for f in found if f not in reasons])
             record.guard_violations = ""
         record.val_bpb = result.val_bpb
         record.best_bpb_before = base_bpb

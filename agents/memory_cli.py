@@ -1,7 +1,7 @@
-"""`autoresearch memory ...`: search, stats and rebuild of the experiment memory.
+"""`autoresearch memory ...`: search, stats, check and rebuild of the experiment memory (memory/).
 
-search and stats open the memory read-only (a snapshot), so they work while a loop runs; rebuild writes,
-so it needs the loop to be stopped (the writer lock says so if it is not).
+search, stats and check open the memory read-only (a snapshot), so they work while a loop runs; rebuild
+writes, so it needs the loop to be stopped (the writer lock says so if it is not).
 """
 
 from __future__ import annotations
@@ -150,20 +150,43 @@ def rebuild(
 def check(
     idea: Annotated[str, typer.Argument(help="the idea's title, as the hypothesis role would write it")],
     rationale: Annotated[str, typer.Option(help="the idea's rationale (it may carry values the title leaves out)")] = "",
+    change: Annotated[list[str] | None, typer.Option("--change", help="a declared change, repeatable: "
+                      "NAME=VALUE for a constant, PART:TECHNIQUE for code (default: the title is read)")] = None,
     train_py: Annotated[Path | None, typer.Option("--train-py", help="read the idea against this train.py "
                                                   "(default: the repository's)")] = None,
+    device: Annotated[str, typer.Option(help="the device profile values are compared on: cpu, cuda, or auto "
+                                        "(this machine's)")] = "auto",
     llm: Annotated[bool, typer.Option("--llm", help="ask the LLM judge crew.yaml configures (the reviewer's model "
-                                      "unless memory.judge_model names another); default: the structured reading")
-                   ] = False,
+                                      "unless memory.judge_model names another) about changes to code")] = False,
     path: PathOption = None,
     config: ConfigOption = Path("crew.yaml"),
     embedding: EmbeddingOption = None,
 ) -> None:
-    """What the novelty gate would say about IDEA, and why: its reading, the nearest experiments with their
+    """What the novelty gate would say about IDEA, and why: what it changes, the experiments found with their
     fingerprints, and the judgement (works while a run is going)."""
+    from agents.crew.schemas import ConstantChange, Idea, PartChange
+
     if not idea.strip():
         err.print("[red]error[/]: IDEA is empty: give the idea's title, e.g. 'MATRIX_LR 0.04 -> 0.03'")
         raise typer.Exit(2)
+    if device not in ("cpu", "cuda", "auto"):
+        err.print(f"[red]error[/]: --device must be cpu, cuda or auto, not {device!r}")
+        raise typer.Exit(2)
+    if device == "auto":
+        from agents.assemble import detect_device
+
+        device = detect_device()
+    declared = []
+    for item in change or []:
+        name, eq, value = item.partition("=")
+        part, colon, technique = item.partition(":")
+        if eq and name.strip().isidentifier() and value.strip():
+            declared.append(ConstantChange(constant=name.strip(), value=value.strip()))
+        elif colon and part.strip() and technique.strip():
+            declared.append(PartChange(part=part.strip(), technique=technique.strip()))
+        else:
+            err.print(f"[red]error[/]: --change {item!r}: write NAME=VALUE (a constant) or PART:TECHNIQUE (code)")
+            raise typer.Exit(2)
     source = None
     if train_py is not None:
         try:
@@ -173,36 +196,39 @@ def check(
             raise typer.Exit(2) from None
     judge = _cli_judge(config) if llm else None
     path, embedding = memory_settings(config, path, embedding)
-    from agents.crew.schemas import Idea
-    from memory.reading import read_idea
-
-    proposal = Idea(title=idea, rationale=rationale, expected_effect="", category="other")
+    proposal = Idea(title=idea, rationale=rationale, expected_effect="", category="other", changes=declared)
 
     def query(memory: ExperimentMemory):
-        vocab = memory.vocabulary(source)
-        reading = read_idea(idea, rationale, vocab)
-        verdict = memory.check_idea(proposal, train_py=source, judge=judge)
+        changes = memory.read_idea(proposal, source)
+        verdict = memory.check_idea(proposal, train_py=source, judge=judge, device=device)
         nearest = memory.search(f"{idea}. {rationale}" if rationale else idea, k=8)
-        same_targets = memory.hits([e.id for e in memory.index().lookup(reading)][:8])
-        return reading, verdict, nearest, same_targets
+        same_targets = memory.hits([e.id for e in memory.index().lookup(changes)][:8])
+        return changes, verdict, nearest, same_targets
 
-    reading, verdict, nearest, same_targets = _read(path, embedding, query)
+    try:
+        changes, verdict, nearest, same_targets = _read(path, embedding, query)
+    except SyntaxError as exc:
+        _fail(f"the train.py the idea is read against does not parse (line {exc.lineno}: {exc.msg})")
+    how = {"declared": "declared", "reading": "read from its words"}.get(changes.source, changes.source)
+    unsure = "" if changes.complete or changes.source != "reading" else " (the reading is not sure of all of it)"
     console.print(f"[bold]idea[/]: {idea}")
-    console.print(f"[bold]reading[/]: {reading.describe()}")
-    table = Table(title="nearest past experiments (embedding) and those changing the same things (reading)")
+    console.print(f"[bold]changes[/] ({how}{unsure}): {changes.describe()}")
+    table = Table(title="past experiments changing the same things (structure) and nearest in meaning (embedding)")
     for column in ("found by", "sim", "experiment", "status", "val_bpb", "title", "what the code changed"):
         table.add_column(column, overflow="fold")
-    for how, hits in (("reading", same_targets), ("embedding", nearest)):
+    for found_by, hits in (("structure", same_targets), ("embedding", nearest)):
         for hit in hits:
-            table.add_row(how, f"{hit.similarity:.2f}" if hit.similarity else "-", hit.id, hit.status,
+            table.add_row(found_by, f"{hit.similarity:.2f}" if hit.similarity else "-", hit.id, hit.status,
                           _fmt(hit.val_bpb, ".4f"), hit.title, hit.describe_change() or "(not coded)")
     console.print(table if (nearest or same_targets) else "memory is empty")
-    judged = verdict.judged_by or "reading"
     colour = "green" if verdict.novel else "red"
     console.print(f"[bold {colour}]{'admitted' if verdict.novel else 'refused'}[/] ({verdict.kind}, judged by "
-                  f"{judged}): {verdict.message}")
+                  f"{verdict.judged_by or 'structure'}): {verdict.message}")
     if verdict.context:
         console.print(verdict.context)
+    if verdict.novel and not changes.complete and judge is None and verdict.related:
+        console.print("The structure cannot tell whether this repeats the related experiments above: name its "
+                      "changes with --change, or let the LLM judge decide with --llm.")
 
 
 def _cli_judge(config: Path):
@@ -227,5 +253,5 @@ def _cli_judge(config: Path):
         err.print(f"[red]error[/]: cannot build the LLM judge: {exc}")
         raise typer.Exit(2) from None
     if judge is None:
-        err.print("[yellow]the reviewer's model is offline: the structured reading judges[/]")
+        err.print("[yellow]the reviewer's model is offline: the structure judges[/]")
     return judge
