@@ -16,18 +16,23 @@ syntax tree inside is read-only by contract (`private_tree` gives a tree a calle
 
 Every parse happens under one lock: on Python 3.11 `ast.parse` from several threads at once can raise
 `SystemError: AST constructor recursion depth mismatch` (CPython gh-106905), and the crew prepares candidates
-in several threads. This module imports nothing from the rest of the package, so any part may import it.
+in several threads. Parses outside this package race with ours too (the standard library's `traceback` parses
+source lines to place its carets whenever an exception is formatted, in any thread), so on Pythons before 3.13
+importing this module routes `ast.parse` itself through the same lock.
+This module imports nothing from the rest of the package, so any part may import it.
 """
 
 from __future__ import annotations
 
 import ast
 import bisect
+import functools
 import hashlib
 import io
 import itertools
 import math
 import operator
+import sys
 import threading
 import tokenize
 from collections import OrderedDict
@@ -220,7 +225,25 @@ class TrainPy:
 
 # ------------------------------------------------------------------------------------------ reading
 
-_lock = threading.Lock()  # every parse in the package, and the cache
+_lock = threading.RLock()  # every parse in the process, and the cache (re-entrant: a parse may format a traceback)
+
+
+def _serialise_every_parse() -> None:
+    """Route `ast.parse` through `_lock`, wherever it is called from (CPython gh-106905 is fixed from 3.13)."""
+    if sys.version_info >= (3, 13) or getattr(ast.parse, "serialised_by", None) is _lock:
+        return
+    unlocked = ast.parse
+
+    @functools.wraps(unlocked)
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        with _lock:
+            return unlocked(*args, **kwargs)
+
+    parse.serialised_by = _lock  # type: ignore[attr-defined]
+    ast.parse = parse
+
+
+_serialise_every_parse()
 _cache: OrderedDict[str, TrainPy] = OrderedDict()
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import sys
+import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -159,3 +163,43 @@ def test_threads_share_one_parse_and_never_race_the_parser():
         assert knobs == sorted((k.name, k.value) for k in read_train_py(text, "cpu").knobs.values())
         assert rules == []
     assert '"MLP_RATIO"' in flat[-1][2] and '"NS_STEPS"' in flat[-1][2]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="the parser race is fixed from Python 3.13")
+def test_a_parse_anywhere_in_the_process_waits_for_the_same_lock():
+    """The standard library parses too (traceback places its carets by parsing the failing line): any
+    `ast.parse` is serialised with the model's, or it races them."""
+    parsed = threading.Event()
+    with trainpy._lock:
+        other = threading.Thread(target=lambda: (ast.parse("x = 1"), parsed.set()))
+        other.start()
+        assert not parsed.wait(0.3)  # held off while the lock is held
+    assert parsed.wait(5)
+    other.join()
+
+
+def _fails_with_carets(values: dict) -> None:
+    values["a"] + values["b"] * values["missing"]  # noqa: B018 (a failing line traceback parses for its carets)
+
+
+def test_formatting_tracebacks_in_threads_never_races_the_model():
+    """Preparing threads format tracebacks (a failed preparation keeps its trace) while others parse train.py
+    versions: under thread switches inside tree building, neither raises SystemError."""
+    versions = [TRAIN_PY.replace("MLP_RATIO = 4", f"MLP_RATIO = {3 + i}") for i in range(8)]
+
+    def work(i: int) -> int:
+        formatted = 0
+        for k in range(30):
+            if i % 2:
+                try:
+                    _fails_with_carets({"a": 1, "b": 2})
+                except KeyError as exc:
+                    formatted += "^" in "".join(traceback.format_exception(exc))
+            else:
+                trainpy.private_tree(versions[(i + k) % len(versions)])
+        return formatted
+
+    with thread_pressure():
+        results, errors = run_threads(work, 8)
+    assert not errors, f"threads failed: {errors!r}"
+    assert sum(results) > 0  # the carets were placed: traceback did parse
