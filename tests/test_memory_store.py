@@ -29,7 +29,7 @@ def minilm():
 def make_records(tag: str = "night1") -> list[ExperimentRecord]:
     rows = [
         ("0001", "baseline", "baseline", "", 1.0100, None, ""),
-        ("0002", "discard", "MATRIX_LR 0.04 -> 0.03", "Muon learning rate looks too high; early loss spikes.",
+        ("0002", "discard", "MATRIX_LR 0.04 -> 0.02", "Muon learning rate looks too high; early loss spikes.",
          1.0130, 0.0030, "Lower matrix LR slowed learning; keep 0.04."),
         ("0003", "keep", "Increase depth from 8 to 10 layers", "More capacity; MFU has headroom.", 1.0020, -0.0080,
          "Depth helps within the budget."),
@@ -60,7 +60,7 @@ def idea(title: str, rationale: str = "", retry_of: str | None = None) -> Idea:
     return Idea(title=title, rationale=rationale, expected_effect="", category="other", retry_of=retry_of)
 
 
-PARAPHRASE = idea("Set the matrix learning rate to 0.03", "Smaller matrix LR to calm the loss spikes.")
+PARAPHRASE = idea("Set the matrix learning rate to 0.02", "Smaller matrix LR to calm the loss spikes.")
 
 
 @pytest.mark.slow

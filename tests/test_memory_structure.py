@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agents import trainpy
 from agents.crew.policy import OfflinePolicy
 from agents.crew.schemas import Idea
 from agents.record.results import ExperimentRecord, ResultsStore
@@ -34,12 +35,14 @@ def minilm():
 
 
 def test_declared_values_are_evaluated_per_profile():
-    change = declared([{"constant": "MATRIX_LR", "value": "0.6 * 0.05 if CUDA else 0.05"},
-                       {"constant": "TOTAL_BATCH_SIZE", "value": "2**18 if CUDA else 2**12"}], TRAIN)
+    cpu = trainpy.read(TRAIN).values(trainpy.read(TRAIN).profile("cpu").name)  # the CPU profile's values as they are
+    lr, batch = cpu["MATRIX_LR"], cpu["TOTAL_BATCH_SIZE"]
+    change = declared([{"constant": "MATRIX_LR", "value": f"0.6 * 0.05 if CUDA else {lr!r}"},
+                       {"constant": "TOTAL_BATCH_SIZE", "value": f"2**18 if CUDA else {batch // 2} * 2"}], TRAIN)
     # only where the value moves: the CPU profile keeps its MATRIX_LR and its batch
     assert change.constants == {"MATRIX_LR": {"CUDA": "0.03"}, "TOTAL_BATCH_SIZE": {"CUDA": "262144"}}
-    assert same(change, declared([{"constant": "TOTAL_BATCH_SIZE", "value": "262144 if CUDA else 4096"},
-                                  {"constant": "MATRIX_LR", "value": "0.03"}], TRAIN), "CUDA")[0]
+    assert same(change, declared([{"constant": "TOTAL_BATCH_SIZE", "value": f"262144 if CUDA else {batch}"},
+                                  {"constant": "MATRIX_LR", "value": f"0.03 if CUDA else {lr!r}"}], TRAIN), "CUDA")[0]
     assert not same(change, declared([{"constant": "MATRIX_LR", "value": "0.03"}], TRAIN), "CUDA")[0]
     with pytest.raises(SyntaxError):
         declared([{"constant": "DEPTH", "value": "ten layers"}], TRAIN)
